@@ -1,0 +1,1 @@
+"""Scaling-law experiments on transformer language models."""

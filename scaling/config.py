@@ -1,0 +1,423 @@
+"""Typed, frozen run configuration: model, data, optimizer and training sections.
+
+A `Config` loads from a TOML file with sections `[model]`, `[data]`, `[optim]`,
+`[train]` (plus an optional top-level `name`) and takes `section.key=value`
+overrides from the command line. Every value is checked before anything is
+compiled: an unknown key, a wrong type or an impossible value raises
+`ConfigError` naming the key and what is allowed.
+
+    cfg = load_config("experiments/tiny.toml", ["model.d_model=256", "optim.lr=1e-3"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, mistyped or impossible."""
+
+
+# --------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Decoder-only transformer shape and numerics."""
+
+    preset: str = ""  # a name from scaling.presets.PRESETS; explicit keys override it
+    n_layer: int = 2
+    d_model: int = 128
+    n_head: int = 4
+    d_ff: int = 0  # 0 means 4 * d_model
+    vocab_size: int = 256  # must match the tokenizer; the loader checks it
+    seq_len: int = 128
+    pos_encoding: Literal["learned", "sinusoidal", "rotary"] = "learned"
+    tie_embeddings: bool = True
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    scan_layers: bool = True  # nn.scan over the block stack: compile time flat in depth
+    remat: bool = False  # rematerialise each block in the backward pass
+    init_std: float = 0.02
+
+    @property
+    def ff(self) -> int:
+        return self.d_ff or 4 * self.d_model
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    def validate(self) -> None:
+        _positive(self, "n_layer", "d_model", "n_head", "vocab_size", "seq_len")
+        if self.d_ff < 0:
+            raise ConfigError(f"model.d_ff = {self.d_ff}: must be > 0, or 0 for 4 * d_model")
+        if self.d_model % self.n_head:
+            divisors = [h for h in range(1, self.d_model + 1) if self.d_model % h == 0]
+            raise ConfigError(
+                f"model.n_head = {self.n_head} does not divide model.d_model = {self.d_model}; "
+                f"allowed n_head for this d_model: {divisors}"
+            )
+        if self.pos_encoding == "rotary" and self.head_dim % 2:
+            raise ConfigError(
+                f"model.pos_encoding = 'rotary' needs an even head size, got "
+                f"d_model / n_head = {self.head_dim}"
+            )
+        if not self.init_std > 0:
+            raise ConfigError(f"model.init_std = {self.init_std}: must be > 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Corpus, tokenizer and validation split."""
+
+    # "stdlib" (the running Python's standard-library sources), a path to a text file,
+    # a folder of text files or a .jsonl file, or "hf:<dataset name>[:<config>]".
+    corpus: str = "stdlib"
+    tokenizer: Literal["byte", "bpe"] = "byte"
+    bpe_vocab_size: int = 512  # only for tokenizer = "bpe"
+    text_field: str = "text"  # for .jsonl and Hugging Face datasets
+    hf_split: str = "train"
+    val_fraction: float = 0.01  # fraction of documents held out, chosen deterministically
+    max_unique_tokens: int = 0  # > 0: train on only this many tokens, repeating epochs
+    max_corpus_bytes: int = 0  # > 0: read at most this many bytes of the corpus
+    cache_dir: str = ""  # "" means $SCALINGLAB_CACHE or ~/.cache/scalinglab
+
+    def validate(self) -> None:
+        if not 0.0 < self.val_fraction < 0.5:
+            raise ConfigError(f"data.val_fraction = {self.val_fraction}: must be in (0, 0.5)")
+        if self.tokenizer == "bpe" and not 257 <= self.bpe_vocab_size <= 65535:
+            raise ConfigError(
+                f"data.bpe_vocab_size = {self.bpe_vocab_size}: must be in [257, 65535]"
+            )
+        _nonnegative(self, "max_unique_tokens", "max_corpus_bytes")
+        if self.corpus != "stdlib" and not self.corpus.startswith("hf:"):
+            if not Path(self.corpus).expanduser().exists():
+                raise ConfigError(
+                    f"data.corpus = {self.corpus!r}: no such file or folder; allowed: 'stdlib', "
+                    "a path to a text file, a folder of text files or a .jsonl file, "
+                    "or 'hf:<dataset>'"
+                )
+
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lars", "lamb")
+SCHEDULES = ("constant", "cosine", "linear", "wsd")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer, learning-rate schedule, weight decay and clipping."""
+
+    name: Literal["sgd", "momentum", "nesterov", "adam", "adamw", "lars", "lamb"] = "adamw"
+    lr: float = 3e-3  # peak learning rate
+    schedule: Literal["constant", "cosine", "linear", "wsd"] = "cosine"
+    warmup_steps: int = 0  # linear warm-up from 0 to lr
+    final_lr_ratio: float = 0.1  # lr at the end of decay, as a fraction of the peak
+    decay_fraction: float = 0.2  # wsd: fraction of training spent decaying
+    weight_decay: float = 0.0  # decoupled (adamw, lamb, lars) or L2 (others)
+    decay_norms_and_biases: bool = False  # default: no decay on norms, biases, embeddings
+    decay_embeddings: bool = False
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    momentum: float = 0.9  # momentum / nesterov / lars
+    trust_coefficient: float = 0.001  # lars
+    clip_norm: float = 1.0  # global-norm clipping; 0 disables
+
+    def validate(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"optim.lr = {self.lr}: must be > 0")
+        _nonnegative(self, "warmup_steps", "weight_decay", "clip_norm", "eps")
+        for key in ("b1", "b2", "momentum", "final_lr_ratio"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"optim.{key} = {getattr(self, key)}: must be in [0, 1]")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ConfigError(f"optim.decay_fraction = {self.decay_fraction}: must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Steps, batch, evaluation, checkpoints, parallelism."""
+
+    steps: int = 200
+    batch_size: int = 16  # global batch, in sequences
+    micro_batches: int = 1  # gradient accumulation: batch_size / micro_batches per pass
+    seed: int = 0  # initialisation and batch order
+    data_seed: int = -1  # -1: same as seed
+    eval_every: int = 50  # 0: only at the end
+    eval_batches: int = 8
+    log_every: int = 10
+    checkpoint_every: int = 100  # 0: only the final save
+    keep_checkpoints: int = 2
+    parallel: Literal["auto", "none", "pmap", "shard_map"] = "auto"
+    divergence_factor: float = 3.0  # loss above factor * initial loss => diverged
+    progress: bool = True
+
+    @property
+    def batch_seed(self) -> int:
+        return self.seed if self.data_seed < 0 else self.data_seed
+
+    def validate(self) -> None:
+        _positive(self, "steps", "batch_size", "micro_batches", "eval_batches", "log_every",
+                  "keep_checkpoints")
+        _nonnegative(self, "eval_every", "checkpoint_every")
+        if self.batch_size % self.micro_batches:
+            raise ConfigError(
+                f"train.micro_batches = {self.micro_batches} does not divide "
+                f"train.batch_size = {self.batch_size}"
+            )
+        if not self.divergence_factor > 1.0:
+            raise ConfigError(
+                f"train.divergence_factor = {self.divergence_factor}: must be > 1"
+            )
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run."""
+
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "Config":
+        for section in SECTIONS:
+            getattr(self, section).validate()
+        if self.optim.warmup_steps >= self.train.steps:
+            raise ConfigError(
+                f"optim.warmup_steps = {self.optim.warmup_steps} must be smaller than "
+                f"train.steps = {self.train.steps}"
+            )
+        if self.data.tokenizer == "byte" and self.model.vocab_size < 256:
+            raise ConfigError(
+                f"model.vocab_size = {self.model.vocab_size}: the byte tokenizer needs >= 256"
+            )
+        if self.data.tokenizer == "bpe" and self.model.vocab_size < self.data.bpe_vocab_size:
+            raise ConfigError(
+                f"model.vocab_size = {self.model.vocab_size} is smaller than "
+                f"data.bpe_vocab_size = {self.data.bpe_vocab_size}"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def replace(self, overrides: dict[str, Any] | list[str] | None = None) -> "Config":
+        """A new, validated config with `section.key` overrides applied."""
+        return from_dict(self.to_dict(), overrides)
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+}
+
+
+# --------------------------------------------------------------------------------------
+# Loading, overrides, type checking
+# --------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """Config from a TOML (or JSON) file, with `section.key=value` overrides applied."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        text = path.read_text()
+        try:
+            raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: cannot parse: {e}") from None
+        raw.setdefault("name", path.stem)
+    return from_dict(raw, overrides)
+
+
+def from_dict(raw: dict[str, Any], overrides: list[str] | dict | None = None) -> Config:
+    """Build and validate a Config from nested dicts ({'model': {...}, ...})."""
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for key in raw:
+        if key != "name" and key not in SECTIONS:
+            raise ConfigError(
+                f"unknown config section {key!r}{_suggest(key, ['name', *SECTIONS])}; "
+                f"allowed: 'name', {', '.join(repr(s) for s in SECTIONS)}"
+            )
+    for dotted, value in parse_overrides(overrides).items():
+        section, key = split_key(dotted)
+        if section == "name":
+            raw["name"] = value
+        else:
+            raw.setdefault(section, {})[key] = value
+    sections = {}
+    for section, cls in SECTIONS.items():
+        values = raw.get(section, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a table of key = value, got {values!r}")
+        if section == "model" and values.get("preset"):
+            values = {**preset_values(values["preset"]), **values}
+        sections[section] = build_section(cls, section, values)
+    name = raw.get("name", "run")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"name = {name!r}: must be a non-empty string")
+    return Config(name=name, **sections).validate()
+
+
+def preset_values(name: Any) -> dict[str, Any]:
+    from scaling.presets import PRESETS
+
+    if name not in PRESETS:
+        raise ConfigError(
+            f"model.preset = {name!r}: unknown{_suggest(str(name), list(PRESETS))}; "
+            f"allowed: {', '.join(PRESETS)}"
+        )
+    return dict(PRESETS[name])
+
+
+def parse_overrides(overrides: list[str] | dict | None) -> dict[str, Any]:
+    """`["model.d_model=256", ...]` (strings parsed as TOML values) or a dict -> dict."""
+    if overrides is None:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        key, text = item.split("=", 1)
+        out[key.strip()] = parse_value(text.strip())
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: a TOML literal if it parses as one, else the bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def split_key(dotted: str) -> tuple[str, str]:
+    """'model.d_model' -> ('model', 'd_model'); a bare key is looked up in all sections."""
+    if dotted == "name":
+        return "name", ""
+    if "." in dotted:
+        section, key = dotted.split(".", 1)
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"unknown config section {section!r} in {dotted!r}"
+                f"{_suggest(section, list(SECTIONS))}; allowed: {', '.join(SECTIONS)}"
+            )
+        return section, key
+    owners = [s for s, cls in SECTIONS.items() if dotted in _field_names(cls)]
+    if len(owners) == 1:
+        return owners[0], dotted
+    if len(owners) > 1:
+        raise ConfigError(
+            f"key {dotted!r} is ambiguous: write one of {', '.join(f'{s}.{dotted}' for s in owners)}"
+        )
+    every = [f"{s}.{k}" for s, cls in SECTIONS.items() for k in _field_names(cls)]
+    raise ConfigError(f"unknown config key {dotted!r}{_suggest(dotted, every)}")
+
+
+def build_section(cls: type, section: str, values: dict[str, Any]):
+    names = _field_names(cls)
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(
+                f"unknown config key '{section}.{key}'{_suggest(key, names)}; "
+                f"allowed in [{section}]: {', '.join(names)}"
+            )
+        kwargs[key] = coerce(f"{section}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def coerce(where: str, value: Any, tp: Any) -> Any:
+    """Check `value` against the annotation `tp`, converting only lossless cases."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(
+                f"{where} = {value!r}: not allowed; allowed: {', '.join(repr(a) for a in allowed)}"
+            )
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in get_args(tp):
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return coerce(where, value, arg)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError("; ".join(errors))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} = {value!r}: expected true or false")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} = {value!r}: expected an integer")
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ConfigError(f"{where} = {value!r}: expected an integer")
+            value = int(value)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} = {value!r}: expected a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} = {value!r}: expected a string")
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} for {where}")
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _positive(obj: Any, *keys: str) -> None:
+    section = _section_name(obj)
+    for key in keys:
+        if not getattr(obj, key) > 0:
+            raise ConfigError(f"{section}.{key} = {getattr(obj, key)}: must be > 0")
+
+
+def _nonnegative(obj: Any, *keys: str) -> None:
+    section = _section_name(obj)
+    for key in keys:
+        if getattr(obj, key) < 0:
+            raise ConfigError(f"{section}.{key} = {getattr(obj, key)}: must be >= 0")
+
+
+def _section_name(obj: Any) -> str:
+    return next(s for s, cls in SECTIONS.items() if isinstance(obj, cls))
