@@ -82,14 +82,16 @@ class DataConfig:
     """Corpus, tokenizer and validation split."""
 
     # "stdlib" (the running Python's standard-library sources), a path to a text file,
-    # a folder of text files or a .jsonl file, or "hf:<dataset name>[:<config>]".
+    # a folder of text files or a .jsonl file, or "hf:<dataset name>[:<config>]"
+    # ("hf:json:/path/file.jsonl" loads a local file through the `datasets` package).
     corpus: str = "stdlib"
     tokenizer: Literal["byte", "bpe"] = "byte"
     bpe_vocab_size: int = 512  # only for tokenizer = "bpe"
     text_field: str = "text"  # for .jsonl and Hugging Face datasets
     hf_split: str = "train"
-    val_fraction: float = 0.01  # fraction of documents held out, chosen deterministically
-    max_unique_tokens: int = 0  # > 0: train on only this many tokens, repeating epochs
+    val_fraction: float = 0.03  # fraction of documents held out, chosen by a hash of their name
+    max_unique_tokens: int = 0  # > 0: train on this many next-token targets (rounded down
+    #                             to a multiple of seq_len), repeating epochs
     max_corpus_bytes: int = 0  # > 0: read at most this many bytes of the corpus
     cache_dir: str = ""  # "" means $SCALINGLAB_CACHE or ~/.cache/scalinglab
 
@@ -217,10 +219,26 @@ class Config:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
+    def semantic_dict(self) -> dict[str, Any]:
+        """The config less the keys that do not change what is computed (see NON_SEMANTIC)."""
+        d = self.to_dict()
+        for dotted in NON_SEMANTIC:
+            section, _, key = dotted.partition(".")
+            if key:
+                d[section].pop(key, None)
+            else:
+                d.pop(section, None)
+        return d
+
     def replace(self, overrides: dict[str, Any] | list[str] | None = None) -> "Config":
         """A new, validated config with `section.key` overrides applied."""
         return from_dict(self.to_dict(), overrides)
 
+
+# Keys that change how a run is executed or shown, not what it computes: a run may be
+# resumed with other values, and they do not enter a sweep point's identity.
+NON_SEMANTIC = ("name", "train.progress", "train.parallel", "train.log_every",
+                "train.checkpoint_every", "train.keep_checkpoints")
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,

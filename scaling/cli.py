@@ -1,0 +1,140 @@
+"""Command line: train one run, sample from it, plan / run / inspect sweeps, analyze.
+
+    python run_sweep.py train experiments/tiny.toml [section.key=value ...] [--run-dir DIR]
+    python run_sweep.py sample runs/tiny --prompt "def " --temperature 0.8 --top-k 40
+    python run_sweep.py plan experiments/demo.toml
+    python run_sweep.py run experiments/demo.toml [--executor local|slurm] [--out sweeps/]
+    python run_sweep.py status sweeps/demo
+    python run_sweep.py analyze sweeps/demo            # or any results CSV
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from scaling.config import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_sweep.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train (or resume) one run")
+    t.add_argument("config", help="a run config (TOML)")
+    t.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    t.add_argument("--run-dir", help="run folder (default: runs/<config name>)")
+
+    s = sub.add_parser("sample", help="generate text from a run's newest checkpoint")
+    s.add_argument("run_dir")
+    s.add_argument("--prompt", default="")
+    s.add_argument("--max-new-tokens", type=int, default=200)
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-k", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0)
+
+    pl = sub.add_parser("plan", help="print every point of a sweep without training")
+    pl.add_argument("spec")
+    pl.add_argument("overrides", nargs="*", help="section.key=value for every point")
+
+    r = sub.add_parser("run", help="run (or resume) a sweep")
+    r.add_argument("spec")
+    r.add_argument("overrides", nargs="*", help="section.key=value for every point")
+    r.add_argument("--out", default="sweeps", help="parent folder of sweep folders")
+    r.add_argument("--executor", choices=["local", "slurm"], help="override the spec's executor")
+    r.add_argument("--analyze", action="store_true", help="write the analysis report at the end")
+    r.add_argument("--no-progress", action="store_true")
+
+    st = sub.add_parser("status", help="table of a sweep's points and their states")
+    st.add_argument("sweep_dir")
+
+    a = sub.add_parser("analyze", help="fit the laws and write a report")
+    a.add_argument("source", help="a sweep folder or a results CSV")
+    a.add_argument("--out", help="report folder")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from scaling.runtime import setup_logging
+
+    setup_logging()
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as e:  # bad input: one clear line, no traceback, nothing trained
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def cmd_train(args) -> int:
+    from scaling.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    from scaling.loop import train
+    from scaling.runtime import enable_compilation_cache
+
+    enable_compilation_cache()
+    run_dir = Path(args.run_dir or Path("runs") / cfg.name)
+    result = train(cfg, run_dir)
+    _print_result(run_dir, result)
+    return 0 if result["status"] == "done" else 1
+
+
+def _print_result(run_dir: Path, r: dict) -> None:
+    print(f"\n{r['status']}: {run_dir}")
+    keys = ["N", "N_total", "D", "C", "C_xla", "steps", "final_train_loss", "final_eval_loss",
+            "tokens_per_s", "mfu", "compile_time_s", "wall_time_s"]
+    for k in keys:
+        v = r.get(k)
+        print(f"  {k:18s} {v:.4g}" if isinstance(v, float) else f"  {k:18s} {v}")
+
+
+def cmd_sample(args) -> int:
+    from scaling.sampling import sample_from_run
+
+    text = sample_from_run(args.run_dir, args.prompt, max_new_tokens=args.max_new_tokens,
+                           temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    print(text)
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from scaling.sweep import format_plan, load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    print(format_plan(spec))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from scaling.executors import run_sweep
+
+    summary = run_sweep(args.spec, args.overrides, out=args.out, executor=args.executor,
+                        progress=not args.no_progress)
+    print(json.dumps(summary["counts"]))
+    if args.analyze:
+        from analysis.report import analyze
+
+        print(f"report: {analyze(summary['sweep_dir'])}")
+    return 0 if summary["counts"].get("failed", 0) == 0 else 1
+
+
+def cmd_status(args) -> int:
+    from scaling.results import format_status
+
+    print(format_status(args.sweep_dir))
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from analysis.report import analyze
+
+    print(f"report: {analyze(args.source, args.out)}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "plan": cmd_plan, "run": cmd_run,
+            "status": cmd_status, "analyze": cmd_analyze}

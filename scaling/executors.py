@@ -1,0 +1,267 @@
+"""Executors: run the points of a sweep, each exactly once, surviving any crash.
+
+    run_sweep(spec)      plan -> sweep folder -> pre-flight checks -> executor -> tables
+
+The `local` executor runs points one after another in this process (reusing the
+compiled step across points of the same shape), or, with `workers > 1` (default: one
+per local GPU), in worker processes that each claim points through the points' file
+locks. The `slurm` executor (scaling.slurm) submits points as SLURM jobs. Whatever
+runs a point calls `run_point`, which trains or resumes it in its folder and records
+a failure, with its traceback, instead of stopping the sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from scaling.config import ConfigError, from_dict
+from scaling.results import (FAILED_FILE, POINT_FILE, point_lock, point_state, points_dir,
+                             write_tables)
+from scaling.runfiles import read_result, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+FINISHED = ("done", "diverged")
+
+
+# --------------------------------------------------------------------------------------
+# The sweep folder
+# --------------------------------------------------------------------------------------
+
+
+def prepare_sweep(spec, out: str | Path) -> Path:
+    """Create or extend the sweep folder; write each point's point.json. Trains nothing."""
+    sweep_dir = Path(out) / spec.name
+    pdir = points_dir(sweep_dir)
+    pdir.mkdir(parents=True, exist_ok=True)
+    spec_copy = sweep_dir / "spec.toml"
+    text = Path(spec.path).read_text()
+    if spec_copy.exists() and spec_copy.read_text() != text:
+        archive = sweep_dir / "specs"
+        archive.mkdir(exist_ok=True)
+        shutil.copy2(spec_copy, archive / f"spec.{time.strftime('%Y%m%d-%H%M%S')}.toml")
+    spec_copy.write_text(text)
+    for p in spec.points:
+        d = pdir / p.point_id
+        d.mkdir(exist_ok=True)
+        write_json_atomic(d / POINT_FILE, point_meta(spec.name, p))
+    return sweep_dir
+
+
+def point_meta(sweep: str, p) -> dict:
+    return {
+        "sweep": sweep, "point_id": p.point_id, "label": p.config.name, "group": p.group,
+        "compute_budget": p.compute_budget, "N": p.n_params, "N_total": p.n_params_total,
+        "D": p.tokens, "C": p.flops, "tokens_per_param": p.tokens_per_param,
+        "requested": p.requested, "config": p.config.to_dict(),
+    }
+
+
+def point_config(point_dir: Path):
+    meta = json.loads((point_dir / POINT_FILE).read_text())
+    return from_dict(meta["config"])
+
+
+def preflight(spec) -> None:
+    """Checks that need the corpus or the devices, for every point, before any training."""
+    import jax
+
+    from scaling.data import load_corpus
+    from scaling.parallel import check_batch, resolve_driver
+
+    seen = set()
+    for p in spec.points:
+        cfg = p.config
+        key = (repr(cfg.data), cfg.model.seq_len)
+        if key not in seen:
+            seen.add(key)
+            data = load_corpus(cfg.data, cfg.model.seq_len)
+            vocab = data.vocab_size
+        if vocab > cfg.model.vocab_size:
+            raise ConfigError(f"point {p.config.name}: model.vocab_size = {cfg.model.vocab_size} "
+                              f"is smaller than the tokenizer's vocabulary ({vocab})")
+        kind = resolve_driver(cfg.train.parallel)
+        n = 1 if kind == "none" else (jax.local_device_count() * jax.process_count())
+        check_batch(cfg.train.batch_size, cfg.train.micro_batches, n)
+
+
+# --------------------------------------------------------------------------------------
+# One point
+# --------------------------------------------------------------------------------------
+
+
+def run_point(sweep_dir: str | Path, point_id: str, *, progress_position: int = 1,
+              progress: bool = True) -> dict | None:
+    """Train or resume one point; None if another process holds it.
+
+    Any exception is recorded in failed.json (with its traceback) and returned as a
+    `failed` status; the point is retried the next time the sweep runs.
+    """
+    from scaling.loop import train
+
+    point_dir = points_dir(sweep_dir) / point_id
+    done = read_result(point_dir)
+    if done is not None:
+        return done
+    with point_lock(point_dir) as mine:
+        if not mine:
+            return None
+        try:
+            cfg = point_config(point_dir)
+            if not progress:
+                cfg = cfg.replace({"train.progress": False})
+            result = train(cfg, point_dir, progress_position=progress_position)
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:
+            tb = traceback.format_exc()
+            log.error("point %s failed: %s", point_id, e)
+            write_json_atomic(point_dir / FAILED_FILE, {
+                "point_id": point_id, "error": f"{type(e).__name__}: {e}", "traceback": tb,
+                "time": time.strftime("%Y-%m-%d %H:%M:%S"), "host": os.uname().nodename,
+            })
+            return {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": tb}
+        (point_dir / FAILED_FILE).unlink(missing_ok=True)
+        return result
+
+
+# --------------------------------------------------------------------------------------
+# Local executor
+# --------------------------------------------------------------------------------------
+
+
+def _gpu_count() -> int:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([v for v in visible.split(",") if v.strip()])
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+        return len([line for line in out.stdout.splitlines() if line.startswith("GPU")])
+    except (OSError, subprocess.SubprocessError):
+        return 0
+
+
+def run_local(sweep_dir: Path, point_ids: list[str], *, progress: bool = True,
+              workers: int | None = None, estimates: dict[str, float] | None = None) -> None:
+    workers = workers if workers is not None else max(1, _gpu_count())
+    if workers > 1:
+        _run_workers(sweep_dir, point_ids, workers)
+        return
+    estimates = estimates or {}
+    todo = [pid for pid in point_ids if point_state(points_dir(sweep_dir) / pid) not in FINISHED]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(point_ids), initial=len(point_ids) - len(todo), position=0,
+                   desc=f"sweep {sweep_dir.name}", unit="pt", dynamic_ncols=True, file=sys.stderr)
+    spent, estimated_done = 0.0, 0.0
+    try:
+        for i, pid in enumerate(todo):
+            if bar is not None:
+                remaining = sum(estimates.get(q, 0.0) for q in todo[i:])
+                ratio = spent / estimated_done if estimated_done else 1.0
+                bar.set_postfix_str(f"{point_label(sweep_dir, pid)}  eta {_hms(remaining * ratio)}")
+            t0 = time.perf_counter()
+            run_point(sweep_dir, pid, progress_position=1, progress=progress)
+            spent += time.perf_counter() - t0
+            estimated_done += estimates.get(pid, 0.0)
+            write_tables(sweep_dir)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _run_workers(sweep_dir: Path, point_ids: list[str], workers: int) -> None:
+    """One worker process per device; each claims points through their locks."""
+    ids_file = sweep_dir / ".worker_points.json"
+    write_json_atomic(ids_file, point_ids)
+    procs = []
+    for w in range(workers):
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(w))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "scaling.executors", "worker", str(sweep_dir), str(ids_file)],
+            env=env))
+    codes = [p.wait() for p in procs]
+    write_tables(sweep_dir)
+    if any(codes):
+        log.warning("worker exit codes: %s", codes)
+
+
+def _worker_main(sweep_dir: str, ids_file: str) -> None:
+    from scaling.runtime import enable_compilation_cache, setup_logging
+
+    setup_logging()
+    enable_compilation_cache()
+    for pid in json.loads(Path(ids_file).read_text()):
+        if point_state(points_dir(sweep_dir) / pid) in FINISHED:
+            continue
+        if run_point(sweep_dir, pid, progress=False) is not None:
+            write_tables(sweep_dir)
+
+
+def point_label(sweep_dir: Path, pid: str) -> str:
+    try:
+        return json.loads((points_dir(sweep_dir) / pid / POINT_FILE).read_text())["label"]
+    except (OSError, KeyError, json.JSONDecodeError):
+        return pid
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+# --------------------------------------------------------------------------------------
+# The whole sweep
+# --------------------------------------------------------------------------------------
+
+
+def run_sweep(spec_path: str | Path, overrides: list[str] | None = None, *, out: str | Path = "sweeps",
+              executor: str | None = None, progress: bool = True,
+              workers: int | None = None) -> dict:
+    """Plan, check, run (or resume) and tabulate a sweep. Returns counts per state."""
+    from scaling.runtime import enable_compilation_cache
+    from scaling.sweep import estimate_seconds, load_spec
+
+    spec = load_spec(spec_path, overrides)
+    kind = executor or spec.executor
+    if kind not in ("local", "slurm"):
+        raise ConfigError(f"executor = {kind!r}: allowed: 'local', 'slurm'")
+    if kind == "local":
+        preflight(spec)
+    sweep_dir = prepare_sweep(spec, out)
+    ids = [p.point_id for p in spec.points]
+    enable_compilation_cache()
+    if kind == "local":
+        estimates = {}
+        for p in spec.points:
+            try:
+                estimates[p.point_id] = estimate_seconds(p)
+            except Exception:  # an estimate is a nicety, never a reason to stop
+                estimates[p.point_id] = 0.0
+        run_local(sweep_dir, ids, progress=progress, workers=workers, estimates=estimates)
+    else:
+        from scaling.slurm import run_slurm
+
+        run_slurm(spec, sweep_dir, ids)
+    results = write_tables(sweep_dir)
+    mine = results[results["point_id"].isin(ids)]
+    return {"sweep_dir": sweep_dir, "counts": mine["status"].value_counts().to_dict()}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "worker":
+        _worker_main(sys.argv[2], sys.argv[3])
+    else:
+        sys.exit("usage: python -m scaling.executors worker SWEEP_DIR IDS_FILE")

@@ -1,0 +1,175 @@
+"""Data-parallel drivers of the one per-device step body.
+
+    none       plain `jax.jit` on one device; no axis is bound, so no pmean.
+    shard_map  `jax.jit(jax.shard_map(body))` over a 1-D ("data",) mesh of every device
+               of every process; batch split on "data", state replicated.
+    pmap       `jax.pmap(body, axis_name="data")`; state replicated along a leading
+               device axis, un-replicated for checkpoints and results.
+
+Every driver takes host (numpy) state in and gives host state out
+(`place_state` / `fetch_state`), so a checkpoint written under one driver and device
+count restores under any other. Each process loads only its own slice of every batch
+(`batch_shard`); `place_batch` assembles the global batch from those slices.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from scaling.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+AXIS = "data"
+DRIVERS = ("none", "shard_map", "pmap")
+
+
+def initialize_distributed() -> bool:
+    """Join the other processes of a multi-process launch; a no-op for one process.
+
+    Recognised launches: SLURM with more than one task (`srun`), or the coordinator
+    variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID. CPU processes
+    talk through gloo collectives.
+    """
+    if getattr(initialize_distributed, "_done", False):
+        return jax.process_count() > 1
+    explicit = "JAX_COORDINATOR_ADDRESS" in os.environ
+    slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ
+    if not (explicit or slurm):
+        return False
+    try:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except Exception:  # option renamed or removed in some JAX versions: default is fine
+        pass
+    if explicit:
+        jax.distributed.initialize(
+            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+            process_id=int(os.environ["JAX_PROCESS_ID"]),
+        )
+    else:
+        jax.distributed.initialize()  # reads the SLURM environment
+    initialize_distributed._done = True
+    log.info("process %d of %d, %d devices in all", jax.process_index(), jax.process_count(),
+             jax.device_count())
+    return True
+
+
+def resolve_driver(name: str) -> str:
+    if name == "auto":
+        return "shard_map" if jax.device_count() > 1 else "none"
+    if name not in DRIVERS:
+        raise ConfigError(f"train.parallel = {name!r}: allowed: 'auto', {', '.join(DRIVERS)}")
+    return name
+
+
+def check_batch(batch_size: int, micro_batches: int, n_devices: int) -> None:
+    """The global batch must split evenly over devices, then over micro-batches."""
+    if batch_size % n_devices:
+        raise ConfigError(
+            f"train.batch_size = {batch_size} does not divide evenly over {n_devices} devices; "
+            f"use a multiple of {n_devices}"
+        )
+    per_device = batch_size // n_devices
+    if per_device % micro_batches:
+        raise ConfigError(
+            f"train.micro_batches = {micro_batches} does not divide the per-device batch "
+            f"{per_device} (train.batch_size {batch_size} / {n_devices} devices)"
+        )
+
+
+@dataclass
+class Driver:
+    """How one step body is compiled and fed on the devices at hand."""
+
+    kind: str
+    devices: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.devices:
+            self.devices = jax.devices() if self.kind == "shard_map" else (
+                jax.local_devices() if self.kind == "pmap" else [jax.local_devices()[0]])
+        self.mesh = Mesh(np.array(self.devices), (AXIS,)) if self.kind == "shard_map" else None
+
+    # ---- sizes -------------------------------------------------------------------
+    @property
+    def n_devices(self) -> int:
+        """Devices sharing the global batch (all processes' for pmap too)."""
+        if self.kind == "pmap":
+            return len(self.devices) * jax.process_count()
+        return len(self.devices)
+
+    @property
+    def batch_shard(self) -> tuple[int, int]:
+        """(index, count): which slice of every global batch this process loads."""
+        if self.kind == "none":
+            return (0, 1)
+        return (jax.process_index(), jax.process_count())
+
+    # ---- state ---------------------------------------------------------------------
+    def place_state(self, host_state: Any) -> Any:
+        if self.kind == "none":
+            return jax.device_put(host_state, self.devices[0])
+        if self.kind == "pmap":
+            return jax.tree.map(lambda x: jax.device_put_replicated(x, self.devices), host_state)
+        sharding = NamedSharding(self.mesh, P())
+        return jax.tree.map(
+            lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda i: np.asarray(x)[i]),
+            host_state,
+        )
+
+    def fetch_state(self, state: Any) -> Any:
+        """Host numpy copy of a (replicated) device state."""
+        if self.kind == "pmap":
+            return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data).reshape(x.shape[1:]), state)
+        return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state)
+
+    def fetch_metrics(self, metrics: dict) -> dict[str, float]:
+        if self.kind == "pmap":
+            metrics = jax.tree.map(lambda x: x.addressable_shards[0].data.reshape(()), metrics)
+        return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+    # ---- batches -------------------------------------------------------------------
+    def place_batch(self, local_batch: np.ndarray) -> Any:
+        """This process's rows of the global batch -> the array the step takes."""
+        if self.kind == "none":
+            return jax.device_put(local_batch, self.devices[0])
+        if self.kind == "pmap":
+            n = len(self.devices)
+            shards = local_batch.reshape(n, local_batch.shape[0] // n, *local_batch.shape[1:])
+            return jax.device_put_sharded(list(shards), self.devices)
+        sharding = NamedSharding(self.mesh, P(AXIS))
+        global_shape = (local_batch.shape[0] * jax.process_count(), *local_batch.shape[1:])
+        return jax.make_array_from_process_local_data(sharding, local_batch, global_shape)
+
+    # ---- compilation -----------------------------------------------------------------
+    def wrap(self, body: Callable, *, donate: bool) -> Callable:
+        """body(replicated, sharded_batch, axis_name=...) -> replicated outputs."""
+        donate_argnums = (0,) if donate else ()
+        if self.kind == "none":
+            return jax.jit(lambda s, b: body(s, b, axis_name=None), donate_argnums=donate_argnums)
+        if self.kind == "pmap":
+            return jax.pmap(lambda s, b: body(s, b, axis_name=AXIS), axis_name=AXIS,
+                            devices=self.devices, donate_argnums=donate_argnums)
+        mapped = jax.shard_map(lambda s, b: body(s, b, axis_name=AXIS), mesh=self.mesh,
+                               in_specs=(P(), P(AXIS)), out_specs=P())
+        return jax.jit(mapped, donate_argnums=donate_argnums)
+
+    def compile(self, body: Callable, state: Any, batch: Any, *, donate: bool) -> Any:
+        """Ahead-of-time compile for these argument shapes (compile time measured apart)."""
+        return self.wrap(body, donate=donate).lower(state, batch).compile()
+
+    def devices_flops_factor(self) -> int:
+        """XLA's cost analysis counts one device's program under pmap and shard_map."""
+        return 1 if self.kind == "none" else self.n_devices
+
+
+def make_driver(parallel: str) -> Driver:
+    return Driver(resolve_driver(parallel))

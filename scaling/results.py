@@ -1,0 +1,221 @@
+"""The results store: point folders of a sweep -> one results table + learning curves.
+
+    sweeps/<name>/
+      spec.toml                  the spec as last run (earlier versions under specs/)
+      points/<point id>/         one run folder each (scaling.loop), plus
+          point.json             what the planner said of the point (N, D, C, group, ...)
+          failed.json            traceback of the last failure, if it failed
+          slurm.json             job id and state, under the SLURM executor
+      results.csv / .parquet     one row per point (all states)
+      curves.parquet             learning curves of all points, long format
+
+A point's state comes from its folder alone: `done` or `diverged` (result.json),
+`running` (its lock is held), `failed` (failed.json), else `pending`. The tables are
+rebuilt from the folders, written atomically, whenever a point ends; deleting them
+loses nothing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+
+from scaling.runfiles import METRICS_FILE, RESULT_FILE, read_metrics, read_result
+
+POINT_FILE = "point.json"
+FAILED_FILE = "failed.json"
+SLURM_FILE = "slurm.json"
+LOCK_FILE = ".lock"
+
+RESULT_COLUMNS = [
+    "sweep", "point_id", "label", "status", "group", "compute_budget",
+    "N", "N_total", "D", "C", "C_xla", "C_exact", "tokens_per_param",
+    "final_train_loss", "final_eval_loss", "best_eval_loss",
+    "steps", "batch_size", "seq_len", "n_layer", "d_model", "n_head",
+    "optimizer", "lr", "schedule", "warmup_steps", "weight_decay", "seed",
+    "wall_time_s", "compile_time_s", "tokens_per_s", "mfu",
+    "device_kind", "device_count", "jax_version", "corpus_fingerprint", "git_commit",
+    "resumed_from_step", "error",
+]
+CURVE_COLUMNS = ["point_id", "step", "tokens", "flops", "train_loss", "eval_loss", "lr"]
+
+
+def points_dir(sweep_dir: str | Path) -> Path:
+    return Path(sweep_dir) / "points"
+
+
+@contextmanager
+def point_lock(point_dir: Path) -> Iterator[bool]:
+    """Hold the point's lock (True) or learn that another process holds it (False).
+
+    flock locks vanish with their process, so a killed worker never leaves a point
+    marked as running.
+    """
+    point_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(point_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def is_locked(point_dir: Path) -> bool:
+    if not (point_dir / LOCK_FILE).exists():
+        return False
+    with point_lock(point_dir) as got:
+        return not got
+
+
+def point_state(point_dir: str | Path) -> str:
+    point_dir = Path(point_dir)
+    result = read_result(point_dir)
+    if result is not None:
+        return result["status"]
+    if is_locked(point_dir):
+        return "running"
+    slurm = _read_json(point_dir / SLURM_FILE)
+    if slurm and slurm.get("state") in ("PENDING", "RUNNING", "REQUEUED", "SUBMITTED"):
+        return "queued" if slurm["state"] != "RUNNING" else "running"
+    if (point_dir / FAILED_FILE).exists():
+        return "failed"
+    return "pending"
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def point_row(sweep: str, point_dir: Path) -> dict:
+    """One row of the results table, whatever the point's state."""
+    meta = _read_json(point_dir / POINT_FILE) or {}
+    result = read_result(point_dir) or {}
+    config = _read_json(point_dir / "config.json") or meta.get("config", {})
+    row = {c: math.nan for c in RESULT_COLUMNS}
+    row.update({
+        "sweep": sweep, "point_id": point_dir.name, "label": meta.get("label", ""),
+        "group": meta.get("group", ""), "compute_budget": meta.get("compute_budget") or math.nan,
+        "N": meta.get("N"), "N_total": meta.get("N_total"), "D": meta.get("D"),
+        "C": meta.get("C"), "tokens_per_param": meta.get("tokens_per_param"),
+    })
+    if config:
+        m, o, t = config.get("model", {}), config.get("optim", {}), config.get("train", {})
+        row.update({
+            "steps": t.get("steps"), "batch_size": t.get("batch_size"), "seq_len": m.get("seq_len"),
+            "n_layer": m.get("n_layer"), "d_model": m.get("d_model"), "n_head": m.get("n_head"),
+            "optimizer": o.get("name"), "lr": o.get("lr"), "schedule": o.get("schedule"),
+            "warmup_steps": o.get("warmup_steps"), "weight_decay": o.get("weight_decay"),
+            "seed": t.get("seed"),
+        })
+    row.update({k: v for k, v in result.items() if k in RESULT_COLUMNS})
+    row["status"] = point_state(point_dir)
+    if row["status"] == "failed":
+        failed = _read_json(point_dir / FAILED_FILE) or {}
+        row["error"] = failed.get("error", "")
+    return row
+
+
+def point_curve(point_dir: Path) -> pd.DataFrame:
+    rows = read_metrics(point_dir)
+    train = {r["step"]: r for r in rows if "loss" in r}
+    evals = {r["step"]: r["eval_loss"] for r in rows if "eval_loss" in r}
+    steps = sorted(set(train) | set(evals))
+    out = []
+    for s in steps:
+        tr = train.get(s, {})
+        ref = tr or next(r for r in rows if r.get("step") == s)
+        out.append({"point_id": point_dir.name, "step": s, "tokens": ref["tokens"],
+                    "flops": ref["flops"], "train_loss": tr.get("loss", math.nan),
+                    "eval_loss": evals.get(s, math.nan), "lr": tr.get("lr", math.nan)})
+    return pd.DataFrame(out, columns=CURVE_COLUMNS)
+
+
+def collect(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(results, curves) of every point folder in the sweep."""
+    sweep_dir = Path(sweep_dir)
+    dirs = sorted(p for p in points_dir(sweep_dir).glob("*") if p.is_dir())
+    results = pd.DataFrame([point_row(sweep_dir.name, d) for d in dirs], columns=RESULT_COLUMNS)
+    curves = [point_curve(d) for d in dirs if (d / METRICS_FILE).exists()]
+    curves_df = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
+    return results, curves_df
+
+
+def write_tables(sweep_dir: str | Path) -> pd.DataFrame:
+    """Rebuild results.csv, results.parquet and curves.parquet atomically."""
+    sweep_dir = Path(sweep_dir)
+    results, curves = collect(sweep_dir)
+    _atomic(sweep_dir / "results.csv", lambda p: results.to_csv(p, index=False))
+    _atomic(sweep_dir / "results.parquet", lambda p: results.to_parquet(p, index=False))
+    _atomic(sweep_dir / "curves.parquet", lambda p: curves.to_parquet(p, index=False))
+    return results
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def load_results(sweep_dir: str | Path) -> pd.DataFrame:
+    return collect(sweep_dir)[0]
+
+
+def load_curves(sweep_dir: str | Path) -> pd.DataFrame:
+    return collect(sweep_dir)[1]
+
+
+def format_status(sweep_dir: str | Path) -> str:
+    sweep_dir = Path(sweep_dir)
+    if not points_dir(sweep_dir).exists():
+        return f"{sweep_dir}: no points (not a sweep folder, or nothing run yet)"
+    results, _ = collect(sweep_dir)
+    lines = [f"sweep {sweep_dir.name}: {len(results)} points"]
+    counts = results["status"].value_counts().to_dict()
+    lines.append("  " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    header = f"{'point':12s} {'label':34s} {'status':9s} {'N':>9s} {'D':>10s} {'C':>9s} " \
+             f"{'steps':>6s} {'eval loss':>9s} {'wall s':>7s}  slurm"
+    lines += ["", header, "-" * len(header)]
+    for _, r in results.iterrows():
+        d = points_dir(sweep_dir) / r["point_id"]
+        slurm = _read_json(d / SLURM_FILE) or {}
+        job = f"{slurm.get('job_id', '')} {slurm.get('state', '')}".strip()
+        done_steps = _done_steps(d)
+        steps = f"{done_steps}" if r["status"] != "done" else f"{_fmt(r['steps'])}"
+        lines.append(
+            f"{r['point_id']:12s} {str(r['label'])[:34]:34s} {r['status']:9s} {_fmt(r['N']):>9s} "
+            f"{_fmt(r['D']):>10s} {_fmt(r['C']):>9s} {steps:>6s} "
+            f"{_fmt(r['final_eval_loss'], '.4f'):>9s} {_fmt(r['wall_time_s'], '.0f'):>7s}  {job}"
+        )
+    return "\n".join(lines)
+
+
+def _done_steps(point_dir: Path) -> str:
+    rows = [r for r in read_metrics(point_dir) if "step" in r]
+    return str(rows[-1]["step"]) if rows else "0"
+
+
+def _fmt(v, spec: str = ".3g") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return format(v, spec)
+
+
+__all__ = ["collect", "write_tables", "load_results", "load_curves", "format_status",
+           "point_state", "point_lock", "RESULT_FILE"]

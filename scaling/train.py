@@ -1,0 +1,129 @@
+"""The training step: one pure per-device body that every parallel driver reuses.
+
+`train_step_body(state, batch) -> (state, metrics)` computes the loss and gradient on
+its (local) batch, optionally accumulated over micro-batches, averages gradients and
+metrics with `lax.pmean` over `axis_name` when one is bound (the data-parallel
+drivers in `scaling.parallel` bind "data"), and applies the optimizer update. The
+same function runs under plain `jit` on one device, under `jax.pmap` and under
+`jax.jit(jax.shard_map(...))`, so the three drivers cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from scaling.config import Config
+from scaling.model import Transformer, init_params
+from scaling.optim import make_optimizer
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # int32 scalar: number of optimizer updates applied
+    params: Any
+    opt_state: Any
+
+
+def next_token_loss(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+    """Mean cross-entropy of the next token, in float32."""
+    logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT).mean()
+
+
+def _mean_over(axis_name: str | None, tree):
+    return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """Model, optimizer and the pure step functions for one configuration."""
+
+    config: Config
+
+    @property
+    def model(self) -> Transformer:
+        return Transformer(self.config.model)
+
+    @property
+    def optimizer_and_schedule(self) -> tuple[optax.GradientTransformation, Callable]:
+        return make_optimizer(self.config.optim, self.config.train.steps)
+
+    def init_state(self, seed: int | None = None) -> TrainState:
+        """A fresh state on the default device (params from `seed`, default train.seed)."""
+        seed = self.config.train.seed if seed is None else seed
+        optimizer, _ = self.optimizer_and_schedule
+
+        @jax.jit
+        def init(rng):
+            params = init_params(self.config.model, rng)
+            return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
+        return init(jax.random.key(seed))
+
+    def abstract_state(self) -> TrainState:
+        """Shapes and dtypes of the state, without allocating it."""
+        optimizer, _ = self.optimizer_and_schedule
+
+        def init(rng):
+            params = init_params(self.config.model, rng)
+            return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
+        return jax.eval_shape(init, jax.random.key(0))
+
+    def loss(self, params, batch_BxT1: jax.Array) -> jax.Array:
+        inputs_BxT, targets_BxT = batch_BxT1[:, :-1], batch_BxT1[:, 1:]
+        logits_BxTxV = self.model.apply({"params": params}, inputs_BxT)
+        return next_token_loss(logits_BxTxV, targets_BxT)
+
+    def train_step_body(
+        self, state: TrainState, batch_BxT1: jax.Array, axis_name: str | None = None
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One optimizer update on this device's batch; pmean over `axis_name` if bound."""
+        optimizer, schedule = self.optimizer_and_schedule
+        micro = self.config.train.micro_batches
+        grad_fn = jax.value_and_grad(self.loss)
+
+        if micro == 1:
+            loss, grads = grad_fn(state.params, batch_BxT1)
+        else:
+            # Gradient accumulation: scan over micro-batches, summing in float32.
+            b = batch_BxT1.shape[0]
+            micro_MxBxT1 = batch_BxT1.reshape(micro, b // micro, batch_BxT1.shape[1])
+
+            def accumulate(carry, mb_BxT1):
+                loss_sum, grad_sum = carry
+                loss, grads = grad_fn(state.params, mb_BxT1)
+                grad_sum = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grad_sum, grads)
+                return (loss_sum + loss, grad_sum), None
+
+            zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+            (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros),
+                                            micro_MxBxT1)
+            loss = loss / micro
+            grads = jax.tree.map(lambda g, p: (g / micro).astype(p.dtype), grads, state.params)
+
+        loss, grads = _mean_over(axis_name, (loss, grads))
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss,
+            "grad_norm": optax.global_norm(grads),
+            "param_norm": optax.global_norm(params),
+            "update_norm": optax.global_norm(updates),
+            "lr": jnp.asarray(schedule(state.step), jnp.float32),
+        }
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    def eval_step_body(
+        self, params, batch_BxT1: jax.Array, axis_name: str | None = None
+    ) -> dict[str, jax.Array]:
+        return {"eval_loss": _mean_over(axis_name, self.loss(params, batch_BxT1))}
+
+    def compile_step(self) -> Callable:
+        """The single-device step, jitted with the state donated (the `none` driver)."""
+        return jax.jit(partial(self.train_step_body, axis_name=None), donate_argnums=0)
