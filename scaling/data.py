@@ -1,0 +1,700 @@
+"""Corpora -> token memmap cache -> batches, a pure function of (seed, step).
+
+Corpora (`DataConfig.corpus`); a *document* is the unit of the validation split and is
+followed by the tokenizer's end-of-text id in the token stream:
+
+- "stdlib": the `.py` files under the running Python's standard-library folder
+  (`sysconfig.get_paths()["stdlib"]`), test suites included (they are ordinary Python
+  and more than half the text), `site-packages`/`dist-packages` and `__pycache__`
+  excluded. One document per file. Its identity depends on the Python build; the
+  corpus hash and token fingerprint record that.
+- a folder: every file below it, recursively, whose extension is text-like
+  (`TEXT_EXTENSIONS`, or none), hidden files and folders skipped; `.jsonl` files in it
+  are read as rows. One document per file or row.
+- a `.jsonl` file: one document per line, the string in field `data.text_field`.
+- any other file: UTF-8 text, cut at line ends into documents of about
+  `TEXT_FILE_BLOCK_BYTES` bytes (named `<file>#<k>`) so that a validation split exists.
+- "hf:<name>[:<config>]": a Hugging Face dataset through the optional `datasets`
+  package, split `data.hf_split`, field `data.text_field`, one document per row. For the
+  packaged builders (`json`, `csv`, `text`, `parquet`, `arrow`) the second part is a
+  local data file or glob instead of a config: "hf:json:/data/corpus.jsonl".
+
+Files are read in sorted (relative posix path) order. Binary files (a NUL byte) and
+files that are not valid UTF-8 are skipped in folders (listed in `describe()`), an
+error for a single file. Empty documents are dropped. `max_corpus_bytes` > 0 reads at
+most that many bytes of UTF-8 text: whole documents in read order, the last one cut at
+a character boundary.
+
+Split and order. A document is held out for validation when the first 8 bytes of
+sha256("scalinglab-val:" + name) fall below `val_fraction` * 2**64, so its membership
+depends on nothing but its name (a corpus capped by `max_corpus_bytes` never trains on
+a document that the full corpus holds out). If that selects nothing the document with
+the smallest hash is held out. Within each split documents are ordered by a second
+name hash, so any prefix of the training stream (`max_unique_tokens`) and any number
+of evaluation windows is a random sample of documents, not the alphabetically first
+modules.
+
+Cache. The token streams (train then validation, uint16 when the vocabulary fits, else
+uint32) live in `<cache>/tokens/<key>.bin` with `<key>.json` beside it, where the key
+hashes the corpus content (sha256 over document names and bytes), the tokenizer's
+exact identity, `val_fraction` and the format version. Both files are written to a temp
+file and renamed, the .bin first. A cached pair is trusted only when the .json parses,
+the .bin's size matches it and (by default) the sha256 fingerprint of the tokens
+matches; otherwise it is rebuilt.
+
+Batches. The training tokens used (the whole train stream, or its first
+`max_unique_tokens + 1` tokens) are cut into windows of seq_len + 1 tokens with stride
+seq_len (neighbours share one token), so every next-token target appears in exactly
+one window: n_windows = (n_used - 1) // seq_len and the unique tokens D = n_windows *
+seq_len (`max_unique_tokens` rounded down to a multiple of seq_len). Global sequence
+p = step * batch_size + row lies in epoch p // n_windows and reads window
+perm(seed, epoch)[p % n_windows]; perm is an argsort of a splitmix64 hash, so it is
+independent of the numpy version. Each epoch visits every window once; tokens seen =
+steps * batch_size * seq_len exactly. Validation windows are fixed, in order, cycling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+import sysconfig
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+
+from scaling.config import ConfigError
+from scaling.tokenizer import Tokenizer, make_tokenizer
+
+if TYPE_CHECKING:
+    from scaling.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+TEXT_FILE_BLOCK_BYTES = 8192
+TEXT_EXTENSIONS = frozenset(
+    ".txt .text .md .markdown .rst .tex .py .pyi .c .h .cc .cpp .hpp .java .js .ts .go "
+    ".rs .rb .sh .html .htm .xml .css .json .jsonl .yaml .yml .toml .ini .cfg .csv .tsv"
+    .split()
+) | {""}
+HF_FILE_BUILDERS = ("json", "csv", "text", "parquet", "arrow")
+_ENCODE_CHUNK_BYTES = 4 << 20  # text tokenized and written per chunk
+_HASH_CHUNK = 1 << 22  # tokens hashed per update
+
+
+class DataError(ConfigError):
+    """The corpus cannot be read, or is too small for what the config asks."""
+
+
+# --------------------------------------------------------------------------------------
+# Reading corpora
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Document:
+    name: str
+    text: str
+
+
+@dataclass
+class Corpus:
+    """Documents of a corpus, in read order, with their train/validation split."""
+
+    spec: str
+    documents: list[Document]
+    is_val: np.ndarray  # bool per document
+    sha256: str  # content identity: names and UTF-8 bytes of all documents, in order
+    n_bytes: int
+    skipped: list[str] = field(default_factory=list)
+    truncated: bool = False
+    _train_sha256: str | None = None
+
+    def ordered(self, val: bool) -> list[Document]:
+        """The documents of one split, in stream order (a hash of their names)."""
+        docs = [d for d, v in zip(self.documents, self.is_val) if bool(v) == val]
+        return sorted(docs, key=lambda d: _name_hash(b"scalinglab-order:", d.name))
+
+    def train_texts(self) -> list[str]:
+        return [d.text for d in self.ordered(False)]
+
+    @property
+    def train_sha256(self) -> str:
+        """Identity of the training text (what a BPE is trained on)."""
+        if self._train_sha256 is None:
+            self._train_sha256 = _docs_sha256(self.ordered(False))
+        return self._train_sha256
+
+
+def read_corpus(data_cfg: "DataConfig") -> Corpus:
+    """Read and split the corpus `data_cfg.corpus` (see the module docstring)."""
+    spec = data_cfg.corpus
+    cap = data_cfg.max_corpus_bytes
+    collector = _Collector(cap)
+    if spec == "stdlib":
+        root = Path(sysconfig.get_paths()["stdlib"])
+        _read_files(collector, root, _stdlib_files(root), data_cfg, skip_bad=True)
+    elif spec.startswith("hf:"):
+        _read_hf(collector, spec, data_cfg)
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise DataError(
+                f"data.corpus = {spec!r}: no such file or folder; allowed: 'stdlib', a text "
+                "file, a folder of text files, a .jsonl file or 'hf:<dataset>[:<config>]'"
+            )
+        if path.is_dir():
+            _read_files(collector, path, _folder_files(path), data_cfg, skip_bad=True)
+        else:
+            _read_files(collector, path.parent, [path.name], data_cfg, skip_bad=False,
+                        split_text=True)
+    docs = collector.docs
+    if not docs:
+        raise DataError(f"data.corpus = {spec!r}: no documents with text were found"
+                        + (f" (skipped: {collector.skipped[:5]})" if collector.skipped else ""))
+    names = [d.name for d in docs]
+    if len(set(names)) != len(names):
+        raise DataError(f"data.corpus = {spec!r}: document names are not unique")
+    is_val = split_documents(names, data_cfg.val_fraction)
+    if not is_val.any():
+        raise DataError(
+            f"data.corpus = {spec!r} has {len(docs)} document(s): too few to hold one out "
+            f"for validation (data.val_fraction = {data_cfg.val_fraction}); use a larger "
+            "corpus or one with more documents"
+        )
+    return Corpus(spec=spec, documents=docs, is_val=is_val, sha256=_docs_sha256(docs),
+                  n_bytes=collector.n_bytes, skipped=collector.skipped,
+                  truncated=collector.full)
+
+
+def split_documents(names: list[str], val_fraction: float) -> np.ndarray:
+    """Bool mask of held-out documents: a pure function of each name (see module doc)."""
+    hashes = np.array([_name_hash(b"scalinglab-val:", n) for n in names], dtype=np.uint64)
+    threshold = int(val_fraction * 2.0**64)
+    is_val = np.array([int(h) < threshold for h in hashes], dtype=bool)
+    if not is_val.any() and len(names) >= 2:
+        is_val[int(np.argmin(hashes))] = True
+    if is_val.all():  # keep at least one training document
+        is_val[int(np.argmax(hashes))] = False
+    return is_val
+
+
+class _Collector:
+    """Gathers documents until `cap` bytes of UTF-8 text (0: no cap)."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.docs: list[Document] = []
+        self.skipped: list[str] = []
+        self.n_bytes = 0
+        self.full = False
+
+    def add(self, name: str, raw: bytes, text: str | None = None) -> None:
+        if self.full or not raw:
+            return
+        if self.cap and self.n_bytes + len(raw) >= self.cap:
+            self.full = True
+            room = self.cap - self.n_bytes
+            if room < len(raw):
+                while room > 0 and (raw[room] & 0xC0) == 0x80:  # a continuation byte
+                    room -= 1
+                raw, text = raw[:room], None
+            if not raw:
+                return
+        if text is None:
+            text = raw.decode("utf-8")
+        self.docs.append(Document(name, text))
+        self.n_bytes += len(raw)
+
+
+def _stdlib_files(root: Path) -> list[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = Path(dirpath).relative_to(root)
+        if rel.parts and rel.parts[0] in ("site-packages", "dist-packages"):
+            dirnames[:] = []
+            continue
+        dirnames[:] = [d for d in dirnames
+                       if d not in ("__pycache__", "site-packages", "dist-packages")]
+        out += [(rel / f).as_posix() for f in filenames if f.endswith(".py")]
+    return sorted(out)
+
+
+def _folder_files(root: Path) -> list[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__pycache__"]
+        rel = Path(dirpath).relative_to(root)
+        out += [(rel / f).as_posix() for f in filenames
+                if not f.startswith(".") and Path(f).suffix.lower() in TEXT_EXTENSIONS]
+    return sorted(out)
+
+
+def _read_files(collector: _Collector, root: Path, relpaths: list[str], data_cfg,
+                skip_bad: bool, split_text: bool = False) -> None:
+    for rel in relpaths:
+        if collector.full:
+            return
+        path = root / rel
+        if rel.endswith(".jsonl"):
+            _read_jsonl(collector, path, rel, data_cfg.text_field)
+            continue
+        raw = path.read_bytes()
+        problem = None
+        if b"\x00" in raw:
+            problem = "binary (contains NUL bytes)"
+        else:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                problem = f"not UTF-8 ({e.reason} at byte {e.start})"
+        if problem:
+            if not skip_bad:
+                raise DataError(f"data.corpus = {str(path)!r}: {problem}")
+            collector.skipped.append(rel)
+            continue
+        if split_text:
+            for k, block in enumerate(_line_blocks(raw, TEXT_FILE_BLOCK_BYTES)):
+                collector.add(f"{rel}#{k}", block)
+        else:
+            collector.add(rel, raw, text)
+
+
+def _line_blocks(raw: bytes, size: int) -> Iterator[bytes]:
+    """`raw` cut after the first newline at or past every `size` bytes."""
+    start = 0
+    while start < len(raw):
+        cut = raw.find(b"\n", start + size - 1)
+        end = len(raw) if cut < 0 else cut + 1
+        yield raw[start:end]
+        start = end
+
+
+def _read_jsonl(collector: _Collector, path: Path, rel: str, text_field: str) -> None:
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            if collector.full:
+                return
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"data.corpus: {path}:{lineno}: not JSON ({e.msg})") from None
+            text = _row_text(row, text_field, f"{path}:{lineno}")
+            if text:
+                collector.add(f"{rel}:{lineno}", text.encode("utf-8"), text)
+
+
+def _row_text(row: Any, text_field: str, where: str) -> str | None:
+    if not isinstance(row, dict) or text_field not in row:
+        keys = sorted(row) if isinstance(row, dict) else type(row).__name__
+        raise DataError(f"data.text_field = {text_field!r}: missing in {where}; "
+                        f"the row has {keys}")
+    text = row[text_field]
+    if text is not None and not isinstance(text, str):
+        raise DataError(f"data.text_field = {text_field!r}: {where} holds a "
+                        f"{type(text).__name__}, not a string")
+    return text
+
+
+def _read_hf(collector: _Collector, spec: str, data_cfg) -> None:
+    parts = spec.split(":", 2)
+    name = parts[1] if len(parts) > 1 else ""
+    extra = parts[2] if len(parts) > 2 else None
+    if not name:
+        raise DataError(f"data.corpus = {spec!r}: write 'hf:<dataset>[:<config>]'")
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            f"data.corpus = {spec!r} needs the optional `datasets` package: "
+            "pip install 'scalinglab[hf]' (or pip install datasets)"
+        ) from None
+    hf_cache = str(resolve_cache_dir(data_cfg) / "hf")
+    kwargs: dict[str, Any] = {"split": data_cfg.hf_split, "cache_dir": hf_cache}
+    if name in HF_FILE_BUILDERS:
+        if not extra:
+            raise DataError(f"data.corpus = {spec!r}: the {name!r} builder needs a file: "
+                            f"'hf:{name}:<path or glob>'")
+        kwargs["data_files"] = str(Path(extra).expanduser())
+        extra = None
+    if data_cfg.max_corpus_bytes:
+        kwargs["streaming"] = True  # read only what the cap allows
+    try:
+        ds = datasets.load_dataset(name, extra, **kwargs)
+    except Exception as e:
+        raise DataError(f"data.corpus = {spec!r}: datasets.load_dataset failed: "
+                        f"{type(e).__name__}: {e}") from e
+    for i, row in enumerate(ds):
+        if collector.full:
+            return
+        text = _row_text(row, data_cfg.text_field, f"{spec} row {i}")
+        if text:
+            collector.add(f"{data_cfg.hf_split}:{i}", text.encode("utf-8"), text)
+
+
+def _name_hash(salt: bytes, name: str) -> int:
+    return int.from_bytes(hashlib.sha256(salt + name.encode("utf-8")).digest()[:8], "big")
+
+
+def _docs_sha256(docs: list[Document]) -> str:
+    h = hashlib.sha256(b"scalinglab-corpus-v1")
+    for d in docs:
+        name, text = d.name.encode("utf-8"), d.text.encode("utf-8")
+        h.update(struct.pack("<Q", len(name)) + name + struct.pack("<Q", len(text)))
+        h.update(text)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------
+# Token cache
+# --------------------------------------------------------------------------------------
+
+
+def resolve_cache_dir(data_cfg: "DataConfig") -> Path:
+    """`data.cache_dir`, else $SCALINGLAB_CACHE, else ~/.cache/scalinglab (created)."""
+    path = Path(data_cfg.cache_dir or os.environ.get("SCALINGLAB_CACHE", "~/.cache/scalinglab"))
+    path = path.expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
+
+
+def stream_fingerprint(train: np.ndarray, val: np.ndarray) -> str:
+    """sha256 (hex) of the train and validation token streams, with their lengths."""
+    dtype = np.dtype(train.dtype).newbyteorder("<")
+    h = hashlib.sha256(f"scalinglab-tokens-v1|{dtype.str}|{len(train)}|{len(val)}|".encode())
+    for arr in (train, val):
+        for i in range(0, len(arr), _HASH_CHUNK):
+            h.update(np.ascontiguousarray(arr[i:i + _HASH_CHUNK], dtype=dtype))
+    return h.hexdigest()
+
+
+def _cache_key(corpus: Corpus, tokenizer: Tokenizer, val_fraction: float) -> str:
+    ident = json.dumps({"format": FORMAT_VERSION, "corpus": corpus.sha256,
+                        "tokenizer": tokenizer.name, "val_fraction": repr(float(val_fraction))},
+                       sort_keys=True)
+    return hashlib.sha256(ident.encode()).hexdigest()[:32]
+
+
+def _load_cached(bin_path: Path, meta_path: Path, verify: bool) -> tuple[np.memmap, dict] | None:
+    if not (bin_path.exists() and meta_path.exists()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        dtype = np.dtype(meta["dtype"])
+        n = int(meta["n_train_tokens"]) + int(meta["n_val_tokens"])
+        if meta.get("format") != FORMAT_VERSION or bin_path.stat().st_size != n * dtype.itemsize:
+            raise ValueError("size or format mismatch")
+        mm = np.memmap(bin_path, dtype=dtype, mode="r", shape=(n,))
+        if verify:
+            n_train = int(meta["n_train_tokens"])
+            if stream_fingerprint(mm[:n_train], mm[n_train:]) != meta["fingerprint"]:
+                raise ValueError("fingerprint mismatch")
+        return mm, meta
+    except Exception as e:  # anything odd: do not trust it, rebuild
+        log.warning("token cache %s not trusted (%s); rebuilding", bin_path, e)
+        return None
+
+
+def _build_cache(corpus: Corpus, tokenizer: Tokenizer, bin_path: Path, meta_path: Path,
+                 key: str) -> None:
+    dtype = token_dtype(tokenizer.vocab_size)
+    eot = np.array([tokenizer.eot_id], dtype=dtype)
+    bin_path.parent.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, dict[str, int]] = {}
+    t0 = time.perf_counter()
+    fd, tmp = tempfile.mkstemp(dir=bin_path.parent, prefix=f".{bin_path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for split, val in (("train", False), ("val", True)):
+                docs = corpus.ordered(val)
+                n_tok = n_bytes = 0
+                for chunk in _chunks(docs, _ENCODE_CHUNK_BYTES):
+                    texts = [d.text for d in chunk]
+                    n_bytes += sum(len(t.encode("utf-8")) for t in texts)
+                    parts = []
+                    for ids in tokenizer.encode_batch(texts):
+                        parts += [ids.astype(dtype, copy=False), eot]
+                    arr = np.concatenate(parts)
+                    f.write(arr.tobytes())
+                    n_tok += len(arr)
+                counts[split] = {"tokens": n_tok, "documents": len(docs), "bytes": n_bytes}
+            f.flush()
+            os.fsync(f.fileno())
+        n = counts["train"]["tokens"] + counts["val"]["tokens"]
+        mm = np.memmap(tmp, dtype=dtype, mode="r", shape=(n,))
+        fingerprint = stream_fingerprint(mm[:counts["train"]["tokens"]],
+                                         mm[counts["train"]["tokens"]:])
+        del mm
+        os.replace(tmp, bin_path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    meta = {
+        "format": FORMAT_VERSION,
+        "key": key,
+        "corpus": corpus.spec,
+        "corpus_sha256": corpus.sha256,
+        "corpus_bytes": corpus.n_bytes,
+        "corpus_truncated": corpus.truncated,
+        "n_documents": len(corpus.documents),
+        "skipped_files": corpus.skipped,
+        "tokenizer": tokenizer.name,
+        "vocab_size": tokenizer.vocab_size,
+        "eot_id": tokenizer.eot_id,
+        "dtype": dtype.str,
+        "n_train_tokens": counts["train"]["tokens"],
+        "n_val_tokens": counts["val"]["tokens"],
+        "n_train_documents": counts["train"]["documents"],
+        "n_val_documents": counts["val"]["documents"],
+        "train_bytes": counts["train"]["bytes"],
+        "val_bytes": counts["val"]["bytes"],
+        "fingerprint": fingerprint,
+        "build_seconds": round(time.perf_counter() - t0, 3),
+    }
+    from scaling.tokenizer import _atomic_write_text
+
+    _atomic_write_text(meta_path, json.dumps(meta, indent=1))
+
+
+def _chunks(docs: list[Document], max_bytes: int) -> Iterator[list[Document]]:
+    chunk: list[Document] = []
+    size = 0
+    for d in docs:
+        chunk.append(d)
+        size += len(d.text)
+        if size >= max_bytes:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def load_corpus(data_cfg: "DataConfig", seq_len: int, *, verify: bool = True) -> "TokenData":
+    """Tokenize `data_cfg.corpus` once into the cache and return it ready for batches.
+
+    `verify`: recompute the token fingerprint of a cached file before trusting it."""
+    if seq_len < 1:
+        raise DataError(f"model.seq_len = {seq_len}: must be > 0")
+    corpus = read_corpus(data_cfg)
+    cache = resolve_cache_dir(data_cfg)
+    if data_cfg.tokenizer == "bpe":
+        tokenizer = make_tokenizer(data_cfg, corpus.train_texts(), corpus.train_sha256)
+    else:
+        tokenizer = make_tokenizer(data_cfg)
+    key = _cache_key(corpus, tokenizer, data_cfg.val_fraction)
+    bin_path = cache / "tokens" / f"{key}.bin"
+    meta_path = bin_path.with_suffix(".json")
+    loaded = _load_cached(bin_path, meta_path, verify)
+    if loaded is None:
+        log.info("tokenizing %s with %s into %s", data_cfg.corpus, tokenizer.name, bin_path)
+        _build_cache(corpus, tokenizer, bin_path, meta_path, key)
+        loaded = _load_cached(bin_path, meta_path, verify=False)
+        if loaded is None:
+            raise DataError(f"could not build the token cache {bin_path}")
+    del corpus
+    mm, meta = loaded
+    meta = dict(meta, cache_file=str(bin_path))
+    return TokenData(tokenizer, mm, meta, seq_len, data_cfg.max_unique_tokens)
+
+
+# --------------------------------------------------------------------------------------
+# Batches
+# --------------------------------------------------------------------------------------
+
+_M64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _mix64_int(z: int) -> int:
+    z &= _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def window_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    """A permutation of range(n), a fixed function of (seed, epoch) (splitmix64 keys)."""
+    base = _mix64_int(_mix64_int(seed) ^ ((epoch * _GOLDEN) & _M64))
+    with np.errstate(over="ignore"):
+        keys = _mix64(np.uint64(base) + np.arange(n, dtype=np.uint64) * np.uint64(_GOLDEN))
+    return np.argsort(keys, kind="stable").astype(np.int64)
+
+
+class TokenData:
+    """Tokenized train/validation streams and the batches cut from them."""
+
+    def __init__(self, tokenizer: Tokenizer, tokens: np.ndarray, meta: dict, seq_len: int,
+                 max_unique_tokens: int = 0):
+        self.tokenizer = tokenizer
+        self.meta = meta
+        self.seq_len = int(seq_len)
+        self.max_unique_tokens = int(max_unique_tokens)
+        n_train = int(meta["n_train_tokens"])
+        self.train = tokens[:n_train]
+        self.val = tokens[n_train:]
+        self.fingerprint: str = meta["fingerprint"]
+        T = self.seq_len
+        corpus = meta.get("corpus", "?")
+        if self.max_unique_tokens:
+            if self.max_unique_tokens + 1 > n_train:
+                raise DataError(
+                    f"data.max_unique_tokens = {self.max_unique_tokens} needs "
+                    f"{self.max_unique_tokens + 1} training tokens but data.corpus = "
+                    f"{corpus!r} has {n_train}; lower it or use a larger corpus"
+                )
+            self._used = self.train[:self.max_unique_tokens + 1]
+        else:
+            self._used = self.train
+        self.n_windows = max(0, (len(self._used) - 1) // T)
+        if self.n_windows < 1:
+            raise DataError(
+                f"data.corpus = {corpus!r} gives {len(self._used)} training tokens"
+                + (f" (data.max_unique_tokens = {self.max_unique_tokens})"
+                   if self.max_unique_tokens else "")
+                + f", too few for one sequence of model.seq_len = {T} (+1); use a larger "
+                "corpus, a larger data.max_unique_tokens or a smaller model.seq_len"
+            )
+        self.n_val_windows = max(0, (len(self.val) - 1) // T)
+        if self.n_val_windows < 1:
+            raise DataError(
+                f"data.corpus = {corpus!r} gives {len(self.val)} validation tokens, too few "
+                f"for one sequence of model.seq_len = {T} (+1); raise data.val_fraction, "
+                "use a larger corpus or a smaller model.seq_len"
+            )
+        self._offsets = np.arange(T + 1, dtype=np.int64)
+        self._perms: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()  # batches may be prefetched from another thread
+
+    # ---- sizes ------------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.tokenizer.vocab_size)
+
+    @property
+    def n_train_tokens(self) -> int:
+        return len(self.train)
+
+    @property
+    def n_val_tokens(self) -> int:
+        return len(self.val)
+
+    @property
+    def unique_tokens(self) -> int:
+        """D: distinct next-token targets one epoch trains on (n_windows * seq_len)."""
+        return self.n_windows * self.seq_len
+
+    # ---- batches ----------------------------------------------------------------------
+
+    def _perm(self, seed: int, epoch: int) -> np.ndarray:
+        key = (int(seed), int(epoch))
+        with self._lock:
+            perm = self._perms.get(key)
+            if perm is None:
+                perm = window_permutation(self.n_windows, seed, epoch)
+                self._perms[key] = perm
+                while len(self._perms) > 4:
+                    self._perms.popitem(last=False)
+            else:
+                self._perms.move_to_end(key)
+            return perm
+
+    def train_batch(self, step: int, batch_size: int, seed: int,
+                    shard: tuple[int, int] = (0, 1)) -> np.ndarray:
+        """int32 [batch_size // count, seq_len + 1]: rows index*B/count ... of batch `step`.
+
+        inputs = batch[:, :-1], targets = batch[:, 1:]. A pure function of the arguments
+        (and the corpus); shards of one step concatenate to the unsharded batch."""
+        index, count = (int(shard[0]), int(shard[1]))
+        if step < 0 or batch_size < 1:
+            raise ValueError(f"step = {step}, batch_size = {batch_size}: need step >= 0, "
+                             "batch_size >= 1")
+        if count < 1 or not 0 <= index < count or batch_size % count:
+            raise ValueError(f"shard = {shard}: need 0 <= index < count and count dividing "
+                             f"batch_size = {batch_size}")
+        rows = batch_size // count
+        p = int(step) * batch_size + index * rows + np.arange(rows, dtype=np.int64)
+        epochs, w = np.divmod(p, self.n_windows)
+        windows = np.empty(rows, dtype=np.int64)
+        for e in np.unique(epochs):
+            sel = epochs == e
+            windows[sel] = self._perm(seed, int(e))[w[sel]]
+        idx = windows[:, None] * self.seq_len + self._offsets
+        return np.asarray(self._used[idx], dtype=np.int32)
+
+    def val_batch(self, i: int, batch_size: int) -> np.ndarray:
+        """int32 [batch_size, seq_len + 1]: validation windows i*B ... (i+1)*B - 1, cycling."""
+        rows = (int(i) * batch_size + np.arange(batch_size, dtype=np.int64)) % self.n_val_windows
+        idx = rows[:, None] * self.seq_len + self._offsets
+        return np.asarray(self.val[idx], dtype=np.int32)
+
+    def position(self, step: int, batch_size: int) -> dict[str, Any]:
+        """Where `step` steps of `batch_size` sequences leave the data order."""
+        seqs = int(step) * int(batch_size)
+        return {
+            "step": int(step),
+            "sequences_seen": seqs,
+            "tokens_seen": seqs * self.seq_len,
+            "epoch": seqs // self.n_windows,
+            "epochs": seqs / self.n_windows,
+            "unique_tokens": min(seqs, self.n_windows) * self.seq_len,
+            "n_windows": self.n_windows,
+        }
+
+    # ---- reporting --------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        m = self.meta
+        return {
+            "corpus": m.get("corpus"),
+            "corpus_sha256": m.get("corpus_sha256"),
+            "corpus_bytes": m.get("corpus_bytes"),
+            "corpus_truncated": m.get("corpus_truncated"),
+            "n_documents": m.get("n_documents"),
+            "n_train_documents": m.get("n_train_documents"),
+            "n_val_documents": m.get("n_val_documents"),
+            "n_skipped_files": len(m.get("skipped_files", [])),
+            "tokenizer": self.tokenizer.name,
+            "tokenizer_file": str(getattr(self.tokenizer, "path", None) or "") or None,
+            "vocab_size": self.vocab_size,
+            "fingerprint": self.fingerprint,
+            "n_train_tokens": self.n_train_tokens,
+            "n_val_tokens": self.n_val_tokens,
+            "bytes_per_token": (m["train_bytes"] / self.n_train_tokens
+                                if self.n_train_tokens else None),
+            "seq_len": self.seq_len,
+            "max_unique_tokens": self.max_unique_tokens,
+            "unique_tokens": self.unique_tokens,
+            "n_windows": self.n_windows,
+            "n_val_windows": self.n_val_windows,
+            "cache_file": m.get("cache_file"),
+        }
+
+    def __repr__(self) -> str:
+        return (f"TokenData({self.meta.get('corpus')!r}, {self.tokenizer.name}, "
+                f"train={self.n_train_tokens}, val={self.n_val_tokens}, "
+                f"seq_len={self.seq_len}, fingerprint={self.fingerprint[:12]})")
