@@ -126,7 +126,7 @@ class OptimConfig:
     warmup_steps: int = 0  # linear warm-up from 0 to lr
     final_lr_ratio: float = 0.1  # lr at the end of decay, as a fraction of the peak
     decay_fraction: float = 0.2  # wsd: fraction of training spent decaying
-    weight_decay: float = 0.0  # decoupled (adamw, lamb, lars) or L2 (others)
+    weight_decay: float = 0.0  # decoupled everywhere (w -= lr * wd * w); adam refuses it: use adamw
     decay_norms_and_biases: bool = False  # default: no decay on norms, biases, embeddings
     decay_embeddings: bool = False
     b1: float = 0.9
@@ -143,6 +143,11 @@ class OptimConfig:
         for key in ("b1", "b2", "momentum", "final_lr_ratio"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"optim.{key} = {getattr(self, key)}: must be in [0, 1]")
+        if self.name == "adam" and self.weight_decay > 0:
+            raise ConfigError(
+                f"optim.weight_decay = {self.weight_decay} with optim.name = 'adam': decoupled "
+                "decay on Adam is 'adamw'; use optim.name = 'adamw' or weight_decay = 0"
+            )
         if not 0.0 < self.decay_fraction <= 1.0:
             raise ConfigError(f"optim.decay_fraction = {self.decay_fraction}: must be in (0, 1]")
 

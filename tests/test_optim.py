@@ -1,0 +1,416 @@
+"""Optimizer registry, schedules, weight-decay masks, clipping, warm-up (scaling.optim)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from scaling.config import OPTIMIZERS, SCHEDULES, ConfigError, OptimConfig
+from scaling.optim import (
+    decay_mask,
+    describe_optimizer,
+    make_optimizer,
+    param_kind,
+    schedule,
+    trust_ratio_mask,
+)
+
+# Few distinct shapes on purpose: eager optax updates compile once per (op, shape).
+L, V, T, D, F = 2, 8, 8, 8, 8  # layers, vocab, positions, width, hidden
+
+
+# --------------------------------------------------------------------------------------
+# A hand-built parameter tree shaped like the model's (nn.scan stacks block params)
+# --------------------------------------------------------------------------------------
+
+
+def model_like_params(seed=0) -> dict:
+    rng = np.random.default_rng(seed)  # numpy: eager jax.random would compile per shape
+
+    def w(*shape, std=0.3):
+        return jnp.asarray(std * rng.normal(size=shape), jnp.float32)
+
+    return {
+        "embed": {"embedding": w(V, D)},
+        "pos_embed": {"embedding": w(T, D)},
+        "blocks": {  # stacked: leading layer axis L
+            "LayerNorm_0": {"scale": 1.0 + w(L, D, std=0.05), "bias": w(L, D, std=0.05)},
+            "attn": {
+                "query": {"kernel": w(L, D, D), "bias": w(L, D, std=0.05)},
+                "key": {"kernel": w(L, D, D), "bias": w(L, D, std=0.05)},
+                "value": {"kernel": w(L, D, D), "bias": w(L, D, std=0.05)},
+                "out": {"kernel": w(L, D, D), "bias": w(L, D, std=0.05)},
+            },
+            "LayerNorm_1": {"scale": 1.0 + w(L, D, std=0.05), "bias": w(L, D, std=0.05)},
+            "mlp": {
+                "Dense_0": {"kernel": w(L, D, F), "bias": w(L, F, std=0.05)},
+                "Dense_1": {"kernel": w(L, F, D), "bias": w(L, D, std=0.05)},
+            },
+        },
+        "ln_f": {"scale": 1.0 + w(D, std=0.05), "bias": w(D, std=0.05)},
+        "LayerNorm_0": {"scale": 1.0 + w(D, std=0.05), "bias": w(D, std=0.05)},
+        "head": {"kernel": w(D, D), "bias": jnp.zeros((D,))},
+    }
+
+
+# Which leaves the default mask must decay, by path.
+DEFAULT_DECAYED = {
+    "blocks/attn/query/kernel",
+    "blocks/attn/key/kernel",
+    "blocks/attn/value/kernel",
+    "blocks/attn/out/kernel",
+    "blocks/mlp/Dense_0/kernel",
+    "blocks/mlp/Dense_1/kernel",
+    "head/kernel",
+}
+EMBEDDINGS = {"embed/embedding", "pos_embed/embedding"}
+
+
+def flat(tree) -> dict[str, object]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(getattr(k, "key", k)) for k in path): v for path, v in leaves}
+
+
+class TinyMLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.gelu(nn.Dense(D)(x))
+        x = nn.LayerNorm()(x)
+        return nn.Dense(1)(x)[:, 0]
+
+
+def stacked_regression_params(rng) -> dict:
+    """A small stacked-layers tree: embedding, L residual layers (leading layer axis) with
+    norm-like scale/bias and a dense layer each, and a linear head."""
+
+    def w(*shape, std=0.3):
+        return jnp.asarray(std * rng.normal(size=shape), jnp.float32)
+
+    return {
+        "embed": {"embedding": w(V, D)},
+        "blocks": {
+            "LayerNorm_0": {"scale": 1.0 + w(L, D, std=0.05), "bias": w(L, D, std=0.05)},
+            "Dense_0": {"kernel": w(L, D, D), "bias": w(L, D, std=0.05)},
+        },
+        "head": {"kernel": w(D, D), "bias": jnp.zeros((D,))},
+    }
+
+
+def stacked_regression_apply(p, tokens):
+    x = p["embed"]["embedding"][tokens].mean(1)  # bag of tokens, [B, D]
+
+    def layer(x, b):
+        h = x * b["LayerNorm_0"]["scale"] + b["LayerNorm_0"]["bias"]
+        return x + jnp.tanh(h @ b["Dense_0"]["kernel"] + b["Dense_0"]["bias"]), None
+
+    x, _ = jax.lax.scan(layer, x, p["blocks"])
+    return (x @ p["head"]["kernel"] + p["head"]["bias"]).mean(-1)
+
+
+def make_problem():
+    """Params {'stack': stacked regression tree, 'mlp': flax MLP}; a sum of two MSE losses."""
+    rng = np.random.default_rng(0)
+    tokens = jnp.asarray(rng.integers(0, V, size=(32, T)))
+    y_tok = jnp.asarray(rng.normal(size=32), jnp.float32)
+    x_mlp = jnp.asarray(rng.normal(size=(64, D)), jnp.float32)
+    y_mlp = jnp.sin(x_mlp.sum(-1))
+    mlp = TinyMLP()
+    shapes = jax.eval_shape(mlp.init, jax.random.PRNGKey(1), x_mlp)["params"]
+    mlp_params = jax.tree.map(
+        lambda s: jnp.asarray(0.5 * rng.normal(size=s.shape), jnp.float32), shapes
+    )
+    params = {"stack": stacked_regression_params(rng), "mlp": mlp_params}
+
+    def loss(p):
+        a = jnp.mean((stacked_regression_apply(p["stack"], tokens) - y_tok) ** 2)
+        b = jnp.mean((mlp.apply({"params": p["mlp"]}, x_mlp) - y_mlp) ** 2)
+        return a + b
+
+    return params, loss
+
+
+# --------------------------------------------------------------------------------------
+# Every optimizer x every schedule trains
+# --------------------------------------------------------------------------------------
+
+# Per-optimizer settings that make 20 steps on this problem meaningful.
+TRAIN_SETTINGS = {
+    "sgd": dict(lr=0.1),
+    "momentum": dict(lr=0.05),
+    "nesterov": dict(lr=0.05),
+    "adam": dict(lr=1e-2, weight_decay=0.0),
+    "adamw": dict(lr=1e-2),
+    "lars": dict(lr=0.1, trust_coefficient=0.1),
+    "lamb": dict(lr=1e-2),
+}
+STEPS = 20
+
+_problem = None
+
+
+def problem():
+    """(params, loss, jitted value_and_grad), built and compiled once for all cases."""
+    global _problem
+    if _problem is None:
+        params, loss = make_problem()
+        _problem = params, loss, jax.jit(jax.value_and_grad(loss))
+    return _problem
+
+
+@pytest.mark.parametrize("sched", SCHEDULES)
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_optimizer_and_schedule_reduces_loss(name, sched):
+    # The updates run eagerly: compiling 28 optimizer loops would dominate the test time.
+    params, loss, value_and_grad = problem()
+    settings = {"weight_decay": 0.01, **TRAIN_SETTINGS[name]}
+    cfg = OptimConfig(name=name, schedule=sched, warmup_steps=3, clip_norm=1.0, **settings)
+    tx, _ = make_optimizer(cfg, STEPS)
+    state = tx.init(params)
+    losses = []
+    for _ in range(STEPS):
+        value, grads = value_and_grad(params)
+        losses.append(float(value))
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    final = float(value_and_grad(params)[0])
+    assert np.all(np.isfinite(losses)) and np.isfinite(final)
+    assert final < 0.9 * losses[0], (name, sched, losses[0], final)
+
+
+# --------------------------------------------------------------------------------------
+# Schedules: exact values at the key points
+# --------------------------------------------------------------------------------------
+
+# lr = 2, warm-up 10 of 100 steps, final ratio 0.1, wsd decays over the last 20 steps.
+# Points: 0, mid warm-up, end of warm-up, middle of the post-warm-up span (55),
+# wsd decay start (80), middle of the wsd decay (90), end (100), past the end (150).
+POINTS = (0, 5, 10, 55, 80, 90, 100, 150)
+EXPECTED = {
+    "constant": (0.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0),
+    # 2 * (0.1 + 0.9 * (1 + cos(pi * (s - 10) / 90)) / 2)
+    "cosine": (0.0, 1.0, 2.0, 1.1,
+               0.2 + 1.8 * (1 + math.cos(math.pi * 70 / 90)) / 2,
+               0.2 + 1.8 * (1 + math.cos(math.pi * 80 / 90)) / 2, 0.2, 0.2),
+    # 2 * (1 - 0.9 * (s - 10) / 90)
+    "linear": (0.0, 1.0, 2.0, 1.1, 0.6, 0.4, 0.2, 0.2),
+    # stable at 2 until 80, then 2 * (1 - 0.9 * (s - 80) / 20)
+    "wsd": (0.0, 1.0, 2.0, 2.0, 2.0, 1.1, 0.2, 0.2),
+}
+
+
+def sched_cfg(name, **kw):
+    base = dict(lr=2.0, schedule=name, warmup_steps=10, final_lr_ratio=0.1, decay_fraction=0.2)
+    return OptimConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_schedule_values_at_key_points(name):
+    lr_at = schedule(sched_cfg(name), 100)
+    got = [float(lr_at(s)) for s in POINTS]
+    np.testing.assert_allclose(got, EXPECTED[name], rtol=1e-6, atol=1e-7)
+    # traced steps (inside jit) give the same numbers
+    traced = jax.jit(jax.vmap(lr_at))(jnp.asarray(POINTS))
+    np.testing.assert_allclose(np.asarray(traced), EXPECTED[name], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_schedule_without_warmup_starts_at_peak(name):
+    lr_at = schedule(sched_cfg(name, warmup_steps=0), 100)
+    assert float(lr_at(0)) == pytest.approx(2.0)
+    assert float(lr_at(100)) == pytest.approx(2.0 if name == "constant" else 0.2)
+
+
+def test_wsd_shape_edges():
+    # decay_fraction = 1: the decay would start before warm-up ends, so it starts right
+    # after warm-up and is the linear schedule.
+    full = schedule(sched_cfg("wsd", decay_fraction=1.0), 100)
+    lin = schedule(sched_cfg("linear"), 100)
+    for s in POINTS:
+        assert float(full(s)) == pytest.approx(float(lin(s)))
+    # D = round(0.25 * 40) = 10: stable until 30, then down to 0.2 at 40.
+    short = schedule(sched_cfg("wsd", warmup_steps=0, decay_fraction=0.25), 40)
+    np.testing.assert_allclose([float(short(s)) for s in (0, 29, 30, 35, 40)],
+                               [2.0, 2.0, 2.0, 1.1, 0.2], rtol=1e-6)
+
+
+def test_schedule_is_the_lr_the_updates_use():
+    # SGD on one scalar with gradient 1: update k is exactly -lr(k).
+    cfg = OptimConfig(name="sgd", schedule="wsd", clip_norm=0.0, lr=0.5, warmup_steps=4,
+                      final_lr_ratio=0.1, decay_fraction=0.5)
+    tx, lr_at = make_optimizer(cfg, 20)
+    p = {"w": jnp.zeros(())}
+    state = tx.init(p)
+    for k in range(24):
+        u, state = tx.update({"w": jnp.ones(())}, state, p)
+        assert float(u["w"]) == pytest.approx(-float(lr_at(k)), abs=1e-7)
+    np.testing.assert_allclose([float(lr_at(s)) for s in (0, 2, 4, 10, 15, 20)],
+                               [0.0, 0.25, 0.5, 0.5, 0.275, 0.05], rtol=1e-6)
+
+
+def test_bad_schedule_arguments():
+    with pytest.raises(ConfigError):
+        schedule(sched_cfg("cosine", warmup_steps=100), 100)
+    with pytest.raises(ConfigError):
+        make_optimizer(dataclasses.replace(sched_cfg("cosine"), schedule="step"), 100)
+    with pytest.raises(ConfigError):
+        make_optimizer(dataclasses.replace(sched_cfg("cosine"), name="adagrad"), 100)
+
+
+# --------------------------------------------------------------------------------------
+# Masks
+# --------------------------------------------------------------------------------------
+
+
+def decayed_paths(params, **kw) -> set[str]:
+    return {k for k, v in flat(decay_mask(params, OptimConfig(**kw))).items() if v}
+
+
+def test_default_mask_decays_only_non_embedding_matrices():
+    params = model_like_params()
+    assert decayed_paths(params) == DEFAULT_DECAYED
+    # stacked biases and LayerNorm parameters have ndim 2 and are still excluded
+    assert params["blocks"]["LayerNorm_0"]["scale"].ndim == 2
+    mask = decay_mask(params, OptimConfig())
+    assert jax.tree.structure(mask) == jax.tree.structure(params)
+    assert all(isinstance(v, bool) for v in jax.tree.leaves(mask))
+
+
+def test_mask_switches():
+    params = model_like_params()
+    every = set(flat(params))
+    norms_biases = every - DEFAULT_DECAYED - EMBEDDINGS
+    assert decayed_paths(params, decay_embeddings=True) == DEFAULT_DECAYED | EMBEDDINGS
+    assert decayed_paths(params, decay_norms_and_biases=True) == DEFAULT_DECAYED | norms_biases
+    assert decayed_paths(params, decay_embeddings=True, decay_norms_and_biases=True) == every
+
+
+def test_mask_on_flax_params_and_frozendict():
+    from flax.core import freeze
+
+    params = jax.eval_shape(TinyMLP().init, jax.random.PRNGKey(0), jnp.zeros((2, D)))["params"]
+    assert decayed_paths(params) == {"Dense_0/kernel", "Dense_1/kernel"}
+    assert decayed_paths(freeze({"params": model_like_params()})) == {
+        f"params/{p}" for p in DEFAULT_DECAYED
+    }
+
+
+@pytest.mark.parametrize("module,leaf,shape,kind", [
+    ("ln_f", "scale", (4, 8), "norm_or_bias"),
+    ("ln_2", "bias", (4, 8), "norm_or_bias"),
+    ("ln1", "weight", (8,), "norm_or_bias"),
+    ("RMSNorm_0", "scale", (8,), "norm_or_bias"),
+    ("final_norm", "gain", (8,), "norm_or_bias"),
+    ("Dense_3", "bias", (4, 8), "norm_or_bias"),
+    ("embed_ln", "scale", (8,), "norm_or_bias"),  # a norm inside an embedding stays a norm
+    ("unembed", "kernel", (8, 11), "embedding"),
+    ("token_embed", "embedding", (11, 8), "embedding"),
+    ("token_embedding", "weight", (11, 8), "embedding"),
+    ("kernel_linear", "kernel", (4, 8, 8), "matrix"),
+    ("gate", "alpha", (8,), "vector"),
+])
+def test_param_kind(module, leaf, shape, kind):
+    path = (jax.tree_util.DictKey(module), jax.tree_util.DictKey(leaf))
+    assert param_kind(path, jnp.zeros(shape)) == kind
+
+
+def test_trust_ratio_mask_is_matrices_and_embeddings():
+    got = {k for k, v in flat(trust_ratio_mask(model_like_params())).items() if v}
+    assert got == DEFAULT_DECAYED | EMBEDDINGS
+
+
+# --------------------------------------------------------------------------------------
+# Weight decay, clipping, warm-up
+# --------------------------------------------------------------------------------------
+
+DECAYING = [n for n in OPTIMIZERS if n != "adam"]
+EXACT_DECOUPLED = ("sgd", "momentum", "nesterov", "adamw")  # w <- w * (1 - lr * wd)
+
+
+def one_update(cfg, params, grads, total_steps=10):
+    tx, _ = make_optimizer(cfg, total_steps)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    return optax.apply_updates(params, updates)
+
+
+@pytest.mark.parametrize("decay_embeddings", [False, True])
+@pytest.mark.parametrize("name", DECAYING)
+def test_weight_decay_shrinks_masked_in_weights_only(name, decay_embeddings):
+    params = model_like_params()
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    cfg = OptimConfig(name=name, lr=0.1, schedule="constant", weight_decay=0.1, clip_norm=0.0,
+                      decay_embeddings=decay_embeddings)
+    new = flat(one_update(cfg, params, zeros))
+    old = flat(params)
+    decayed = DEFAULT_DECAYED | (EMBEDDINGS if decay_embeddings else set())
+    for path in old:
+        before, after = np.asarray(old[path]), np.asarray(new[path])
+        if path in decayed:
+            assert np.linalg.norm(after) < np.linalg.norm(before), path
+            if name in EXACT_DECOUPLED:
+                np.testing.assert_allclose(after, before * (1 - 0.1 * 0.1), rtol=1e-6)
+        else:
+            np.testing.assert_array_equal(after, before, err_msg=path)
+
+
+@pytest.mark.parametrize("name", DECAYING)
+def test_weight_decay_follows_the_schedule(name):
+    # With warm-up the first lr is 0, so even decay does nothing on the first update.
+    params = model_like_params()
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    cfg = OptimConfig(name=name, lr=0.1, warmup_steps=3, weight_decay=0.1, clip_norm=0.0)
+    new = one_update(cfg, params, zeros)
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_adam_with_weight_decay_is_refused():
+    with pytest.raises(ConfigError, match="adamw"):
+        make_optimizer(OptimConfig(name="adam", weight_decay=0.1), 10)
+    make_optimizer(OptimConfig(name="adam", weight_decay=0.0), 10)
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov"])
+def test_clipping_bounds_a_huge_gradient(name):
+    params = model_like_params()
+    huge = jax.tree.map(lambda x: jnp.full_like(x, 1e6), params)
+    # the clipped gradient has norm `clip`; Nesterov's first step is (1 + momentum) * g
+    factor = 1.9 if name == "nesterov" else 1.0
+    for clip in (1.0, 0.25):
+        bound = clip * factor
+        cfg = OptimConfig(name=name, lr=1.0, schedule="constant", clip_norm=clip)
+        tx, _ = make_optimizer(cfg, 10)
+        updates, _ = tx.update(huge, tx.init(params), params)
+        assert float(optax.tree.norm(updates)) == pytest.approx(bound, rel=1e-5)
+    cfg = OptimConfig(name=name, lr=1.0, schedule="constant", clip_norm=0.0)  # disabled
+    tx, _ = make_optimizer(cfg, 10)
+    updates, _ = tx.update(huge, tx.init(params), params)
+    assert float(optax.tree.norm(updates)) > 1e6
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_warmup_first_update_is_zero(name):
+    params = model_like_params()
+    grads = jax.tree.map(lambda x: jnp.ones_like(x) * 0.1, params)
+    wd = 0.0 if name == "adam" else 0.1
+    cfg = OptimConfig(name=name, lr=0.1, warmup_steps=5, weight_decay=wd)
+    tx, lr_at = make_optimizer(cfg, 50)
+    assert float(lr_at(0)) == 0.0 and float(lr_at(1)) == pytest.approx(0.02)
+    state = tx.init(params)
+    first, state = tx.update(grads, state, params)
+    assert all(float(jnp.max(jnp.abs(u))) == 0.0 for u in jax.tree.leaves(first))
+    second, _ = tx.update(grads, state, params)
+    assert float(optax.tree.norm(second)) > 0.0
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_describe_optimizer_is_one_line(name):
+    text = describe_optimizer(OptimConfig(name=name, schedule="wsd", warmup_steps=10,
+                                          weight_decay=0.0 if name == "adam" else 0.1))
+    assert text.startswith(name + " ") and "\n" not in text and "wsd" in text
