@@ -96,7 +96,9 @@ class Driver:
         if not self.devices:
             self.devices = jax.devices() if self.kind == "shard_map" else (
                 jax.local_devices() if self.kind == "pmap" else [jax.local_devices()[0]])
-        self.mesh = Mesh(np.array(self.devices), (AXIS,)) if self.kind == "shard_map" else None
+        # pmap (since JAX 0.8 a jit(shard_map)) takes arrays laid out along its device
+        # axis as a NamedSharding over a 1-D mesh of its devices, like shard_map.
+        self.mesh = None if self.kind == "none" else Mesh(np.array(self.devices), (AXIS,))
 
     # ---- sizes -------------------------------------------------------------------
     @property
@@ -118,7 +120,10 @@ class Driver:
         if self.kind == "none":
             return jax.device_put(host_state, self.devices[0])
         if self.kind == "pmap":
-            return jax.tree.map(lambda x: jax.device_put_replicated(x, self.devices), host_state)
+            n, along = len(self.devices), NamedSharding(self.mesh, P(AXIS))
+            return jax.tree.map(
+                lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n, *np.shape(x))), along),
+                host_state)
         sharding = NamedSharding(self.mesh, P())
         return jax.tree.map(
             lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda i: np.asarray(x)[i]),
@@ -143,8 +148,8 @@ class Driver:
             return jax.device_put(local_batch, self.devices[0])
         if self.kind == "pmap":
             n = len(self.devices)
-            shards = local_batch.reshape(n, local_batch.shape[0] // n, *local_batch.shape[1:])
-            return jax.device_put_sharded(list(shards), self.devices)
+            per_device = local_batch.reshape(n, local_batch.shape[0] // n, *local_batch.shape[1:])
+            return jax.device_put(per_device, NamedSharding(self.mesh, P(AXIS)))
         sharding = NamedSharding(self.mesh, P(AXIS))
         global_shape = (local_batch.shape[0] * jax.process_count(), *local_batch.shape[1:])
         return jax.make_array_from_process_local_data(sharding, local_batch, global_shape)

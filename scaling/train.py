@@ -101,9 +101,11 @@ class Trainer:
                 grad_sum = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grad_sum, grads)
                 return (loss_sum + loss, grad_sum), None
 
-            zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-            (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros),
-                                            micro_MxBxT1)
+            # The first micro-batch seeds the carry, so the carry has the same type as the
+            # body's output (under shard_map: varying over the data axis).
+            loss0, grads0 = grad_fn(state.params, micro_MxBxT1[0])
+            grads0 = jax.tree.map(lambda g: g.astype(jnp.float32), grads0)
+            (loss, grads), _ = jax.lax.scan(accumulate, (loss0, grads0), micro_MxBxT1[1:])
             loss = loss / micro
             grads = jax.tree.map(lambda g, p: (g / micro).astype(p.dtype), grads, state.params)
 
