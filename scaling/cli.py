@@ -39,10 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="print every point of a sweep without training")
     pl.add_argument("spec")
     pl.add_argument("overrides", nargs="*", help="section.key=value for every point")
+    pl.add_argument("--variant", help="a [variants.<name>] table of the spec, e.g. large")
 
     r = sub.add_parser("run", help="run (or resume) a sweep")
     r.add_argument("spec")
     r.add_argument("overrides", nargs="*", help="section.key=value for every point")
+    r.add_argument("--variant", help="a [variants.<name>] table of the spec, e.g. large")
     r.add_argument("--out", default="sweeps", help="parent folder of sweep folders")
     r.add_argument("--executor", choices=["local", "slurm"], help="override the spec's executor")
     r.add_argument("--analyze", action="store_true", help="write the analysis report at the end")
@@ -111,7 +113,7 @@ def cmd_sample(args) -> int:
 def cmd_plan(args) -> int:
     from scaling.sweep import format_plan, load_spec
 
-    spec = load_spec(args.spec, args.overrides)
+    spec = load_spec(args.spec, args.overrides, variant=args.variant)
     print(format_plan(spec))
     return 0
 
@@ -120,7 +122,7 @@ def cmd_run(args) -> int:
     from scaling.executors import run_sweep
 
     summary = run_sweep(args.spec, args.overrides, out=args.out, executor=args.executor,
-                        progress=not args.no_progress)
+                        variant=args.variant, progress=not args.no_progress)
     print(json.dumps(summary["counts"]))
     if args.analyze:
         from analysis.report import analyze

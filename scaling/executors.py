@@ -52,7 +52,10 @@ def prepare_sweep(spec, out: str | Path) -> Path:
     for p in spec.points:
         d = pdir / p.point_id
         d.mkdir(exist_ok=True)
-        write_json_atomic(d / POINT_FILE, point_meta(spec.name, p))
+        meta = point_meta(spec.name, p)
+        old = d / POINT_FILE
+        if not old.exists() or json.loads(old.read_text()) != json.loads(json.dumps(meta)):
+            write_json_atomic(old, meta)
     return sweep_dir
 
 
@@ -228,13 +231,13 @@ def _hms(seconds: float) -> str:
 
 
 def run_sweep(spec_path: str | Path, overrides: list[str] | None = None, *, out: str | Path = "sweeps",
-              executor: str | None = None, progress: bool = True,
-              workers: int | None = None) -> dict:
+              executor: str | None = None, variant: str | None = None,
+              progress: bool = True, workers: int | None = None) -> dict:
     """Plan, check, run (or resume) and tabulate a sweep. Returns counts per state."""
     from scaling.runtime import enable_compilation_cache
     from scaling.sweep import estimate_seconds, load_spec
 
-    spec = load_spec(spec_path, overrides)
+    spec = load_spec(spec_path, overrides, variant=variant)
     kind = executor or spec.executor
     if kind not in ("local", "slurm"):
         raise ConfigError(f"executor = {kind!r}: allowed: 'local', 'slurm'")

@@ -24,7 +24,7 @@ import sys
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -42,6 +42,19 @@ log = logging.getLogger(__name__)
 
 # Compiled executables reused across runs of the same shape in one process (sweeps).
 _COMPILED: dict[str, tuple[Any, Any, float]] = {}
+
+# While a run trains, a function that checkpoints it at its current step (for a
+# preemption or time-limit signal handler, e.g. the SLURM executor's); else None.
+_SAVE_NOW: Callable[[], int | None] | None = None
+
+
+def save_now() -> int | None:
+    """Checkpoint the run training in this process now; returns the step saved, if any.
+
+    Safe to call from a signal handler: if the state is mid-update (its buffers donated
+    to the step running), nothing is saved and the newest periodic checkpoint stands.
+    """
+    return _SAVE_NOW() if _SAVE_NOW is not None else None
 
 
 class Diverged(Exception):
@@ -229,6 +242,18 @@ def train(cfg: Config, run_dir: str | Path, *, progress_position: int = 0,
             raise Diverged(f"loss {mt['loss']} at step {done_step} (initial {initial_loss})")
 
     step = start_step
+
+    def checkpoint_current() -> int | None:
+        try:
+            jax.block_until_ready(state)
+            _save(ckpt, driver, state, step, data, cfg, prior_wall + time.perf_counter() - loop_start)
+            return step
+        except Exception as e:  # donated buffers mid-step, or a save already running
+            log.warning("could not checkpoint on request at step %d: %s", step, e)
+            return None
+
+    global _SAVE_NOW
+    _SAVE_NOW = checkpoint_current
     try:
         while step < t.steps:
             state, fut = step_fn(state, batch)
@@ -263,6 +288,7 @@ def train(cfg: Config, run_dir: str | Path, *, progress_position: int = 0,
     except Diverged as e:
         log.warning("%s diverged: %s", cfg.name, e)
     finally:
+        _SAVE_NOW = None
         if bar is not None:
             bar.close()
         metrics_log.close()

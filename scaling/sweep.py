@@ -95,6 +95,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from scaling import accounting
 from scaling.config import (
     SECTIONS,
     Config,
@@ -317,37 +318,15 @@ def _suggest(word: str, options: list[str]) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def _accounting():
-    try:
-        from scaling import accounting
-    except ImportError:
-        return None
-    return accounting
-
-
 def param_counts(m: ModelConfig) -> tuple[int, int]:
-    """(N non-embedding, N total) from scaling.accounting, or the same closed form."""
-    acc = _accounting()
-    if acc is not None and hasattr(acc, "param_counts"):
-        pc = acc.param_counts(m)
-        return int(pc.non_embedding), int(pc.total)
-    d, L, ff, V = m.d_model, m.n_layer, m.ff, m.vocab_size
-    # qkv 3d^2+3d, out proj d^2+d, MLP 2 d ff + ff + d, two LayerNorms 4d; final LN 2d
-    per_layer = (3 * d * d + 3 * d) + (d * d + d) + (2 * d * ff + ff + d) + 4 * d
-    non_emb = L * per_layer + 2 * d
-    emb = V * d + (m.seq_len * d if m.pos_encoding == "learned" else 0)
-    emb += 0 if m.tie_embeddings else V * d
-    return non_emb, non_emb + emb
+    """(N non-embedding, N total), from scaling.accounting's closed form."""
+    pc = accounting.param_counts(m)
+    return int(pc.non_embedding), int(pc.total)
 
 
 def train_flops_per_token(m: ModelConfig) -> float:
     """Training FLOPs per token including attention and the head (3 x forward)."""
-    acc = _accounting()
-    if acc is not None and hasattr(acc, "flops_per_token"):
-        return float(acc.flops_per_token(m).exact)
-    d, L, ff, V, T = m.d_model, m.n_layer, m.ff, m.vocab_size, m.seq_len
-    forward = 2 * L * (4 * d * d + 2 * d * ff) + 4 * L * T * d + 2 * V * d
-    return 3.0 * forward
+    return float(accounting.flops_per_token(m).exact)
 
 
 # --------------------------------------------------------------------------------------
@@ -1271,17 +1250,15 @@ def achieved_flops(device: Any = None, dtype: str = "float32") -> tuple[float, s
     env = os.environ.get("SCALINGLAB_ACHIEVED_FLOPS")
     if env:
         return float(env), "$SCALINGLAB_ACHIEVED_FLOPS"
-    if device is None and _accounting() is not None:
+    if device is None:
         import jax  # noqa: PLC0415 - only for the estimate, never at module level
 
         device = jax.devices()[0]
     fam = _family(device)
-    acc = _accounting()
+    acc = accounting
     peak, source = None, "fallback guess"
     try:
-        if acc is None:
-            pass
-        elif fam == "cpu" and os.environ.get("SCALINGLAB_CPU_PEAK_FLOPS"):
+        if fam == "cpu" and os.environ.get("SCALINGLAB_CPU_PEAK_FLOPS"):
             peak, source = float(os.environ["SCALINGLAB_CPU_PEAK_FLOPS"]), "$SCALINGLAB_CPU_PEAK_FLOPS"
         elif isinstance(device, str):
             if fam == "cpu":
