@@ -14,6 +14,7 @@ run would have seen, and on the CPU produces exactly the same losses.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -74,7 +75,8 @@ def git_commit() -> str:
 
 def _compile_key(cfg: Config, driver: Driver) -> str:
     parts = {
-        "model": cfg.model, "optim": cfg.optim, "steps": cfg.train.steps,
+        "model": cfg.model, "optim": dataclasses.replace(cfg.optim, lr=1.0),  # lr: in the state
+        "steps": cfg.train.steps,
         "batch": cfg.train.batch_size, "micro": cfg.train.micro_batches,
         "driver": driver.kind, "devices": [str(d) for d in driver.devices],
     }

@@ -10,6 +10,7 @@ same function runs under plain `jit` on one device, under `jax.pmap` and under
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, NamedTuple
@@ -27,6 +28,13 @@ class TrainState(NamedTuple):
     step: jax.Array  # int32 scalar: number of optimizer updates applied
     params: Any
     opt_state: Any
+    lr: jax.Array  # float32 scalar: the peak learning rate (optim.lr), a value, not a constant
+
+
+# Every optimizer here is linear in its peak learning rate: the update is the unit-lr
+# update (schedule shape included) times optim.lr. Carrying the peak rate in the state
+# rather than baking it into the program lets a learning-rate sweep compile its step
+# once per shape, not once per point.
 
 
 def next_token_loss(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
@@ -51,29 +59,24 @@ class Trainer:
 
     @property
     def optimizer_and_schedule(self) -> tuple[optax.GradientTransformation, Callable]:
-        return make_optimizer(self.config.optim, self.config.train.steps)
+        """The optimizer and schedule at unit peak learning rate (see TrainState.lr)."""
+        unit = dataclasses.replace(self.config.optim, lr=1.0)
+        return make_optimizer(unit, self.config.train.steps)
+
+    def _fresh_state(self, rng) -> TrainState:
+        optimizer, _ = self.optimizer_and_schedule
+        params = init_params(self.config.model, rng)
+        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params),
+                          jnp.asarray(self.config.optim.lr, jnp.float32))
 
     def init_state(self, seed: int | None = None) -> TrainState:
         """A fresh state on the default device (params from `seed`, default train.seed)."""
         seed = self.config.train.seed if seed is None else seed
-        optimizer, _ = self.optimizer_and_schedule
-
-        @jax.jit
-        def init(rng):
-            params = init_params(self.config.model, rng)
-            return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
-
-        return init(jax.random.key(seed))
+        return jax.jit(self._fresh_state)(jax.random.key(seed))
 
     def abstract_state(self) -> TrainState:
         """Shapes and dtypes of the state, without allocating it."""
-        optimizer, _ = self.optimizer_and_schedule
-
-        def init(rng):
-            params = init_params(self.config.model, rng)
-            return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
-
-        return jax.eval_shape(init, jax.random.key(0))
+        return jax.eval_shape(self._fresh_state, jax.random.key(0))
 
     def loss(self, params, batch_BxT1: jax.Array) -> jax.Array:
         inputs_BxT, targets_BxT = batch_BxT1[:, :-1], batch_BxT1[:, 1:]
@@ -111,15 +114,16 @@ class Trainer:
 
         loss, grads = _mean_over(axis_name, (loss, grads))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        updates = jax.tree.map(lambda u: (u * state.lr).astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
         metrics = {
             "loss": loss,
             "grad_norm": optax.tree.norm(grads),
             "param_norm": optax.tree.norm(params),
             "update_norm": optax.tree.norm(updates),
-            "lr": jnp.asarray(schedule(state.step), jnp.float32),
+            "lr": jnp.asarray(schedule(state.step), jnp.float32) * state.lr,
         }
-        return TrainState(state.step + 1, params, opt_state), metrics
+        return TrainState(state.step + 1, params, opt_state, state.lr), metrics
 
     def eval_step_body(
         self, params, batch_BxT1: jax.Array, axis_name: str | None = None

@@ -146,3 +146,19 @@ def test_every_optimizer_and_schedule_trains_without_nan(tmp_path):
         assert r["status"] == "done", (opt, sched)
         curve = [l for _, l in losses(tmp_path / f"r{i}")]
         assert np.isfinite(curve).all() and curve[-1] < curve[0], (opt, sched, curve)
+
+
+def test_learning_rate_sweep_compiles_once_per_shape(tmp_path):
+    """The peak lr lives in the train state, so points that differ only in lr share one
+    compiled step; their updates still scale with their own lr."""
+    import scaling.loop
+
+    before = len(scaling.loop._COMPILED)
+    a = train(tiny("train.steps=6", "optim.lr=1e-3", "train.eval_every=0"), tmp_path / "a")
+    b = train(tiny("train.steps=6", "optim.lr=3e-3", "train.eval_every=0"), tmp_path / "b")
+    assert len(scaling.loop._COMPILED) == before + 1
+    assert b["compile_time_s"] < 0.1
+    lr_a = [r["lr"] for r in read_metrics(tmp_path / "a") if "lr" in r]
+    lr_b = [r["lr"] for r in read_metrics(tmp_path / "b") if "lr" in r]
+    np.testing.assert_allclose(np.array(lr_b), 3 * np.array(lr_a), rtol=1e-6)
+    assert a["final_train_loss"] != b["final_train_loss"]
