@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 
 from scaling.config import ConfigError, from_dict
@@ -49,14 +50,20 @@ def prepare_sweep(spec, out: str | Path) -> Path:
         archive.mkdir(exist_ok=True)
         shutil.copy2(spec_copy, archive / f"spec.{time.strftime('%Y%m%d-%H%M%S')}.toml")
     spec_copy.write_text(text)
-    for p in spec.points:
+    add_points(sweep_dir, spec.name, spec.points)
+    return sweep_dir
+
+
+def add_points(sweep_dir: Path, sweep: str, points) -> None:
+    """Write each point's folder and point.json (rewritten only if it changed)."""
+    pdir = points_dir(sweep_dir)
+    for p in points:
         d = pdir / p.point_id
         d.mkdir(exist_ok=True)
-        meta = point_meta(spec.name, p)
+        meta = point_meta(sweep, p)
         old = d / POINT_FILE
         if not old.exists() or json.loads(old.read_text()) != json.loads(json.dumps(meta)):
             write_json_atomic(old, meta)
-    return sweep_dir
 
 
 def point_meta(sweep: str, p) -> dict:
@@ -102,11 +109,13 @@ def preflight(spec) -> None:
 
 
 def run_point(sweep_dir: str | Path, point_id: str, *, progress_position: int = 1,
-              progress: bool = True) -> dict | None:
+              progress: bool = True, lock: bool = True) -> dict | None:
     """Train or resume one point; None if another process holds it.
 
     Any exception is recorded in failed.json (with its traceback) and returned as a
     `failed` status; the point is retried the next time the sweep runs.
+    `lock=False`: do not take the point's lock (the other tasks of a multi-task SLURM
+    job, whose task 0 holds it).
     """
     from scaling.loop import train
 
@@ -114,7 +123,7 @@ def run_point(sweep_dir: str | Path, point_id: str, *, progress_position: int = 
     done = read_result(point_dir)
     if done is not None:
         return done
-    with point_lock(point_dir) as mine:
+    with (point_lock(point_dir) if lock else nullcontext(True)) as mine:
         if not mine:
             return None
         try:
@@ -213,6 +222,15 @@ def _worker_main(sweep_dir: str, ids_file: str) -> None:
             write_tables(sweep_dir)
 
 
+def _estimate(point) -> float:
+    from scaling.sweep import estimate_seconds
+
+    try:
+        return estimate_seconds(point)
+    except Exception:  # an estimate is a nicety, never a reason to stop
+        return 0.0
+
+
 def point_label(sweep_dir: Path, pid: str) -> str:
     try:
         return json.loads((points_dir(sweep_dir) / pid / POINT_FILE).read_text())["label"]
@@ -232,10 +250,11 @@ def _hms(seconds: float) -> str:
 
 def run_sweep(spec_path: str | Path, overrides: list[str] | None = None, *, out: str | Path = "sweeps",
               executor: str | None = None, variant: str | None = None,
-              progress: bool = True, workers: int | None = None) -> dict:
+              progress: bool = True, workers: int | None = None,
+              wait: bool | None = None) -> dict:
     """Plan, check, run (or resume) and tabulate a sweep. Returns counts per state."""
     from scaling.runtime import enable_compilation_cache
-    from scaling.sweep import estimate_seconds, load_spec
+    from scaling.sweep import load_spec
 
     spec = load_spec(spec_path, overrides, variant=variant)
     kind = executor or spec.executor
@@ -244,22 +263,30 @@ def run_sweep(spec_path: str | Path, overrides: list[str] | None = None, *, out:
     if kind == "local":
         preflight(spec)
     sweep_dir = prepare_sweep(spec, out)
-    ids = [p.point_id for p in spec.points]
     enable_compilation_cache()
-    if kind == "local":
-        estimates = {}
-        for p in spec.points:
-            try:
-                estimates[p.point_id] = estimate_seconds(p)
-            except Exception:  # an estimate is a nicety, never a reason to stop
-                estimates[p.point_id] = 0.0
-        run_local(sweep_dir, ids, progress=progress, workers=workers, estimates=estimates)
-    else:
-        from scaling.slurm import run_slurm
+    ran: list[str] = []
 
-        run_slurm(spec, sweep_dir, ids)
+    def execute(points) -> "pd.DataFrame":
+        if points:
+            add_points(sweep_dir, spec.name, points)
+        ids = [p.point_id for p in points]
+        ran.extend(ids)
+        if kind == "local" and ids:
+            estimates = {p.point_id: _estimate(p) for p in points}
+            run_local(sweep_dir, ids, progress=progress, workers=workers, estimates=estimates)
+        elif ids:
+            from scaling.slurm import run_slurm
+
+            run_slurm(spec, sweep_dir, ids)
+        return write_tables(sweep_dir)
+
+    execute(list(spec.points))
+    if spec.followup.get("seeds") or spec.followup.get("widen"):
+        from scaling.stages import run_followup
+
+        run_followup(spec, sweep_dir, execute)
     results = write_tables(sweep_dir)
-    mine = results[results["point_id"].isin(ids)]
+    mine = results[results["point_id"].isin(ran)]
     return {"sweep_dir": sweep_dir, "counts": mine["status"].value_counts().to_dict()}
 
 

@@ -173,7 +173,7 @@ COMPUTE_KEYS = ("budgets", "tokens_per_param", "tokens_per_param_range")
 OVERRIDE_KEYS = ("where", "set")
 POINT_KEYS = ("set", "tokens", "tokens_per_param", "group", "warmup_fraction",
               "evals_per_run")
-FOLLOWUP_KEYS = ("seeds", "metric")
+FOLLOWUP_KEYS = ("seeds", "metric", "widen")
 # key: (type(s), check, what is allowed)
 SLURM_KEYS: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
     "partition": ((str,), bool, "a non-empty string"),
@@ -501,9 +501,13 @@ def _check_followup(fu: Any, path: Path) -> dict:
     if not isinstance(seeds, list) or not all(_is_int(s) and s >= 0 for s in seeds):
         raise SpecError(f"{path}: followup.seeds = {seeds!r}: expected a list of integers >= 0")
     metric = fu.get("metric", "val_loss")
-    if not isinstance(metric, str):
-        raise SpecError(f"{path}: followup.metric = {metric!r}: expected a string")
-    return {"seeds": list(seeds), "metric": metric}
+    if metric not in ("val_loss", "eval_loss", "train_loss"):
+        raise SpecError(f"{path}: followup.metric = {metric!r}: allowed: 'val_loss', "
+                        "'eval_loss', 'train_loss'")
+    widen = fu.get("widen", 2)
+    if not _is_int(widen) or widen < 0:
+        raise SpecError(f"{path}: followup.widen = {widen!r}: expected an integer >= 0")
+    return {"seeds": list(seeds), "metric": metric, "widen": int(widen)}
 
 
 def _base_dict(raw: dict, base_over: dict, path: Path) -> dict:
@@ -1169,7 +1173,8 @@ def _is_int(v: Any) -> bool:
 
 
 def seed_followup(spec: SweepSpec, best_lr: dict[tuple[str, int | str], float],
-                  seeds: tuple[int, ...] | list[int] | None = (1, 2)) -> list[Point]:
+                  seeds: tuple[int, ...] | list[int] | None = (1, 2),
+                  points: tuple[Point, ...] | list[Point] | None = None) -> list[Point]:
     """Points re-running each (optimizer, N) at its best learning rate with other seeds.
 
     `best_lr` maps (optimizer name, N) -> lr, N being `Point.n_params` (matched to 0.1%,
@@ -1180,20 +1185,23 @@ def seed_followup(spec: SweepSpec, best_lr: dict[tuple[str, int | str], float],
     group "seeds", label suffix "_s<seed>", requested["from_point"] = the stage-1 id.
     Seeds equal to the stage-1 seed are skipped. `seeds=None` uses the spec's
     [followup] seeds. The runner calls this after stage 1 and runs the returned points
-    in the same sweep folder; their ids are stable like every other point's.
+    in the same sweep folder; their ids are stable like every other point's. `points`:
+    the stage-1 points to pick from (default: the spec's; scaling.stages adds the
+    points of widened learning-rate grids).
     """
     if seeds is None:
         seeds = spec.followup.get("seeds", [1, 2])
+    pool = spec.points if points is None else points
     out: dict[str, Point] = {}
     for key, lr in best_lr.items():
         if not (isinstance(key, tuple) and len(key) == 2):
             raise SpecError(f"seed_followup: key {key!r}: expected (optimizer, N)")
         opt, n = key
-        matches = [p for p in spec.points
+        matches = [p for p in pool
                    if p.config.optim.name == opt and _same_size(p, n)
                    and math.isclose(p.config.optim.lr, float(lr), rel_tol=1e-9)]
         if not matches:
-            lrs = sorted({p.config.optim.lr for p in spec.points if p.config.optim.name == opt
+            lrs = sorted({p.config.optim.lr for p in pool if p.config.optim.name == opt
                           and _same_size(p, n)})
             raise SpecError(f"seed_followup: no point of {spec.name} has optim.name = {opt!r}, "
                             f"N = {n!r}, optim.lr = {lr!r}; lrs planned for that pair: "
