@@ -415,7 +415,7 @@ def _plan(path: Path, raw: dict, base_over: dict, variant: str | None) -> SweepS
                         f"{_suggest(str(executor), list(EXECUTORS))}; allowed: "
                         f"{', '.join(repr(e) for e in EXECUTORS)}")
     slurm = _check_slurm(raw.get("slurm", {}), path)
-    followup = _check_followup(raw.get("followup", {}), path)
+    followup = _check_followup(raw["followup"], path) if "followup" in raw else {}
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise SpecError(f"{path}: description must be a string")
