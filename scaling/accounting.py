@@ -1,0 +1,307 @@
+"""Parameter counts, FLOPs per token, device peak FLOP/s and MFU.
+
+N (non-embedding parameters) follows Kaplan et al. (2020): every parameter except the
+token and positional embeddings. With an untied output layer, its [D, V] matrix is a
+second vocabulary embedding (the "unembedding") and is counted as embedding as well, so
+N does not depend on `tie_embeddings`; it does include every weight, bias and layer-norm
+parameter of the blocks and the final layer norm.
+
+    N = n_layer * (4 D^2 + 2 D F + 9 D + F) + 2 D        (F = d_ff, biases and norms in)
+    embedding = V D  (+ T D learned positions)  (+ D V untied unembedding)
+
+Training FLOPs per token (3 x forward: the backward costs two forwards):
+    kaplan = 6 N + 12 L T D     (6N plus the QK^T and AV products counted as 2 x 2 L T D
+                                 per forward, the common "6N + 12 L T d" form; Kaplan et
+                                 al.'s Table 1 writes the attention term 2 L T d_attn)
+    exact  = 3 x (every matmul in the forward, multiply-add = 2 FLOPs): QKV, attention
+             output, MLP, QK^T and AV over all T keys (the dense kernels compute the full
+             T x T square, masked or not), and the output layer 2 D V. No biases, norms,
+             softmax or optimizer, which are O(N) or O(T) and small.
+
+Also `xla_flops` (XLA's own count from a compiled executable), a table of dense peak
+FLOP/s for accelerators and a measured peak for CPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from scaling.config import ModelConfig
+
+
+class ParamCounts(NamedTuple):
+    non_embedding: int  # N (Kaplan): everything but token/positional embeddings and unembedding
+    embedding: int
+    total: int
+
+
+class FlopCounts(NamedTuple):
+    kaplan: float  # 6 N + 12 L T D training FLOPs per token
+    exact: float  # 3 x all forward matmul FLOPs per token, output layer included
+
+
+# --------------------------------------------------------------------------------------
+# Parameters
+# --------------------------------------------------------------------------------------
+
+
+def block_params(cfg: ModelConfig) -> int:
+    """Parameters of one block: QKV and output projections, MLP, two layer norms."""
+    D, F = cfg.d_model, cfg.ff
+    attn = (D * 3 * D + 3 * D) + (D * D + D)
+    mlp = (D * F + F) + (F * D + D)
+    norms = 2 * 2 * D
+    return attn + mlp + norms
+
+
+def param_counts(cfg: ModelConfig) -> ParamCounts:
+    """Closed-form parameter counts of scaling.model.Transformer(cfg)."""
+    D, V = cfg.d_model, cfg.vocab_size
+    non_embedding = cfg.n_layer * block_params(cfg) + 2 * D  # + final layer norm
+    embedding = V * D
+    if cfg.pos_encoding == "learned":
+        embedding += cfg.seq_len * D
+    if not cfg.tie_embeddings:
+        embedding += D * V
+    return ParamCounts(non_embedding, embedding, non_embedding + embedding)
+
+
+def count_tree(params: Any) -> ParamCounts:
+    """Counts of a real (or eval_shape) parameter tree, split by the 'embed' naming rule."""
+    import jax
+
+    emb = non = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        size = 1
+        for s in leaf.shape:
+            size *= int(s)
+        if any("embed" in str(getattr(p, "key", p)) for p in path):
+            emb += size
+        else:
+            non += size
+    return ParamCounts(non, emb, non + emb)
+
+
+# --------------------------------------------------------------------------------------
+# FLOPs
+# --------------------------------------------------------------------------------------
+
+
+def forward_matmul_flops(cfg: ModelConfig, seq_len: int | None = None) -> float:
+    """Forward matmul FLOPs per token (2 per multiply-add)."""
+    D, F, V, L = cfg.d_model, cfg.ff, cfg.vocab_size, cfg.n_layer
+    T = seq_len or cfg.seq_len
+    per_layer = 2 * D * 3 * D + 2 * D * D + 2 * 2 * D * F + 2 * 2 * T * D
+    return float(L * per_layer + 2 * D * V)
+
+
+def flops_per_token(cfg: ModelConfig) -> FlopCounts:
+    """Training FLOPs per token: Kaplan's 6N + 12 L T D and the exact matmul count."""
+    N = param_counts(cfg).non_embedding
+    kaplan = 6.0 * N + 12.0 * cfg.n_layer * cfg.seq_len * cfg.d_model
+    return FlopCounts(kaplan, 3.0 * forward_matmul_flops(cfg))
+
+
+def xla_flops(compiled: Any) -> float | None:
+    """FLOPs XLA's cost analysis reports for a compiled executable (None if unavailable).
+
+    `compiled.cost_analysis()` returns a dict in recent jax, a list with one dict per
+    program in older releases, and may raise or return None on some backends.
+    """
+    try:
+        ca = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - backends without a cost model
+        return None
+    if ca is None:
+        return None
+    if isinstance(ca, (list, tuple)):
+        ca = [c for c in ca if c]
+        if not ca:
+            return None
+        total = sum(float(c.get("flops", 0.0)) for c in ca)
+        return total if total > 0 else None
+    flops = ca.get("flops") if hasattr(ca, "get") else None
+    return float(flops) if flops is not None and flops > 0 else None
+
+
+# --------------------------------------------------------------------------------------
+# Peak FLOP/s
+# --------------------------------------------------------------------------------------
+
+TERA = 1e12
+# Dense (no sparsity) peaks per chip, from the vendors' data sheets. "float32" is the
+# IEEE FP32 rate (CUDA cores on GPUs); "tfloat32" the tensor-core TF32 rate, which is what
+# XLA uses on Ampere+ for float32 matmuls at jax's default matmul precision. On TPUs a
+# float32 matmul at default precision is a single bf16 MXU pass, so float32 = bfloat16.
+# Patterns are tried in order against the lower-cased `device.device_kind`.
+PEAK_TABLE: list[tuple[str, dict[str, float]]] = [
+    (r"h100.*pcie", {"float32": 51.2 * TERA, "tfloat32": 378 * TERA, "bfloat16": 756 * TERA}),
+    (r"h100.*nvl", {"float32": 60.0 * TERA, "tfloat32": 418 * TERA, "bfloat16": 835 * TERA}),
+    (r"h100|gh200", {"float32": 66.9 * TERA, "tfloat32": 494.7 * TERA, "bfloat16": 989.4 * TERA}),
+    (r"h200", {"float32": 66.9 * TERA, "tfloat32": 494.7 * TERA, "bfloat16": 989.4 * TERA}),
+    (r"a100", {"float32": 19.5 * TERA, "tfloat32": 156 * TERA, "bfloat16": 312 * TERA}),
+    (r"tpu\s*v4", {"float32": 275 * TERA, "tfloat32": 275 * TERA, "bfloat16": 275 * TERA}),
+    (r"tpu\s*v5\s*(lite|e)|tpu\s*v5e", {"float32": 197 * TERA, "tfloat32": 197 * TERA,
+                                         "bfloat16": 197 * TERA}),
+    (r"tpu\s*v5p|tpu\s*v5$", {"float32": 459 * TERA, "tfloat32": 459 * TERA, "bfloat16": 459 * TERA}),
+]
+
+CPU_PEAK_ENV = "SCALINGLAB_CPU_PEAK_FLOPS"
+_cpu_peak_memo: dict[str, float] = {}
+
+
+def _dtype_name(dtype: Any) -> str:
+    name = str(getattr(dtype, "__name__", None) or getattr(dtype, "name", None) or dtype)
+    name = name.lower().replace("jnp.", "").replace("numpy.", "")
+    if name in ("bf16", "bfloat16"):
+        return "bfloat16"
+    if name in ("tf32", "tfloat32"):
+        return "tfloat32"
+    if name in ("fp32", "f32", "float32", "float"):
+        return "float32"
+    raise ValueError(f"peak_flops: unsupported dtype {dtype!r}; use float32, tfloat32 or bfloat16")
+
+
+def lookup_peak(device_kind: str, dtype: Any = "bfloat16") -> float | None:
+    """Table peak for a device kind string, or None if the kind is not in the table."""
+    kind = device_kind.lower().strip()
+    dt = _dtype_name(dtype)
+    for pattern, peaks in PEAK_TABLE:
+        if re.search(pattern, kind):
+            return peaks[dt]
+    return None
+
+
+def peak_flops(device: Any = None, dtype: Any = "float32") -> float:
+    """Dense peak FLOP/s of one device for matmuls in `dtype`.
+
+    Accelerators come from PEAK_TABLE (an unknown accelerator raises). CPUs use
+    $SCALINGLAB_CPU_PEAK_FLOPS when set, else a measured matmul peak (cached).
+    """
+    import jax
+
+    if device is None:
+        device = jax.devices()[0]
+    dt = _dtype_name(dtype)
+    if device.platform == "cpu":
+        if os.environ.get(CPU_PEAK_ENV):
+            return float(os.environ[CPU_PEAK_ENV])
+        return measured_cpu_peak("bfloat16" if dt == "bfloat16" else "float32")
+    peak = lookup_peak(device.device_kind, dt)
+    if peak is None:
+        raise KeyError(
+            f"no peak FLOP/s known for device kind {device.device_kind!r}; add it to "
+            "scaling.accounting.PEAK_TABLE"
+        )
+    return peak
+
+
+def _cpu_signature() -> str:
+    model = "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}|{os.cpu_count()}"
+
+
+def measured_cpu_peak(dtype: str = "float32", size: int = 1024, seconds: float = 0.3) -> float:
+    """Best observed FLOP/s of a square jitted matmul on the default CPU device.
+
+    Measured once (a few hundred ms), then cached in-process and in
+    `cache_dir()/cpu_peak.json`, keyed by CPU model, core count and dtype.
+    """
+    key = f"{_cpu_signature()}|{dtype}"
+    if key in _cpu_peak_memo:
+        return _cpu_peak_memo[key]
+    from scaling.runtime import cache_dir
+
+    path = cache_dir() / "cpu_peak.json"
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if key in table:
+        _cpu_peak_memo[key] = float(table[key])
+        return _cpu_peak_memo[key]
+
+    import jax
+    import jax.numpy as jnp
+
+    dt = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+    a = jnp.ones((size, size), dt)
+    b = jnp.ones((size, size), dt)
+    mm = jax.jit(lambda a, b: a @ b)
+    mm(a, b).block_until_ready()
+    best = float("inf")
+    end = time.perf_counter() + seconds
+    reps = 0
+    while reps < 3 or time.perf_counter() < end:
+        t = time.perf_counter()
+        mm(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+        reps += 1
+    peak = 2.0 * size**3 / best
+    _cpu_peak_memo[key] = peak
+    table[key] = peak
+    try:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table, indent=1))
+        tmp.replace(path)
+    except OSError:
+        pass
+    return peak
+
+
+def mfu(tokens_per_s: float, flops_per_token: float, peak: float) -> float:
+    """Model FLOPs utilisation: achieved training FLOP/s over peak FLOP/s."""
+    return tokens_per_s * flops_per_token / peak
+
+
+# --------------------------------------------------------------------------------------
+# Host runtime
+# --------------------------------------------------------------------------------------
+
+_tuned = False
+
+
+def tune_host_runtime() -> bool:
+    """Keep glibc from returning XLA's large per-step buffers to the kernel (CPU speed-up).
+
+    XLA's CPU runtime allocates one temp buffer per executable run (hundreds of MB for
+    a training step) with malloc and frees it after the run. glibc serves blocks that
+    large with a fresh mmap from the worker thread's arena and unmaps them on free, so
+    every step page-faults its whole working set in again (measured: 250k faults and
+    ~0.5 s of kernel time per step for the L4 d256 T256 B16 shape). Forcing one arena,
+    no mmap for large blocks and no trimming lets the freed block be reused, at the
+    price of the process keeping its peak heap. Call before JAX's first computation
+    (its worker threads pick their arena on their first allocation); later calls and
+    non-glibc systems are a no-op. Set SCALINGLAB_NO_MALLOC_TUNE=1 to skip.
+    Returns whether the settings were applied.
+    """
+    global _tuned
+    if _tuned or os.environ.get("SCALINGLAB_NO_MALLOC_TUNE"):
+        return _tuned
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.gnu_get_libc_version  # glibc only  # noqa: B018
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+    ok = (libc.mallopt(M_ARENA_MAX, 1) == 1 and libc.mallopt(M_MMAP_MAX, 0) == 1
+          and libc.mallopt(M_TRIM_THRESHOLD, 0x7FFFFFFF) == 1)
+    _tuned = ok
+    return ok

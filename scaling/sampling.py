@@ -1,0 +1,78 @@
+"""Autoregressive generation with temperature and top-k.
+
+    ids = generate(params, cfg, prompt_ids, 100, temperature=0.8, top_k=40, seed=0)
+
+The model sees a fixed-size window of the last `cfg.seq_len` tokens held in an int32
+buffer [1, seq_len]. While the text is shorter than the window, it sits left-aligned in
+the buffer (causal attention makes the padding to its right invisible) and the logits
+are read at the last real position; once it is longer, the buffer holds the last
+seq_len tokens. Every step has the same shapes, so the per-token step compiles once per
+(cfg, top_k, greedy); there is no KV cache (each step is a full forward of the window).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scaling.config import ModelConfig
+from scaling.model import Transformer
+
+
+def filter_logits(logits_V: jax.Array, temperature, top_k: int) -> jax.Array:
+    """Temperature-scaled logits with all but the top_k largest set to -inf (top_k 0: all)."""
+    logits_V = logits_V.astype(jnp.float32) / temperature
+    if top_k and top_k < logits_V.shape[-1]:
+        kth = jax.lax.top_k(logits_V, top_k)[0][..., -1:]
+        logits_V = jnp.where(logits_V < kth, -jnp.inf, logits_V)
+    return logits_V
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "top_k", "greedy"))
+def _step(params, buf_1xT, pos, key, temperature, *, cfg: ModelConfig, top_k: int,
+          greedy: bool):
+    """Next token after position `pos` of the window buffer."""
+    logits_1xTxV = Transformer(cfg).apply({"params": params}, buf_1xT)
+    logits_V = jax.lax.dynamic_index_in_dim(logits_1xTxV[0], pos, axis=0, keepdims=False)
+    if greedy:
+        return jnp.argmax(logits_V).astype(jnp.int32)
+    logits_V = filter_logits(logits_V, temperature, top_k)
+    return jax.random.categorical(key, logits_V).astype(jnp.int32)
+
+
+def generate(params, cfg: ModelConfig, prompt_ids: Sequence[int], max_new_tokens: int, *,
+             temperature: float = 1.0, top_k: int = 0, seed: int = 0) -> list[int]:
+    """The `max_new_tokens` tokens generated after the prompt (the prompt not included).
+
+    temperature 0 is greedy decoding (argmax); top_k > 0 samples among the k most
+    likely tokens; `seed` makes sampling reproducible.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature = {temperature}: must be >= 0")
+    if top_k < 0:
+        raise ValueError(f"top_k = {top_k}: must be >= 0")
+    ids = [int(t) for t in prompt_ids]
+    if not ids:
+        raise ValueError("generate needs a non-empty prompt")
+    if any(not 0 <= t < cfg.vocab_size for t in ids):
+        raise ValueError(f"prompt token ids must lie in [0, {cfg.vocab_size})")
+    T = cfg.seq_len
+    greedy = temperature == 0
+    temp = jnp.float32(temperature if temperature > 0 else 1.0)
+    key = jax.random.key(seed)
+    window = np.zeros((1, T), np.int32)
+    new: list[int] = []
+    for _ in range(max_new_tokens):
+        tail = ids[-T:]
+        window[0, : len(tail)] = tail
+        window[0, len(tail):] = 0
+        key, sub = jax.random.split(key)
+        nxt = _step(params, jnp.asarray(window), jnp.int32(len(tail) - 1), sub, temp,
+                    cfg=cfg, top_k=int(top_k), greedy=greedy)
+        ids.append(int(nxt))
+        new.append(ids[-1])
+    return new

@@ -1,0 +1,174 @@
+"""Model: shapes, dtypes, causality, golden values, scan vs loop, bf16, rotary, attention."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scaling.config import ModelConfig
+from scaling.model import Transformer, attention, cross_entropy, init_params, loss_fn
+
+TINY = ModelConfig(n_layer=2, d_model=32, n_head=4, vocab_size=64, seq_len=16)
+
+
+def tokens(cfg, B=2, seed=0, T=None):
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.integers(0, cfg.vocab_size, (B, T or cfg.seq_len)), jnp.int32)
+
+
+def apply(cfg, params, toks):
+    return Transformer(cfg).apply({"params": params}, toks)
+
+
+@pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rotary"])
+@pytest.mark.parametrize("tie", [True, False])
+def test_shapes_and_dtype(pos, tie):
+    cfg = dataclasses.replace(TINY, pos_encoding=pos, tie_embeddings=tie)
+    params = init_params(cfg, jax.random.key(0))
+    logits = apply(cfg, params, tokens(cfg))
+    assert logits.shape == (2, cfg.seq_len, cfg.vocab_size)
+    assert logits.dtype == jnp.float32
+    assert np.isfinite(np.asarray(logits)).all()
+    # shorter sequences than seq_len work too
+    assert apply(cfg, params, tokens(cfg, T=5)).shape == (2, 5, cfg.vocab_size)
+
+
+def test_param_names_follow_contract():
+    cfg = dataclasses.replace(TINY, tie_embeddings=False)
+    params = init_params(cfg, jax.random.key(0))
+    paths = {"/".join(str(k.key) for k in p): leaf.shape
+             for p, leaf in jax.tree_util.tree_leaves_with_path(params)}
+    assert paths["token_embed/embedding"] == (64, 32)
+    assert paths["pos_embed/embedding"] == (16, 32)
+    assert paths["unembed/kernel"] == (32, 64)
+    assert paths["blocks/ln_1/scale"] == (2, 32)  # scanned: leading layer axis
+    assert paths["ln_f/bias"] == (32,)
+    embeds = [p for p in paths if "embed" in p]
+    assert sorted(embeds) == ["pos_embed/embedding", "token_embed/embedding", "unembed/kernel"]
+
+
+def test_init_scale():
+    cfg = ModelConfig(n_layer=8, d_model=64, n_head=2, vocab_size=64, seq_len=16)
+    p = init_params(cfg, jax.random.key(1))
+    np.testing.assert_allclose(np.std(p["blocks"]["mlp"]["fc"]["kernel"]), 0.02, rtol=0.05)
+    np.testing.assert_allclose(np.std(p["blocks"]["mlp"]["proj"]["kernel"]), 0.02 / 4, rtol=0.05)
+    np.testing.assert_allclose(np.std(p["blocks"]["attn"]["proj"]["kernel"]), 0.02 / 4, rtol=0.05)
+    assert float(jnp.abs(p["blocks"]["attn"]["qkv"]["bias"]).max()) == 0.0
+    assert float(p["ln_f"]["scale"].min()) == 1.0
+
+
+@pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rotary"])
+def test_causal(pos):
+    cfg = dataclasses.replace(TINY, pos_encoding=pos)
+    params = init_params(cfg, jax.random.key(0))
+    a = tokens(cfg, B=1)
+    t = 7
+    b = a.at[0, t + 1:].set((a[0, t + 1:] + 1) % cfg.vocab_size)
+    la, lb = apply(cfg, params, a), apply(cfg, params, b)
+    np.testing.assert_allclose(la[0, : t + 1], lb[0, : t + 1], atol=1e-6)
+    assert float(jnp.abs(la[0, t + 1:] - lb[0, t + 1:]).max()) > 1e-4
+
+
+# Golden values. Computed once on CPU (jax 0.10.2, flax 0.12.8) with
+#   cfg = GOLDEN_CFG; params = init_params(cfg, jax.random.key(42))
+#   batch = np.random.default_rng(0).integers(0, 64, (2, 17))
+#   print(float(loss_fn(params, batch, cfg)), float(jnp.sum(logits)), float(jnp.sum(logits**2)))
+# where logits = apply(cfg, params, batch[:, :-1]); a change means the model's math,
+# initialisation or parameter layout changed.
+GOLDEN_CFG = ModelConfig(n_layer=2, d_model=32, n_head=4, vocab_size=64, seq_len=16,
+                         pos_encoding="rotary", tie_embeddings=False)
+GOLDEN = {"loss": 4.179001808166504, "sum": -2.786511182785034, "sumsq": 27.462265014648438}
+
+
+def test_golden_values():
+    cfg = GOLDEN_CFG
+    params = init_params(cfg, jax.random.key(42))
+    batch = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 17)), jnp.int32)
+    logits = apply(cfg, params, batch[:, :-1])
+    got = {"loss": float(loss_fn(params, batch, cfg)), "sum": float(jnp.sum(logits)),
+           "sumsq": float(jnp.sum(logits**2))}
+    print(got)
+    for k, v in GOLDEN.items():
+        np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+def _stack_blocks(params_loop, n_layer):
+    blocks = [params_loop[f"block_{i}"] for i in range(n_layer)]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
+    rest = {k: v for k, v in params_loop.items() if not k.startswith("block_")}
+    return {**rest, "blocks": stacked}
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_scan_matches_loop(remat):
+    cfg_loop = dataclasses.replace(TINY, scan_layers=False, remat=remat)
+    cfg_scan = dataclasses.replace(TINY, scan_layers=True, remat=remat)
+    p_loop = init_params(cfg_loop, jax.random.key(3))
+    p_scan = _stack_blocks(p_loop, TINY.n_layer)
+    assert jax.tree.structure(p_scan) == jax.tree.structure(init_params(cfg_scan, jax.random.key(3)))
+    batch = tokens(TINY, B=2, T=TINY.seq_len + 1)
+    l1, g1 = jax.value_and_grad(loss_fn)(p_loop, batch, cfg_loop)
+    l2, g2 = jax.value_and_grad(loss_fn)(p_scan, batch, cfg_scan)
+    np.testing.assert_allclose(l1, l2, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(_stack_blocks(g1, TINY.n_layer)), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_bf16_close_to_fp32():
+    cfg = dataclasses.replace(TINY, init_std=0.1)
+    cfg16 = dataclasses.replace(cfg, compute_dtype="bfloat16")
+    params = init_params(cfg, jax.random.key(0))
+    toks = tokens(cfg)
+    l32 = apply(cfg, params, toks)
+    l16 = apply(cfg16, params, toks)
+    assert l16.dtype == jnp.float32
+    err = float(jnp.abs(l16 - l32).max()) / float(jnp.abs(l32).max())
+    assert err < 0.05, err
+    batch = tokens(cfg, T=cfg.seq_len + 1)
+    g = jax.grad(loss_fn)(params, batch, cfg16)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(g))
+    # bf16 parameters too
+    cfgp = dataclasses.replace(cfg16, param_dtype="bfloat16")
+    pp = init_params(cfgp, jax.random.key(0))
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(pp))
+    assert np.isfinite(float(loss_fn(pp, batch, cfgp)))
+
+
+@pytest.mark.parametrize("impl", ["cpu", "xla"])
+def test_attention_impls_match_reference(impl):
+    rng = np.random.default_rng(0)
+    q, k, v, do = (jnp.asarray(rng.standard_normal((2, 24, 3, 8)), jnp.float32) for _ in range(4))
+    ref = attention(q, k, v, "reference")
+    np.testing.assert_allclose(attention(q, k, v, impl), ref, atol=1e-5)
+    grad = lambda i: jax.grad(lambda *a: jnp.sum(attention(*a, i) * do), argnums=(0, 1, 2))(q, k, v)  # noqa: E731
+    for a, b in zip(grad(impl), grad("reference")):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_rotary_scores_are_relative():
+    from scaling.model import apply_rotary
+    rng = np.random.default_rng(0)
+    q, k = (jnp.asarray(rng.standard_normal((1, 10, 2, 8)), jnp.float32) for _ in range(2))
+    pos = jnp.arange(10)
+    def scores(shift):
+        qr, kr = apply_rotary(q, pos + shift), apply_rotary(k, pos + shift)
+        return jnp.einsum("bthk,bshk->bhts", qr, kr)
+    np.testing.assert_allclose(scores(0), scores(37), atol=1e-4)
+    np.testing.assert_allclose(apply_rotary(q), apply_rotary(q, pos), atol=1e-6)
+
+
+def test_untied_head_differs_from_tied():
+    cfg = dataclasses.replace(TINY, tie_embeddings=False)
+    p = init_params(cfg, jax.random.key(0))
+    assert "unembed" in p
+    assert "unembed" not in init_params(TINY, jax.random.key(0))
+
+
+def test_cross_entropy_matches_log_softmax():
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.standard_normal((2, 5, 11)), jnp.float32)
+    tgt = jnp.asarray(rng.integers(0, 11, (2, 5)))
+    want = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tgt[..., None], -1))
+    np.testing.assert_allclose(cross_entropy(logits, tgt), want, rtol=1e-6)
