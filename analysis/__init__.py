@@ -1,0 +1,55 @@
+"""Scaling-law analysis: fits with honest intervals, figures, tables and reports.
+
+Works on any results table (a sweep folder of this project or any CSV) with numpy, scipy,
+pandas, matplotlib and seaborn only; no GPU, no jax.
+
+    from analysis import load_results, fit_approach3, analyze
+    df = load_results("runs.csv", n_col="Model Size", c_col="Training FLOP", loss_col="loss")
+    fit = fit_approach3(df["N"], df["D"], df["loss"])       # Chinchilla Approach 3
+    print(fit.describe()); fit.optimal_table([1e21, 1e22])   # N_opt, D_opt, loss with CIs
+    analyze("sweeps/my_sweep")                                # report folder
+
+Command line: ``python -m analysis fit --law {power,frontier,chinchilla,isoflop,kaplan} ...``
+and ``python -m analysis analyze <sweep folder or CSV>``.
+
+Public API (imported lazily, so ``import analysis`` stays cheap):
+
+- loading: ``load_results``, ``load_curves``, ``done``
+- fits: ``fit_power_law``, ``fit_frontier``, ``fit_approach1``, ``fit_isoflop``,
+  ``fit_approach3``, ``fit_kaplan``, ``compute_optimal``
+- optimizers: ``lr_sensitivity``, ``best_lr``, ``lr_scaling``, ``compute_laws``,
+  ``compute_multiplier``
+- report: ``analyze``; synthetic fixtures: ``make_scaling_sweep``, ``make_optimizer_sweep``
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "load_results": "load", "load_curves": "load", "done": "load",
+    "fit_power_law": "powerlaw", "PowerLawFit": "powerlaw",
+    "fit_frontier": "frontier", "fit_approach1": "frontier",
+    "fit_isoflop": "isoflop", "group_budgets": "isoflop",
+    "fit_approach3": "chinchilla", "fit_kaplan": "chinchilla", "hoffmann_starts": "chinchilla",
+    "ChinchillaFit": "chinchilla",
+    "compute_optimal": "predict",
+    "lr_sensitivity": "optimizers", "best_lr": "optimizers", "lr_scaling": "optimizers",
+    "compute_laws": "optimizers", "compute_multiplier": "optimizers",
+    "EdgeOfGridWarning": "optimizers",
+    "analyze": "report",
+    "make_scaling_sweep": "synthetic", "make_optimizer_sweep": "synthetic",
+    "FitResult": "result",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

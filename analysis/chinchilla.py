@@ -1,0 +1,267 @@
+"""Chinchilla Approach 3 (parametric L(N, D)) and Kaplan et al.'s joint L(N, D).
+
+Approach 3 (Hoffmann et al. 2022, Section 3.3 and Appendix D.2):
+
+    L(N, D) = E + A / N^alpha + B / D^beta,
+    log L = LSE(a - alpha log N, b - beta log D, e),   A = e^a, B = e^b, E = e^e,
+
+minimising the sum over runs of Huber_delta(log L_pred - log L_obs) with delta = 1e-3,
+by L-BFGS from the grid alpha, beta in {0, 0.5, ..., 2}, e in {-1, -0.5, ..., 1},
+a, b in {0, 5, ..., 25} (4,500 starts), keeping the best. Compute-optimal allocation
+under C = 6 N D:
+
+    N_opt(C) = G (C/6)^a,  D_opt(C) = G^-1 (C/6)^b,  G = (alpha A / (beta B))^(1/(alpha+beta)),
+    a = beta / (alpha + beta),  b = alpha / (alpha + beta).
+
+``loss_fn="huber_nll"`` is Besiroglu et al.'s (2024) estimator: the Huber loss read as
+the negative log-likelihood of a Huber density with a fitted scale sigma.
+
+Intervals: nonparametric bootstrap over runs; each resample is refitted (batched) from
+the full-data optimum and the starts that led to the best distinct basins on the full
+data (``boot_starts``), not from all 4,500 starts; ``benchmarks/fit_speed.py --verify``
+checks on resamples that the full grid finds the same optima.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from .laws import ChinchillaLaw, KaplanNDLaw, basin_starts, fit_multistart, grid
+from .result import LEVEL, FitResult, bootstrap_counts, percentile_interval
+
+HOFFMANN_GRID = {
+    "a": np.arange(0.0, 25.1, 5.0),
+    "b": np.arange(0.0, 25.1, 5.0),
+    "e": np.arange(-1.0, 1.01, 0.5),
+    "alpha": np.arange(0.0, 2.01, 0.5),
+    "beta": np.arange(0.0, 2.01, 0.5),
+}
+
+# ftol of the batched L-BFGS: stop after `patience` iterations that each lower the objective
+# by less than this fraction of its value. Scale-free, so mean and sum of the loss stop at
+# the same point (tests/test_analysis_chinchilla.py checks both).
+FTOL = 1e-11
+
+
+def hoffmann_starts() -> np.ndarray:
+    """The 4,500 starts (a, b, e, alpha, beta) of Hoffmann et al. (2022)."""
+    g = HOFFMANN_GRID
+    return grid(g["a"], g["b"], g["e"], g["alpha"], g["beta"])
+
+
+def derive(a: float, b: float, e: float, alpha: float, beta: float) -> dict[str, float]:
+    A, B, E = math.exp(a), math.exp(b), math.exp(e)
+    s = alpha + beta
+    with np.errstate(all="ignore"):
+        G = (alpha * A / (beta * B)) ** (1.0 / s) if (alpha > 0 and beta > 0) else math.nan
+    return {
+        "E": E, "A": A, "B": B, "alpha": alpha, "beta": beta,
+        "a": beta / s if s else math.nan, "b": alpha / s if s else math.nan, "G": float(G),
+    }
+
+
+class ChinchillaFit(FitResult):
+    """Result of :func:`fit_approach3`. params: E, A, B, alpha, beta, a, b, G (+ sigma)."""
+
+    def predict(self, N, D, params: dict | None = None) -> np.ndarray:
+        p = self.params if params is None else params
+        N = np.asarray(N, dtype=np.float64)
+        D = np.asarray(D, dtype=np.float64)
+        return p["E"] + p["A"] / N ** p["alpha"] + p["B"] / D ** p["beta"]
+
+    @staticmethod
+    def _optimal(C, p) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        C = np.asarray(C, dtype=np.float64)
+        n = p["G"] * (C / 6.0) ** p["a"]
+        d = (C / 6.0) ** p["b"] / p["G"]
+        loss = p["E"] + p["A"] / n ** p["alpha"] + p["B"] / d ** p["beta"]
+        return n, d, loss
+
+    def optimal(self, C, params: dict | None = None):
+        """Compute-optimal (N_opt, D_opt, L_opt) for budgets ``C`` (FLOPs, C = 6 N D)."""
+        return self._optimal(C, self.params if params is None else params)
+
+    def optimal_table(self, C, level: float | None = None) -> pd.DataFrame:
+        """N_opt, D_opt and L_opt for each budget, with bootstrap percentile intervals."""
+        C = np.atleast_1d(np.asarray(C, dtype=np.float64))
+        n, d, loss = self.optimal(C)
+        out = pd.DataFrame({"C": C, "N_opt": n, "D_opt": d, "loss_opt": loss})
+        if self.samples is not None and len(self.samples):
+            S = self.samples.dropna()
+            vals = {k: [] for k in ("N_opt", "D_opt", "loss_opt")}
+            for _, row in S.iterrows():
+                nn, dd, ll = self._optimal(C, row)
+                vals["N_opt"].append(nn)
+                vals["D_opt"].append(dd)
+                vals["loss_opt"].append(ll)
+            for k, v in vals.items():
+                arr = np.array(v)
+                ci = [percentile_interval(arr[:, j], level or self.level) for j in range(C.size)]
+                out[k + "_low"] = [c[0] for c in ci]
+                out[k + "_high"] = [c[1] for c in ci]
+        return out
+
+
+def _clean(N, D, loss):
+    N = np.asarray(N, dtype=np.float64)
+    D = np.asarray(D, dtype=np.float64)
+    L = np.asarray(loss, dtype=np.float64)
+    keep = np.isfinite(N) & np.isfinite(D) & np.isfinite(L) & (N > 0) & (D > 0) & (L > 0)
+    if keep.sum() < 6:
+        raise ValueError(f"L(N, D) fit needs at least 6 valid rows, got {int(keep.sum())}")
+    if np.unique(N[keep]).size < 3 or np.unique(D[keep]).size < 3:
+        raise ValueError("L(N, D) fit needs at least 3 distinct N and 3 distinct D values")
+    return N[keep], D[keep], L[keep], keep
+
+
+def fit_approach3(
+    N,
+    D,
+    loss,
+    *,
+    loss_fn: str = "huber",
+    delta: float = 1e-3,
+    reduction: str = "sum",
+    starts: np.ndarray | None = None,
+    n_boot: int = 200,
+    boot_starts: int = 8,
+    seed: int = 0,
+    level: float = LEVEL,
+    ftol: float = FTOL,
+    max_iter: int = 1000,
+) -> ChinchillaFit:
+    """Hoffmann et al.'s Approach 3 on runs (N, D, final loss); see the module docstring.
+
+    ``loss_fn``: "huber" (Hoffmann), "huber_nll" (Besiroglu et al.'s Huber likelihood,
+    adds a fitted sigma) or "l2". ``reduction``: "sum" or "mean" of the per-run losses (the
+    optimum and the stopping point are the same; only the objective's scale differs).
+    ``starts``: external (a, b, e, alpha, beta) starts, default Hoffmann's 4,500.
+    """
+    N, D, L, _ = _clean(N, D, loss)
+    n = N.size
+    law = ChinchillaLaw(np.log(N), np.log(D))
+    y = np.log(L)
+    w = None if reduction == "sum" else np.full(n, 1.0 / n)
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    ext_starts = hoffmann_starts() if starts is None else np.asarray(starts, dtype=np.float64)
+    opt = {"ftol": ftol, "max_iter": max_iter}
+    grid_starts = law.to_internal(ext_starts)
+    hub = fit_multistart(law, y, grid_starts, loss="huber" if loss_fn == "huber_nll" else loss_fn,
+                         delta=delta, weights=w, **opt)
+    info = {
+        "loss_fn": loss_fn, "delta": delta, "reduction": reduction,
+        "n_starts": int(len(grid_starts)),
+        "starts_at_best": int(np.sum(np.abs(hub.all_f[0] - hub.f[0]) <= 1e-8 * abs(hub.f[0]))),
+        "starts_max_iter": int(np.sum(hub.all_status[0] == 3)),
+        "ftol": ftol,
+    }
+    if loss_fn == "huber_nll":
+        base = basin_starts(hub, grid_starts, boot_starts)
+        res, run_starts = _fit_nll(law, y, base, delta, w, opt)
+        P = 5
+    else:
+        res, run_starts, P = hub, grid_starts, 5
+    best = res.x[0]
+    ext = law.to_external(best[:P])[0]
+    params = derive(*ext)
+    if loss_fn == "huber_nll":
+        params["sigma"] = math.exp(best[P])
+    info.update({"objective": float(res.f[0]), "converged": bool(res.ok[0])})
+    pred = law.forward(best[None, :P])[0][0]
+    resid = pred - y
+    info["mean_abs_log_residual"] = float(np.mean(np.abs(resid)))
+    fit = ChinchillaFit(kind="chinchilla", params=params, n=n, level=level, info=info)
+
+    if n_boot > 0:
+        rng = np.random.default_rng(seed)
+        W = bootstrap_counts(n, n_boot, rng)
+        if w is not None:
+            W = W / n
+        bs = basin_starts(res, run_starts, boot_starts)
+        bres = fit_multistart(law, y, bs, loss=loss_fn, delta=delta, weights=W,
+                              n_problems=n_boot, **opt)
+        rows = []
+        for i in range(n_boot):
+            if not bres.ok[i]:
+                rows.append({k: math.nan for k in params})
+                continue
+            e_i = law.to_external(bres.x[i, :P])[0]
+            r = derive(*e_i)
+            if loss_fn == "huber_nll":
+                r["sigma"] = math.exp(bres.x[i, P])
+            rows.append(r)
+        fit.samples = pd.DataFrame(rows)
+        fit.fill_intervals()
+        fit.info["n_boot_starts"] = int(len(bs))
+    return fit
+
+
+def _fit_nll(law, y, base_internal, delta, w, opt):
+    """Huber-likelihood refit from Huber-loss basins, each with a few initial scales."""
+    pred = law.forward(base_internal[:1])[0][0]
+    mad = float(np.mean(np.abs(pred - y))) or 1e-3
+    sig0 = math.log(max(delta * mad, 1e-12))
+    starts = [np.concatenate([b, [sig0 + k]]) for b in base_internal for k in (-1.0, 0.0, 1.0, 3.0)]
+    starts = np.array(starts)
+    res = fit_multistart(law, y, starts, loss="huber_nll", delta=delta, weights=w, **opt)
+    return res, starts
+
+
+# --------------------------------------------------------------------------------------
+# Kaplan et al. (2020), eq. 1.5
+# --------------------------------------------------------------------------------------
+
+
+class KaplanFit(FitResult):
+    """params: alpha_N, alpha_D, N_c, D_c (L = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D)."""
+
+    def predict(self, N, D, params: dict | None = None) -> np.ndarray:
+        p = self.params if params is None else params
+        N = np.asarray(N, dtype=np.float64)
+        D = np.asarray(D, dtype=np.float64)
+        return ((p["N_c"] / N) ** (p["alpha_N"] / p["alpha_D"]) + p["D_c"] / D) ** p["alpha_D"]
+
+
+def kaplan_starts() -> np.ndarray:
+    return grid([15.0, 22.0, 30.0, 38.0], [15.0, 22.0, 30.0, 38.0], [0.5, 0.8, 1.2, 2.0],
+                [0.03, 0.08, 0.2, 0.4])
+
+
+def fit_kaplan(N, D, loss, *, loss_fn: str = "huber", delta: float = 1e-3, n_boot: int = 200,
+               boot_starts: int = 6, seed: int = 0, level: float = LEVEL,
+               ftol: float = FTOL, max_iter: int = 1000) -> KaplanFit:
+    """Kaplan et al.'s L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D (no irreducible
+    term), same robust log-space loss and bootstrap as :func:`fit_approach3`."""
+    N, D, L, _ = _clean(N, D, loss)
+    law = KaplanNDLaw(np.log(N), np.log(D))
+    y = np.log(L)
+    starts = law.to_internal(kaplan_starts())
+    opt = {"ftol": ftol, "max_iter": max_iter}
+    res = fit_multistart(law, y, starts, loss=loss_fn, delta=delta, **opt)
+
+    def to_params(e):
+        lnc, ldc, p, ad = e
+        return {"alpha_N": p * ad, "alpha_D": ad, "N_c": _exp(lnc), "D_c": _exp(ldc)}
+
+    fit = KaplanFit(kind="kaplan", params=to_params(law.to_external(res.x)[0]), n=int(N.size),
+                    level=level, info={"loss_fn": loss_fn, "delta": delta,
+                                       "objective": float(res.f[0]), "converged": bool(res.ok[0]),
+                                       "n_starts": int(len(starts))})
+    if n_boot > 0:
+        W = bootstrap_counts(N.size, n_boot, np.random.default_rng(seed))
+        bs = basin_starts(res, starts, boot_starts)
+        bres = fit_multistart(law, y, bs, loss=loss_fn, delta=delta, weights=W,
+                              n_problems=n_boot, **opt)
+        ext = law.to_external(bres.x)
+        fit.samples = pd.DataFrame([to_params(ext[i]) if bres.ok[i] else
+                                    {k: math.nan for k in fit.params} for i in range(n_boot)])
+        fit.fill_intervals()
+    return fit
+
+
+def _exp(v: float) -> float:
+    return math.exp(v) if v < 700 else math.inf

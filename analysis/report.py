@@ -1,0 +1,582 @@
+"""``analyze(source)``: a results table in, a report folder out.
+
+The report folder holds ``summary.md`` (what was fitted, the findings in plain words, what
+was skipped and why), ``figures/`` (PNG + PDF of each figure), ``tables/`` (Markdown and
+LaTeX tables of fitted parameters with 95 % intervals, predictions, per-budget optima,
+optimizer comparisons) and ``fits.json`` (every fit, machine-readable).
+
+Which analyses run is decided from the table:
+
+- power laws L(N), L(D), L(C): at least 4 distinct values of the variable among done runs;
+- Approach 3 and Kaplan's L(N, D): at least 6 (N, D) cells with 3 distinct N and 3 distinct D;
+- Approach 2 (IsoFLOP): a ``compute_budget`` column with >= 3 budgets of >= 3 sizes each;
+- frontier and Approach 1: learning curves (curves.parquet / curves.csv) of >= 2 runs
+  (Approach 1: >= 3 sizes);
+- optimizer comparison: more than one optimizer, or a learning-rate grid (>= 3 lrs for
+  some size).
+
+Scaling-law fits use the done runs of one optimizer (the most common one when there are
+several) and, where a (N, D) cell was run with several learning rates and/or seeds, the
+seed-averaged loss at the cell's best learning rate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import plots
+from .chinchilla import fit_approach3, fit_kaplan
+from .frontier import fit_approach1, fit_frontier
+from .isoflop import fit_isoflop
+from .load import done as done_rows
+from .load import load_curves, load_results
+from .optimizers import (EdgeOfGridWarning, best_lr, best_lr_runs, compute_laws,
+                         compute_multiplier, lr_scaling, lr_sensitivity, seed_spread)
+from .powerlaw import fit_power_law
+from .predict import compute_optimal
+from .result import fmt
+from .style import save
+from .tables import to_markdown, value_ci, write_table
+
+
+def default_out_dir(source: str | Path) -> Path:
+    p = Path(source)
+    if p.is_dir():
+        return p / "report"
+    if p.name in ("results.csv", "results.parquet"):
+        return p.parent / "report"
+    return p.with_name(p.stem + "_report")
+
+
+def _sig(v, digits=6):
+    return float(f"{v:.{digits}g}") if np.isfinite(v) else v
+
+
+def reference_optimizer(done: pd.DataFrame) -> str | None:
+    """With several optimizers: the one whose best run at the largest compute has the lowest
+    loss (the scaling laws are then those of the best optimizer); None with one."""
+    if "optimizer" not in done or done["optimizer"].nunique() < 2:
+        return None
+    d = done[np.isfinite(done["loss"])]
+    top = d[d["C"] >= d["C"].max() * (1 - 1e-6)]
+    top = top if len(top) else d
+    return str(top.loc[top["loss"].idxmin(), "optimizer"])
+
+
+def scaling_rows(done: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """One row per (N, D) cell for the scaling-law fits; see the module docstring."""
+    d = done.copy()
+    notes = []
+    ref = reference_optimizer(d)
+    if ref is not None:
+        counts = d["optimizer"].value_counts()
+        notes.append(f"scaling-law fits use optimizer `{ref}` only (lowest loss at the largest "
+                     f"compute; {int(counts[ref])} of {len(d)} done runs; the optimizers are compared "
+                     "in their own section)")
+        d = d[d["optimizer"] == ref]
+    vary = [c for c in ("lr", "seed") if c in d and d[c].nunique() > 1]
+    if not vary:
+        return d, notes
+    d["_Nk"] = d["N"].map(_sig)
+    d["_Dk"] = d["D"].map(_sig)
+    hp = ["lr"] if "lr" in vary else []
+    agg = {"loss": ("loss", "mean"), "N": ("N", "mean"), "D": ("D", "mean"), "C": ("C", "mean"),
+           "n_seeds": ("loss", "size")}
+    if "compute_budget" in d:
+        agg["compute_budget"] = ("compute_budget", "first")
+    if "point_id" in d:
+        agg["point_id"] = ("point_id", "first")
+    cells = d.groupby(["_Nk", "_Dk"] + hp, dropna=False).agg(**agg).reset_index()
+    if hp:
+        cells = cells.loc[cells.groupby(["_Nk", "_Dk"])["loss"].idxmin()]
+        notes.append("each (N, D) cell uses its best learning rate (seed-averaged loss)")
+    elif "seed" in vary:
+        notes.append("seeds are averaged within each (N, D) cell")
+    cells = cells.drop(columns=["_Nk", "_Dk"]).reset_index(drop=True)
+    cells["status"] = "done"
+    return cells, notes
+
+
+def pareto_front(x: np.ndarray, loss: np.ndarray) -> np.ndarray:
+    """Indices of the rows on the lower-left Pareto front: at each x the lowest loss, kept
+    only if it is lower than every loss at smaller x ("the lowest loss reached with at most
+    x")."""
+    x = np.asarray(x, dtype=np.float64)
+    loss = np.asarray(loss, dtype=np.float64)
+    order = np.lexsort((loss, x))  # by x, then loss
+    keep, best, last_x = [], math.inf, None
+    for i in order:
+        if last_x is not None and x[i] == last_x:
+            continue  # only the lowest loss at each x
+        last_x = x[i]
+        if loss[i] < best:
+            keep.append(i)
+            best = loss[i]
+    return np.array(keep, dtype=int)
+
+
+def best_per_value(x: np.ndarray, loss: np.ndarray) -> pd.DataFrame:
+    df = pd.DataFrame({"x": x, "loss": loss})
+    df["k"] = df["x"].map(_sig)
+    out = df.loc[df.groupby("k")["loss"].idxmin(), ["x", "loss"]]
+    return out.sort_values("x").reset_index(drop=True)
+
+
+class _Report:
+    def __init__(self, out: Path, source: str):
+        self.out = out
+        self.source = source
+        self.fig_dir = out / "figures"
+        self.tab_dir = out / "tables"
+        self.figures: list[tuple[str, str]] = []
+        self.tables: list[tuple[str, str]] = []
+        self.skipped: list[tuple[str, str]] = []
+        self.findings: list[str] = []
+        self.sections: list[str] = []
+        self.fits: dict[str, dict] = {}
+        self.param_rows: list[dict] = []
+        self.warnings: list[str] = []
+
+    def skip(self, what: str, why: str) -> None:
+        self.skipped.append((what, why))
+
+    def figure(self, name: str, caption: str, make) -> None:
+        try:
+            fig = make()
+            save(fig, self.fig_dir, name)
+            self.figures.append((name, caption))
+        except Exception as exc:  # a figure must never sink the report
+            self.skip(f"figure `{name}`", f"{type(exc).__name__}: {exc}")
+            self.warnings.append(traceback.format_exc(limit=3))
+
+    def table(self, df: pd.DataFrame, name: str, caption: str, digits: int = 4) -> None:
+        write_table(df, self.tab_dir, name, caption=caption, digits=digits)
+        self.tables.append((name, caption))
+
+    def add_params(self, fit_name: str, fit, names: list[str]) -> None:
+        self.fits[fit_name] = fit.to_dict()
+        for k in names:
+            if k not in fit.params:
+                continue
+            lo, hi = fit.interval(k)
+            self.param_rows.append({"fit": fit_name, "parameter": k, "estimate": fit.params[k],
+                                    "ci_low": lo, "ci_high": hi})
+
+
+def _params_table(rows: list[dict]) -> pd.DataFrame:
+    out = []
+    for r in rows:
+        out.append({"fit": r["fit"], "parameter": r["parameter"],
+                    "estimate [95% CI]": value_ci(r["estimate"], r["ci_low"], r["ci_high"])})
+    return pd.DataFrame(out)
+
+
+def analyze(
+    source: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    n_boot: int = 200,
+    seed: int = 0,
+    n_col: str | None = None,
+    d_col: str | None = None,
+    c_col: str | None = None,
+    loss_col: str | None = None,
+    loss_fn: str = "huber",
+    predict_C=None,
+) -> Path:
+    """Fit what the table supports, write figures, tables and summary.md; return the folder."""
+    t0 = time.time()
+    source = Path(source)
+    pl_loss = "huber" if loss_fn == "huber_nll" else loss_fn  # the likelihood is Approach 3 only
+    out = Path(out_dir) if out_dir is not None else default_out_dir(source)
+    out.mkdir(parents=True, exist_ok=True)
+    df = load_results(source, n_col=n_col, d_col=d_col, c_col=c_col, loss_col=loss_col)
+    rep = _Report(out, str(source))
+    done = done_rows(df)
+    status_counts = df["status"].value_counts().to_dict()
+
+    rows, sel_notes = scaling_rows(done) if len(done) else (done, [])
+    data_lines = [
+        f"- source: `{df.attrs.get('source')}`",
+        f"- rows: {len(df)} ({', '.join(f'{k}: {v}' for k, v in sorted(status_counts.items()))}); "
+        "only `done` rows are fitted",
+        "- columns used: " + ", ".join(f"{k} ← `{v}`" for k, v in df.attrs["columns"].items() if v),
+    ]
+    if df.attrs.get("derived"):
+        data_lines.append("- derived: " + "; ".join(df.attrs["derived"]))
+    for note in sel_notes:
+        data_lines.append(f"- {note}")
+    if len(rows):
+        data_lines.append(
+            f"- scaling-law rows: {len(rows)}; N {fmt(rows['N'].min(), 3)}–{fmt(rows['N'].max(), 3)}, "
+            f"D {fmt(rows['D'].min(), 3)}–{fmt(rows['D'].max(), 3)}, "
+            f"C {fmt(rows['C'].min(), 3)}–{fmt(rows['C'].max(), 3)} FLOPs")
+    rep.sections.append("## Data\n\n" + "\n".join(data_lines) + "\n")
+    if len(rows) == 0:
+        rep.skip("all fits", "no done rows with a finite loss")
+
+    # ---------------------------------------------------------------- power laws
+    pl_fits, pl_env = {}, {}
+    if len(rows):
+        for key, label in (("N", "parameters"), ("D", "tokens"), ("C", "compute")):
+            x = rows[key].to_numpy(float)
+            L = rows["loss"].to_numpy(float)
+            idx = pareto_front(x, L)
+            env = pd.DataFrame({"x": x[idx], "loss": L[idx]})
+            how = f"Pareto front (lowest loss reached with at most that {key})"
+            if env["x"].nunique() < 4:
+                rep.skip(f"power law L({key})", f"{env['x'].nunique()} distinct {key} values on "
+                         f"the {how} (need 4)")
+                continue
+            try:
+                fit = fit_power_law(env["x"], env["loss"], irreducible=True, n_boot=n_boot,
+                                    seed=seed, name=key, loss_fn=pl_loss)
+            except Exception as exc:
+                rep.skip(f"power law L({key})", str(exc))
+                continue
+            fit.info["points"] = how
+            pl_fits[key], pl_env[key] = fit, env
+            rep.add_params(f"L({key}) = E + ({key}_c/{key})^α", fit, ["E", "x_c", "alpha"])
+            lo, hi = fit.interval("alpha")
+            weak = (not (np.isfinite(lo) and lo > 0)) or hi / lo > 2
+            rep.findings.append(
+                f"L({key}) on the {how}: exponent α_{key} = {value_ci(fit['alpha'], lo, hi, 3)}, "
+                f"irreducible E = {value_ci(fit['E'], *fit.interval('E'), 3)}."
+                + (f" The exponent is poorly constrained by this design (its interval spans more "
+                   f"than a factor 2): the runs do not trace L({key}) at fixed other resources."
+                   if weak else ""))
+        if pl_fits:
+            rep.figure("loss_vs_size", "L(N), L(D) and L(C) on the Pareto front of the runs (grey: all runs), with power-law fits "
+                       "(E + (x_c/x)^α) and 95% bootstrap bands; exponents in the legends.",
+                       lambda: plots.loss_vs_size(rows, pl_fits, pl_env))
+
+    # ---------------------------------------------------------------- Approach 3
+    a3 = None
+    if len(rows):
+        nN, nD = rows["N"].map(_sig).nunique(), rows["D"].map(_sig).nunique()
+        if len(rows) >= 6 and nN >= 3 and nD >= 3:
+            try:
+                a3 = fit_approach3(rows["N"], rows["D"], rows["loss"], n_boot=n_boot, seed=seed,
+                                   loss_fn=loss_fn)
+                rep.add_params("Approach 3: E + A/N^α + B/D^β", a3,
+                               ["E", "A", "B", "alpha", "beta", "a", "b"] + (["sigma"] if "sigma" in a3.params else []))
+                p = a3.params
+                rep.findings.append(
+                    f"Approach 3: L(N, D) = {fmt(p['E'], 4)} + {fmt(p['A'], 4)}/N^{p['alpha']:.3f} + "
+                    f"{fmt(p['B'], 4)}/D^{p['beta']:.3f}; compute-optimal N ∝ C^a with a = "
+                    f"{value_ci(p['a'], *a3.interval('a'), 3)} and D ∝ C^b with b = "
+                    f"{value_ci(p['b'], *a3.interval('b'), 3)} ({len(rows)} runs, "
+                    f"{a3.info['n_starts']} starts, mean |log residual| "
+                    f"{a3.info['mean_abs_log_residual']:.4f}).")
+                rep.figure("residuals", "Approach 3: observed against fitted loss, and log "
+                           "residuals against compute, coloured by N.",
+                           lambda: plots.residuals(a3, rows["N"], rows["D"], rows["loss"]))
+            except Exception as exc:
+                rep.skip("Approach 3", f"{type(exc).__name__}: {exc}")
+            try:
+                kap = fit_kaplan(rows["N"], rows["D"], rows["loss"], n_boot=n_boot, seed=seed)
+                rep.add_params("Kaplan L(N, D)", kap, ["alpha_N", "alpha_D", "N_c", "D_c"])
+            except Exception as exc:
+                rep.skip("Kaplan L(N, D)", f"{type(exc).__name__}: {exc}")
+        else:
+            rep.skip("Approach 3 and Kaplan L(N, D)", f"{len(rows)} (N, D) cells with {nN} distinct N "
+                     f"and {nD} distinct D (need >= 6 cells, >= 3 of each)")
+
+    # ---------------------------------------------------------------- Approach 2
+    iso = None
+    iso_rows = None
+    if len(rows) and "compute_budget" in rows and np.isfinite(rows["compute_budget"]).any():
+        r = rows[np.isfinite(rows["compute_budget"])]
+        per = r.groupby("compute_budget")["N"].apply(lambda s: s.map(_sig).nunique())
+        good = per[per >= 3]
+        if len(good) >= 3:
+            iso_rows = r[r["compute_budget"].isin(good.index)].rename(columns={"compute_budget": "budget"})
+            try:
+                iso = fit_isoflop(iso_rows["C"], iso_rows["loss"], N=iso_rows["N"],
+                                  budget=iso_rows["budget"], n_boot=n_boot, seed=seed)
+                rep.add_params("Approach 2 (IsoFLOP)", iso, ["a", "b", "k_N", "k_D"])
+                rep.fits["Approach 2 (IsoFLOP)"]["budgets"] = json.loads(iso.budgets.to_json(orient="records"))
+                rep.findings.append(
+                    f"Approach 2 (IsoFLOP, {iso.info['n_budgets_used']} budgets): N_opt ∝ C^a with a = "
+                    f"{value_ci(iso['a'], *iso.interval('a'), 3)}, D_opt ∝ C^b with b = "
+                    f"{value_ci(iso['b'], *iso.interval('b'), 3)}.")
+                for s in iso.info["budgets_skipped"]:
+                    rep.skip("IsoFLOP budget", s)
+                tb = iso.budgets.copy()
+                show = pd.DataFrame({
+                    "C": tb["C"], "runs": tb["n_runs"], "sizes": tb["n_sizes"],
+                    "N_opt [95% CI]": [value_ci(a, b, c, 3) for a, b, c in zip(
+                        tb["N_opt"], tb.get("N_opt_low", np.nan * tb["C"]), tb.get("N_opt_high", np.nan * tb["C"]))],
+                    "D_opt": tb.get("D_opt", np.nan * tb["C"]),
+                    "loss_opt": tb.get("loss_opt", np.nan * tb["C"]),
+                    "used": tb["used"], "note": tb["note"].fillna(""),
+                })
+                rep.table(show, "isoflop_budgets", "IsoFLOP parabola minima per compute budget")
+                rep.figure("isoflop", "IsoFLOP profiles: loss against N per budget, fitted "
+                           "parabolas in log N and their minima (95% bootstrap CI).",
+                           lambda: plots.isoflop(iso_rows, iso))
+            except Exception as exc:
+                rep.skip("Approach 2 (IsoFLOP)", f"{type(exc).__name__}: {exc}")
+        else:
+            rep.skip("Approach 2 (IsoFLOP)", f"{len(good)} compute budgets with >= 3 sizes (need 3)")
+    elif len(rows):
+        rep.skip("Approach 2 (IsoFLOP)", "no compute_budget column (or all NaN)")
+
+    # ---------------------------------------------------------------- curves
+    frontier = a1 = None
+    curves = None
+    try:
+        curves = load_curves(source, results=df)
+    except Exception as exc:
+        rep.skip("learning curves", f"could not read: {exc}")
+    if curves is None:
+        if not any(w == "learning curves" for w, _ in rep.skipped):
+            rep.skip("frontier, Approach 1, learning-curve figure", "no curves.parquet / curves.csv")
+    elif len(curves):
+        if "point_id" in done:
+            # the frontier is an envelope: every done run of the reference optimizer may enter
+            ref = reference_optimizer(done)
+            ids = done["point_id"] if ref is None else done.loc[done["optimizer"] == ref, "point_id"]
+            curves = curves[curves["point_id"].isin(set(ids))]
+        sizes = dict(zip(done["point_id"], done["N"])) if "point_id" in done else {}
+        if curves["point_id"].nunique() >= 2:
+            try:
+                frontier = fit_frontier(curves, sizes=sizes, n_boot=n_boot, seed=seed, loss_fn=pl_loss)
+                rep.add_params("Frontier L(C) = E + (C_c/C)^α", frontier.law, ["E", "x_c", "alpha"])
+                rep.findings.append(
+                    f"Compute-efficient frontier of the learning curves ({frontier.info['n_runs']} runs): "
+                    f"L(C) = E + (C_c/C)^α with α = {value_ci(frontier.law['alpha'], *frontier.law.interval('alpha'), 3)}, "
+                    f"E = {value_ci(frontier.law['E'], *frontier.law.interval('E'), 3)}.")
+            except Exception as exc:
+                rep.skip("frontier", f"{type(exc).__name__}: {exc}")
+            try:
+                a1 = fit_approach1(curves, sizes, n_boot=n_boot, seed=seed)
+                rep.add_params("Approach 1 (frontier)", a1, ["a", "b", "k_N", "k_D"])
+                rep.findings.append(
+                    f"Approach 1 (sizes on the frontier): a = {value_ci(a1['a'], *a1.interval('a'), 3)}, "
+                    f"b = {value_ci(a1['b'], *a1.interval('b'), 3)} "
+                    f"({a1.info['n_sizes_on_frontier']} sizes attain the frontier).")
+            except Exception as exc:
+                rep.skip("Approach 1", f"{type(exc).__name__}: {exc}")
+            rep.figure("learning_curves", "Learning curves against tokens and FLOPs (log-log), "
+                       "coloured by N, with the compute-efficient frontier and its power-law fit "
+                       "(95% band, bootstrap over runs).",
+                       lambda: plots.learning_curves(curves, sizes, frontier))
+        else:
+            rep.skip("frontier", "curves of fewer than 2 done runs")
+
+    if iso is not None or a1 is not None or a3 is not None:
+        rep.figure("optimal_allocation", "Compute-optimal N and D against compute: per-budget "
+                   "minima (Approach 2), frontier sizes (Approach 1), and the fitted power laws "
+                   "with 95% bands, including Approach 3's closed form.",
+                   lambda: plots.optimal_allocation(iso=iso, a1=a1, a3=a3, runs=rows,
+                                                    C_range=[rows["C"].min(), rows["C"].max()]))
+
+    # ---------------------------------------------------------------- predictions
+    if len(rows) and (a3 is not None or iso is not None or a1 is not None):
+        if predict_C is None:
+            top = 10 ** math.ceil(math.log10(rows["C"].max()))
+            predict_C = [top, top * 10, top * 100]
+        loss_law = frontier.law if frontier is not None else pl_fits.get("C")
+        pred = compute_optimal(predict_C, chinchilla=a3, isoflop=iso, approach1=a1, loss_law=loss_law)
+        if len(pred):
+            show = pd.DataFrame({
+                "C (FLOPs)": pred["C"], "method": pred["method"],
+                "N_opt [95% CI]": [value_ci(r.N_opt, r.N_opt_low, r.N_opt_high, 3) for r in pred.itertuples()],
+                "D_opt [95% CI]": [value_ci(r.D_opt, r.D_opt_low, r.D_opt_high, 3) for r in pred.itertuples()],
+                "loss [95% CI]": [value_ci(r.loss_opt, r.loss_opt_low, r.loss_opt_high, 4)
+                                  if np.isfinite(r.loss_opt) else "–" for r in pred.itertuples()],
+            })
+            rep.table(show, "predictions", "Compute-optimal allocation and loss predicted for "
+                      "larger budgets (extrapolations; intervals are bootstrap percentiles and "
+                      "do not include model misspecification)")
+            rep.fits["predictions"] = json.loads(pred.to_json(orient="records"))
+            first = pred.iloc[0]
+            rep.findings.append(
+                f"Prediction at C = {fmt(first['C'], 2)} FLOPs ({first['method']}): N_opt = "
+                f"{value_ci(first['N_opt'], first['N_opt_low'], first['N_opt_high'], 3)}, D_opt = "
+                f"{value_ci(first['D_opt'], first['D_opt_low'], first['D_opt_high'], 3)}"
+                + (f", loss {value_ci(first['loss_opt'], first['loss_opt_low'], first['loss_opt_high'], 4)}"
+                   if np.isfinite(first["loss_opt"]) else "") + ".")
+
+    # ---------------------------------------------------------------- optimizers
+    _optimizer_section(rep, df, done, n_boot=n_boot, seed=seed)
+
+    # ---------------------------------------------------------------- write
+    if rep.param_rows:
+        rep.table(_params_table(rep.param_rows), "parameters",
+                  "Fitted parameters with 95% bootstrap percentile intervals")
+    (out / "fits.json").write_text(json.dumps(rep.fits, indent=2, default=_json_default))
+    _write_summary(rep, time.time() - t0)
+    return out
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, float)):
+        return None if not math.isfinite(float(o)) else float(o)
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    return str(o)
+
+
+def _optimizer_section(rep: _Report, df: pd.DataFrame, done: pd.DataFrame, *, n_boot: int, seed: int):
+    if not {"optimizer", "lr"} <= set(df.columns) or len(done) == 0:
+        rep.skip("optimizer comparison", "no optimizer / lr columns")
+        return
+    n_opt = done["optimizer"].nunique()
+    lr_counts = done.groupby(["optimizer", done["N"].map(_sig)])["lr"].nunique()
+    has_grid = bool((lr_counts >= 3).any())
+    if n_opt < 2 and not has_grid:
+        rep.skip("optimizer comparison", f"{n_opt} optimizer and no learning-rate grid "
+                 "(need >= 2 optimizers or >= 3 learning rates at some size)")
+        return
+    df = df[df["status"].isin(["done", "diverged"])]
+    if n_opt >= 2:
+        # compare optimizers on the (N, D) cells that several optimizers ran: runs of one
+        # optimizer elsewhere (an IsoFLOP sweep in the same table, say) are not comparable
+        key = df["N"].map(lambda v: _sig(v, 4)).astype(str) + "|" + df["D"].map(lambda v: _sig(v, 4)).astype(str)
+        per = df.assign(_k=key).groupby("_k")["optimizer"].nunique()
+        shared = set(per[per >= 2].index)
+        if shared:
+            n_before = len(df)
+            df = df[key.isin(shared)]
+            if len(df) < n_before:
+                lines_pre = [f"- compared on the {len(shared)} (N, D) cells run with several optimizers "
+                             f"({len(df)} of {n_before} done/diverged runs)"]
+            else:
+                lines_pre = []
+        else:
+            lines_pre = ["- no (N, D) cell was run with several optimizers: the comparison mixes "
+                         "different token budgets"]
+    else:
+        lines_pre = []
+    sens = lr_sensitivity(df)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EdgeOfGridWarning)
+        best = best_lr(sens)
+    edge_msgs = [str(w.message) for w in caught if issubclass(w.category, EdgeOfGridWarning)]
+    scal = lr_scaling(best)
+    spread = seed_spread(sens)
+    lines = ["## Optimizer comparison\n"] + lines_pre
+    if has_grid:
+        rep.figure("lr_sensitivity", "Final loss against learning rate per optimizer and size "
+                   "(error bars: seed std; ×: diverged; ★: best, hollow when on the grid's edge).",
+                   lambda: plots.lr_sensitivity(sens, best))
+        rep.figure("best_lr", "Best learning rate against N per optimizer with fitted "
+                   "lr* = c N^γ (edge-of-grid points hollow, not fitted).",
+                   lambda: plots.best_lr(best, scal))
+    bt = pd.DataFrame({
+        "optimizer": best["optimizer"], "N": best["N"], "best lr (grid)": best["lr_best"],
+        "best lr (refined)": best["lr_refined"],
+        "loss ± seed std": [f"{m:.4f} ± {s:.4f}" if np.isfinite(m) else "–"
+                            for m, s in zip(best["loss"], best["loss_std"])],
+        "edge of grid": best["edge_side"].replace("", "no"),
+    })
+    rep.table(bt, "best_lr", "Best learning rate per optimizer and size")
+    st = pd.DataFrame({"optimizer": scal["optimizer"], "sizes fitted": scal["n_sizes"],
+                       "γ [95% CI]": [value_ci(g, lo, hi, 3) for g, lo, hi in
+                                      zip(scal["gamma"], scal["gamma_low"], scal["gamma_high"])]})
+    rep.table(st, "lr_scaling", "Best learning rate against N: lr* = c N^γ")
+    for r in scal.itertuples():
+        if np.isfinite(r.gamma):
+            lines.append(f"- {r.optimizer}: best learning rate scales as N^γ with γ = "
+                         f"{value_ci(r.gamma, r.gamma_low, r.gamma_high, 3)} ({r.n_sizes} sizes).")
+    for m in edge_msgs:
+        lines.append(f"- warning: {m}")
+        rep.warnings.append(m)
+    if np.isfinite(spread):
+        lines.append(f"- seed-to-seed spread (median std of the final loss over cells with several "
+                     f"seeds): {spread:.4f}; loss differences below about twice this are not resolved.")
+    laws = compute_laws(df, best, n_boot=n_boot, seed=seed) if n_opt >= 2 else {}
+    mults = []
+    if laws:
+        runs = best_lr_runs(df, best)
+        lt = []
+        for opt, law in laws.items():
+            rep.add_params(f"{opt}: L(C) at best lr", law, ["E", "x_c", "alpha"])
+            lt.append({"optimizer": opt, "sizes": law.info["n_sizes"],
+                       "form": "E + (C_c/C)^α" if law.irreducible else "(C_c/C)^α",
+                       "α [95% CI]": value_ci(law["alpha"], *law.interval("alpha"), 3),
+                       "E [95% CI]": value_ci(law["E"], *law.interval("E"), 3) if law.irreducible else "–"})
+            lines.append(f"- {opt}: loss at its best learning rate falls as C^-α with α = "
+                         f"{value_ci(law['alpha'], *law.interval('alpha'), 3)}.")
+        rep.table(pd.DataFrame(lt), "optimizer_laws", "Loss against compute per optimizer at its best learning rate")
+        # reference: the optimizer with the lowest predicted loss at the largest compute
+        cmax = float(runs["C"].max())
+        ranked = sorted(laws, key=lambda o: float(laws[o].predict(cmax)))
+        ref = ranked[0]
+        for o in ranked[1:]:
+            m = compute_multiplier(laws, o, ref, at_compute=cmax, seed=seed)
+            mults.append(m)
+            lines.append(f"- to reach the loss {ref} reaches at C = {fmt(cmax, 3)} FLOPs "
+                         f"({m['target_loss']:.4f}), {o} needs {fmt(m['multiplier'], 3)}× the compute "
+                         f"(95% CI {fmt(m['low'], 3)}–{fmt(m['high'], 3)}).")
+        rep.fits["compute_multipliers"] = mults
+        if mults:
+            mt = pd.DataFrame({"optimizer": [m["x"] for m in mults], "reference": [m["y"] for m in mults],
+                               "at C": [m["at_compute"] for m in mults],
+                               "compute multiplier [95% CI]": [value_ci(m["multiplier"], m["low"], m["high"], 3)
+                                                                for m in mults]})
+            rep.table(mt, "compute_multipliers", "Compute needed relative to the best optimizer, "
+                      "to reach its loss at the largest compute in the sweep")
+        rep.figure("optimizer_compute", "Loss against compute per optimizer at its best learning "
+                   "rate (error bars: seed std) with fitted L(C) and 95% bands.",
+                   lambda: plots.optimizer_compute(runs, laws, mults))
+        rep.findings.append(f"Optimizers: {ref} reaches the lowest loss at the largest compute; "
+                            + "; ".join(f"{m['x']} needs {fmt(m['multiplier'], 3)}× "
+                                        f"[{fmt(m['low'], 3)}, {fmt(m['high'], 3)}] its compute"
+                                        for m in mults) + ".")
+    elif n_opt >= 2:
+        rep.skip("compute laws per optimizer", "fewer than 2 sizes at the best learning rate")
+    rep.fits["best_lr"] = json.loads(best.to_json(orient="records"))
+    rep.fits["lr_scaling"] = json.loads(scal.to_json(orient="records"))
+    rep.sections.append("\n".join(lines) + "\n")
+
+
+def _write_summary(rep: _Report, elapsed: float) -> None:
+    parts = [f"# Scaling-law report\n\nSource: `{rep.source}`. Generated by "
+             f"`analysis.report.analyze` in {elapsed:.1f} s.\n"]
+    parts.append(rep.sections[0])
+    parts.append("## Findings\n")
+    if rep.findings:
+        parts.append("\n".join(f"- {f}" for f in rep.findings) + "\n")
+    else:
+        parts.append("No fit could be made (see Skipped).\n")
+    for s in rep.sections[1:]:
+        parts.append(s)
+    if rep.param_rows:
+        parts.append("## Fitted parameters\n\n95% intervals: bootstrap percentiles "
+                     "(runs resampled with replacement and refitted).\n\n"
+                     + to_markdown(_params_table(rep.param_rows)))
+    if rep.figures:
+        parts.append("## Figures\n")
+        for name, cap in rep.figures:
+            parts.append(f"![{cap}](figures/{name}.png)\n\n*{name}*: {cap} "
+                         f"([PDF](figures/{name}.pdf))\n")
+    if rep.tables:
+        parts.append("## Tables\n\n" + "\n".join(
+            f"- `tables/{n}.md` / `tables/{n}.tex`: {c}" for n, c in rep.tables) + "\n")
+    parts.append("## Skipped\n")
+    if rep.skipped:
+        parts.append("\n".join(f"- {w}: {why}" for w, why in rep.skipped) + "\n")
+    else:
+        parts.append("Nothing.\n")
+    parts.append(
+        "## Method\n\n"
+        "Laws are fitted to log loss with a Huber loss (δ = 1e-3) by batched L-BFGS from grids of "
+        "starts (Approach 3: Hoffmann et al.'s 4,500), keeping the best; the optimiser stops on a "
+        "relative criterion, so the result does not depend on the loss's scale. Intervals are 95% "
+        "bootstrap percentiles. IsoFLOP minima are vertices of parabolas in log N; the parabola is "
+        "a local approximation and a grid placed off-centre around the optimum biases N_opt. "
+        "Approach 1 uses the run attaining the frontier at each FLOP value (bootstrap over runs).\n")
+    (rep.out / "summary.md").write_text("\n".join(parts))

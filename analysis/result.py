@@ -1,0 +1,129 @@
+"""Fit results with intervals: one small container shared by every fit in the package."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+LEVEL = 0.95
+
+
+def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """Equal-tailed percentile interval of the finite samples (NaN, NaN if fewer than 10)."""
+    s = np.asarray(samples, dtype=np.float64)
+    s = s[np.isfinite(s)]
+    if s.size < 10:
+        return (math.nan, math.nan)
+    q = (1 - level) / 2
+    lo, hi = np.quantile(s, [q, 1 - q])
+    return (float(lo), float(hi))
+
+
+def bootstrap_counts(n: int, n_boot: int, rng: np.random.Generator,
+                     groups: np.ndarray | None = None) -> np.ndarray:
+    """Row multiplicities of ``n_boot`` nonparametric bootstrap resamples, shape (n_boot, n).
+
+    With ``groups`` (one label per row) the resampling is stratified: each group keeps its
+    size and is resampled within itself (for IsoFLOP budgets, optimiser cells, ...)."""
+    if n_boot <= 0:
+        return np.zeros((0, n))
+    if groups is None:
+        return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+    groups = np.asarray(groups)
+    W = np.zeros((n_boot, n))
+    for g in pd.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        W[:, idx] = rng.multinomial(idx.size, np.full(idx.size, 1.0 / idx.size), size=n_boot)
+    return W
+
+
+@dataclass
+class FitResult:
+    """Point estimates, percentile bootstrap intervals and the bootstrap samples.
+
+    ``params`` holds every reported quantity (fitted and derived) by name; ``ci`` the
+    interval of each that has one; ``samples`` one row per bootstrap resample (NaN rows for
+    resamples whose refit failed); ``info`` free-form diagnostics (objective value, starts,
+    convergence, notes) that are JSON-serialisable.
+    """
+
+    kind: str
+    params: dict[str, float]
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    samples: pd.DataFrame | None = None
+    n: int = 0
+    level: float = LEVEL
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> float:
+        return self.params[name]
+
+    def interval(self, name: str) -> tuple[float, float]:
+        return self.ci.get(name, (math.nan, math.nan))
+
+    def fill_intervals(self) -> None:
+        if self.samples is None or self.samples.empty:
+            return
+        for col in self.samples.columns:
+            if col in self.params:
+                self.ci[col] = percentile_interval(self.samples[col].to_numpy(), self.level)
+
+    def table(self, names: list[str] | None = None) -> pd.DataFrame:
+        names = names or list(self.params)
+        rows = []
+        for k in names:
+            lo, hi = self.interval(k)
+            rows.append({"parameter": k, "value": self.params[k], "ci_low": lo, "ci_high": hi})
+        return pd.DataFrame(rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "n": self.n, "level": self.level}
+        out["params"] = {k: _jsonable(v) for k, v in self.params.items()}
+        out["ci"] = {k: [_jsonable(a), _jsonable(b)] for k, (a, b) in self.ci.items()}
+        out["n_boot"] = 0 if self.samples is None else int(len(self.samples))
+        if self.samples is not None and len(self.samples):
+            out["n_boot_failed"] = int(self.samples.isna().any(axis=1).sum())
+        out["info"] = _jsonable(self.info)
+        return out
+
+    def describe(self, names: list[str] | None = None, digits: int = 4) -> str:
+        lines = []
+        for k in names or list(self.params):
+            v = self.params[k]
+            lo, hi = self.interval(k)
+            if math.isfinite(lo):
+                lines.append(f"{k:>10s} = {fmt(v, digits)}  [{fmt(lo, digits)}, {fmt(hi, digits)}]")
+            else:
+                lines.append(f"{k:>10s} = {fmt(v, digits)}")
+        return "\n".join(lines)
+
+
+def fmt(v: float, digits: int = 4) -> str:
+    """Compact number formatting for tables and legends."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "nan" if v is None or math.isnan(v) else ("inf" if v > 0 else "-inf")
+    av = abs(v)
+    if av != 0 and (av >= 1e5 or av < 1e-3):
+        return f"{v:.{max(digits - 1, 1)}e}"
+    return f"{v:.{digits}g}"
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return [_jsonable(x) for x in v.tolist()]
+    if isinstance(v, (np.floating, float)):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.bool_,)):
+        return bool(v)
+    return v

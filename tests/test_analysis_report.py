@@ -1,0 +1,127 @@
+"""analyze() on synthetic sweep folders and plain CSVs; the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis.report import analyze, default_out_dir
+from analysis.synthetic import make_optimizer_sweep, make_scaling_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+CHIN = ROOT / "tests" / "data" / "chinchilla" / "svg_extracted_data.csv"
+
+
+def _figures_ok(out: Path, names):
+    for name in names:
+        png = out / "figures" / f"{name}.png"
+        pdf = out / "figures" / f"{name}.pdf"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert pdf.read_bytes()[:5] == b"%PDF-", name
+
+
+def _tables_ok(out: Path, names):
+    for name in names:
+        md = (out / "tables" / f"{name}.md").read_text()
+        tex = (out / "tables" / f"{name}.tex").read_text()
+        assert md.count("|") > 4, name
+        assert "\\begin{tabular}" in tex and "\\bottomrule" in tex, name
+
+
+def test_analyze_scaling_sweep(tmp_path):
+    sweep = make_scaling_sweep(tmp_path / "scaling", seed=1)
+    out = analyze(sweep, n_boot=30)
+    assert out == sweep / "report" == default_out_dir(sweep)
+    _figures_ok(out, ["learning_curves", "loss_vs_size", "isoflop", "optimal_allocation", "residuals"])
+    _tables_ok(out, ["parameters", "predictions", "isoflop_budgets"])
+    summary = (out / "summary.md").read_text()
+    for phrase in ("Approach 3", "Approach 2 (IsoFLOP, 5 budgets)", "frontier", "Approach 1",
+                   "## Skipped", "optimizer comparison", "failed: 1", "running: 1"):
+        assert phrase in summary, phrase
+    fits = json.loads((out / "fits.json").read_text())
+    assert {"Approach 2 (IsoFLOP)", "Approach 1 (frontier)", "predictions"} <= set(fits)
+    a3 = fits["Approach 3: E + A/N^α + B/D^β"]
+    assert 0.35 < a3["params"]["a"] < 0.55
+    assert len(a3["ci"]["a"]) == 2
+
+
+def test_analyze_optimizer_sweep(tmp_path):
+    sweep = make_optimizer_sweep(tmp_path / "opt")
+    out = analyze(sweep / "results.csv", tmp_path / "rep", n_boot=30)
+    assert out == tmp_path / "rep"
+    _figures_ok(out, ["lr_sensitivity", "best_lr", "optimizer_compute", "loss_vs_size"])
+    _tables_ok(out, ["best_lr", "lr_scaling", "optimizer_laws", "compute_multipliers", "parameters"])
+    summary = (out / "summary.md").read_text()
+    assert "## Optimizer comparison" in summary
+    assert "momentum needs" in summary
+    assert "Approach 3 and Kaplan L(N, D)" in summary  # skipped: 5 cells only
+
+
+def test_analyze_plain_csv_says_what_was_skipped(tmp_path):
+    df = pd.read_csv(CHIN)
+    p = tmp_path / "chinchilla.csv"
+    df.sort_values("loss").iloc[:-5:2].to_csv(p, index=False)  # 120 rows keep the test fast
+    out = analyze(p, n_boot=20, n_col="Model Size", c_col="Training FLOP", loss_col="loss")
+    assert out == tmp_path / "chinchilla_report"
+    summary = (out / "summary.md").read_text()
+    assert "no compute_budget column" in summary
+    assert "no curves.parquet" in summary
+    assert "D = C / (6 N)" in summary
+    fits = json.loads((out / "fits.json").read_text())
+    a3 = fits["Approach 3: E + A/N^α + B/D^β"]
+    assert a3["n"] == 120 and 0.45 < a3["params"]["a"] < 0.58
+    _figures_ok(out, ["residuals", "optimal_allocation", "loss_vs_size"])
+
+
+def _cli(*args, timeout=120):
+    r = subprocess.run([sys.executable, "-m", "analysis", *args], cwd=ROOT, capture_output=True,
+                       text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_cli_chinchilla_json():
+    out = _cli("fit", "--law", "chinchilla", str(CHIN), "--n-col", "Model Size", "--c-col",
+               "Training FLOP", "--loss-col", "loss", "--drop-highest-loss", "5", "--n-boot", "20",
+               "--predict", "1e24", "--json")
+    res = json.loads(out)
+    assert res["n_rows"] == 240
+    p = res["params"]
+    for k, v in {"E": 1.8172, "alpha": 0.3473, "beta": 0.3672, "a": 0.514}.items():
+        assert p[k] == pytest.approx(v, abs=0.003), k
+    assert p["A"] == pytest.approx(477.8, rel=0.03) and p["B"] == pytest.approx(2143.9, rel=0.03)
+    assert set(res["ci"]) >= {"E", "A", "B", "alpha", "beta", "a", "b"}
+    assert res["ci"]["a"][0] < p["a"] < res["ci"]["a"][1]
+    assert res["predictions"][0]["C"] == 1e24
+
+
+def test_cli_isoflop_power_and_frontier(tmp_path):
+    sweep = make_scaling_sweep(tmp_path / "s", seed=2)
+    # IsoFLOP from a table that only has D: N is derived from C = 6 N D
+    df = pd.read_csv(sweep / "results.csv")
+    df[["compute_budget", "D", "final_eval_loss", "status"]].to_csv(tmp_path / "d_only.csv", index=False)
+    res = json.loads(_cli("fit", "--law", "isoflop", str(tmp_path / "d_only.csv"), "--c-col",
+                          "compute_budget", "--d-col", "D", "--loss-col", "final_eval_loss",
+                          "--n-boot", "50", "--json"))
+    assert 0.3 < res["params"]["a"] < 0.6 and len(res["budgets"]) == 5
+    assert res["params"]["a"] + res["params"]["b"] == pytest.approx(1.0)
+    res = json.loads(_cli("fit", "--law", "power", str(sweep / "results.csv"), "--x", "C",
+                          "--envelope", "--n-boot", "30", "--json"))
+    assert res["x"] == "C" and 0.05 < res["params"]["alpha"] < 0.5
+    res = json.loads(_cli("fit", "--law", "frontier", str(sweep / "curves.csv"), "--c-col", "flops",
+                          "--loss-col", "eval_loss", "--n-boot", "30", "--json"))
+    assert 0.1 < res["params"]["alpha"] < 0.25 and len(res["frontier"]) > 10
+    text = _cli("fit", "--law", "power", str(sweep / "results.csv"), "--x", "N", "--n-boot", "0")
+    assert "power law L(N)" in text
+
+
+def test_cli_bad_column_is_a_clear_error():
+    r = subprocess.run([sys.executable, "-m", "analysis", "fit", "--law", "chinchilla", str(CHIN),
+                        "--n-col", "Model Sise", "--json"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "Model Size" in json.loads(r.stdout)["error"]
