@@ -53,7 +53,13 @@ def hoffmann_starts() -> np.ndarray:
 
 
 def derive(a: float, b: float, e: float, alpha: float, beta: float) -> dict[str, float]:
-    A, B, E = math.exp(a), math.exp(b), math.exp(e)
+    """E, A, B and the derived allocation exponents from the log-space parameters.
+
+    A bootstrap resample of a small design can send a coefficient to an absurd size
+    (exp overflow): it comes back as inf, and the percentile intervals say so.
+    """
+    with np.errstate(all="ignore"):
+        A, B, E = (float(np.exp(np.float64(v))) for v in (a, b, e))
     s = alpha + beta
     with np.errstate(all="ignore"):
         G = (alpha * A / (beta * B)) ** (1.0 / s) if (alpha > 0 and beta > 0) else math.nan
@@ -192,7 +198,7 @@ def fit_approach3(
             e_i = law.to_external(bres.x[i, :P])[0]
             r = derive(*e_i)
             if loss_fn == "huber_nll":
-                r["sigma"] = math.exp(bres.x[i, P])
+                r["sigma"] = float(np.exp(bres.x[i, P]))
             rows.append(r)
         fit.samples = pd.DataFrame(rows)
         fit.fill_intervals()

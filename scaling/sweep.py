@@ -1030,6 +1030,11 @@ def _resolve(path: Path, base: dict, draft: _Draft, rules: list, dropped: dict) 
                 return None
             raise SpecError(f"{path}: sweep.data: point {where_label} {msg}; lower the batch "
                             "or raise D")
+        window = draft.requested.get("tokens_per_param_range") if kind == "compute" else None
+        if window is not None and not window[0] <= d_req / n <= window[1]:
+            dropped.setdefault((draft.group, draft.budget), []).append(
+                f"{size_label} (D/N = {d_req / n:.3g} outside tokens_per_param_range {window})")
+            return None
     sets["train.steps"] = steps
     if warmup_fraction is not None:
         sets["optim.warmup_steps"] = min(steps - 1, math.floor(warmup_fraction * steps + 0.5))

@@ -32,7 +32,7 @@ EXP = ROOT / "experiments"
 
 EXPECTED_COUNTS = {
     "tiny.toml": 1,
-    "demo.toml": 10,  # 6 sizes at D/N = 4, 3 at D/N = 16, 1 at D/N = 64
+    "demo.toml": 14,  # 3 IsoFLOP budgets x 4-5 of six sizes
     "isoflop.toml": 20,  # 4 budgets x 5 sizes
     "optimizers.toml": 144,  # 6 optimizers x 6 lrs x 4 sizes
     "optimizers_large.toml": 144,
@@ -92,15 +92,26 @@ def test_experiment_plans_with_exact_bookkeeping(name):
 
 
 def test_demo_shape():
+    """Six sizes, three budgets of 4-5 points each, D/N in the window, C within rounding."""
     spec = load_spec(EXP / "demo.toml")
-    ratios = sorted({round(p.tokens_per_param) for p in spec.points})
-    assert ratios == [4, 16, 64]
-    main = sorted(p.n_params for p in spec.points if round(p.tokens_per_param) == 4)
-    assert len(main) == 6 and main[0] < 3e4 and main[-1] > 4e5
-    for p in spec.points:  # the [[override]]: half the batch below 1e5 parameters
-        assert p.config.train.batch_size == (8 if p.n_params < 1e5 else 16)
-        assert p.config.optim.warmup_steps == math.floor(0.05 * p.steps + 0.5)
-        assert p.config.train.eval_every == math.ceil(p.steps / 8)
+    sizes = sorted({p.n_params for p in spec.points})
+    assert len(sizes) == 6 and sizes[0] < 1.5e4 and sizes[-1] > 2e5
+    budgets = sorted({p.compute_budget for p in spec.points})
+    assert budgets == [3e10, 1.2e11, 4.8e11]
+    for c in budgets:
+        pts = [p for p in spec.points if p.compute_budget == c]
+        assert 4 <= len(pts) <= 5
+        for p in pts:
+            assert 0.45 <= p.tokens_per_param <= 256
+            assert abs(p.flops / c - 1) < 0.02
+            assert p.config.optim.warmup_steps == math.floor(0.05 * p.steps + 0.5)
+            assert p.config.train.eval_every == math.ceil(p.steps / 8)
+
+
+def test_tokens_per_param_range_drops_sizes_outside_it():
+    spec = load_spec(EXP / "demo.toml")
+    assert any("outside tokens_per_param_range" in n for n in spec.notes)
+    assert not [p for p in spec.points if p.compute_budget == 4.8e11 and p.n_params < 2e4]
 
 
 def test_isoflop_points_hit_their_budget_within_rounding():
