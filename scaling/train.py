@@ -11,6 +11,7 @@ same function runs under plain `jit` on one device, under `jax.pmap` and under
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, NamedTuple
@@ -47,6 +48,18 @@ def _mean_over(axis_name: str | None, tree):
     return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
 
+@functools.lru_cache(maxsize=64)
+def _state_initializer(model_cfg, unit_optim_cfg, steps: int) -> Callable:
+    """Jitted (rng, peak lr) -> fresh TrainState; compiled once per shape, not per point."""
+    optimizer, _ = make_optimizer(unit_optim_cfg, steps)
+
+    def init(rng, lr):
+        params = init_params(model_cfg, rng)
+        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), lr)
+
+    return jax.jit(init)
+
+
 @dataclass(frozen=True)
 class Trainer:
     """Model, optimizer and the pure step functions for one configuration."""
@@ -63,20 +76,18 @@ class Trainer:
         unit = dataclasses.replace(self.config.optim, lr=1.0)
         return make_optimizer(unit, self.config.train.steps)
 
-    def _fresh_state(self, rng) -> TrainState:
-        optimizer, _ = self.optimizer_and_schedule
-        params = init_params(self.config.model, rng)
-        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params),
-                          jnp.asarray(self.config.optim.lr, jnp.float32))
-
     def init_state(self, seed: int | None = None) -> TrainState:
         """A fresh state on the default device (params from `seed`, default train.seed)."""
         seed = self.config.train.seed if seed is None else seed
-        return jax.jit(self._fresh_state)(jax.random.key(seed))
+        init = _state_initializer(self.config.model, dataclasses.replace(self.config.optim, lr=1.0),
+                                  self.config.train.steps)
+        return init(jax.random.key(seed), jnp.float32(self.config.optim.lr))
 
     def abstract_state(self) -> TrainState:
         """Shapes and dtypes of the state, without allocating it."""
-        return jax.eval_shape(self._fresh_state, jax.random.key(0))
+        init = _state_initializer(self.config.model, dataclasses.replace(self.config.optim, lr=1.0),
+                                  self.config.train.steps)
+        return jax.eval_shape(init, jax.random.key(0), jnp.float32(0))
 
     def loss(self, params, batch_BxT1: jax.Array) -> jax.Array:
         inputs_BxT, targets_BxT = batch_BxT1[:, :-1], batch_BxT1[:, 1:]
