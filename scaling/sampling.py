@@ -76,3 +76,35 @@ def generate(params, cfg: ModelConfig, prompt_ids: Sequence[int], max_new_tokens
         ids.append(int(nxt))
         new.append(ids[-1])
     return new
+
+
+def sample_from_run(run_dir, prompt: str = "", *, max_new_tokens: int = 200,
+                    temperature: float = 1.0, top_k: int = 0, seed: int = 0) -> str:
+    """Text generated from a run folder's newest checkpoint, after `prompt`.
+
+    The run's own config gives the model and the tokenizer (cached with the corpus), so
+    this works on a laptop for a run trained anywhere, under any driver.
+    """
+    from pathlib import Path
+
+    from scaling.checkpoint import Checkpointer
+    from scaling.config import ConfigError
+    from scaling.data import load_corpus
+    from scaling.loop import load_config_file
+    from scaling.train import Trainer
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise ConfigError(f"{run_dir} is not a run folder (no config.json)")
+    cfg = load_config_file(run_dir)
+    ckpt = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints)
+    restored = ckpt.restore_latest(Trainer(cfg).abstract_state())
+    ckpt.close()
+    if restored is None:
+        raise ConfigError(f"{run_dir} has no checkpoint to sample from yet")
+    state, meta = restored
+    tokenizer = load_corpus(cfg.data, cfg.model.seq_len).tokenizer
+    ids = list(tokenizer.encode(prompt)) if prompt else [tokenizer.eot_id]
+    new = generate(state.params, cfg.model, ids, max_new_tokens, temperature=temperature,
+                   top_k=top_k, seed=seed)
+    return prompt + tokenizer.decode(new)
