@@ -167,8 +167,12 @@ def isoflop(rows: pd.DataFrame, fit):
                 ax.errorbar([b.N_opt], [b.loss_opt], xerr=xerr, fmt="*", ms=9, color=col,
                             mec="black", mew=0.5, ecolor="black", elinewidth=0.8, capsize=2,
                             zorder=4)
-            else:
-                ax.plot([10 ** u.mean()], [sub["loss"].min()], marker="x", color="red")
+            else:  # the parabola's vertex lies outside the sizes run: not used in the fit
+                best = sub.loc[sub["loss"].idxmin()]
+                ax.scatter([best["N"]], [best["loss"]], s=70, facecolors="none", edgecolors=col,
+                           lw=1.0, zorder=4, label="minimum not bracketed (budget excluded)")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper left", fontsize=7, frameon=True)
         ax.set_xscale("log")
         ax.set_xlabel("N (parameters)")
         ax.set_ylabel("loss")
