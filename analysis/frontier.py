@@ -66,11 +66,19 @@ def curve_matrix(curves: pd.DataFrame, *, run: str = "point_id", x: str = "flops
 
 
 def envelope(R: np.ndarray, subset: np.ndarray | None = None):
-    """Lower envelope (min log loss) and argmin run index per grid column."""
+    """Lower envelope (min log loss) and argmin run index per grid column.
+
+    The envelope is the lowest loss reached with at most that compute, so it never
+    rises: where the best run at some C is worse than one seen at a smaller C (a single
+    run's noisy last point past the others' ends, say), the earlier run stands.
+    """
     M = R if subset is None else R[subset]
     filled = np.where(np.isfinite(M), M, np.inf)
     arg = np.argmin(filled, axis=0)
     val = filled[arg, np.arange(M.shape[1])]
+    for j in range(1, val.size):
+        if val[j - 1] < val[j]:
+            val[j], arg[j] = val[j - 1], arg[j - 1]
     val = np.where(np.isfinite(val), val, np.nan)
     if subset is not None:
         arg = np.asarray(subset)[arg]
