@@ -24,6 +24,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -43,7 +44,8 @@ def _pair(p: Point) -> tuple[str, int]:
 
 def derive(src: Point, lr: float, *, group: str) -> Point:
     """`src` with another learning rate: a new point with its own stable id."""
-    cfg = src.config.replace({"optim.lr": lr, "name": f"{src.config.name}_lr{lr:.3g}"})
+    name, n = re.subn(r"_lr[^_]+", f"_lr{lr:.3g}", src.config.name, count=1)
+    cfg = src.config.replace({"optim.lr": lr, "name": name if n else f"{name}_lr{lr:.3g}"})
     return dataclasses.replace(src, point_id=point_id(cfg), config=cfg, group=group,
                                requested={**src.requested, "stage": "lr_widen",
                                           "from_point": src.point_id, "lr": lr})
