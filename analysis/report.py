@@ -444,7 +444,9 @@ def _optimizer_section(rep: _Report, df: pd.DataFrame, done: pd.DataFrame, *, n_
     if n_opt >= 2:
         # compare optimizers on the (N, D) cells that several optimizers ran: runs of one
         # optimizer elsewhere (an IsoFLOP sweep in the same table, say) are not comparable
-        key = df["N"].map(lambda v: _sig(v, 4)).astype(str) + "|" + df["D"].map(lambda v: _sig(v, 4)).astype(str)
+        # (a diverged run stopped early: its cell is the D it was planned to train)
+        d_cell = df["D_planned"].fillna(df["D"]) if "D_planned" in df else df["D"]
+        key = df["N"].map(lambda v: _sig(v, 4)).astype(str) + "|" + d_cell.map(lambda v: _sig(v, 4)).astype(str)
         per = df.assign(_k=key).groupby("_k")["optimizer"].nunique()
         shared = set(per[per >= 2].index)
         if shared:
@@ -536,6 +538,14 @@ def _optimizer_section(rep: _Report, df: pd.DataFrame, done: pd.DataFrame, *, n_
                             + "; ".join(f"{m['x']} needs {fmt(m['multiplier'], 3)}× "
                                         f"[{fmt(m['low'], 3)}, {fmt(m['high'], 3)}] its compute"
                                         for m in mults) + ".")
+        far = [m["x"] for m in mults if m["multiplier"] > 10]
+        if mults:
+            note = ("- A multiplier above 1 reads the slower optimizer's fitted law beyond the "
+                    "largest compute run in the sweep, so it is an extrapolation")
+            if far:
+                note += (f"; for {', '.join(far)} (over 10×) by more than a decade: read those "
+                         "as 'far behind at this scale', not as a precise figure")
+            lines.append(note + ".")
     elif n_opt >= 2:
         rep.skip("compute laws per optimizer", "fewer than 2 sizes at the best learning rate")
     rep.fits["best_lr"] = json.loads(best.to_json(orient="records"))

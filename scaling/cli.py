@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--executor", choices=["local", "slurm"], help="override the spec's executor")
     r.add_argument("--analyze", action="store_true", help="write the analysis report at the end")
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--no-wait", action="store_true",
+                   help="slurm: submit and return; run again later to collect and resubmit")
 
     st = sub.add_parser("status", help="table of a sweep's points and their states")
     st.add_argument("sweep_dir")
@@ -122,7 +124,8 @@ def cmd_run(args) -> int:
     from scaling.executors import run_sweep
 
     summary = run_sweep(args.spec, args.overrides, out=args.out, executor=args.executor,
-                        variant=args.variant, progress=not args.no_progress)
+                        variant=args.variant, progress=not args.no_progress,
+                        wait=False if args.no_wait else None)
     print(json.dumps(summary["counts"]))
     if args.analyze:
         from analysis.report import analyze
@@ -134,6 +137,10 @@ def cmd_run(args) -> int:
 def cmd_status(args) -> int:
     from scaling.results import format_status
 
+    if (Path(args.sweep_dir) / "slurm").exists():  # ask SLURM for the jobs' states first
+        from scaling.slurm import refresh
+
+        refresh(args.sweep_dir)
     print(format_status(args.sweep_dir))
     return 0
 

@@ -277,11 +277,15 @@ def run_sweep(spec_path: str | Path, overrides: list[str] | None = None, *, out:
         elif ids:
             from scaling.slurm import run_slurm
 
-            run_slurm(spec, sweep_dir, ids)
+            run_slurm(spec, sweep_dir, ids, wait=wait, progress=progress)  # wait=False: submit only
         return write_tables(sweep_dir)
 
     execute(list(spec.points))
-    if spec.followup.get("seeds") or spec.followup.get("widen"):
+    waiting = kind == "local" or (wait is not False and not os.environ.get("SCALINGLAB_SLURM_NO_WAIT"))
+    if (spec.followup.get("seeds") or spec.followup.get("widen")) and not waiting:
+        log.warning("the [followup] stage needs the first stage's results: run the sweep "
+                    "again once its jobs have finished")
+    elif spec.followup.get("seeds") or spec.followup.get("widen"):
         from scaling.stages import run_followup
 
         run_followup(spec, sweep_dir, execute)

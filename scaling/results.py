@@ -36,7 +36,7 @@ LOCK_FILE = ".lock"
 
 RESULT_COLUMNS = [
     "sweep", "point_id", "label", "status", "group", "compute_budget",
-    "N", "N_total", "D", "C", "C_xla", "C_exact", "tokens_per_param",
+    "N", "N_total", "D", "D_planned", "C", "C_xla", "C_exact", "tokens_per_param",
     "final_train_loss", "final_eval_loss", "best_eval_loss",
     "steps", "batch_size", "seq_len", "n_layer", "d_model", "n_head",
     "optimizer", "lr", "schedule", "warmup_steps", "weight_decay", "seed",
@@ -113,6 +113,7 @@ def point_row(sweep: str, point_dir: Path) -> dict:
         "sweep": sweep, "point_id": point_dir.name, "label": meta.get("label", ""),
         "group": meta.get("group", ""), "compute_budget": meta.get("compute_budget") or math.nan,
         "N": meta.get("N"), "N_total": meta.get("N_total"), "D": meta.get("D"),
+        "D_planned": meta.get("D"),  # a diverged run's D is what it trained before it stopped
         "C": meta.get("C"), "tokens_per_param": meta.get("tokens_per_param"),
     })
     if config:

@@ -1,0 +1,641 @@
+"""The SLURM executor: the unfinished points of a sweep as one SLURM job array (submitit).
+
+    run_slurm(spec, sweep_dir, point_ids, wait=True, progress=True)
+
+Each call
+  1. refreshes the state of every point's last job (`squeue` for jobs the controller
+     holds, `sacct` for the others) into points/<id>/slurm.json, and collects jobs that
+     ended: a job that raised leaves failed.json with the remote traceback (run_point
+     writes it for errors in training; here for any other error), a job that died
+     without a result (time limit without requeue, out of memory, node failure) leaves
+     failed.json naming its state and the tail of its log; a cancelled job leaves its
+     point pending;
+  2. submits every point that is neither done nor queued/running as one task of a new
+     job array, with the resources of the spec's [slurm] table;
+  3. unless `wait=False`, waits for all of the sweep's jobs with a progress bar,
+     rebuilding the tables as points end. Ctrl-C stops waiting, never the jobs: run
+     the sweep again to pick them up.
+
+Inside a job, `PointJob` calls `scaling.executors.run_point`. It is a submitit
+Checkpointable: on the time-limit or preemption signal (USR2, sbatch `--signal`),
+it checkpoints the run at its current step (`scaling.loop.save_now`) and submitit
+requeues the job, which resumes from that checkpoint. A job with several tasks
+(`nodes` > 1, or `extra."ntasks-per-node"` > 1) runs one process per task under
+`srun`; they join through `jax.distributed` (`scaling.parallel.initialize_distributed`)
+and train data-parallel over all devices; task 0 holds the point's lock.
+
+[slurm] keys (scaling.sweep.SLURM_KEYS) -> sbatch flags:
+    partition, account, qos -> --partition, --account, --qos
+    time_min                -> --time (default 240); the USR2 warning comes 90 s before
+                               the limit (less for limits under 9 minutes)
+    mem_gb                  -> --mem (per node)
+    nodes                   -> --nodes; one process per node unless extra."ntasks-per-node"
+    gpus_per_job            -> --gpus-per-node = gpus_per_job / nodes
+    cpus_per_job            -> --cpus-per-task = cpus_per_job / tasks
+    array_parallelism       -> --array=0-(n-1)%k (jobs running at once)
+    setup                   -> shell lines run before srun (module load, venv, ...)
+    extra                   -> any sbatch flag: {constraint = "h100", exclusive = true};
+                               wins over the flags above (e.g. signal = "USR2@300")
+
+points/<id>/slurm.json: job_id ("123_4" in an array), array_job_id, array_task_id,
+state (the SLURM state; active ones named PENDING / RUNNING / REQUEUED / SUBMITTED as
+scaling.results expects), slurm_state (as SLURM spells it), submitted, stdout, stderr,
+tasks, attempt (submissions of this point so far) and history (earlier jobs). submitit's
+files (batch scripts, pickles, logs <job id>_<task>_log.out/.err) are in <sweep>/slurm/.
+
+Nothing here imports jax except inside a job.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from scaling.config import ConfigError
+from scaling.results import FAILED_FILE, SLURM_FILE, point_state, points_dir, write_tables
+from scaling.runfiles import read_result, write_json_atomic
+
+try:  # submitit is an optional dependency (extras "slurm" and "dev")
+    from submitit.helpers import Checkpointable as _JobBase
+except ImportError:  # pragma: no cover - then nothing can be submitted anyway
+    _JobBase = object
+
+log = logging.getLogger(__name__)
+
+SLURM_DIR = "slurm"
+DEFAULT_TIME_MIN = 240
+DEFAULT_SIGNAL_DELAY_S = 90
+MAX_REQUEUES = 30  # time-limit requeues per job (submitit's max_num_timeout)
+MAX_ARRAY = 1000  # points per job array
+SUBMIT_GRACE_S = 120  # a job this young that neither squeue nor sacct knows is still submitting
+DONE_GRACE_S = 60  # a point with a result whose job still shows as running: stop waiting after this
+
+# SLURM states -> the names scaling.results.point_state knows as queued/running
+_ACTIVE = {
+    "PENDING": "PENDING", "SUSPENDED": "PENDING", "RESV_DEL_HOLD": "PENDING",
+    "REQUEUED": "REQUEUED", "REQUEUE_HOLD": "REQUEUED", "REQUEUE_FED": "REQUEUED",
+    "RUNNING": "RUNNING", "CONFIGURING": "RUNNING", "COMPLETING": "RUNNING",
+    "RESIZING": "RUNNING", "SIGNALING": "RUNNING", "STAGE_OUT": "RUNNING", "STOPPED": "RUNNING",
+    "SUBMITTED": "SUBMITTED",
+}
+ACTIVE_STATES = frozenset(_ACTIVE.values())
+
+
+class PointFailed(RuntimeError):
+    """Raised inside a job when its point failed, so that SLURM and submitit see a failure."""
+
+
+# --------------------------------------------------------------------------------------
+# Inside the job
+# --------------------------------------------------------------------------------------
+
+
+class PointJob(_JobBase):
+    """The callable each array task runs: train or resume one point of a sweep."""
+
+    def __init__(self, sweep_dir: str):
+        self.sweep_dir = str(sweep_dir)
+
+    def __call__(self, point_id: str) -> dict:
+        from scaling.executors import run_point
+        from scaling.runtime import enable_compilation_cache, setup_logging
+
+        setup_logging()
+        enable_compilation_cache()
+        ntasks = int(os.environ.get("SLURM_NTASKS", "1"))
+        rank = int(os.environ.get("SLURM_PROCID", "0"))
+        log.info("point %s: SLURM job %s, task %d of %d on %s (restart %s)", point_id,
+                 os.environ.get("SLURM_JOB_ID", "?"), rank, ntasks, socket.gethostname(),
+                 os.environ.get("SLURM_RESTART_COUNT", "0"))
+        # JAX_COORDINATOR_* inherited from the submitting shell (sbatch exports its
+        # environment) would make a one-task job wait for processes that never come.
+        stale = [k for k in _JAX_PROCESS_VARS if os.environ.pop(k, None) is not None]
+        if stale:
+            log.warning("ignoring %s inherited from the submitting environment", ", ".join(stale))
+        if ntasks > 1:
+            _coordinator_fallback()
+        else:
+            _retry_saves_on_signal()
+        # Only one process may hold the point's lock; in a multi-task job that is task 0,
+        # the others train alongside it (they never write the point's files).
+        result = run_point(self.sweep_dir, point_id, progress=False, lock=rank == 0)
+        for _ in range(10):  # a launcher's lock probe (point_state) holds it for microseconds
+            if result is not None:
+                break
+            time.sleep(1)
+            result = run_point(self.sweep_dir, point_id, progress=False)
+        if result is None:
+            if ntasks > 1:
+                raise RuntimeError(f"point {point_id}: another process holds its lock; "
+                                   "this job's other tasks cannot proceed without task 0")
+            log.warning("point %s is being run by another process; nothing to do", point_id)
+            return {"status": "busy", "point_id": point_id}
+        if result.get("status") == "failed":
+            raise PointFailed(f"point {point_id} failed on {socket.gethostname()}: "
+                              f"{result.get('error')}\n\n--- traceback in the job ---\n"
+                              f"{result.get('traceback', '')}")
+        keep = ("status", "steps", "final_train_loss", "final_eval_loss", "resumed_from_step",
+                "wall_time_s")
+        return {"point_id": point_id, **{k: result.get(k) for k in keep}}
+
+    def checkpoint(self, point_id: str):
+        """Called by submitit on the time-limit / preemption signal, before it requeues."""
+        from submitit.helpers import DelayedSubmission
+
+        if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+            # A save is collective over the processes, and only task 0 gets here: rely on
+            # the periodic checkpoints.
+            log.warning("point %s: multi-task job signalled; resuming from the newest "
+                        "periodic checkpoint", point_id)
+        else:
+            loop = sys.modules.get("scaling.loop")  # not imported yet: nothing to save
+            step = loop.save_now() if loop is not None else None
+            log.warning("point %s: signalled (time limit or preemption); checkpoint %s", point_id,
+                        f"saved at step {step}" if step is not None else "not saved now")
+        return DelayedSubmission(self, point_id)
+
+
+_JAX_PROCESS_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+SAVE_RETRY_S = 3.0  # how long a signalled job keeps trying to checkpoint before requeueing
+
+
+def _retry_saves_on_signal() -> None:
+    """Wrap submitit's USR2 handler: checkpoint first, retrying for a few seconds.
+
+    The handler runs on the main thread between two bytecodes; when that is inside the
+    dispatch of a step, the state's buffers are donated and `save_now` saves nothing.
+    Retried on SIGALRM ticks, the loop has moved on to a consistent state; then
+    submitit's handler runs (its `checkpoint` finds the step saved) and requeues.
+    """
+    from submitit.core.job_environment import JobEnvironment
+
+    sig = JobEnvironment._usr_sig()
+    submitit_handler = signal.getsignal(sig)
+    if not callable(submitit_handler):
+        return
+
+    def on_signal(signum, frame):
+        deadline = time.monotonic() + SAVE_RETRY_S
+        loop_log = logging.getLogger("scaling.loop")
+        level = loop_log.level
+        previous_alarm = None
+
+        def attempt(_signum=None, _frame=None):
+            loop = sys.modules.get("scaling.loop")
+            training = loop is not None and getattr(loop, "_SAVE_NOW", None) is not None
+            if training and time.monotonic() < deadline:
+                loop_log.setLevel(logging.ERROR)  # "could not checkpoint" on every try
+                try:
+                    saved = loop.save_now()
+                finally:
+                    loop_log.setLevel(level)
+                if saved is None:
+                    signal.setitimer(signal.ITIMER_REAL, 0.1)
+                    return
+            signal.signal(signal.SIGALRM, previous_alarm or signal.SIG_DFL)
+            submitit_handler(signum, frame)
+
+        previous_alarm = signal.signal(signal.SIGALRM, attempt)
+        attempt()
+
+    signal.signal(sig, on_signal)
+
+
+def _coordinator_fallback() -> None:
+    """jax.distributed finds its coordinator at the job's first node *by name*; where that
+    name does not resolve (a single machine without DNS) and the job has one node, point
+    it at 127.0.0.1 through the explicit variables scaling.parallel also reads."""
+    nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST", "")
+    first = re.split(r"[,\[]", nodes, maxsplit=1)[0]
+    if not first or int(os.environ.get("SLURM_JOB_NUM_NODES", "1")) != 1:
+        return
+    try:
+        socket.getaddrinfo(first, None)
+        return
+    except OSError:
+        pass
+    port = int(os.environ["SLURM_JOB_ID"]) % 4096 + 61440  # as JAX's SLURM cluster picks it
+    os.environ.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                      JAX_NUM_PROCESSES=os.environ["SLURM_NTASKS"],
+                      JAX_PROCESS_ID=os.environ["SLURM_PROCID"])
+    log.info("node name %r does not resolve: coordinator at 127.0.0.1:%d", first, port)
+
+
+# --------------------------------------------------------------------------------------
+# Job records (points/<id>/slurm.json)
+# --------------------------------------------------------------------------------------
+
+
+def read_record(point_dir: Path) -> dict | None:
+    try:
+        return json.loads((point_dir / SLURM_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _write_record(point_dir: Path, record: dict) -> None:
+    write_json_atomic(point_dir / SLURM_FILE, record)
+
+
+def is_active(record: dict | None) -> bool:
+    return bool(record) and record.get("state") in ACTIVE_STATES
+
+
+# --------------------------------------------------------------------------------------
+# Asking SLURM
+# --------------------------------------------------------------------------------------
+
+
+def _run(cmd: list[str], timeout: float = 60) -> str | None:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.SubprocessError) as e:
+        log.debug("%s: %s", cmd[0], e)
+        return None
+    if out.returncode != 0:
+        log.debug("%s exited %d: %s", " ".join(cmd), out.returncode, out.stderr.strip()[:300])
+        return None
+    return out.stdout
+
+
+def _expand(job_id: str) -> list[str]:
+    """'12', '12_3', '12_[0-2,5%2]' -> ['12'], ['12_3'], ['12_0', '12_1', '12_2', '12_5']."""
+    m = re.fullmatch(r"(\d+)_\[([0-9,\-]+)(?:%\d+)?\]", job_id)
+    if not m:
+        return [job_id]
+    out = []
+    for part in m.group(2).split(","):
+        lo, _, hi = part.partition("-")
+        out += [f"{m.group(1)}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return out
+
+
+def _parse(text: str) -> dict[str, str]:
+    states = {}
+    for line in text.splitlines():
+        if "|" not in line:
+            continue
+        job, state = line.split("|", 1)
+        job = job.strip()
+        if not job or "." in job:  # job steps (123.batch, 123.0)
+            continue
+        state = state.strip().split(" ")[0]  # "CANCELLED by 0" -> "CANCELLED"
+        for j in _expand(job):
+            states[j] = state
+    return states
+
+
+def query_states(job_ids: Iterable[str]) -> dict[str, str]:
+    """SLURM's state of each job id ('123' or '123_4'); ids SLURM does not know are left out.
+
+    squeue (the controller's view) wins over sacct (accounting, also for ended jobs).
+    """
+    ids = {str(j) for j in job_ids}
+    if not ids:
+        return {}
+    bases = sorted({j.split("_")[0] for j in ids})
+    states: dict[str, str] = {}
+    for i in range(0, len(bases), 200):
+        chunk = ",".join(bases[i:i + 200])
+        out = _run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", chunk])
+        if out:
+            states.update(_parse(out))
+    # squeue -j fails as a whole when one id is no longer known: list the user's jobs instead
+    out = _run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T"])
+    if out:
+        base_set = set(bases)
+        states.update({j: s for j, s in _parse(out).items() if j.split("_")[0] in base_set})
+    return {j: s for j, s in states.items() if j in ids}
+
+
+def slurm_available() -> bool:
+    return all(shutil.which(c) for c in ("sbatch", "srun", "squeue", "sacct"))
+
+
+# --------------------------------------------------------------------------------------
+# Refresh and collect
+# --------------------------------------------------------------------------------------
+
+
+def _job_paths(sweep_dir: Path, record: dict):
+    from submitit.core.utils import JobPaths
+
+    return JobPaths(sweep_dir / SLURM_DIR, job_id=record["job_id"], task_id=0)
+
+
+def _job_outcome(sweep_dir: Path, record: dict) -> tuple[str, object] | None:
+    """('success', value) or ('error', traceback text) from submitit's result file, or None."""
+    try:
+        from submitit.core.utils import pickle_load
+
+        path = _job_paths(sweep_dir, record).result_pickle
+        return pickle_load(path) if path.exists() else None
+    except Exception as e:  # unreadable result: treated as no result
+        log.debug("result of job %s unreadable: %s", record.get("job_id"), e)
+        return None
+
+
+def _tail(path: str | None, lines: int = 40) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except (OSError, TypeError):
+        return ""
+
+
+def _collect(sweep_dir: Path, point_dir: Path, record: dict) -> None:
+    """A job ended: make sure its point tells why, if it has no result."""
+    if read_result(point_dir) is not None:
+        return
+    state = record.get("slurm_state", record.get("state"))
+    outcome = _job_outcome(sweep_dir, record)
+    failed = point_dir / FAILED_FILE
+    fresh = failed.exists() and failed.stat().st_mtime >= record.get("submitted_ts", 0) - 1
+    if outcome is not None and outcome[0] == "error":
+        if fresh:  # run_point wrote it in the job, with the training traceback
+            return
+        tb = str(outcome[1])
+        last = next((ln for ln in reversed(tb.strip().splitlines()) if ln.strip()), tb)
+        error = last.strip()
+    elif outcome is not None:
+        return  # success without a result: another process ran the point (busy)
+    elif state == "CANCELLED":
+        log.info("point %s: job %s was cancelled; the point stays pending", point_dir.name,
+                 record["job_id"])
+        return
+    else:
+        error = f"SLURM job {record['job_id']} ended {state} without a result"
+        tb = f"{error}\n--- tail of {record.get('stderr')} ---\n{_tail(record.get('stderr'))}"
+    write_json_atomic(failed, {
+        "point_id": point_dir.name, "error": error, "traceback": tb, "job_id": record["job_id"],
+        "slurm_state": state, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "stderr": record.get("stderr"),
+    })
+    log.error("point %s: job %s %s: %s", point_dir.name, record["job_id"], state, error)
+
+
+def refresh(sweep_dir: str | Path, point_ids: Iterable[str] | None = None) -> dict[str, dict]:
+    """Update the slurm.json of the given points (default: all) from SLURM; collect ended jobs.
+
+    Returns {point id: record} for the points that have a record.
+    """
+    sweep_dir = Path(sweep_dir)
+    pdir = points_dir(sweep_dir)
+    if point_ids is None:
+        point_ids = sorted(p.name for p in pdir.glob("*") if (p / SLURM_FILE).exists())
+    records = {pid: r for pid in point_ids if (r := read_record(pdir / pid)) is not None}
+    open_ = {pid: r for pid, r in records.items() if not r.get("collected")}
+    if not open_:
+        return records
+    states = query_states(r["job_id"] for r in open_.values())
+    now = time.time()
+    for pid, r in open_.items():
+        raw = states.get(r["job_id"])
+        if raw is None:
+            young = now - r.get("submitted_ts", 0) < SUBMIT_GRACE_S
+            raw = "SUBMITTED" if young else "UNKNOWN"  # UNKNOWN: gone from squeue, no sacct
+        state = _ACTIVE.get(raw, raw)
+        changed = (raw, state) != (r.get("slurm_state"), r.get("state"))
+        r.update(slurm_state=raw, state=state)
+        if state not in ACTIVE_STATES:
+            r["ended"] = time.strftime("%Y-%m-%d %H:%M:%S")
+            _collect(sweep_dir, pdir / pid, r)
+            r["collected"] = True
+            changed = True
+        if changed:
+            r["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
+            _write_record(pdir / pid, r)
+    return records
+
+
+# --------------------------------------------------------------------------------------
+# Submission
+# --------------------------------------------------------------------------------------
+
+
+def _signal_delay_s(time_min: int) -> int:
+    """submitit's 90 s warning, shortened for short limits: SLURM may signal up to ~60 s early."""
+    return max(5, min(DEFAULT_SIGNAL_DELAY_S, time_min * 60 // 6))
+
+
+def sbatch_parameters(slurm: dict, job_name: str) -> dict:
+    """submitit SlurmExecutor parameters from a spec's [slurm] table (see the module doc)."""
+    extra = {k.replace("_", "-"): v for k, v in dict(slurm.get("extra", {})).items()}
+    per_node = extra.pop("ntasks-per-node", 1)
+    if not isinstance(per_node, int) or isinstance(per_node, bool) or per_node < 1:
+        raise ConfigError(f"slurm.extra.ntasks-per-node = {per_node!r}: expected an integer >= 1")
+    nodes = int(slurm.get("nodes", 1))
+    tasks = nodes * per_node
+    time_min = int(slurm.get("time_min", DEFAULT_TIME_MIN))
+    params: dict = {
+        "job_name": job_name, "nodes": nodes, "ntasks_per_node": per_node, "time": time_min,
+        "signal_delay_s": _signal_delay_s(time_min),
+    }
+    for key in ("partition", "account", "qos"):
+        if slurm.get(key):
+            params[key] = slurm[key]
+    if "mem_gb" in slurm:
+        params["mem"] = f"{max(1, round(float(slurm['mem_gb']) * 1024))}M"
+    if slurm.get("cpus_per_job"):
+        cpus = int(slurm["cpus_per_job"])
+        if cpus % tasks:
+            raise ConfigError(f"slurm.cpus_per_job = {cpus} does not split evenly over the "
+                              f"job's {tasks} tasks (nodes x ntasks-per-node)")
+        params["cpus_per_task"] = cpus // tasks
+    if slurm.get("gpus_per_job"):
+        gpus = int(slurm["gpus_per_job"])
+        if gpus % nodes:
+            raise ConfigError(f"slurm.gpus_per_job = {gpus} does not split evenly over "
+                              f"slurm.nodes = {nodes}")
+        params["gpus_per_node"] = gpus // nodes
+    if "array_parallelism" in slurm:
+        params["array_parallelism"] = int(slurm["array_parallelism"])
+    if slurm.get("setup"):
+        params["setup"] = list(slurm["setup"])
+    extra = {k: v for k, v in extra.items() if v is not False}
+    if extra:
+        params["additional_parameters"] = extra
+    return params
+
+
+def _executor(sweep_dir: Path, spec):
+    try:
+        import submitit
+    except ImportError as e:
+        raise ConfigError("executor = 'slurm' needs submitit: pip install 'scalinglab[slurm]'") from e
+    if not slurm_available():
+        raise ConfigError("executor = 'slurm', but sbatch/srun/squeue/sacct are not on PATH: "
+                          "run on a SLURM login node, or use executor = 'local'")
+    folder = sweep_dir / SLURM_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=MAX_REQUEUES)
+    ex.update_parameters(**sbatch_parameters(spec.slurm, f"{spec.name}"))
+    return ex
+
+
+def submit(spec, sweep_dir: Path, point_ids: list[str]) -> dict[str, dict]:
+    """Submit the points as one job array (a plain job for one point); write their records."""
+    if not point_ids:
+        return {}
+    ex = _executor(sweep_dir, spec)
+    fn = PointJob(str(sweep_dir.resolve()))
+    jobs = []
+    for i in range(0, len(point_ids), MAX_ARRAY):  # SLURM's MaxArraySize is 1001 by default
+        try:
+            jobs += ex.map_array(fn, list(point_ids[i:i + MAX_ARRAY]))
+        except Exception as e:  # sbatch refused it: bad partition, account, time, ...
+            if not jobs:
+                msg = " ".join(str(e).split())
+                raise ConfigError(f"sbatch refused the job array of sweep {spec.name!r}: "
+                                  f"{msg[-500:]}; check the spec's [slurm] table") from e
+            log.error("sbatch refused points %d..: %s; the others were submitted", i, e)
+            point_ids = point_ids[:i]
+            break
+    now = time.time()
+    records = {}
+    for pid, job in zip(point_ids, jobs):
+        pdir = points_dir(sweep_dir) / pid
+        old = read_record(pdir) or {}
+        history = list(old.get("history", []))
+        if old.get("job_id"):
+            history.append({k: old.get(k) for k in ("job_id", "slurm_state", "submitted", "ended")})
+        base, _, task = job.job_id.partition("_")
+        rec = {
+            "job_id": job.job_id, "array_job_id": base, "array_task_id": int(task) if task else None,
+            "state": "SUBMITTED", "slurm_state": "SUBMITTED",
+            "submitted": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)),
+            "submitted_ts": now, "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
+            "folder": str(sweep_dir / SLURM_DIR), "tasks": job.num_tasks,
+            "attempt": int(old.get("attempt", 0)) + 1, "history": history,
+        }
+        _write_record(pdir, rec)
+        records[pid] = rec
+    log.info("submitted %d point(s) of %s as SLURM job(s) %s", len(point_ids), spec.name,
+             ", ".join(sorted({j.job_id.split("_")[0] for j in jobs})))
+    return records
+
+
+@contextmanager
+def _launcher_lock(sweep_dir: Path) -> Iterator[None]:
+    """One launcher at a time refreshes and submits (never two jobs for one point)."""
+    import fcntl
+
+    folder = sweep_dir / SLURM_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".launcher.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------------
+# The executor
+# --------------------------------------------------------------------------------------
+
+
+def run_slurm(spec, sweep_dir: str | Path, point_ids: list[str], *, wait: bool | None = None,
+              progress: bool = True, poll_s: float | None = None) -> dict:
+    """Collect, (re)submit and (unless wait=False) wait for the points of a sweep on SLURM.
+
+    Returns {"submitted": [ids], "left_running": [ids], "done": [ids]} for this call.
+    `wait=None`: wait unless $SCALINGLAB_SLURM_NO_WAIT is set.
+    """
+    sweep_dir = Path(sweep_dir)
+    if wait is None:
+        wait = not os.environ.get("SCALINGLAB_SLURM_NO_WAIT")
+    pdir = points_dir(sweep_dir)
+    with _launcher_lock(sweep_dir):
+        refresh(sweep_dir, point_ids)
+        states = {pid: point_state(pdir / pid) for pid in point_ids}
+        todo = [pid for pid in point_ids if states[pid] in ("pending", "failed")]
+        left = [pid for pid in point_ids if states[pid] in ("queued", "running")]
+        done = [pid for pid in point_ids if states[pid] in ("done", "diverged")]
+        if left:
+            log.info("%d point(s) already queued or running on SLURM: left alone", len(left))
+        submit(spec, sweep_dir, todo)
+    write_tables(sweep_dir)
+    summary = {"submitted": todo, "left_running": left, "done": done}
+    if wait:
+        wait_for(sweep_dir, point_ids, progress=progress, poll_s=poll_s)
+    else:
+        log.info("not waiting: `run_sweep.py status %s` shows the jobs; running the sweep "
+                 "again collects them", sweep_dir)
+    return summary
+
+
+def wait_for(sweep_dir: str | Path, point_ids: list[str], *, progress: bool = True,
+             poll_s: float | None = None, timeout_s: float | None = None) -> bool:
+    """Poll the points' jobs until none is queued or running; True if all ended in time."""
+    sweep_dir = Path(sweep_dir)
+    pdir = points_dir(sweep_dir)
+    fixed = poll_s if poll_s is not None else float(os.environ.get("SCALINGLAB_SLURM_POLL_S", 0))
+    interval = fixed or 1.0
+    start = time.time()
+    seen_result: dict[str, float] = {}
+
+    def waiting() -> list[str]:
+        out = []
+        for pid in point_ids:
+            rec = read_record(pdir / pid)
+            if not is_active(rec):
+                continue
+            if read_result(pdir / pid) is not None:
+                first = seen_result.setdefault(pid, time.time())
+                if time.time() - first > DONE_GRACE_S:
+                    continue
+            out.append(pid)
+        return out
+
+    todo = waiting()
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(point_ids), initial=len(point_ids) - len(todo), position=0,
+                   desc=f"sweep {sweep_dir.name} (slurm)", unit="pt", dynamic_ncols=True,
+                   file=sys.stderr)
+    try:
+        while todo:
+            if timeout_s is not None and time.time() - start > timeout_s:
+                return False
+            time.sleep(interval)
+            records = refresh(sweep_dir, todo)
+            now_waiting = waiting()
+            ended = len(todo) - len(now_waiting)
+            if ended:
+                write_tables(sweep_dir)
+                interval = fixed or 1.0
+            elif not fixed:
+                interval = min(30.0, interval * 1.3)  # back off: be gentle with slurmctld
+            todo = now_waiting
+            if bar is not None:
+                bar.update(ended)
+                running = sum(1 for p in todo if records.get(p, {}).get("state") == "RUNNING")
+                bar.set_postfix_str(f"running {running}, queued {len(todo) - running}")
+    except KeyboardInterrupt:
+        log.warning("stopped waiting; the jobs keep running. Run the sweep again (or "
+                    "`run_sweep.py status %s`) to collect them", sweep_dir)
+        return False
+    finally:
+        if bar is not None:
+            bar.close()
+    write_tables(sweep_dir)
+    return True
+
+
+__all__ = ["run_slurm", "refresh", "wait_for", "submit", "query_states", "sbatch_parameters",
+           "slurm_available", "PointJob", "PointFailed", "SLURM_DIR"]
