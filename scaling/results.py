@@ -193,12 +193,13 @@ def format_status(sweep_dir: str | Path) -> str:
     header = f"{'point':12s} {'label':34s} {'status':9s} {'N':>9s} {'D':>10s} {'C':>9s} " \
              f"{'steps':>6s} {'eval loss':>9s} {'wall s':>7s}  slurm"
     lines += ["", header, "-" * len(header)]
-    for _, r in results.iterrows():
+    order = results.sort_values(["group", "N", "label"], na_position="first", kind="stable")
+    for _, r in order.iterrows():
         d = points_dir(sweep_dir) / r["point_id"]
         slurm = _read_json(d / SLURM_FILE) or {}
         job = f"{slurm.get('job_id', '')} {slurm.get('state', '')}".strip()
         done_steps = _done_steps(d)
-        steps = f"{done_steps}" if r["status"] != "done" else f"{_fmt(r['steps'])}"
+        steps = done_steps if r["status"] != "done" else f"{int(r['steps'])}"
         lines.append(
             f"{r['point_id']:12s} {str(r['label'])[:34]:34s} {r['status']:9s} {_fmt(r['N']):>9s} "
             f"{_fmt(r['D']):>10s} {_fmt(r['C']):>9s} {steps:>6s} "
