@@ -42,7 +42,7 @@ from scaling.train import Trainer
 log = logging.getLogger(__name__)
 
 # Compiled executables reused across runs of the same shape in one process (sweeps).
-_COMPILED: dict[str, tuple[Any, Any, float]] = {}
+_COMPILED: dict[str, tuple[Any, Any]] = {}
 
 # While a run trains, a function that checkpoints it at its current step (for a
 # preemption or time-limit signal handler, e.g. the SLURM executor's); else None.
@@ -123,7 +123,6 @@ def train(cfg: Config, run_dir: str | Path, *, progress_position: int = 0,
         return done
     initialize_distributed()
     primary = jax.process_index() == 0
-    run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / CONFIG_FILE
     if config_path.exists():
         if from_dict(json.loads(config_path.read_text())).semantic_dict() != cfg.semantic_dict():
@@ -131,10 +130,8 @@ def train(cfg: Config, run_dir: str | Path, *, progress_position: int = 0,
                 f"{run_dir} holds a run of a different config; nothing is overwritten. "
                 "Use another run folder."
             )
-    elif primary:
-        config_path.write_text(cfg.to_json())
 
-    # ---- everything that can fail on bad input, before any compilation ----------------
+    # ---- everything that can fail on bad input, before anything is written or compiled --
     t, m = cfg.train, cfg.model
     driver = make_driver(t.parallel)
     check_batch(t.batch_size, t.micro_batches, driver.n_devices)
@@ -148,6 +145,9 @@ def train(cfg: Config, run_dir: str | Path, *, progress_position: int = 0,
     flops = accounting.flops_per_token(m)
     tokens_per_step = t.batch_size * m.seq_len
     trainer = Trainer(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if primary and not config_path.exists():
+        config_path.write_text(cfg.to_json())
 
     # ---- state: fresh or restored ------------------------------------------------------
     ckpt = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints)
@@ -169,12 +169,12 @@ def train(cfg: Config, run_dir: str | Path, *, progress_position: int = 0,
     key = _compile_key(cfg, driver)
     t0 = time.perf_counter()
     if key in _COMPILED:
-        step_fn, eval_fn, _ = _COMPILED[key]
+        step_fn, eval_fn = _COMPILED[key]
     else:
         step_fn = driver.compile(trainer.train_step_body, state, first_batch, donate=True)
         eval_fn = driver.compile(lambda p, b, axis_name: trainer.eval_step_body(p, b, axis_name),
                                  state.params, first_batch, donate=False)
-        _COMPILED[key] = (step_fn, eval_fn, 0.0)
+        _COMPILED[key] = (step_fn, eval_fn)
     compile_time = time.perf_counter() - t0
     xla_step_flops = accounting.xla_flops(step_fn)
     if xla_step_flops is not None:

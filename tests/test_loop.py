@@ -162,3 +162,11 @@ def test_learning_rate_sweep_compiles_once_per_shape(tmp_path):
     lr_b = [r["lr"] for r in read_metrics(tmp_path / "b") if "lr" in r]
     np.testing.assert_allclose(np.array(lr_b), 3 * np.array(lr_a), rtol=1e-6)
     assert a["final_train_loss"] != b["final_train_loss"]
+
+
+def test_a_corpus_too_small_stops_before_anything_is_written(tmp_path):
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("too short to make one batch\n")
+    with pytest.raises(ConfigError, match="data.corpus|model.seq_len"):
+        train(tiny(f"data.corpus={json.dumps(str(corpus))}"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
