@@ -2,24 +2,26 @@
 
 Names say the non-embedding parameter count N (Kaplan et al.'s definition,
 12 * n_layer * d_model^2 for d_ff = 4 d, biases and norms aside), so a sweep over
-presets reads as a sweep over N. The head size is 32 up to d 256 and 64 above;
+presets reads as a sweep over N. The names are nominal rungs of a roughly 2x ladder;
+the exact N (biases and layer norms included, from scaling.accounting.param_counts)
+is in the right-hand column and lies within 15% of the name (checked in the tests). The head size is 32 up to d 256 and 64 above;
 the aspect ratio d_model / n_layer stays between 32 and 64, the range where
 Kaplan et al. found loss insensitive to shape. The exact N of each preset is
 `scaling.accounting.param_counts` and is checked in the tests.
 """
 
 PRESETS: dict[str, dict] = {
-    # name:        n_layer, d_model, n_head            12 L d^2
-    "n25k":   dict(n_layer=1, d_model=48, n_head=2),   # 27.6k
-    "n100k":  dict(n_layer=2, d_model=64, n_head=2),   # 98.3k
-    "n200k":  dict(n_layer=2, d_model=96, n_head=3),   # 221k
-    "n400k":  dict(n_layer=3, d_model=112, n_head=4),  # 452k
-    "n800k":  dict(n_layer=4, d_model=128, n_head=4),  # 786k
-    "n1.6m":  dict(n_layer=4, d_model=192, n_head=6),  # 1.77M
-    "n3m":    dict(n_layer=6, d_model=192, n_head=6),  # 2.65M
-    "n6m":    dict(n_layer=6, d_model=288, n_head=9),  # 5.97M
-    "n14m":   dict(n_layer=8, d_model=384, n_head=6),  # 14.2M
-    "n25m":   dict(n_layer=10, d_model=448, n_head=7), # 24.1M
-    "n50m":   dict(n_layer=12, d_model=576, n_head=9), # 47.8M
-    "n85m":   dict(n_layer=12, d_model=768, n_head=12),  # 84.9M (GPT-2 small)
+    # name:        n_layer, d_model, n_head             12 L d^2   exact N
+    "n25k":   dict(n_layer=1, d_model=48, n_head=2),    # 27.6k     28,368
+    "n100k":  dict(n_layer=2, d_model=64, n_head=2),    # 98.3k     100,096
+    "n200k":  dict(n_layer=2, d_model=96, n_head=3),    # 221k      223,872
+    "n400k":  dict(n_layer=3, d_model=112, n_head=4),   # 452k      456,176
+    "n800k":  dict(n_layer=4, d_model=128, n_head=4),   # 786k      793,344
+    "n1.6m":  dict(n_layer=4, d_model=192, n_head=6),   # 1.77M     1,779,840
+    "n3m":    dict(n_layer=6, d_model=192, n_head=6),   # 2.65M     2,669,568
+    "n6m":    dict(n_layer=6, d_model=288, n_head=9),   # 5.97M     5,995,008
+    "n14m":   dict(n_layer=8, d_model=384, n_head=6),   # 14.2M     14,196,480
+    "n25m":   dict(n_layer=10, d_model=448, n_head=7),  # 24.1M     24,143,616
+    "n50m":   dict(n_layer=12, d_model=576, n_head=9),  # 47.8M     47,866,752
+    "n85m":   dict(n_layer=12, d_model=768, n_head=12), # 84.9M     85,056,000 (GPT-2 small)
 }

@@ -1,6 +1,7 @@
 """Model: shapes, dtypes, causality, golden values, scan vs loop, bf16, rotary, attention."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 
 from scaling.config import ModelConfig
-from scaling.model import Transformer, attention, cross_entropy, init_params, loss_fn
+from scaling.model import (Transformer, attention, attention_packed, cross_entropy,
+                           init_params, loss_fn)
 
 TINY = ModelConfig(n_layer=2, d_model=32, n_head=4, vocab_size=64, seq_len=16)
 
@@ -18,8 +20,14 @@ def tokens(cfg, B=2, seed=0, T=None):
     return jnp.asarray(rng.integers(0, cfg.vocab_size, (B, T or cfg.seq_len)), jnp.int32)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def apply(cfg, params, toks):
     return Transformer(cfg).apply({"params": params}, toks)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def loss_and_grad(params, batch, cfg):
+    return jax.value_and_grad(loss_fn)(params, batch, cfg)
 
 
 @pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rotary"])
@@ -87,7 +95,8 @@ def test_golden_values():
     params = init_params(cfg, jax.random.key(42))
     batch = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 17)), jnp.int32)
     logits = apply(cfg, params, batch[:, :-1])
-    got = {"loss": float(loss_fn(params, batch, cfg)), "sum": float(jnp.sum(logits)),
+    got = {"loss": float(jax.jit(loss_fn, static_argnums=2)(params, batch, cfg)),
+           "sum": float(jnp.sum(logits)),
            "sumsq": float(jnp.sum(logits**2))}
     print(got)
     for k, v in GOLDEN.items():
@@ -109,8 +118,8 @@ def test_scan_matches_loop(remat):
     p_scan = _stack_blocks(p_loop, TINY.n_layer)
     assert jax.tree.structure(p_scan) == jax.tree.structure(init_params(cfg_scan, jax.random.key(3)))
     batch = tokens(TINY, B=2, T=TINY.seq_len + 1)
-    l1, g1 = jax.value_and_grad(loss_fn)(p_loop, batch, cfg_loop)
-    l2, g2 = jax.value_and_grad(loss_fn)(p_scan, batch, cfg_scan)
+    l1, g1 = loss_and_grad(p_loop, batch, cfg_loop)
+    l2, g2 = loss_and_grad(p_scan, batch, cfg_scan)
     np.testing.assert_allclose(l1, l2, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(_stack_blocks(g1, TINY.n_layer)), jax.tree.leaves(g2)):
         np.testing.assert_allclose(a, b, atol=1e-6)
@@ -127,24 +136,51 @@ def test_bf16_close_to_fp32():
     err = float(jnp.abs(l16 - l32).max()) / float(jnp.abs(l32).max())
     assert err < 0.05, err
     batch = tokens(cfg, T=cfg.seq_len + 1)
-    g = jax.grad(loss_fn)(params, batch, cfg16)
+    _, g = loss_and_grad(params, batch, cfg16)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(g))
-    # bf16 parameters too
-    cfgp = dataclasses.replace(cfg16, param_dtype="bfloat16")
+
+
+def test_bf16_params():
+    cfgp = dataclasses.replace(TINY, compute_dtype="bfloat16", param_dtype="bfloat16")
+    batch = tokens(cfgp, T=cfgp.seq_len + 1)
     pp = init_params(cfgp, jax.random.key(0))
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(pp))
-    assert np.isfinite(float(loss_fn(pp, batch, cfgp)))
+    loss, g = loss_and_grad(pp, batch, cfgp)
+    assert np.isfinite(float(loss))
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(g))
 
 
-@pytest.mark.parametrize("impl", ["cpu", "xla"])
-def test_attention_impls_match_reference(impl):
+@pytest.mark.parametrize("impl", ["packed", "packed1x1", "packed2x4", "packed3x2", "xla"])
+@pytest.mark.parametrize("T", [24, 64])
+def test_attention_impls_match_reference(impl, T):
     rng = np.random.default_rng(0)
-    q, k, v, do = (jnp.asarray(rng.standard_normal((2, 24, 3, 8)), jnp.float32) for _ in range(4))
+    q, k, v, do = (jnp.asarray(rng.standard_normal((6, T, 3, 8)), jnp.float32) for _ in range(4))
     ref = attention(q, k, v, "reference")
-    np.testing.assert_allclose(attention(q, k, v, impl), ref, atol=1e-5)
+    np.testing.assert_allclose(attention(q, k, v, impl), ref, atol=2e-6)
     grad = lambda i: jax.grad(lambda *a: jnp.sum(attention(*a, i) * do), argnums=(0, 1, 2))(q, k, v)  # noqa: E731
     for a, b in zip(grad(impl), grad("reference")):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+        np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_packed_attention_bf16_close():
+    rng = np.random.default_rng(1)
+    qkv = jnp.asarray(rng.standard_normal((2, 64, 3, 2, 16)), jnp.float32)
+    ref = attention_packed(qkv, "reference")
+    got = attention_packed(qkv.astype(jnp.bfloat16), "packed")
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(got.astype(jnp.float32), ref, atol=0.05)
+    g = jax.grad(lambda x: jnp.sum(attention_packed(x, "packed").astype(jnp.float32)))(
+        qkv.astype(jnp.bfloat16))
+    assert g.dtype == jnp.bfloat16 and np.isfinite(np.asarray(g, np.float32)).all()
+
+
+def test_scan_unroll_does_not_change_results():
+    cfg = dataclasses.replace(TINY, n_layer=2)
+    params = init_params(cfg, jax.random.key(0))
+    toks = tokens(cfg)
+    a = jax.jit(Transformer(cfg, scan_unroll=1).apply)({"params": params}, toks)
+    b = jax.jit(Transformer(cfg, scan_unroll=2).apply)({"params": params}, toks)
+    np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def test_rotary_scores_are_relative():

@@ -1,0 +1,152 @@
+"""Accounting: closed-form parameter counts against real pytrees, FLOPs, peaks, MFU."""
+
+import dataclasses
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scaling import accounting
+from scaling.accounting import (FlopCounts, ParamCounts, count_tree, flops_per_token,
+                                lookup_peak, mfu, param_counts, peak_flops, xla_flops)
+from scaling.config import ModelConfig
+from scaling.model import loss_fn, param_shapes
+from scaling.presets import PRESETS
+
+SHAPES = [
+    dict(n_layer=1, d_model=16, n_head=2, vocab_size=37, seq_len=8),
+    dict(n_layer=3, d_model=24, n_head=3, vocab_size=256, seq_len=32, d_ff=40),
+    dict(n_layer=2, d_model=64, n_head=4, vocab_size=1000, seq_len=16),
+]
+
+
+@pytest.mark.parametrize(
+    "shape,pos,tie,scan",
+    list(itertools.product(SHAPES, ["learned", "sinusoidal", "rotary"], [True, False],
+                           [True, False])),
+)
+def test_param_counts_match_pytree(shape, pos, tie, scan):
+    cfg = ModelConfig(**shape, pos_encoding=pos, tie_embeddings=tie, scan_layers=scan)
+    assert count_tree(param_shapes(cfg)) == param_counts(cfg)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_param_counts_match_presets(name):
+    cfg = ModelConfig(**PRESETS[name])
+    counts = param_counts(cfg)
+    assert count_tree(param_shapes(cfg)) == counts
+    # names say N: within 15% of the nominal count in the name
+    nominal = float(name[1:].replace("k", "e3").replace("m", "e6"))
+    assert abs(counts.non_embedding / nominal - 1) < 0.15, (name, counts)
+
+
+def test_param_counts_closed_form_values():
+    cfg = ModelConfig(n_layer=2, d_model=128, n_head=4, vocab_size=256, seq_len=128)
+    D, F = 128, 512
+    block = 4 * D * D + 2 * D * F + 9 * D + F
+    assert param_counts(cfg) == ParamCounts(2 * block + 2 * D, 256 * D + 128 * D,
+                                            2 * block + 2 * D + 256 * D + 128 * D)
+    # N is the same tied or untied; the untied head counts as embedding
+    untied = param_counts(dataclasses.replace(cfg, tie_embeddings=False))
+    assert untied.non_embedding == param_counts(cfg).non_embedding
+    assert untied.embedding == param_counts(cfg).embedding + D * 256
+    # rotary / sinusoidal have no positional parameters
+    assert param_counts(dataclasses.replace(cfg, pos_encoding="rotary")).embedding == 256 * D
+
+
+def test_flops_kaplan_vs_exact():
+    cfg = ModelConfig(n_layer=12, d_model=768, n_head=12, vocab_size=50304, seq_len=1024)
+    f = flops_per_token(cfg)
+    assert isinstance(f, FlopCounts)
+    N = param_counts(cfg).non_embedding
+    assert f.kaplan == 6 * N + 12 * 12 * 1024 * 768
+    # exact adds the output layer (6 D V) and drops biases/norms: close to Kaplan + 6DV
+    assert f.exact > f.kaplan
+    np.testing.assert_allclose(f.exact, f.kaplan + 6 * 768 * 50304, rtol=0.01)
+    # exact = 3 x forward matmuls
+    D, T, L, V = 768, 1024, 12, 50304
+    fwd = L * (2 * 3 * D * D + 2 * D * D + 2 * 2 * D * 4 * D + 2 * 2 * T * D) + 2 * D * V
+    assert f.exact == 3 * fwd
+    # with a small vocabulary the two agree within a few percent
+    small = flops_per_token(ModelConfig(n_layer=4, d_model=256, n_head=8, seq_len=256))
+    assert 1.0 < small.exact / small.kaplan < 1.05
+
+
+def test_xla_cost_analysis_close_to_exact():
+    """XLA's count for a jitted train-like step is within [0.7, 1.5] of the analytic one."""
+    cfg = ModelConfig(n_layer=2, d_model=64, n_head=2, vocab_size=256, seq_len=64,
+                      scan_layers=False)  # a while loop's body would be counted only once
+    B = 4
+    params = param_shapes(cfg)
+    batch = jax.ShapeDtypeStruct((B, cfg.seq_len + 1), jnp.int32)
+    # the reference attention: XLA counts its dense T x T products like the formula does
+    step = jax.jit(jax.value_and_grad(lambda p, b: loss_fn(p, b, cfg, "reference")))
+    got = xla_flops(step.lower(params, batch).compile())
+    assert got is not None
+    want = flops_per_token(cfg).exact * B * cfg.seq_len
+    assert 0.7 < got / want < 1.5, got / want
+
+
+def test_xla_flops_handles_forms():
+    class C:
+        def __init__(self, ca):
+            self.ca = ca
+
+        def cost_analysis(self):
+            if isinstance(self.ca, Exception):
+                raise self.ca
+            return self.ca
+
+    assert xla_flops(C({"flops": 10.0})) == 10.0
+    assert xla_flops(C([{"flops": 4.0}, {"flops": 6.0}])) == 10.0
+    assert xla_flops(C([])) is None
+    assert xla_flops(C(None)) is None
+    assert xla_flops(C({})) is None
+    assert xla_flops(C(RuntimeError("no cost model"))) is None
+
+
+@pytest.mark.parametrize("kind,dtype,want", [
+    ("NVIDIA A100-SXM4-80GB", "bfloat16", 312e12),
+    ("NVIDIA A100 80GB PCIe", "float32", 19.5e12),
+    ("NVIDIA H100 80GB HBM3", "bfloat16", 989.4e12),
+    ("NVIDIA H100 PCIe", "bfloat16", 756e12),
+    ("NVIDIA H200", "bf16", 989.4e12),
+    ("TPU v4", "bfloat16", 275e12),
+    ("TPU v5 lite", "bfloat16", 197e12),
+    ("TPU v5e", "float32", 197e12),
+    ("TPU v5p", "bfloat16", 459e12),
+    ("TPU v5", "bfloat16", 459e12),
+])
+def test_peak_table(kind, dtype, want):
+    assert lookup_peak(kind, dtype) == want
+    assert lookup_peak(kind.upper(), dtype) == want
+
+
+def test_peak_table_unknown_and_bad_dtype():
+    assert lookup_peak("Some GPU 9000", "bfloat16") is None
+    with pytest.raises(ValueError):
+        lookup_peak("TPU v4", "int8")
+
+
+def test_cpu_peak_env(monkeypatch):
+    monkeypatch.setenv("SCALINGLAB_CPU_PEAK_FLOPS", "1.5e11")
+    assert peak_flops(jax.devices("cpu")[0], "float32") == 1.5e11
+
+
+def test_cpu_peak_measured_and_cached(monkeypatch, tmp_path):
+    monkeypatch.delenv("SCALINGLAB_CPU_PEAK_FLOPS", raising=False)
+    monkeypatch.setenv("SCALINGLAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(accounting, "_cpu_peak_memo", {})
+    p = accounting.measured_cpu_peak("float32", size=256, seconds=0.05)
+    assert 1e8 < p < 1e14
+    assert (tmp_path / "cpu_peak.json").exists()
+    accounting._cpu_peak_memo.clear()
+    assert accounting.measured_cpu_peak("float32", size=256, seconds=0.05) == p  # from disk
+
+
+def test_mfu():
+    assert mfu(1000.0, 1e9, 1e13) == pytest.approx(0.1)
+    assert math.isclose(mfu(0.0, 1e9, 1e12), 0.0)
