@@ -121,29 +121,35 @@ class ChinchillaLaw(Law):
         return g
 
 
-class PowerLawE(Law):
+class _CenteredPowerLaw(Law):
+    """A power law in log x, fitted in centred log x (u = log x - mean): the intercept
+    c (parameter 0) absorbs alpha * mean, which conditions the problem."""
+
+    names: tuple[str, ...]
+
+    def __init__(self, log_x: np.ndarray):
+        self.u, self.mu = _center(log_x)
+        self.n_rows = self.u.size
+        self._alpha = self.names.index("alpha")
+
+    def to_internal(self, ext):
+        th = np.array(ext, dtype=np.float64, ndmin=2).copy()
+        th[:, 0] -= th[:, self._alpha] * self.mu
+        return th
+
+    def to_external(self, th):
+        ext = np.array(th, dtype=np.float64, ndmin=2).copy()
+        ext[:, 0] += ext[:, self._alpha] * self.mu
+        return ext
+
+
+class PowerLawE(_CenteredPowerLaw):
     """log L = LSE(c - alpha log x, e): L = E + (x_c / x)^alpha with c = alpha log x_c.
 
     External parameters (c, e, alpha).
     """
 
     names = ("c", "e", "alpha")
-
-    def __init__(self, log_x: np.ndarray):
-        self.u, self.mu = _center(log_x)
-        self.n_rows = self.u.size
-
-    def to_internal(self, ext):
-        ext = np.array(ext, dtype=np.float64, ndmin=2)
-        th = ext.copy()
-        th[:, 0] = ext[:, 0] - ext[:, 2] * self.mu
-        return th
-
-    def to_external(self, th):
-        th = np.array(th, dtype=np.float64, ndmin=2)
-        ext = th.copy()
-        ext[:, 0] = th[:, 0] + th[:, 2] * self.mu
-        return ext
 
     def forward(self, th):
         c, e, al = (th[:, i : i + 1] for i in range(3))
@@ -165,26 +171,10 @@ class PowerLawE(Law):
         return g
 
 
-class PowerLaw0(Law):
+class PowerLaw0(_CenteredPowerLaw):
     """log L = c - alpha log x: L = (x_c / x)^alpha, no irreducible term. External (c, alpha)."""
 
     names = ("c", "alpha")
-
-    def __init__(self, log_x: np.ndarray):
-        self.u, self.mu = _center(log_x)
-        self.n_rows = self.u.size
-
-    def to_internal(self, ext):
-        ext = np.array(ext, dtype=np.float64, ndmin=2)
-        th = ext.copy()
-        th[:, 0] = ext[:, 0] - ext[:, 1] * self.mu
-        return th
-
-    def to_external(self, th):
-        th = np.array(th, dtype=np.float64, ndmin=2)
-        ext = th.copy()
-        ext[:, 0] = th[:, 0] + th[:, 1] * self.mu
-        return ext
 
     def forward(self, th):
         pred = th[:, 0:1] - th[:, 1:2] * self.u
