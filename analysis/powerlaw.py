@@ -39,7 +39,8 @@ class PowerLawFit(FitResult):
         S = self.samples.dropna()
         xc = S["x_c"].to_numpy()[:, None]
         al = S["alpha"].to_numpy()[:, None]
-        v = (xc / x[None, :]) ** al
+        with np.errstate(over="ignore"):  # a wild bootstrap draw may overflow: inf, then quantiles
+            v = (xc / x[None, :]) ** al
         if "E" in S:
             v = v + S["E"].to_numpy()[:, None]
         q = (1 - (level or self.level)) / 2
