@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scaling.accounting import tune_host_runtime  # noqa: E402  (before jax starts)
+from scaling.runtime import tune_host_runtime  # noqa: E402  (before jax starts)
 
 tune_host_runtime()
 

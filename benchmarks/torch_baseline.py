@@ -134,8 +134,6 @@ def serve(n_layer, d_model, n_head, seq_len, batch_size, vocab_size=256, threads
 
 
 if __name__ == "__main__":
-    import sys
-
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
         serve(*(int(a) for a in sys.argv[2:]))
         sys.exit(0)

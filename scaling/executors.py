@@ -266,7 +266,7 @@ def run_sweep(spec_path: str | Path, overrides: list[str] | None = None, *, out:
     enable_compilation_cache()
     ran: list[str] = []
 
-    def execute(points) -> "pd.DataFrame":
+    def execute(points):  # -> the results table after running `points`
         if points:
             add_points(sweep_dir, spec.name, points)
         ids = [p.point_id for p in points]

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
-from scaling.accounting import tune_host_runtime
+from scaling.runtime import tune_host_runtime
 from scaling.config import ModelConfig
 
 # CPU speed: let XLA reuse its per-step buffers instead of page-faulting them in anew each

@@ -1,8 +1,6 @@
 """The training loop: loss falls, tokens are exact, resume is exact, nothing is clobbered."""
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys

@@ -67,6 +67,6 @@ def test_edge_optimum_is_widened_then_seeded(tmp_path, monkeypatch):
     assert set(zip(seeds["optimizer"], seeds["lr"])) == {("sgd", 10.0), ("adamw", 1.0)}
     assert (table["status"] == "done").all()
     # A rerun recomputes the same decisions and trains nothing new.
-    again = executors.run_sweep(spec, out=tmp_path / "sw", progress=False)
+    executors.run_sweep(spec, out=tmp_path / "sw", progress=False)
     assert len(pd.read_csv(sweep_dir / "results.csv")) == len(table)
     assert json.loads((sweep_dir / "followup.json").read_text()) == report
