@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .powerlaw import PowerLawFit, fit_power_law
-from .result import LEVEL, FitResult, percentile_interval
+from .result import LEVEL, AllocationFit, FitResult, percentile_interval
 
 
 def curve_matrix(curves: pd.DataFrame, *, run: str = "point_id", x: str = "flops",
@@ -143,26 +143,11 @@ def fit_frontier(
     return fit
 
 
-class Approach1Fit(FitResult):
+class Approach1Fit(AllocationFit):
     """params: a, b, k_N, k_D with N_opt = k_N C^a, D_opt = k_D C^b; ``points``: the
     frontier's (C, N_opt, D_opt) at each grid point used."""
 
     points: pd.DataFrame
-
-    def predict(self, C, params: dict | None = None):
-        p = self.params if params is None else params
-        C = np.asarray(C, dtype=np.float64)
-        return p["k_N"] * C ** p["a"], p["k_D"] * C ** p["b"]
-
-    def band(self, C, which: str = "N", level: float | None = None):
-        C = np.asarray(C, dtype=np.float64)
-        if self.samples is None or self.samples.empty:
-            return np.full(C.shape, np.nan), np.full(C.shape, np.nan)
-        S = self.samples.dropna()
-        e, k = ("a", "k_N") if which == "N" else ("b", "k_D")
-        v = S[k].to_numpy()[:, None] * C[None, :] ** S[e].to_numpy()[:, None]
-        q = (1 - (level or self.level)) / 2
-        return tuple(np.quantile(v, [q, 1 - q], axis=0))
 
 
 def _line(logC, logV):

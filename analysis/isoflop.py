@@ -19,7 +19,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .result import LEVEL, FitResult, percentile_interval
+from .result import LEVEL, AllocationFit, percentile_interval
 
 
 def group_budgets(C, *, rel_tol: float = 0.1) -> np.ndarray:
@@ -67,27 +67,11 @@ def _parabola(u, L, w=None):
     return vert, lmin, q[:, 2]
 
 
-class IsoFLOPFit(FitResult):
+class IsoFLOPFit(AllocationFit):
     """params: a, b, k_N, k_D (N_opt = k_N C^a, D_opt = k_D C^b). ``budgets``: per-budget
     table (C, n_runs, N_opt with interval, D_opt, loss_opt, vertex_in_range, used)."""
 
     budgets: pd.DataFrame
-
-    def predict(self, C, params: dict | None = None):
-        p = self.params if params is None else params
-        C = np.asarray(C, dtype=np.float64)
-        return p["k_N"] * C ** p["a"], p["k_D"] * C ** p["b"]
-
-    def band(self, C, which: str = "N", level: float | None = None):
-        C = np.asarray(C, dtype=np.float64)
-        if self.samples is None or self.samples.empty:
-            return np.full(C.shape, np.nan), np.full(C.shape, np.nan)
-        S = self.samples.dropna()
-        e, k = ("a", "k_N") if which == "N" else ("b", "k_D")
-        v = S[k].to_numpy()[:, None] * C[None, :] ** S[e].to_numpy()[:, None]
-        q = (1 - (level or self.level)) / 2
-        lo, hi = np.quantile(v, [q, 1 - q], axis=0)
-        return lo, hi
 
 
 def _fit_lines(logC, logN, logD):

@@ -127,3 +127,25 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, (np.bool_,)):
         return bool(v)
     return v
+
+
+class AllocationFit(FitResult):
+    """Compute-optimal allocation laws: params a, b, k_N, k_D with N_opt = k_N C^a and
+    D_opt = k_D C^b (Chinchilla Approaches 1 and 2)."""
+
+    def predict(self, C, params: dict | None = None):
+        p = self.params if params is None else params
+        C = np.asarray(C, dtype=np.float64)
+        return p["k_N"] * C ** p["a"], p["k_D"] * C ** p["b"]
+
+    def band(self, C, which: str = "N", level: float | None = None):
+        """(low, high) of N_opt(C) ("N") or D_opt(C) ("D") over the bootstrap samples."""
+        C = np.asarray(C, dtype=np.float64)
+        if self.samples is None or self.samples.empty:
+            return np.full(C.shape, np.nan), np.full(C.shape, np.nan)
+        S = self.samples.dropna()
+        e, k = ("a", "k_N") if which == "N" else ("b", "k_D")
+        v = S[k].to_numpy()[:, None] * C[None, :] ** S[e].to_numpy()[:, None]
+        q = (1 - (level or self.level)) / 2
+        lo, hi = np.quantile(v, [q, 1 - q], axis=0)
+        return lo, hi
