@@ -334,7 +334,7 @@ def best_lr(best: pd.DataFrame, scaling: pd.DataFrame):
     """Best learning rate against N per optimizer with the fitted lr* = c N^gamma;
     hollow markers: best lr on the edge of the grid (excluded from the fit)."""
     with paper_style():
-        fig, axes = new_figure(1, width=3.8, height=2.9)
+        fig, axes = new_figure(1, width=5.6, height=2.9)
         ax = axes[0][0]
         for i, (opt, g) in enumerate(best.groupby("optimizer", sort=True)):
             col = PALETTE[i % len(PALETTE)]
@@ -356,7 +356,7 @@ def best_lr(best: pd.DataFrame, scaling: pd.DataFrame):
         ax.set_xlabel("N (parameters)")
         ax.set_ylabel("best learning rate")
         ax.set_title("Best learning rate (○ = grid edge)")
-        ax.legend(loc="best")
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)  # off the data
     return fig
 
 
