@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from scaling.config import ConfigError
+from scaling.runfiles import atomic_write_text
 from scaling.tokenizer import Tokenizer, make_tokenizer
 
 if TYPE_CHECKING:
@@ -469,9 +470,7 @@ def _build_cache(corpus: Corpus, tokenizer: Tokenizer, bin_path: Path, meta_path
         "fingerprint": fingerprint,
         "build_seconds": round(time.perf_counter() - t0, 3),
     }
-    from scaling.tokenizer import _atomic_write_text
-
-    _atomic_write_text(meta_path, json.dumps(meta, indent=1))
+    atomic_write_text(meta_path, json.dumps(meta, indent=1))
 
 
 def _chunks(docs: list[Document], max_bytes: int) -> Iterator[list[Document]]:

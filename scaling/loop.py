@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import platform
 import subprocess
 import sys
@@ -35,8 +34,8 @@ from scaling.checkpoint import Checkpointer
 from scaling.config import Config, ConfigError, from_dict
 from scaling.data import load_corpus
 from scaling.parallel import Driver, check_batch, initialize_distributed, make_driver
-from scaling.runfiles import (CONFIG_FILE, METRICS_FILE, RESULT_FILE, read_metrics, read_result,
-                              json_default, write_json_atomic)
+from scaling.runfiles import (CONFIG_FILE, METRICS_FILE, RESULT_FILE, atomic_write_text,
+                              json_default, read_metrics, read_result, write_json_atomic)
 from scaling.train import Trainer
 
 log = logging.getLogger(__name__)
@@ -96,9 +95,7 @@ class _MetricsLog:
             self.f = None
             return
         kept = [r for r in read_metrics(path.parent) if r.get("step", 0) <= resume_step]
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         self.f = open(path, "a", buffering=1)
 
     def write(self, row: dict) -> None:

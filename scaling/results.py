@@ -27,7 +27,7 @@ from typing import Iterator
 
 import pandas as pd
 
-from scaling.runfiles import METRICS_FILE, RESULT_FILE, read_metrics, read_result
+from scaling.runfiles import METRICS_FILE, RESULT_FILE, atomic_write, read_metrics, read_result
 
 POINT_FILE = "point.json"
 FAILED_FILE = "failed.json"
@@ -162,16 +162,10 @@ def write_tables(sweep_dir: str | Path) -> pd.DataFrame:
     """Rebuild results.csv, results.parquet and curves.parquet atomically."""
     sweep_dir = Path(sweep_dir)
     results, curves = collect(sweep_dir)
-    _atomic(sweep_dir / "results.csv", lambda p: results.to_csv(p, index=False))
-    _atomic(sweep_dir / "results.parquet", lambda p: results.to_parquet(p, index=False))
-    _atomic(sweep_dir / "curves.parquet", lambda p: curves.to_parquet(p, index=False))
+    atomic_write(sweep_dir / "results.csv", lambda p: results.to_csv(p, index=False))
+    atomic_write(sweep_dir / "results.parquet", lambda p: results.to_parquet(p, index=False))
+    atomic_write(sweep_dir / "curves.parquet", lambda p: curves.to_parquet(p, index=False))
     return results
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def load_results(sweep_dir: str | Path) -> pd.DataFrame:

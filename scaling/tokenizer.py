@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+
+from scaling.runfiles import atomic_write_text
 
 if TYPE_CHECKING:
     from scaling.config import DataConfig
@@ -134,7 +134,7 @@ class BPETokenizer:
     def save(self, path: str | Path) -> Path:
         """Write the tokenizer JSON atomically (temp file + rename)."""
         path = Path(path)
-        _atomic_write_text(path, self._tok.to_str())
+        atomic_write_text(path, self._tok.to_str())
         self.path = path
         return path
 
@@ -208,20 +208,3 @@ def make_tokenizer(data_cfg: "DataConfig", texts: Sequence[str] | None = None,
         texts, text_sha256 = corpus.train_texts(), corpus.train_sha256
     return load_or_train_bpe(texts, text_sha256, data_cfg.bpe_vocab_size,
                              resolve_cache_dir(data_cfg))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
