@@ -1,0 +1,121 @@
+"""Sweep specs: readable TOML files in experiments/ -> validated, fully planned points.
+
+Nothing here trains or imports jax at module level; `load_spec` only plans. Every point's
+config is built with `scaling.config.from_dict`, so an unknown key or impossible value
+fails here, before any training, with the key named.
+
+A spec is a run config (sections [model] [data] [optim] [train], or `base = "file.toml"`
+with those sections merged over it) plus the tables that make it a sweep:
+
+    name = "demo"                     # default: the file's stem
+    executor = "local"                # "local" | "slurm"
+    base = "tiny.toml"                # optional run config the sections below override
+    extends = "other_spec.toml"       # optional spec this one deep-merges over
+
+    [model]                           # the base config of every point
+    seq_len = 64
+
+    [sweep]
+    seeds = [0]                       # axis "seed" (train.seed)
+    warmup_fraction = 0.05            # every point: optim.warmup_steps = round(f * steps)
+    evals_per_run = 8                 # every point: train.eval_every = ceil(steps / 8)
+    zip = [["model", "optim.lr"]]     # axes zipped together; all others: product
+    [sweep.model]                     # axis "model": the size ladder, one of
+    presets = ["n25k", "n100k"]       #   named presets (scaling/presets.py), or
+    n = [2e4, 1e5]                    #   target N, with a shape rule:
+    aspect_ratio = 32                 #   d_model / n_layer (or n_layer = k fixed),
+    head_dim = 16                     #   head size (or n_head = k fixed), d_multiple = 8
+    [sweep.data]                      # axis "data": D per point, one of
+    tokens_per_param = [20]           #   D = r * N (N exact), or
+    tokens = [1e6, 4e6]               #   D absolute
+    [sweep.compute]                   # axis "compute": IsoFLOP (exclusive with [sweep.data])
+    budgets = [1e12, 3e12]            #   C (or a table name = C); for each C a set of N:
+    tokens_per_param = [5, 20, 80]    #   N = sqrt(C / (6 r)) snapped by the shape rule, or the
+                                      #   [sweep.model] ladder (tokens_per_param_range = [lo, hi])
+    [sweep.axes]                      # any config field "section.key" = [values]
+    "optim.name" = ["sgd", "adamw"]
+    [sweep.axes."optim.lr"]           # values that depend on another axis: a table keyed
+    sgd = [0.1, 0.3]                  #   by that axis' values (here optim.name)
+    adamw = [1e-3, 3e-3]
+
+    [[override]]                      # per-point overrides, applied after the axes, matched
+    where = { "optim.name" = ["sgd", "momentum"], n_params = "< 1e5" }   # on config keys,
+    set = { "optim.clip_norm" = 0.5 } #   group, size (label) or n_params; a list = any of
+    [[point]]                         # explicit extra points (base + set, then overrides,
+    set = { "model.preset" = "n800k" }  # which never change the keys of `set`)
+    tokens_per_param = 40             # or tokens = ...; neither: train.steps as given
+    group = "extra"                   # (warmup_fraction, evals_per_run: as the 1st [sweep])
+
+    [slurm]                           # for executor = "slurm" (keys in SLURM_KEYS)
+    partition = "gpu"
+    [followup]                        # the seed stage: seed_followup(spec, best_lr)
+    seeds = [1, 2]
+    [variants.large]                  # load_spec(path, variant="large") deep-merges this
+    sweep.model.n = [1e6, 3e6]
+
+Axes are named "model", "data", "compute", "seed" and "section.key"; the grid is their
+product, except the axes of each `zip` group, which advance together. Several grids: write
+`[[sweep]]` tables instead of one `[sweep]`; the spec is their union (each table complete
+in itself). Per point, in order: base config (+ command-line overrides) -> axis values ->
+matching [[override]] tables -> steps from D -> warm-up and eval interval -> from_dict.
+Merging (`extends`, `base`, variants): tables merge key by key, other values replace.
+
+A plain run config (no sweep tables, e.g. experiments/tiny.toml) is a spec with one point.
+
+Points: D = steps * batch_size * seq_len exactly, C = 6 * N * D (N non-embedding, Kaplan),
+where steps = round(D_requested / (batch_size * seq_len)) (half up). What was asked and the
+rounding are kept in `Point.requested`. Warm-up: with `warmup_fraction`, every point gets
+warmup_steps = min(steps - 1, round(f * steps)), replacing optim.warmup_steps; without
+it, optim.warmup_steps must be smaller than every derived step count.
+
+Point ids: the first 12 hex digits of sha256 over the canonical JSON (sorted keys, floats
+as Python's shortest round-trip repr) of the resolved config less the keys that do not
+change what is computed (`scaling.config.NON_SEMANTIC`, plus model.preset, which is only
+a label once its shape is written out, and data.cache_dir). A point's id depends on its
+own config only, so adding axis values leaves old ids unchanged. Duplicate points (same
+id) are dropped with a warning; the first one is kept.
+
+Where the code is: `spec.py` reads, merges and validates the TOML; `plan.py` builds the
+axes, applies overrides and derives each point; `ladder.py` snaps target sizes to shapes;
+`points.py` holds Point, SweepSpec and point ids; `display.py` the plan table and time
+estimates; `followup.py` the seed stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scaling.sweep.display import (
+    ASSUMED_MFU,
+    RUN_OVERHEAD_S,
+    STEP_OVERHEAD_S,
+    achieved_flops,
+    estimate_seconds,
+    format_plan,
+)
+from scaling.sweep.followup import seed_followup
+from scaling.sweep.ladder import ladder_shape
+from scaling.sweep.plan import plan_spec
+from scaling.sweep.points import Point, SweepSpec, param_counts, point_id, train_flops_per_token
+from scaling.sweep.spec import SLURM_KEYS, SpecError, read_spec
+
+__all__ = [
+    "SpecError", "Point", "SweepSpec", "load_spec", "format_plan", "estimate_seconds",
+    "seed_followup", "ladder_shape", "point_id", "param_counts", "SLURM_KEYS",
+    "achieved_flops", "train_flops_per_token", "ASSUMED_MFU", "RUN_OVERHEAD_S",
+    "STEP_OVERHEAD_S",
+]
+
+
+def load_spec(path: str | Path, overrides: list[str] | dict | None = None,
+              variant: str | None = None) -> SweepSpec:
+    """Read, validate and plan a sweep spec; raises SpecError (or ConfigError) naming the field.
+
+    `overrides`: "section.key=value" items applied to the base config of every point
+    (axes and [[override]] tables still win over them); items starting with "sweep.",
+    "slurm.", "followup." or "executor" edit the spec itself, e.g. "sweep.seeds=[0,1]".
+    `variant`: the name of a [variants.<name>] table to deep-merge over the spec.
+    """
+    path = Path(path)
+    raw, base_over = read_spec(path, overrides, variant)
+    return plan_spec(path, raw, base_over, variant)

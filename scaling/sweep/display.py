@@ -1,0 +1,147 @@
+"""Showing a plan: time estimates and the plan table."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable
+
+from scaling import accounting
+from scaling.sweep.points import Point, SweepSpec, _si, train_flops_per_token
+
+
+ASSUMED_MFU = {"cpu": 0.3, "gpu": 0.35, "tpu": 0.4}
+# Used only where scaling.accounting knows no peak (an unknown accelerator string).
+_FALLBACK_PEAK = {"cpu": 5.0e10, "gpu": 1.0e14, "tpu": 2.0e14}
+RUN_OVERHEAD_S = {"cpu": 8.0, "gpu": 30.0, "tpu": 30.0}  # start, data, compile
+STEP_OVERHEAD_S = {"cpu": 2e-3, "gpu": 5e-3, "tpu": 5e-3}  # dispatch, logging, per step
+
+
+def _family(device: Any) -> str:
+    if isinstance(device, str):
+        low = device.lower()
+    elif device is None:
+        jax = sys.modules.get("jax")
+        low = jax.default_backend() if jax is not None else "cpu"
+    else:
+        low = str(getattr(device, "platform", device)).lower()
+    return "tpu" if "tpu" in low else "cpu" if "cpu" in low else "gpu"
+
+
+def achieved_flops(device: Any = None, dtype: str = "float32") -> tuple[float, str]:
+    """(FLOP/s assumed achieved, how it was obtained) for the time estimates.
+
+    `device`: None (jax's default device), a jax Device, or a device-kind string such as
+    "cpu" or "NVIDIA H100 80GB HBM3". Peak from scaling.accounting (CPUs: measured once
+    and cached, or $SCALINGLAB_CPU_PEAK_FLOPS), times ASSUMED_MFU. Setting
+    $SCALINGLAB_ACHIEVED_FLOPS replaces the whole estimate.
+    """
+    env = os.environ.get("SCALINGLAB_ACHIEVED_FLOPS")
+    if env:
+        return float(env), "$SCALINGLAB_ACHIEVED_FLOPS"
+    if device is None:
+        import jax  # noqa: PLC0415 - only for the estimate, never at module level
+
+        device = jax.devices()[0]
+    fam = _family(device)
+    acc = accounting
+    peak, source = None, "fallback guess"
+    try:
+        if fam == "cpu" and os.environ.get("SCALINGLAB_CPU_PEAK_FLOPS"):
+            peak, source = float(os.environ["SCALINGLAB_CPU_PEAK_FLOPS"]), "$SCALINGLAB_CPU_PEAK_FLOPS"
+        elif isinstance(device, str):
+            if fam == "cpu":
+                peak, source = acc.measured_cpu_peak(dtype), "measured matmul peak"
+            else:
+                peak, source = acc.lookup_peak(device, dtype), "accounting table"
+        else:
+            peak = acc.peak_flops(device, dtype)
+            source = "measured matmul peak" if fam == "cpu" else "accounting table"
+    except (KeyError, ValueError, TypeError, LookupError):
+        peak = None
+    if not peak:
+        peak, source = _FALLBACK_PEAK[fam], "fallback guess"
+    mfu = ASSUMED_MFU[fam]
+    return peak * mfu, (f"{fam} peak {peak / 1e9:.0f} GFLOP/s ({source}) x assumed MFU {mfu}")
+
+
+def estimate_seconds(point: Point, device: Any = None) -> float:
+    """Rough wall time of a point: overhead + steps x per-step overhead + FLOPs / achieved.
+
+    FLOPs are the training FLOPs per token including attention and the head
+    (accounting.flops_per_token(...).exact, or the same closed form) x D, plus the
+    evaluations (forward only, a third of that per token); achieved FLOP/s = peak x an
+    assumed MFU (ASSUMED_MFU; peak from scaling.accounting, else a fallback table;
+    SCALINGLAB_ACHIEVED_FLOPS overrides both). Small models on a CPU run far below
+    peak; expect a factor 2 either way until the runner's measured throughput is used.
+    """
+    cfg = point.config
+    fam = _family(device)
+    thr, _ = achieved_flops(device, cfg.model.compute_dtype)
+    fpt = train_flops_per_token(cfg.model)
+    tr = cfg.train
+    n_evals = (tr.steps // tr.eval_every if tr.eval_every else 0) + 1
+    eval_tokens = n_evals * tr.eval_batches * tr.batch_size * cfg.model.seq_len
+    flops = fpt * point.tokens + fpt / 3.0 * eval_tokens
+    return RUN_OVERHEAD_S[fam] + STEP_OVERHEAD_S[fam] * tr.steps + flops / thr
+
+
+def format_plan(spec: SweepSpec, tokens_per_s: Callable[[Point], float | None] | None = None,
+                device: Any = None) -> str:
+    """The plan as a table: id, label, group, N, D, C, steps, D/N, warm-up, est. time, derivation.
+
+    `tokens_per_s(point)` (e.g. the runner's measured throughput record) gives the time
+    as D / tokens_per_s plus the run overhead; where it returns None, or without it,
+    `estimate_seconds` is used and the column says "~".
+    """
+    rows = []
+    total_s = 0.0
+    measured_any = False
+    for p in spec.points:
+        tps = tokens_per_s(p) if tokens_per_s is not None else None
+        if tps:
+            secs = RUN_OVERHEAD_S[_family(device)] + p.tokens / tps
+            measured_any = True
+            mark = ""
+        else:
+            secs = estimate_seconds(p, device)
+            mark = "~"
+        total_s += secs
+        cfg = p.config
+        rows.append([p.point_id, cfg.name, p.group or "-", _si(p.n_params), _si(p.n_params_total),
+                     _si(p.tokens), f"{p.flops:.3g}", str(cfg.train.steps),
+                     f"{p.tokens_per_param:.1f}", str(cfg.optim.warmup_steps),
+                     mark + _hms(secs), p.requested.get("derivation", "")])
+    head = ["id", "label", "group", "N", "N_tot", "D", "C=6ND", "steps", "D/N", "warmup",
+            "est.time", "derivation"]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head) - 1)]
+    lines = [f"sweep {spec.name}: {len(spec.points)} points, executor {spec.executor}"
+             + (f", variant {spec.variant}" if spec.variant else "")
+             + f"  ({spec.path})"]
+    if spec.description:
+        lines.append(spec.description.strip())
+    lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)) + "  " + head[-1])
+    for r in rows:
+        cells = [c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        lines.append("  ".join(cells) + "  " + r[-1])
+    total_c = sum(p.flops for p in spec.points)
+    total_d = sum(p.tokens for p in spec.points)
+    lines.append(f"total: C = {total_c:.3g} FLOPs (6ND), D = {_si(total_d)} tokens, "
+                 f"est. time {_hms(total_s)} run one after another")
+    if not measured_any or any(r[10].startswith("~") for r in rows):
+        dtype = spec.points[0].config.model.compute_dtype if spec.points else "float32"
+        _, how = achieved_flops(device, dtype)
+        lines.append(f"~ rough estimate: training FLOPs (incl. attention and head) / ({how}) "
+                     "+ overheads; small models on CPUs may be 2x off either way")
+    for note in spec.notes:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def _hms(s: float) -> str:
+    s = int(round(s))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"

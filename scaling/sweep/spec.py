@@ -1,0 +1,300 @@
+"""Reading a sweep spec: TOML files, `extends` / `base` / variants merged, keys checked.
+
+What a spec may say (the spec language) is described in the package docstring
+(`scaling/sweep/__init__.py`). This module reads the file(s), merges them, applies
+command-line overrides of the spec itself, and holds the validators of the tables that are
+not axes (slurm, followup, overrides, schedule keys) plus the key lists. Planning the
+points from the merged table is `scaling.sweep.plan`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import math
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Callable
+
+from scaling.config import SECTIONS, ConfigError, build_section, parse_overrides, split_key
+
+
+class SpecError(ConfigError):
+    """A sweep spec is malformed; the message names the field."""
+
+
+
+EXECUTORS = ("local", "slurm")
+TOP_KEYS = ("name", "description", "executor", "base", "extends", *SECTIONS, "sweep",
+            "override", "point", "slurm", "followup", "variants")
+SWEEP_KEYS = ("seeds", "model", "data", "compute", "axes", "zip", "warmup_fraction",
+              "evals_per_run")
+MODEL_AXIS_KEYS = ("presets", "n", "aspect_ratio", "n_layer", "head_dim", "n_head",
+                   "d_multiple")
+DATA_AXIS_KEYS = ("tokens", "tokens_per_param")
+COMPUTE_KEYS = ("budgets", "tokens_per_param", "tokens_per_param_range")
+OVERRIDE_KEYS = ("where", "set")
+POINT_KEYS = ("set", "tokens", "tokens_per_param", "group", "warmup_fraction",
+              "evals_per_run")
+FOLLOWUP_KEYS = ("seeds", "metric", "widen")
+# key: (type(s), check, what is allowed)
+SLURM_KEYS: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
+    "partition": ((str,), bool, "a non-empty string"),
+    "gpus_per_job": ((int,), lambda v: v >= 0, "an integer >= 0"),
+    "cpus_per_job": ((int,), lambda v: v > 0, "an integer > 0"),
+    "mem_gb": ((int, float), lambda v: v > 0, "a number > 0"),
+    "time_min": ((int,), lambda v: v > 0, "an integer > 0 (minutes)"),
+    "account": ((str,), lambda v: True, "a string"),
+    "qos": ((str,), lambda v: True, "a string"),
+    "nodes": ((int,), lambda v: v > 0, "an integer > 0"),
+    "array_parallelism": ((int,), lambda v: v > 0, "an integer > 0 (jobs at once)"),
+    "setup": ((list,), lambda v: all(isinstance(s, str) for s in v),
+              "a list of shell lines run before each job"),
+    "extra": ((dict,), lambda v: all(isinstance(x, (str, int, float, bool)) for x in v.values()),
+              "a table of sbatch flag = value (string, number or boolean)"),
+}
+
+
+def read_spec(path: Path, overrides: list[str] | dict | None = None,
+              variant: str | None = None) -> tuple[dict, dict[str, Any]]:
+    """(merged spec table, base-config overrides): the reading half of `load_spec`."""
+    raw = _read_spec(path, seen=())
+    if variant is not None:
+        variants = raw.get("variants", {})
+        if not isinstance(variants, dict) or variant not in variants:
+            names = list(variants) if isinstance(variants, dict) else []
+            raise SpecError(f"{path}: variant {variant!r} not found{_suggest(variant, names)}; "
+                            f"allowed: {', '.join(names) or '(none: no [variants] table)'}")
+        raw = _deep_merge(raw, variants[variant], where=f"variants.{variant}")
+        _check_keys(raw, TOP_KEYS, "", path)
+    base_over: dict[str, Any] = {}
+    for dotted, value in parse_overrides(overrides).items():
+        head = dotted.split(".", 1)[0]
+        if head in ("sweep", "slurm", "followup", "executor"):
+            _set_dotted(raw, dotted, value)
+        else:
+            section, key = split_key(dotted)  # ConfigError names an unknown key
+            base_over["name" if section == "name" else f"{section}.{key}"] = value
+    return raw, base_over
+
+
+def _read_spec(path: Path, seen: tuple[Path, ...]) -> dict:
+    if not path.exists():
+        raise SpecError(f"spec file {str(path)!r} does not exist")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: cannot parse: {e}") from None
+    _check_keys(raw, TOP_KEYS, "", path)
+    raw.setdefault("name", path.stem)
+    if "extends" in raw:
+        parent = _resolve_path(path, raw.pop("extends"), "extends")
+        if parent.resolve() in seen:
+            raise SpecError(f"{path}: extends = {str(parent)!r} is circular")
+        parent_raw = _read_spec(parent, seen + (path.resolve(),))
+        raw = _deep_merge(parent_raw, raw, where="extends")
+    if "base" in raw:
+        base_path = _resolve_path(path, raw.pop("base"), "base")
+        try:
+            base = tomllib.loads(base_path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise SpecError(f"{path}: base = {str(base_path)!r}: cannot parse: {e}") from None
+        for key in base:
+            if key not in ("name", *SECTIONS):
+                raise SpecError(f"{path}: base = {str(base_path)!r} is not a run config: "
+                                f"key {key!r}; allowed: name, {', '.join(SECTIONS)}")
+        raw = _deep_merge({k: v for k, v in base.items() if k != "name"}, raw, where="base")
+    return raw
+
+
+def _resolve_path(spec_path: Path, value: Any, key: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise SpecError(f"{spec_path}: {key} = {value!r}: expected a path to a TOML file")
+    p = Path(value).expanduser()
+    if not p.is_absolute():
+        p = spec_path.parent / p
+    if not p.exists():
+        raise SpecError(f"{spec_path}: {key} = {value!r}: no such file ({p})")
+    return p
+
+
+def _deep_merge(lower: dict, upper: dict, where: str) -> dict:
+    """Tables merge key by key; any other value (lists included) in `upper` replaces."""
+    if not isinstance(upper, dict):
+        raise SpecError(f"{where} must be a table, got {upper!r}")
+    out = copy.deepcopy(lower)
+    for k, v in upper.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v, where=f"{where}.{k}")
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = raw
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise SpecError(f"override {dotted!r}: {p!r} is not a table")
+    node[parts[-1]] = value
+
+
+def _check_keys(table: Any, allowed: tuple[str, ...], where: str, path: Path | str) -> None:
+    label = f"[{where}]" if where else "top level"
+    if not isinstance(table, dict):
+        raise SpecError(f"{path}: {where or 'spec'} must be a table, got {table!r}")
+    for key in table:
+        if key not in allowed:
+            full = f"{where}.{key}" if where else key
+            hint = ""
+            if where == "sweep" and key not in allowed:
+                hint = ("; a config field to sweep goes in [sweep.axes] as "
+                        "\"section.key\" = [values]")
+            raise SpecError(f"{path}: unknown key {full!r} in {label}"
+                            f"{_suggest(key, list(allowed))}; allowed: {', '.join(allowed)}{hint}")
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+
+def _schedule_keys(path: Path, tbl: dict, where: str) -> tuple[float | None, int | None]:
+    """(warmup_fraction, evals_per_run) of a [sweep] or [[point]] table, checked."""
+    warmup_fraction = tbl.get("warmup_fraction")
+    if warmup_fraction is not None and (
+            isinstance(warmup_fraction, bool) or not isinstance(warmup_fraction, (int, float))
+            or not 0 <= warmup_fraction < 1):
+        raise SpecError(f"{path}: {where}.warmup_fraction = {warmup_fraction!r}: "
+                        "must be a number in [0, 1)")
+    evals = tbl.get("evals_per_run")
+    if evals is not None and (not _is_int(evals) or evals < 1):
+        raise SpecError(f"{path}: {where}.evals_per_run = {evals!r}: must be an integer >= 1")
+    return warmup_fraction, evals
+
+
+def _check_slurm(slurm: Any, path: Path) -> dict:
+    _check_keys(slurm, tuple(SLURM_KEYS), "slurm", path)
+    for key, value in slurm.items():
+        types_, ok, allowed = SLURM_KEYS[key]
+        if isinstance(value, bool) or not isinstance(value, types_) or not ok(value):
+            raise SpecError(f"{path}: slurm.{key} = {value!r}: expected {allowed}")
+    return dict(slurm)
+
+
+def _check_followup(fu: Any, path: Path) -> dict:
+    _check_keys(fu, FOLLOWUP_KEYS, "followup", path)
+    seeds = fu.get("seeds", [1, 2])
+    if not isinstance(seeds, list) or not all(_is_int(s) and s >= 0 for s in seeds):
+        raise SpecError(f"{path}: followup.seeds = {seeds!r}: expected a list of integers >= 0")
+    metric = fu.get("metric", "val_loss")
+    if metric not in ("val_loss", "eval_loss", "train_loss"):
+        raise SpecError(f"{path}: followup.metric = {metric!r}: allowed: 'val_loss', "
+                        "'eval_loss', 'train_loss'")
+    widen = fu.get("widen", 2)
+    if not _is_int(widen) or widen < 0:
+        raise SpecError(f"{path}: followup.widen = {widen!r}: expected an integer >= 0")
+    return {"seeds": list(seeds), "metric": metric, "widen": int(widen)}
+
+
+
+def _number_list(path: Path, where: str, values: Any, *, positive: bool = True) -> list[float]:
+    if not isinstance(values, list) or not values or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool)
+            and (v > 0 if positive else True) for v in values):
+        raise SpecError(f"{path}: {where} = {values!r}: expected a non-empty list of numbers > 0")
+    return [float(v) if isinstance(v, float) else v for v in values]
+
+
+
+def _dotted_table(path: Path, where: str, tbl: Any) -> dict[str, Any]:
+    if not isinstance(tbl, dict):
+        raise SpecError(f"{path}: {where} must be a table of \"section.key\" = value")
+    out = {}
+    for dotted, value in _flatten(tbl).items():
+        try:
+            section, key = split_key(dotted)
+            if section == "name":
+                raise ConfigError("'name' is the point's label, set by the planner")
+            build_section(SECTIONS[section], section, {key: value})
+        except ConfigError as e:
+            raise SpecError(f"{path}: {where}: {e}") from None
+        out[f"{section}.{key}"] = value
+    return out
+
+
+def _flatten(tbl: dict, prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"lr": 1}} and {"optim.lr": 1} both -> {"optim.lr": 1}."""
+    out = {}
+    for k, v in tbl.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+# --- overrides -------------------------------------------------------------------------
+
+_CMP = re.compile(r"^\s*(<=|>=|<|>|==|!=)\s*([-+0-9.eE_]+)\s*$")
+_META_KEYS = ("group", "n_params", "size")
+
+
+def _check_overrides(rules: Any, path: Path) -> list[tuple[dict, dict, int]]:
+    if not isinstance(rules, list):
+        raise SpecError(f"{path}: override must be an array of tables: [[override]]")
+    out = []
+    for i, rule in enumerate(rules):
+        where = f"override[{i}]"
+        _check_keys(rule, OVERRIDE_KEYS, where, path)
+        if "set" not in rule:
+            raise SpecError(f"{path}: {where} needs set = {{ \"section.key\" = value }}")
+        where_tbl = rule.get("where", {})
+        if not isinstance(where_tbl, dict):
+            raise SpecError(f"{path}: {where}.where must be a table")
+        conds = {}
+        for key, cond in _flatten(where_tbl).items():
+            if key not in _META_KEYS:
+                try:
+                    section, k = split_key(key)
+                    if section == "name" or k not in _fields(SECTIONS[section]):
+                        raise ConfigError(f"unknown config key {key!r}")
+                    key = f"{section}.{k}"
+                except ConfigError as e:
+                    raise SpecError(f"{path}: {where}.where: {e}; or one of "
+                                    f"{', '.join(_META_KEYS)}") from None
+            if isinstance(cond, str) and _CMP.match(cond) is None and key in ("n_params",):
+                raise SpecError(f"{path}: {where}.where.{key} = {cond!r}: expected a number, "
+                                "a list, or a comparison such as \"< 1e5\"")
+            conds[key] = cond
+        out.append((conds, _dotted_table(path, f"{where}.set", rule["set"]), i))
+    return out
+
+
+def _matches(cond: Any, value: Any) -> bool:
+    if isinstance(cond, list):
+        return any(_matches(c, value) for c in cond)
+    if isinstance(cond, str) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        m = _CMP.match(cond)
+        if m:
+            op, x = m.group(1), float(m.group(2).replace("_", ""))
+            return {"<": value < x, "<=": value <= x, ">": value > x, ">=": value >= x,
+                    "==": value == x, "!=": value != x}[op]
+    if isinstance(cond, (int, float)) and isinstance(value, (int, float)):
+        return math.isclose(float(cond), float(value), rel_tol=1e-12)
+    return cond == value
+
+
+
+def _fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
