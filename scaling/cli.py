@@ -2,7 +2,7 @@
 
     python run_sweep.py train experiments/tiny.toml [section.key=value ...] [--run-dir DIR]
     python run_sweep.py sample runs/tiny --prompt "def " --temperature 0.8 --top-k 40
-    python run_sweep.py plan experiments/demo.toml
+    python run_sweep.py plan experiments/demo.toml [--json]
     python run_sweep.py run experiments/demo.toml [--executor local|slurm] [--out sweeps/]
     python run_sweep.py status sweeps/demo
     python run_sweep.py analyze sweeps/demo            # or any results CSV
@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("spec")
     pl.add_argument("overrides", nargs="*", help="section.key=value for every point")
     pl.add_argument("--variant", help="a [variants.<name>] table of the spec, e.g. large")
+    pl.add_argument("--json", action="store_true",
+                    help="print the points as a JSON list (id, label, group, N, N_total, D, "
+                         "steps, budget, C_6ND, C_exact, ...) and nothing else on stdout")
 
     r = sub.add_parser("run", help="run (or resume) a sweep")
     r.add_argument("spec")
@@ -113,10 +116,13 @@ def cmd_sample(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from scaling.sweep import format_plan, load_spec
+    from scaling.sweep import format_plan, load_spec, plan_records
 
     spec = load_spec(args.spec, args.overrides, variant=args.variant)
-    print(format_plan(spec))
+    if args.json:  # for scripts: stdout is the JSON list alone (warnings go to stderr)
+        print(json.dumps(plan_records(spec), indent=1, allow_nan=False))
+    else:
+        print(format_plan(spec))
     return 0
 
 

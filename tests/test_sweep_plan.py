@@ -15,14 +15,19 @@ from pathlib import Path
 
 import pytest
 
+from scaling.accounting import flops_per_token
 from scaling.accounting import param_counts as acc_param_counts
 from scaling.config import ConfigError, ModelConfig
 from scaling.sweep import (
+    Point,
     SpecError,
+    SweepSpec,
+    estimate_seconds,
     format_plan,
     ladder_shape,
     load_spec,
     param_counts,
+    plan_records,
     point_id,
     seed_followup,
 )
@@ -79,21 +84,42 @@ def test_experiment_plans_with_exact_bookkeeping(name):
         cfg = p.config
         per_step = cfg.train.batch_size * cfg.model.seq_len
         assert p.tokens == cfg.train.steps * per_step  # D = steps x batch x seq_len, exactly
-        assert p.flops == 6.0 * p.n_params * p.tokens  # C = 6 N D
+        assert p.flops_6nd == 6.0 * p.n_params * p.tokens  # C_6ND = 6 N D
+        assert p.flops_exact == flops_per_token(cfg.model).exact * p.tokens  # real FLOPs
+        assert p.accounting == spec.accounting
+        assert p.flops == (p.flops_exact if p.accounting == "total" else p.flops_6nd)
         counts = acc_param_counts(cfg.model)
         assert (p.n_params, p.n_params_total) == (counts.non_embedding, counts.total)
-        assert p.tokens_per_param == pytest.approx(p.tokens / p.n_params)
+        n_acc = p.n_params_total if p.accounting == "total" else p.n_params
+        assert p.n_accounted == n_acc
+        assert p.tokens_per_param == pytest.approx(p.tokens / n_acc)
         assert 0 <= cfg.optim.warmup_steps < cfg.train.steps
         assert cfg.name and len(p.point_id) == 12
         json.dumps(p.requested)  # recorded in point.json
     text = format_plan(spec)
     assert all(p.point_id in text for p in spec.points)
     assert "rough estimate" in text
+    assert f"accounting: {spec.accounting}" in text and "C_6ND" in text and "C_exact" in text
 
 
-def test_demo_shape():
-    """Six sizes, three budgets of 4-5 points each, D/N in the window, C within rounding."""
-    spec = load_spec(EXP / "demo.toml")
+def test_shipped_accountings():
+    """Demo and IsoFLOP count as Chinchilla does; the optimizer study keeps its Kaplan D/N."""
+    for name in ("demo.toml", "isoflop.toml"):
+        assert load_spec(EXP / name).accounting == "total"
+    for name in ("optimizers.toml", "optimizers_large.toml"):
+        assert load_spec(EXP / name).accounting == "kaplan"
+    assert load_spec(EXP / "tiny.toml").accounting == "total"  # the default
+
+
+@pytest.mark.parametrize("accounting", ["total", "kaplan"])
+def test_demo_shape(accounting):
+    """Six sizes, three budgets of 4-5 points each, D/N in the window, C within rounding.
+
+    Under "total" every IsoFLOP point's C_exact (real training FLOPs) is within 2 % of its
+    budget; under "kaplan" its 6ND is. The other figure is off by the accounting gap.
+    """
+    spec = load_spec(EXP / "demo.toml", [f"accounting={accounting}"])
+    assert spec.accounting == accounting
     sizes = sorted({p.n_params for p in spec.points})
     assert len(sizes) == 6 and sizes[0] < 4e3 and sizes[-1] > 1.5e5
     budgets = sorted({p.compute_budget for p in spec.points})
@@ -102,8 +128,12 @@ def test_demo_shape():
         pts = [p for p in spec.points if p.compute_budget == c]
         assert 4 <= len(pts) <= 5
         for p in pts:
-            assert 1 <= p.tokens_per_param <= 2000
-            assert abs(p.flops / c - 1) < 0.02
+            assert 0.6 <= p.tokens_per_param <= 1000
+            spent = p.flops_exact if accounting == "total" else p.flops_6nd
+            other = p.flops_6nd if accounting == "total" else p.flops_exact
+            assert abs(spent / c - 1) < 0.02
+            assert p.flops == spent
+            assert abs(other / c - 1) > 0.1  # the two accountings differ at these sizes
             assert p.config.optim.warmup_steps == math.floor(0.05 * p.steps + 0.5)
             assert p.config.train.eval_every == math.ceil(p.steps / 8)
 
@@ -112,10 +142,12 @@ def test_tokens_per_param_range_drops_sizes_outside_it():
     spec = load_spec(EXP / "demo.toml")
     assert any("outside tokens_per_param_range" in n for n in spec.notes)
     assert not [p for p in spec.points if p.compute_budget == 4.8e11 and p.n_params < 5e3]
+    assert any("D/N_tot = " in n for n in spec.notes)  # the window speaks of N_total
 
 
-def test_isoflop_points_hit_their_budget_within_rounding():
-    spec = load_spec(EXP / "isoflop.toml")
+@pytest.mark.parametrize("accounting", ["total", "kaplan"])
+def test_isoflop_points_hit_their_budget_within_rounding(accounting):
+    spec = load_spec(EXP / "isoflop.toml", [f"accounting={accounting}"])
     budgets = sorted({p.compute_budget for p in spec.points})
     assert len(budgets) >= 3
     for c in budgets:
@@ -124,12 +156,57 @@ def test_isoflop_points_hit_their_budget_within_rounding():
         assert len({p.group for p in sizes}) == 1
     for p in spec.points:
         c = p.compute_budget
-        half_step = 6.0 * p.n_params * p.config.train.batch_size * p.config.model.seq_len / 2
+        per_token = (flops_per_token(p.config.model).exact if accounting == "total"
+                     else 6.0 * p.n_params)
+        half_step = per_token * p.config.train.batch_size * p.config.model.seq_len / 2
         assert abs(p.flops - c) <= half_step + 1e-6 * c
         assert p.requested["compute"] == c
         assert p.requested["rounding"]["flops_rel"] == pytest.approx(p.flops / c - 1.0)
-        assert p.requested["tokens"] == pytest.approx(c / (6.0 * p.n_params))
-        assert "C = 6ND" in p.requested["derivation"]
+        assert p.requested["tokens"] == pytest.approx(c / per_token)
+        spent = "C_exact" if accounting == "total" else "C_6ND = 6ND"
+        assert f"budget spent in {spent}" in p.requested["derivation"]
+
+
+def test_isoflop_sizes_follow_the_accountings_tokens_per_param():
+    """Sizes by tokens_per_param: D / N of the accounting lands near each ratio r.
+
+    Kaplan keeps N = sqrt(C / (6 r)) snapped (the pre-accounting rule); under total the
+    chosen shape's D / N_total is the nearest the discrete ladder offers (within 2x of r,
+    where the ladder's neighbouring shapes differ by up to 2x in N_total).
+    """
+    ratios = [2, 5.66, 16, 45, 128]
+    for accounting in ("total", "kaplan"):
+        spec = load_spec(EXP / "isoflop.toml", [f"accounting={accounting}"])
+        for c in sorted({p.compute_budget for p in spec.points}):
+            pts = sorted((p for p in spec.points if p.compute_budget == c),
+                         key=lambda p: p.tokens_per_param)
+            assert [p.requested["tokens_per_param_target"] for p in pts] == ratios
+            for p, r in zip(pts, ratios):
+                assert 0.5 < p.tokens_per_param / r < 2
+            if accounting == "kaplan":
+                for p in pts:
+                    target = math.sqrt(c / (6 * p.requested["tokens_per_param_target"]))
+                    assert p.requested["n_target"] == pytest.approx(target)
+
+
+def test_total_accounting_picks_the_nearest_shape(tmp_path):
+    """Under total no other shape of the ladder rule gets closer to the asked D / N_total."""
+    path = write(tmp_path, BASE + """
+        [sweep]
+        model = { aspect_ratio = 32, head_dim = 16 }
+        compute = { budgets = [1e12], tokens_per_param = [20] }
+        """)
+    (p,) = load_spec(path).points
+    base = p.config.model
+
+    def ratio(target):
+        shape = ladder_shape(target, base, aspect_ratio=32, head_dim=16)
+        m = ModelConfig(**{**base.__dict__, **shape, "preset": ""})
+        return 1e12 / flops_per_token(m).exact / acc_param_counts(m).total
+
+    got = abs(math.log(ratio(p.requested["n_target"]) / 20))
+    others = [abs(math.log(ratio(t) / 20)) for t in (p.n_params * 2 ** (k / 8) for k in range(-16, 17))]
+    assert got <= min(others) + 1e-12
 
 
 def test_isoflop_large_variant():
@@ -366,11 +443,24 @@ def test_slurm_table_is_validated(tmp_path):
     assert spec.executor == "slurm" and spec.slurm["extra"]["constraint"] == "h100"
 
 
-def test_duplicates_are_dropped_with_a_warning(tmp_path):
+def test_duplicates_are_dropped_with_a_warning(tmp_path, caplog):
     path = write(tmp_path, BASE + '[sweep.axes]\n"optim.lr" = [1e-3, 1e-3, 2e-3]\n')
-    with pytest.warns(UserWarning, match="duplicates"):
+    with caplog.at_level("WARNING", logger="scaling.sweep"):
         spec = load_spec(path)
     assert len(spec.points) == 2 and any("duplicates" in n for n in spec.notes)
+    (record,) = [r for r in caplog.records if "duplicates" in r.getMessage()]
+    assert record.levelname == "WARNING" and "\n" not in record.getMessage()
+
+
+def test_duplicate_warning_is_one_clean_line_on_stderr(tmp_path):
+    """`plan` prints the warning as one line on stderr, not a Python source line."""
+    path = write(tmp_path, BASE + '[sweep.axes]\n"optim.lr" = [1e-3, 1e-3, 2e-3]\n')
+    out = _cli("plan", str(path), "--json")
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads(out.stdout)) == 2
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "duplicates" in lines[0] and "WARNING" in lines[0]
+    assert "warn(" not in out.stderr and "Warning" not in out.stderr
 
 
 def test_budget_dropping_some_sizes_is_noted(tmp_path):
@@ -463,3 +553,122 @@ def test_malformed_specs_name_the_field(tmp_path, case):
 
 def test_spec_errors_are_config_errors():
     assert issubclass(SpecError, ConfigError) and issubclass(SpecError, ValueError)
+
+
+# --------------------------------------------------------------------------------------
+# Compute accounting and `plan --json`
+# --------------------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), SCALINGLAB_ACHIEVED_FLOPS="5e10")
+    return subprocess.run([sys.executable, "run_sweep.py", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+JSON_KEYS = {"id", "label", "group", "accounting", "N", "N_total", "D", "steps", "budget",
+             "C", "C_6ND", "C_exact", "tokens_per_param", "lr", "warmup_steps"}
+
+
+@pytest.mark.parametrize("accounting", ["total", "kaplan"])
+def test_plan_json_lists_every_point(accounting):
+    out = _cli("plan", "experiments/demo.toml", f"accounting={accounting}", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)  # stdout is the JSON list and nothing else
+    spec = load_spec(EXP / "demo.toml", [f"accounting={accounting}"])
+    assert [r["id"] for r in rows] == [p.point_id for p in spec.points]
+    for r, p in zip(rows, spec.points):
+        assert set(r) == JSON_KEYS
+        assert (r["label"], r["group"], r["accounting"]) == (p.label, p.group, accounting)
+        assert (r["N"], r["N_total"], r["D"], r["steps"]) == \
+            (p.n_params, p.n_params_total, p.tokens, p.steps)
+        assert r["D"] == r["steps"] * p.config.train.batch_size * p.config.model.seq_len
+        assert r["C_6ND"] == 6 * r["N"] * r["D"]
+        assert r["C_exact"] == flops_per_token(p.config.model).exact * r["D"]
+        assert r["C"] == r["C_exact" if accounting == "total" else "C_6ND"]
+        assert abs(r["C"] / r["budget"] - 1) < 0.02
+        n_acc = r["N_total"] if accounting == "total" else r["N"]
+        assert r["tokens_per_param"] == pytest.approx(r["D"] / n_acc)
+        assert (r["lr"], r["warmup_steps"]) == (p.config.optim.lr, p.config.optim.warmup_steps)
+
+
+def test_plan_json_budget_is_null_off_isoflop_axes():
+    out = _cli("plan", "experiments/tiny.toml", "--json")
+    assert out.returncode == 0, out.stderr
+    (row,) = json.loads(out.stdout)
+    assert row["budget"] is None and row["steps"] == 600 and row["accounting"] == "total"
+    assert row["C"] == row["C_exact"] > row["C_6ND"] == 6 * row["N"] * row["D"]
+
+
+def test_plan_table_shows_both_figures_and_the_accounting():
+    out = _cli("plan", "experiments/demo.toml")
+    assert out.returncode == 0, out.stderr
+    head = next(line for line in out.stdout.splitlines() if line.startswith("id "))
+    assert "C_6ND" in head and "C_exact" in head and "D/N_tot" in head
+    assert "accounting: total" in out.stdout and "budget spent in C_exact" in out.stdout
+    kaplan = _cli("plan", "experiments/demo.toml", "accounting=kaplan").stdout
+    assert "accounting: kaplan" in kaplan and "budget spent in C_6ND" in kaplan
+
+
+@pytest.mark.parametrize("value", ['"chinchilla"', "6", '"Total"'])
+def test_bad_accounting_exits_2_naming_the_key(tmp_path, value):
+    path = write(tmp_path, f"accounting = {value}\n" + BASE)
+    out = _cli("plan", str(path))
+    assert out.returncode == 2 and out.stdout == ""
+    assert "accounting = " in out.stderr and "'total', 'kaplan'" in out.stderr
+    assert "Traceback" not in out.stderr
+    bad_override = _cli("plan", "experiments/demo.toml", "accounting=kaplan6", "--json")
+    assert bad_override.returncode == 2 and bad_override.stdout == ""
+    assert "accounting = 'kaplan6'" in bad_override.stderr
+
+
+def test_accounting_in_sweep_tables_may_repeat_but_never_mix(tmp_path):
+    grids = """
+        [[sweep]]
+        accounting = "{a}"
+        model = {{ presets = ["n25k"] }}
+        data = {{ tokens_per_param = [4] }}
+        [[sweep]]
+        accounting = "{b}"
+        model = {{ presets = ["n100k"] }}
+        data = {{ tokens_per_param = [4] }}
+        """
+    same = load_spec(write(tmp_path, BASE + grids.format(a="kaplan", b="kaplan"), "same.toml"))
+    assert same.accounting == "kaplan" and len(same.points) == 2
+    for p in same.points:
+        assert p.tokens_per_param == pytest.approx(4, rel=0.05) and p.flops == p.flops_6nd
+    mixed = write(tmp_path, BASE + grids.format(a="kaplan", b="total"), "mixed.toml")
+    with pytest.raises(SpecError, match=r"must not mix accountings.*sweep\[0\].accounting = "
+                                        r"'kaplan'.*sweep\[1\].accounting = 'total'"):
+        load_spec(mixed)
+    top = write(tmp_path, 'accounting = "total"\n' + BASE + grids.format(a="total", b="kaplan"),
+                "top.toml")
+    with pytest.raises(SpecError, match="must not mix accountings"):
+        load_spec(top)
+    # a command-line accounting sets the whole spec
+    assert load_spec(mixed, ["accounting=total"]).accounting == "total"
+
+
+def test_data_axis_tokens_per_param_counts_the_accountings_n(tmp_path):
+    path = write(tmp_path, BASE + """
+        [sweep]
+        model = { presets = ["n25k"] }
+        data = { tokens_per_param = [20] }
+        """)
+    total, kaplan = (load_spec(path, [f"accounting={a}"]).points[0] for a in ("total", "kaplan"))
+    per_step = 8 * 64
+    assert abs(total.tokens - 20 * total.n_params_total) <= per_step / 2
+    assert abs(kaplan.tokens - 20 * kaplan.n_params) <= per_step / 2
+    assert "20·N_tot" in total.requested["derivation"]
+
+
+def test_followup_points_keep_both_figures():
+    spec = load_spec(EXP / "optimizers.toml")
+    n = sorted({p.n_params for p in spec.points})[0]
+    (p, *_) = seed_followup(spec, {("adamw", n): 6.3e-3}, seeds=(1,))
+    src = next(q for q in spec.points if q.point_id == p.requested["from_point"])
+    assert (p.accounting, p.flops_6nd, p.flops_exact) == \
+        (src.accounting, src.flops_6nd, src.flops_exact)
+    assert isinstance(p, Point) and isinstance(spec, SweepSpec)
+    assert estimate_seconds(p, "cpu") > 0
+    assert plan_records(spec)[0]["accounting"] == "kaplan"

@@ -9,6 +9,7 @@ with those sections merged over it) plus the tables that make it a sweep:
 
     name = "demo"                     # default: the file's stem
     executor = "local"                # "local" | "slurm"
+    accounting = "total"              # "total" (default) | "kaplan": how C and D/N count
     base = "tiny.toml"                # optional run config the sections below override
     extends = "other_spec.toml"       # optional spec this one deep-merges over
 
@@ -26,11 +27,12 @@ with those sections merged over it) plus the tables that make it a sweep:
     aspect_ratio = 32                 #   d_model / n_layer (or n_layer = k fixed),
     head_dim = 16                     #   head size (or n_head = k fixed), d_multiple = 8
     [sweep.data]                      # axis "data": D per point, one of
-    tokens_per_param = [20]           #   D = r * N (N exact), or
+    tokens_per_param = [20]           #   D = r * N (N exact, as the accounting counts), or
     tokens = [1e6, 4e6]               #   D absolute
     [sweep.compute]                   # axis "compute": IsoFLOP (exclusive with [sweep.data])
     budgets = [1e12, 3e12]            #   C (or a table name = C); for each C a set of N:
-    tokens_per_param = [5, 20, 80]    #   N = sqrt(C / (6 r)) snapped by the shape rule, or the
+    tokens_per_param = [5, 20, 80]    #   the shape with D/N nearest r at C (kaplan: N =
+                                      #   sqrt(C / (6 r)) snapped by the shape rule), or the
                                       #   [sweep.model] ladder (tokens_per_param_range = [lo, hi])
     [sweep.axes]                      # any config field "section.key" = [values]
     "optim.name" = ["sgd", "adamw"]
@@ -62,9 +64,17 @@ Merging (`extends`, `base`, variants): tables merge key by key, other values rep
 
 A plain run config (no sweep tables, e.g. experiments/tiny.toml) is a spec with one point.
 
-Points: D = steps * batch_size * seq_len exactly, C = 6 * N * D (N non-embedding, Kaplan),
-where steps = round(D_requested / (batch_size * seq_len)) (half up). What was asked and the
-rounding are kept in `Point.requested`. Warm-up: with `warmup_fraction`, every point gets
+Compute accounting (`accounting`, top level; a [[sweep]] table may repeat it, but a spec
+never mixes two): "total" (the default, as Chinchilla counts) spends a budget in real
+training FLOPs, C_exact = 3 x every forward matmul per token (head and attention
+included) x D, and N is all parameters (N_total); "kaplan" spends it in C_6ND = 6 N D with
+N non-embedding. The accounting's N is what tokens_per_param, tokens_per_param_range and
+Point.tokens_per_param mean; model.n targets and size labels are always non-embedding N.
+Every point carries both C_6ND and C_exact; `Point.flops` is the accounting's.
+
+Points: D = steps * batch_size * seq_len exactly, where steps = round(D_requested /
+(batch_size * seq_len)) (half up); C_6ND and C_exact are computed from that D. What was
+asked and the rounding are kept in `Point.requested`. Warm-up: with `warmup_fraction`, every point gets
 warmup_steps = min(steps - 1, round(f * steps)), replacing optim.warmup_steps; without
 it, optim.warmup_steps must be smaller than every derived step count.
 
@@ -92,18 +102,26 @@ from scaling.sweep.display import (
     achieved_flops,
     estimate_seconds,
     format_plan,
+    plan_records,
 )
 from scaling.sweep.followup import seed_followup
 from scaling.sweep.ladder import ladder_shape
 from scaling.sweep.plan import plan_spec
-from scaling.sweep.points import Point, SweepSpec, param_counts, point_id, train_flops_per_token
+from scaling.sweep.points import (
+    ACCOUNTINGS,
+    Point,
+    SweepSpec,
+    param_counts,
+    point_id,
+    train_flops_per_token,
+)
 from scaling.sweep.spec import SLURM_KEYS, SpecError, read_spec
 
 __all__ = [
     "SpecError", "Point", "SweepSpec", "load_spec", "format_plan", "estimate_seconds",
     "seed_followup", "ladder_shape", "point_id", "param_counts", "SLURM_KEYS",
     "achieved_flops", "train_flops_per_token", "ASSUMED_MFU", "RUN_OVERHEAD_S",
-    "STEP_OVERHEAD_S",
+    "STEP_OVERHEAD_S", "plan_records", "ACCOUNTINGS",
 ]
 
 
@@ -113,7 +131,8 @@ def load_spec(path: str | Path, overrides: list[str] | dict | None = None,
 
     `overrides`: "section.key=value" items applied to the base config of every point
     (axes and [[override]] tables still win over them); items starting with "sweep.",
-    "slurm.", "followup." or "executor" edit the spec itself, e.g. "sweep.seeds=[0,1]".
+    "slurm.", "followup.", "executor" or "accounting" edit the spec itself, e.g.
+    "sweep.seeds=[0,1]" or "accounting=kaplan" (which then holds for every [sweep] table).
     `variant`: the name of a [variants.<name>] table to deep-merge over the spec.
     """
     path = Path(path)

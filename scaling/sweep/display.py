@@ -1,4 +1,4 @@
-"""Showing a plan: time estimates and the plan table."""
+"""Showing a plan: time estimates, the plan table and the plan as JSON records."""
 
 from __future__ import annotations
 
@@ -88,7 +88,8 @@ def estimate_seconds(point: Point, device: Any = None) -> float:
 
 def format_plan(spec: SweepSpec, tokens_per_s: Callable[[Point], float | None] | None = None,
                 device: Any = None) -> str:
-    """The plan as a table: id, label, group, N, D, C, steps, D/N, warm-up, est. time, derivation.
+    """The plan as a table: id, label, group, N, N_tot, D, C_6ND, C_exact, steps, D/N,
+    warm-up, est. time, derivation; a line says which accounting the budgets and D/N use.
 
     `tokens_per_s(point)` (e.g. the runner's measured throughput record) gives the time
     as D / tokens_per_s plus the run overhead; where it returns None, or without it,
@@ -109,26 +110,30 @@ def format_plan(spec: SweepSpec, tokens_per_s: Callable[[Point], float | None] |
         total_s += secs
         cfg = p.config
         rows.append([p.point_id, cfg.name, p.group or "-", _si(p.n_params), _si(p.n_params_total),
-                     _si(p.tokens), f"{p.flops:.3g}", str(cfg.train.steps),
-                     f"{p.tokens_per_param:.1f}", str(cfg.optim.warmup_steps),
-                     mark + _hms(secs), p.requested.get("derivation", "")])
-    head = ["id", "label", "group", "N", "N_tot", "D", "C=6ND", "steps", "D/N", "warmup",
-            "est.time", "derivation"]
+                     _si(p.tokens), f"{p.flops_6nd:.3g}", f"{p.flops_exact:.3g}",
+                     str(cfg.train.steps), f"{p.tokens_per_param:.1f}",
+                     str(cfg.optim.warmup_steps), mark + _hms(secs),
+                     p.requested.get("derivation", "")])
+    head = ["id", "label", "group", "N", "N_tot", "D", "C_6ND", "C_exact", "steps",
+            "D/" + ("N_tot" if spec.accounting == "total" else "N"), "warmup", "est.time",
+            "derivation"]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head) - 1)]
     lines = [f"sweep {spec.name}: {len(spec.points)} points, executor {spec.executor}"
              + (f", variant {spec.variant}" if spec.variant else "")
              + f"  ({spec.path})"]
     if spec.description:
         lines.append(spec.description.strip())
+    lines.append(ACCOUNTING_LINE[spec.accounting])
     lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)) + "  " + head[-1])
     for r in rows:
         cells = [c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
         lines.append("  ".join(cells) + "  " + r[-1])
-    total_c = sum(p.flops for p in spec.points)
+    total_6nd = sum(p.flops_6nd for p in spec.points)
+    total_exact = sum(p.flops_exact for p in spec.points)
     total_d = sum(p.tokens for p in spec.points)
-    lines.append(f"total: C = {total_c:.3g} FLOPs (6ND), D = {_si(total_d)} tokens, "
-                 f"est. time {_hms(total_s)} run one after another")
-    if not measured_any or any(r[10].startswith("~") for r in rows):
+    lines.append(f"total: C_exact = {total_exact:.3g} FLOPs, C_6ND = {total_6nd:.3g}, "
+                 f"D = {_si(total_d)} tokens, est. time {_hms(total_s)} run one after another")
+    if not measured_any or any(r[head.index("est.time")].startswith("~") for r in rows):
         dtype = spec.points[0].config.model.compute_dtype if spec.points else "float32"
         _, how = achieved_flops(device, dtype)
         lines.append(f"~ rough estimate: training FLOPs (incl. attention and head) / ({how}) "
@@ -136,6 +141,31 @@ def format_plan(spec: SweepSpec, tokens_per_s: Callable[[Point], float | None] |
     for note in spec.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines)
+
+
+ACCOUNTING_LINE = {
+    "total": ("accounting: total (Chinchilla): budgets are spent in C_exact = real training "
+              "FLOPs (3 x every forward matmul, head and attention included) x D; "
+              "D/N_tot = D / all parameters; C_6ND = 6 N D (N non-embedding) for reference"),
+    "kaplan": ("accounting: kaplan: budgets are spent in C_6ND = 6 N D (N non-embedding); "
+               "D/N = D / N non-embedding; C_exact = real training FLOPs for reference"),
+}
+
+
+def plan_records(spec: SweepSpec) -> list[dict[str, Any]]:
+    """The planned points as plain dicts for scripts (`plan --json`), in plan order.
+
+    Keys: id, label, group, accounting, N (non-embedding), N_total, D, steps, budget (the
+    IsoFLOP budget, None off IsoFLOP axes), C (compute under the accounting), C_6ND,
+    C_exact, tokens_per_param (D over the accounting's N), lr, warmup_steps.
+    """
+    return [{
+        "id": p.point_id, "label": p.label, "group": p.group, "accounting": p.accounting,
+        "N": p.n_params, "N_total": p.n_params_total, "D": p.tokens, "steps": p.steps,
+        "budget": p.compute_budget, "C": p.flops, "C_6ND": p.flops_6nd,
+        "C_exact": p.flops_exact, "tokens_per_param": p.tokens_per_param,
+        "lr": p.config.optim.lr, "warmup_steps": p.config.optim.warmup_steps,
+    } for p in spec.points]
 
 
 def _hms(s: float) -> str:

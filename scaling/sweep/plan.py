@@ -3,6 +3,12 @@
 Axes (model, data, compute, seed, config fields) are built into drafts, combined as a
 product (or zipped), [[override]] tables applied, D and steps derived, and each point's
 config built with `scaling.config.from_dict`. The rules are in the package docstring.
+
+Compute accounting (the spec's `accounting`, `points.charged_per_token`): a budget C buys
+D = C / (FLOPs charged per token), i.e. D = C / (3 x forward matmul FLOPs per token)
+under "total" and D = C / (6 N) under "kaplan", and "tokens per parameter" is D / N with
+that accounting's N (N_total, or N non-embedding). Size ladders stay targets of
+non-embedding N (the shape rule and the size labels speak of it).
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import dataclasses
 import functools
 import itertools
 import math
-import warnings
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +36,8 @@ from scaling.sweep.ladder import ladder_shape
 from scaling.sweep.points import (
     Point,
     SweepSpec,
+    charged_per_token,
+    train_flops_per_token,
     _axis_label,
     _num,
     _si,
@@ -57,7 +65,10 @@ from scaling.sweep.spec import (
     _number_list,
     _schedule_keys,
     _suggest,
+    spec_accounting,
 )
+
+log = logging.getLogger(__name__)
 
 _SHAPE_KEYS = ("n_layer", "d_model", "n_head", "d_ff")
 
@@ -88,6 +99,7 @@ def plan_spec(path: Path, raw: dict, base_over: dict, variant: str | None) -> Sw
                         f"{', '.join(repr(e) for e in EXECUTORS)}")
     slurm = _check_slurm(raw.get("slurm", {}), path)
     followup = _check_followup(raw["followup"], path) if "followup" in raw else {}
+    acc = spec_accounting(raw, path)
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise SpecError(f"{path}: description must be a string")
@@ -104,7 +116,7 @@ def plan_spec(path: Path, raw: dict, base_over: dict, variant: str | None) -> Sw
         try:
             _check_keys(sweep, SWEEP_KEYS, "sweep", path)
             schedule = _schedule_keys(path, sweep, "sweep")
-            grid = _grid(path, sweep, base, notes)
+            grid = _grid(path, sweep, base, notes, acc)
         except SpecError as e:
             if where == "sweep":
                 raise
@@ -119,13 +131,13 @@ def plan_spec(path: Path, raw: dict, base_over: dict, variant: str | None) -> Sw
     points: list[Point] = []
     dropped: dict[tuple[str, float], list[str]] = {}
     for draft in drafts:
-        point = _resolve(path, base, draft, rules, dropped)
+        point = _resolve(path, base, draft, rules, dropped, acc)
         if point is not None:
             points.append(point)
     for (gname, budget), reasons in dropped.items():
         if not any(p.group == gname and p.compute_budget == budget for p in points):
-            raise SpecError(f"{path}: sweep.compute.budgets: budget {gname} (C = {budget:.3g}) "
-                            f"fits no model size: {'; '.join(reasons)}")
+            raise SpecError(f"{path}: sweep.compute.budgets: budget {gname} (C = {budget:.3g}, "
+                            f"accounting {acc!r}) fits no model size: {'; '.join(reasons)}")
         notes.append(f"budget {gname}: dropped {'; '.join(reasons)}")
 
     unique: dict[str, Point] = {}
@@ -133,7 +145,7 @@ def plan_spec(path: Path, raw: dict, base_over: dict, variant: str | None) -> Sw
         if p.point_id in unique:
             msg = (f"point {p.label} (group {p.group or '-'}) duplicates {unique[p.point_id].label} "
                    f"(id {p.point_id}); kept the first")
-            warnings.warn(f"{path}: {msg}", stacklevel=3)
+            log.warning("%s: %s", path, msg)  # one line on stderr, no source line
             notes.append(msg)
             continue
         unique[p.point_id] = p
@@ -141,7 +153,8 @@ def plan_spec(path: Path, raw: dict, base_over: dict, variant: str | None) -> Sw
         raise SpecError(f"{path}: the spec plans no points")
     return SweepSpec(name=name, path=path, executor=executor, slurm=slurm,
                      points=tuple(unique.values()), raw=raw, description=description,
-                     variant=variant, followup=followup, notes=tuple(notes))
+                     variant=variant, followup=followup, notes=tuple(notes),
+                     accounting=acc)
 
 
 
@@ -194,16 +207,16 @@ def _apply(sets: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 # --- axes ------------------------------------------------------------------------------
 
 
-def _grid(path: Path, sweep: dict, base: dict, notes: list[str]) -> list[_Draft]:
+def _grid(path: Path, sweep: dict, base: dict, notes: list[str], acc: str) -> list[_Draft]:
     """Drafts of the grid: the product of the axes (or of zip groups of them)."""
     axes: dict[str, list[_Draft]] = {}  # axis name -> one partial draft per value
     has_compute = "compute" in sweep
     if "data" in sweep and has_compute:
         raise SpecError(f"{path}: [sweep.data] and [sweep.compute] are exclusive: with a compute "
-                        "budget D = C / (6 N) is derived")
+                        "budget D = C / (FLOPs per token) is derived")
     model_tbl = sweep.get("model")
     if has_compute:
-        axes["compute"] = _compute_axis(path, sweep["compute"], model_tbl, base)
+        axes["compute"] = _compute_axis(path, sweep["compute"], model_tbl, base, acc)
     elif model_tbl is not None:
         axes["model"] = _model_axis(path, model_tbl, base)
     if "data" in sweep:
@@ -443,8 +456,14 @@ def _data_axis(path: Path, tbl: Any) -> list[_Draft]:
     return [_Draft(data=(kind, v), requested={kind: v}) for v in values]
 
 
-def _compute_axis(path: Path, tbl: Any, model_tbl: Any, base: dict) -> list[_Draft]:
-    """IsoFLOP: for each budget C, sizes N; D = C / (6 N) is derived per point."""
+def _compute_axis(path: Path, tbl: Any, model_tbl: Any, base: dict, acc: str) -> list[_Draft]:
+    """IsoFLOP: for each budget C, sizes N; D = C / (FLOPs charged per token) per point.
+
+    Sizes come from the [sweep.model] ladder, or from `tokens_per_param` = [r, ...]: for
+    each r the shape whose D / N at this budget is closest to r, N and the FLOPs per
+    token counted by the spec's accounting (`_target_for_ratio`); under "kaplan" that is
+    Kaplan's N = sqrt(C / (6 r)) snapped by the shape rule, as before.
+    """
     if not isinstance(tbl, dict):
         raise SpecError(f"{path}: [sweep.compute] must be a table")
     _check_keys(tbl, COMPUTE_KEYS, "sweep.compute", path)
@@ -471,7 +490,11 @@ def _compute_axis(path: Path, tbl: Any, model_tbl: Any, base: dict) -> list[_Dra
         if ratios is not None:
             rs = _number_list(path, "sweep.compute.tokens_per_param", ratios)
             targets = [math.sqrt(c / (6.0 * r)) for r in rs]
-            sizes = _size_drafts(path, model_tbl, base, targets=targets)
+            sizes = _size_drafts(path, model_tbl, base, targets=targets)  # checks the rule
+            if acc != "kaplan":
+                rule, bm = _shape_rule(path, model_tbl), _base_model(base)
+                targets = [_target_for_ratio(float(c), r, bm, rule, acc) for r in rs]
+                sizes = _size_drafts(path, model_tbl, base, targets=targets)
             for s, r in zip(sizes, rs):
                 s.requested["tokens_per_param_target"] = r
         else:
@@ -485,6 +508,35 @@ def _compute_axis(path: Path, tbl: Any, model_tbl: Any, base: dict) -> list[_Dra
             s.requested["tokens_per_param_range"] = window
             out.append(s)
     return out
+
+
+def _target_for_ratio(c: float, r: float, bm: ModelConfig, rule: dict, acc: str) -> float:
+    """The non-embedding target N whose snapped shape, given budget c, has D / N closest to r.
+
+    D = c / (FLOPs charged per token) and N are counted by `acc`. Charged FLOPs x N grows
+    about as N^2 (Kaplan: exactly 6 N^2), so the target is rescaled by sqrt(ratio / r)
+    until the snapped shape stops changing; as shapes are discrete, the targets 2^(k/8)
+    times the best one (k = -8 .. 8) are tried too, and the target whose shape comes
+    closest (in |log(ratio / r)|; the smaller target on a tie) is kept.
+    """
+
+    def miss(target: float) -> float:
+        shape = ladder_shape(target, bm, **rule)
+        per_token, n = charged_per_token(dataclasses.replace(bm, preset="", **shape), acc)
+        return math.log(c / per_token / n / r)
+
+    t = math.sqrt(c / (6.0 * r))
+    best = (abs(miss(t)), t)
+    for _ in range(50):
+        t_next = t * math.exp(miss(t) / 2)  # ratio ~ 1 / N^2: rescale N by sqrt(ratio / r)
+        if math.isclose(t_next, t, rel_tol=1e-9):
+            break
+        t = t_next
+        best = min(best, (abs(miss(t)), t))
+    centre = best[1]
+    for k in range(-8, 9):
+        best = min(best, (abs(miss(centre * 2 ** (k / 8))), centre * 2 ** (k / 8)))
+    return best[1]
 
 
 def _explicit_points(path: Path, pts: Any, schedule: tuple) -> list[_Draft]:
@@ -514,11 +566,17 @@ def _explicit_points(path: Path, pts: Any, schedule: tuple) -> list[_Draft]:
     return out
 
 
-
 # --- one point -------------------------------------------------------------------------
 
 
-def _resolve(path: Path, base: dict, draft: _Draft, rules: list, dropped: dict) -> Point | None:
+def _resolve(path: Path, base: dict, draft: _Draft, rules: list, dropped: dict,
+             acc: str) -> Point | None:
+    """One draft -> a Point, or None where an IsoFLOP size is dropped (reason in `dropped`).
+
+    D comes from the draft's data: given, r x N, or C / (FLOPs charged per token), with N
+    and the charge counted by `acc` (module docstring); steps = round(D / tokens per
+    step), and D, C_6ND, C_exact are then what those steps really train.
+    """
     warmup_fraction, evals = draft.schedule
     sets = _apply(base, draft.sets)
     where_label = "_".join([draft.size_label, *draft.label]).strip("_") or "(base)"
@@ -543,6 +601,8 @@ def _resolve(path: Path, base: dict, draft: _Draft, rules: list, dropped: dict) 
     except ConfigError as e:
         raise SpecError(f"{path}: point {where_label}: {e}") from None
     n, n_total = param_counts(model)
+    per_token, n_acc = charged_per_token(model, acc)
+    n_name = "N_tot" if acc == "total" else "N"
     if not draft.size_label or sets.get("model.preset") != draft.size_label:
         size_label = sets.get("model.preset") or _size_label(n)
     tr = _train_of(sets)
@@ -561,11 +621,14 @@ def _resolve(path: Path, base: dict, draft: _Draft, rules: list, dropped: dict) 
             d_req = float(x)
             how = f"D = {_si(d_req)} (given)"
         elif kind == "tokens_per_param":
-            d_req = float(x) * n
-            how = f"D = {_num(x)}·N = {_si(d_req)}"
-        else:
-            d_req = x / (6.0 * n)
+            d_req = float(x) * n_acc
+            how = f"D = {_num(x)}·{n_name} = {_num(x)}·{_si(n_acc)} = {_si(d_req)}"
+        elif acc == "kaplan":
+            d_req = x / per_token
             how = f"D = C/(6N) = {_num(x)}/(6·{_si(n)}) = {_si(d_req)}"
+        else:
+            d_req = x / per_token
+            how = f"D = C/(FLOPs/tok) = {_num(x)}/{per_token:.4g} = {_si(d_req)}"
         exact = d_req / per_step
         steps = math.floor(exact + 0.5)
         deriv = f"{how}; steps = round({exact:.1f}) = {steps} x {per_step} tok"
@@ -581,9 +644,10 @@ def _resolve(path: Path, base: dict, draft: _Draft, rules: list, dropped: dict) 
             raise SpecError(f"{path}: sweep.data: point {where_label} {msg}; lower the batch "
                             "or raise D")
         window = draft.requested.get("tokens_per_param_range") if kind == "compute" else None
-        if window is not None and not window[0] <= d_req / n <= window[1]:
+        if window is not None and not window[0] <= d_req / n_acc <= window[1]:
             dropped.setdefault((draft.group, draft.budget), []).append(
-                f"{size_label} (D/N = {d_req / n:.3g} outside tokens_per_param_range {window})")
+                f"{size_label} (D/{n_name} = {d_req / n_acc:.3g} outside "
+                f"tokens_per_param_range {window})")
             return None
     sets["train.steps"] = steps
     if warmup_fraction is not None:
@@ -601,7 +665,9 @@ def _resolve(path: Path, base: dict, draft: _Draft, rules: list, dropped: dict) 
         sets["train.eval_every"] = max(1, math.ceil(steps / evals))
 
     tokens = steps * per_step
-    flops = 6.0 * n * tokens
+    flops_6nd = 6.0 * n * tokens
+    flops_exact = train_flops_per_token(model) * tokens
+    flops = flops_exact if acc == "total" else flops_6nd
     label_parts = [draft.group] if draft.budget is not None else []
     label = "_".join(label_parts + [size_label, f"D{_si(tokens)}"] + draft.label)
     sets["name"] = label
@@ -614,13 +680,16 @@ def _resolve(path: Path, base: dict, draft: _Draft, rules: list, dropped: dict) 
         req["rounding"] = {"tokens_rel": tokens / req["tokens"] - 1.0}
     if draft.budget is not None:
         req["rounding"]["flops_rel"] = flops / draft.budget - 1.0
-        deriv += f"; C = 6ND = {flops:.4g} ({100 * (flops / draft.budget - 1):+.2f}%)"
+        spent = "C_exact" if acc == "total" else "C_6ND = 6ND"
+        deriv += (f"; budget spent in {spent} = {flops:.4g} "
+                  f"({100 * (flops / draft.budget - 1):+.2f}%)")
     if "n_target" in req:
         deriv = f"N target {_si(req['n_target'])} -> {model.n_layer}x{model.d_model} = {_si(n)}; " + deriv
     req["derivation"] = deriv
     return Point(point_id=point_id(config), config=config, group=draft.group,
                  compute_budget=draft.budget, n_params=n, n_params_total=n_total,
-                 tokens=tokens, flops=flops, tokens_per_param=tokens / n, requested=req)
+                 tokens=tokens, flops=flops, accounting=acc, flops_6nd=flops_6nd,
+                 flops_exact=flops_exact, tokens_per_param=tokens / n_acc, requested=req)
 
 
 @functools.lru_cache(maxsize=1)

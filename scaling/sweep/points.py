@@ -1,4 +1,4 @@
-"""The records a plan is made of (Point, SweepSpec), point ids, and the labels' numbers."""
+"""The records a plan is made of (Point, SweepSpec), compute accounting, point ids, labels."""
 
 from __future__ import annotations
 
@@ -14,18 +14,32 @@ from scaling.config import Config, ModelConfig
 
 @dataclass(frozen=True)
 class Point:
-    """One run of a sweep, fully resolved: what it will compute, exactly."""
+    """One run of a sweep, fully resolved: what it will compute, exactly.
+
+    Both compute figures are kept for every point: `flops_6nd` = 6 N D (N non-embedding,
+    Kaplan) and `flops_exact` = the real training FLOPs (3 x every forward matmul, head
+    and attention included, times D). `flops` is the one the spec's `accounting` counts
+    (see `charged_per_token`), and `tokens_per_param` is D over that accounting's N.
+    """
 
     point_id: str
     config: Config
     group: str
-    compute_budget: float | None
+    compute_budget: float | None  # the IsoFLOP budget, in the accounting's FLOPs; else None
     n_params: int  # N, non-embedding
     n_params_total: int
     tokens: int  # D = steps * batch_size * seq_len
-    flops: float  # C = 6 N D
-    tokens_per_param: float
+    flops: float  # C under `accounting`: flops_exact (total) or flops_6nd (kaplan)
+    accounting: str  # "total" or "kaplan"
+    flops_6nd: float  # 6 N D, N non-embedding
+    flops_exact: float  # 3 x forward matmul FLOPs per token x D
+    tokens_per_param: float  # D / N_total (total) or D / N non-embedding (kaplan)
     requested: dict = field(default_factory=dict)
+
+    @property
+    def n_accounted(self) -> int:
+        """N as the point's accounting counts it: N_total (total), non-embedding (kaplan)."""
+        return self.n_params_total if self.accounting == "total" else self.n_params
 
     @property
     def steps(self) -> int:
@@ -48,7 +62,7 @@ class SweepSpec:
     variant: str | None = None
     followup: dict = field(default_factory=dict)
     notes: tuple[str, ...] = ()  # dropped sizes, de-duplicated points, ...
-
+    accounting: str = "total"  # how every point's C and D/N are counted (ACCOUNTINGS)
 
 
 # Keys that do not change what a point computes (beyond scaling.config.NON_SEMANTIC).
@@ -70,6 +84,26 @@ def train_flops_per_token(m: ModelConfig) -> float:
     """Training FLOPs per token including attention and the head (3 x forward)."""
     return float(accounting.flops_per_token(m).exact)
 
+
+# How a spec counts compute. "total": real training FLOPs with N = all parameters, as
+# Chinchilla (Hoffmann et al. 2022) counts; "kaplan": 6 N D with N non-embedding (Kaplan
+# et al. 2020). At small sizes the two differ by 1.25-2.8x (issue 10).
+ACCOUNTINGS = ("total", "kaplan")
+
+
+def charged_per_token(m: ModelConfig, how: str) -> tuple[float, int]:
+    """(training FLOPs charged per token, N) under the accounting `how`.
+
+    total: (3 x every forward matmul per token, head and attention included; N_total);
+    kaplan: (6 N, N non-embedding). A budget C then buys D = C / (FLOPs per token), and
+    "tokens per parameter" means D / N with this N.
+    """
+    n, n_total = param_counts(m)
+    if how == "total":
+        return train_flops_per_token(m), n_total
+    if how == "kaplan":
+        return 6.0 * n, n
+    raise ValueError(f"accounting {how!r}: allowed: {', '.join(ACCOUNTINGS)}")
 
 
 def point_id(config: Config) -> str:

@@ -19,18 +19,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 from scaling.config import SECTIONS, ConfigError, build_section, parse_overrides, split_key
+from scaling.sweep.points import ACCOUNTINGS
 
 
 class SpecError(ConfigError):
     """A sweep spec is malformed; the message names the field."""
 
 
-
 EXECUTORS = ("local", "slurm")
-TOP_KEYS = ("name", "description", "executor", "base", "extends", *SECTIONS, "sweep",
-            "override", "point", "slurm", "followup", "variants")
+TOP_KEYS = ("name", "description", "executor", "accounting", "base", "extends", *SECTIONS,
+            "sweep", "override", "point", "slurm", "followup", "variants")
 SWEEP_KEYS = ("seeds", "model", "data", "compute", "axes", "zip", "warmup_fraction",
-              "evals_per_run")
+              "evals_per_run", "accounting")
 MODEL_AXIS_KEYS = ("presets", "n", "aspect_ratio", "n_layer", "head_dim", "n_head",
                    "d_multiple")
 DATA_AXIS_KEYS = ("tokens", "tokens_per_param")
@@ -72,12 +72,54 @@ def read_spec(path: Path, overrides: list[str] | dict | None = None,
     base_over: dict[str, Any] = {}
     for dotted, value in parse_overrides(overrides).items():
         head = dotted.split(".", 1)[0]
-        if head in ("sweep", "slurm", "followup", "executor"):
+        if head == "accounting" and dotted == "accounting":
+            _override_accounting(raw, value)
+        elif head in ("sweep", "slurm", "followup", "executor"):
             _set_dotted(raw, dotted, value)
         else:
             section, key = split_key(dotted)  # ConfigError names an unknown key
             base_over["name" if section == "name" else f"{section}.{key}"] = value
     return raw, base_over
+
+
+def _override_accounting(raw: dict, value: Any) -> None:
+    """A command-line `accounting=...` sets the whole spec's accounting, [sweep] tables too."""
+    raw["accounting"] = value
+    grids = raw.get("sweep")
+    for grid in grids if isinstance(grids, list) else [grids]:
+        if isinstance(grid, dict):
+            grid.pop("accounting", None)
+
+
+def spec_accounting(raw: dict, path: Path | str) -> str:
+    """The spec's one accounting: top-level `accounting`, or the same value in [sweep] tables.
+
+    Default "total". Each value must be one of ACCOUNTINGS; a [[sweep]] table may repeat
+    the accounting but a spec never mixes two (its points' C and D/N would not be
+    comparable, and a fit over them would mean nothing), so differing values are refused.
+    """
+    given: dict[str, Any] = {}
+    if "accounting" in raw:
+        given["accounting"] = raw["accounting"]
+    grids = raw.get("sweep", {})
+    grids = grids if isinstance(grids, list) else [grids]
+    for i, grid in enumerate(grids):
+        if isinstance(grid, dict) and "accounting" in grid:
+            given["sweep.accounting" if len(grids) == 1 else f"sweep[{i}].accounting"] = \
+                grid["accounting"]
+    for key, value in given.items():
+        if value not in ACCOUNTINGS:
+            raise SpecError(f"{path}: {key} = {value!r}: unknown accounting"
+                            f"{_suggest(str(value), list(ACCOUNTINGS))}; allowed: "
+                            + ", ".join(repr(a) for a in ACCOUNTINGS)
+                            + " (total: C = real training FLOPs, N = all parameters; "
+                            "kaplan: C = 6 N D, N non-embedding)")
+    values = set(given.values())
+    if len(values) > 1:
+        raise SpecError(f"{path}: a spec must not mix accountings: "
+                        + ", ".join(f"{k} = {v!r}" for k, v in given.items())
+                        + "; give one top-level accounting")
+    return values.pop() if values else "total"
 
 
 def _read_spec(path: Path, seen: tuple[Path, ...]) -> dict:
