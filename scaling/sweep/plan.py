@@ -89,6 +89,13 @@ class _Draft:
 
 
 def plan_spec(path: Path, raw: dict, base_over: dict, variant: str | None) -> SweepSpec:
+    """The planning half of `load_spec`: a merged spec table (`spec.read_spec`) -> SweepSpec.
+
+    Checks the spec-level keys (name, executor, accounting, slurm, followup), builds each
+    [sweep] grid and the [[point]] tables into drafts, resolves every draft into a Point,
+    drops IsoFLOP sizes that do not fit their budget (noted; an empty budget is an error)
+    and drops duplicate points with one warning line each.
+    """
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not name or "/" in name:
         raise SpecError(f"{path}: name = {name!r}: must be a non-empty string without '/'")
@@ -155,7 +162,6 @@ def plan_spec(path: Path, raw: dict, base_over: dict, variant: str | None) -> Sw
                      points=tuple(unique.values()), raw=raw, description=description,
                      variant=variant, followup=followup, notes=tuple(notes),
                      accounting=acc)
-
 
 
 def _base_dict(raw: dict, base_over: dict, path: Path) -> dict:
@@ -366,7 +372,6 @@ def _units(path: Path, zips: Any, axes: dict[str, list[_Draft]],
         else:
             units.append([(d,) for d in axes[name]])
     return units
-
 
 
 def _shape_rule(path: Path, tbl: dict) -> dict[str, Any]:

@@ -205,7 +205,6 @@ def _suggest(word: str, options: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-
 def _schedule_keys(path: Path, tbl: dict, where: str) -> tuple[float | None, int | None]:
     """(warmup_fraction, evals_per_run) of a [sweep] or [[point]] table, checked."""
     warmup_fraction = tbl.get("warmup_fraction")
@@ -244,14 +243,12 @@ def _check_followup(fu: Any, path: Path) -> dict:
     return {"seeds": list(seeds), "metric": metric, "widen": int(widen)}
 
 
-
 def _number_list(path: Path, where: str, values: Any, *, positive: bool = True) -> list[float]:
     if not isinstance(values, list) or not values or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool)
             and (v > 0 if positive else True) for v in values):
         raise SpecError(f"{path}: {where} = {values!r}: expected a non-empty list of numbers > 0")
     return [float(v) if isinstance(v, float) else v for v in values]
-
 
 
 def _dotted_table(path: Path, where: str, tbl: Any) -> dict[str, Any]:
@@ -331,7 +328,6 @@ def _matches(cond: Any, value: Any) -> bool:
     if isinstance(cond, (int, float)) and isinstance(value, (int, float)):
         return math.isclose(float(cond), float(value), rel_tol=1e-12)
     return cond == value
-
 
 
 def _fields(cls: type) -> list[str]:
