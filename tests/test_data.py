@@ -56,10 +56,15 @@ def synthetic(n_tokens: int, seq_len: int, max_unique: int = 0, n_val: int = 100
 def test_folder_corpus(tmp_path):
     corpus = read_corpus(cfg(tmp_path, corpus=str(FOLDER)))
     names = [d.name for d in corpus.documents]
-    assert names == ["README", "alpha.txt", "beta.md", "sub/delta.txt", "sub/gamma.py",
-                     "sub/rows.jsonl:1", "sub/rows.jsonl:2", "sub/rows.jsonl:3"]
+    assert sorted(names) == ["README", "alpha.txt", "beta.md", "sub/delta.txt", "sub/gamma.py",
+                             "sub/rows.jsonl:1", "sub/rows.jsonl:2", "sub/rows.jsonl:3"]
     assert sorted(corpus.skipped) == ["sub/blob.txt", "sub/latin1.txt"]  # binary, not UTF-8
-    assert "日本語" in corpus.documents[3].text
+    by_name = {d.name: d for d in corpus.documents}
+    assert "日本語" in by_name["sub/delta.txt"].text
+    # groups: a file's folder, a top-level file alone, a .jsonl row alone
+    assert by_name["sub/gamma.py"].group == by_name["sub/delta.txt"].group == "sub/"
+    assert by_name["README"].group == "README"
+    assert by_name["sub/rows.jsonl:2"].group == "sub/rows.jsonl:2"
     assert corpus.n_bytes == sum(len(d.text.encode()) for d in corpus.documents)
     data = load_corpus(cfg(tmp_path, corpus=str(FOLDER), val_fraction=0.3), 8)
     docs = split_docs(data.train, 0) + split_docs(data.val, 0)
@@ -95,13 +100,23 @@ def test_single_text_file_is_cut_into_documents(tmp_path):
 def test_stdlib_corpus(stdlib_data, tmp_path):
     corpus = read_corpus(DataConfig(max_corpus_bytes=STDLIB_BYTES))
     names = [d.name for d in corpus.documents]
-    assert names == sorted(names) and all(n.endswith(".py") for n in names)
+    assert all(n.endswith(".py") for n in names)
     assert not any("site-packages" in n for n in names)
-    assert corpus.n_bytes == STDLIB_BYTES and corpus.truncated
+    # the cap counts training text only; held-out files are read whole, first
+    n_val = int(corpus.is_val.sum())
+    assert corpus.is_val[:n_val].all() and not corpus.is_val[n_val:].any()
+    train_bytes = sum(len(d.text.encode()) for d, v in zip(corpus.documents, corpus.is_val)
+                      if not v)
+    assert train_bytes == STDLIB_BYTES and corpus.truncated
+    # a capped corpus is a hashed sample of the library, not its alphabetical start
+    train_names = [n for n, v in zip(names, corpus.is_val) if not v]
+    assert any(n.startswith("test/") for n in train_names)
+    assert train_names != sorted(train_names)
     d = stdlib_data.describe()
-    assert d["corpus_bytes"] == STDLIB_BYTES and d["tokenizer"] == "byte"
+    assert d["corpus_bytes"] == corpus.n_bytes and d["tokenizer"] == "byte"
+    kept = [doc for doc, x in zip(corpus.documents, corpus.dropped) if not x]
     assert stdlib_data.n_train_tokens + stdlib_data.n_val_tokens == (
-        STDLIB_BYTES + d["n_documents"])
+        sum(len(doc.text.encode()) for doc in kept) + len(kept))
     assert stdlib_data.train.dtype == np.uint16 and stdlib_data.vocab_size == 256
     assert isinstance(stdlib_data.train, np.memmap) and isinstance(stdlib_data.val, np.memmap)
     assert type(stdlib_data.train_batch(0, 2, 0)) is np.ndarray
@@ -135,15 +150,20 @@ def test_missing_corpus_path_is_a_clear_error(tmp_path):
 def test_max_corpus_bytes_cuts_at_a_character(tmp_path):
     text = (FOLDER / "sub" / "delta.txt").read_text()
     for cap in range(1, 80):
-        collector = _Collector(cap)
-        collector.add("a", b"ascii ")
-        collector.add("b", text.encode(), text)
-        collector.add("c", b"never read")
-        got = "".join(d.text for d in collector.docs)
-        assert cap - 3 <= collector.n_bytes == len(got.encode()) <= cap
+        collector = _Collector(cap, 0.1)
+        collector.add("a", b"ascii ", val=False)
+        collector.add("held", b"held-out text is never cut nor counted", val=True)
+        collector.add("b", text.encode(), text, val=False)
+        collector.add("c", b"never read", val=False)
+        got = "".join(d.text for d, v in zip(collector.docs, collector.val) if not v)
+        assert cap - 3 <= collector.train_bytes == len(got.encode()) <= cap
         assert ("ascii " + text).startswith(got) and collector.full
-    corpus = read_corpus(cfg(tmp_path, corpus=str(FOLDER), max_corpus_bytes=1000))
-    assert corpus.n_bytes == 1000 and corpus.truncated and len(corpus.documents) >= 3
+        if cap > 6:
+            assert collector.docs[1].text == "held-out text is never cut nor counted"
+    corpus = read_corpus(cfg(tmp_path, corpus=str(FOLDER), max_corpus_bytes=700))
+    train_bytes = sum(len(d.text.encode()) for d, v in zip(corpus.documents, corpus.is_val)
+                      if not v)
+    assert train_bytes == 700 and corpus.truncated and len(corpus.documents) >= 3
 
 
 # ---- validation split ------------------------------------------------------------------
