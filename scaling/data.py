@@ -32,10 +32,10 @@ depends on nothing but the group's name, and near copies inside one package (the
 `encodings/cp*.py` codec tables) are held out or trained on together. If that selects no
 group of the corpus, the group with the smallest hash is held out (and if it selected
 all, the one with the largest hash trains). Then near-duplicates across the split are
-removed (`scaling.neardup`: exact Jaccard similarity >= 0.8 of the sets of 16-byte
+removed (`scaling.neardup`: exact Jaccard similarity >= 0.8 of the sets of 8-byte
 whitespace-normalized shingles): every training document that is a near-duplicate of a
-held-out document is dropped, and of held-out documents that are near-duplicates of each
-other only the first in stream order is kept (so the eval set does not weigh one
+held-out document is dropped, and a held-out document that is a near-duplicate of one
+kept before it in stream order is dropped too (so the eval set does not weigh one
 template many times). Dropped documents are in neither stream. Hence no validation
 document has a >= 0.8-similar document in training. The decision (which documents are
 dropped, and the pairs found) is cached in `<cache>/splits/<key>.json`, keyed by the
@@ -124,6 +124,7 @@ TEXT_EXTENSIONS = frozenset(
 HF_FILE_BUILDERS = ("json", "csv", "text", "parquet", "arrow")
 _ENCODE_CHUNK_BYTES = 4 << 20  # text tokenized and written per chunk
 _HASH_CHUNK = 1 << 22  # tokens hashed per update
+_NEAR_DUP_CHUNK_BYTES = 64 << 20  # text shingled at once by the near-duplicate pass
 _VAL_SALT = b"scalinglab-val:"
 _READ_SALT = b"scalinglab-read:"
 _ORDER_SALT = b"scalinglab-order:"
@@ -495,8 +496,13 @@ def find_near_duplicates(corpus: Corpus) -> tuple[np.ndarray, list[tuple[str, st
     every other document at similarity >= neardup.NEAR_DUP_THRESHOLD."""
     docs = corpus.documents
     val_idx = np.flatnonzero(corpus.is_val)
-    sets = [neardup.shingles(d.text) for d in docs]
-    found = neardup.near_duplicate_pairs([sets[i] for i in val_idx], sets)
+    val_sets = [neardup.shingles(docs[i].text) for i in val_idx]
+    found = []
+    start = 0
+    for chunk in _chunks(docs, _NEAR_DUP_CHUNK_BYTES):  # bounded memory on large corpora
+        sets = [neardup.shingles(d.text) for d in chunk]
+        found += [(q, start + j, sim) for q, j, sim in neardup.near_duplicate_pairs(val_sets, sets)]
+        start += len(chunk)
     dropped = np.zeros(len(docs), dtype=bool)
     partners: dict[int, list[int]] = {}
     pairs = []

@@ -1,15 +1,18 @@
 """Near-duplicate documents: exact Jaccard similarity of byte-shingle sets.
 
-Rule. A document's *shingles* are the 16-byte substrings of its UTF-8 text after every
+Rule. A document's *shingles* are the 8-byte substrings of its UTF-8 text after every
 run of whitespace has been replaced by one space (so re-indented or re-wrapped copies
-still match); a document shorter than 16 bytes is one shingle, its whole text. Each
+still match); a document shorter than 8 bytes is one shingle, its whole text. Each
 shingle is hashed to 64 bits (polynomial hash, splitmix64 finalizer; a collision among
 the ~10^7 shingles of a corpus has probability ~10^-5). The similarity of two documents
 is the Jaccard index |A & B| / |A | B| of their shingle-hash sets, computed exactly (no
 MinHash sketch, so no false negatives): `intersections` counts the shared hashes of
 every (query, document) pair with one sparse matrix product over the hashes that occur
 in the queries. Two documents are near-duplicates when the similarity is >=
-`NEAR_DUP_THRESHOLD` (0.8).
+`NEAR_DUP_THRESHOLD` (0.8). Eight bytes (about two identifiers) make the index track
+the share of identical lines: `encodings/cp1254.py` vs `cp1252.py` has 0.96 of its lines
+in common and Jaccard 0.96 (16-byte shingles: 0.93; vs `iso8859_9.py`: lines 0.89,
+8 bytes 0.86, 16 bytes 0.79), while unrelated modules stay far below 0.8.
 
 Speed: the standard library (31 MB, 1,800 files, 17M shingles) is shingled in ~2 s
 and its ~150 held-out documents compared with all documents in ~1 s (one CPU core).
@@ -23,7 +26,7 @@ import re
 import numpy as np
 
 NEAR_DUP_THRESHOLD = 0.8
-SHINGLE_BYTES = 16
+SHINGLE_BYTES = 8
 _WHITESPACE = re.compile(rb"\s+")
 _P = np.uint64(0x100000001B3)  # FNV prime, an odd multiplier
 _LOW24 = np.uint64((1 << 24) - 1)
