@@ -143,7 +143,7 @@ class DataError(ConfigError):
 class Document:
     name: str
     text: str
-    group: str = ""  # the unit of the validation split ("" means the name)
+    group: str = ""  # the unit of the validation split (the readers set it)
 
 
 @dataclass
