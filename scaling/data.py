@@ -1,38 +1,66 @@
-"""Corpora -> token memmap cache -> batches, a pure function of (seed, step).
+"""Corpora -> held-out split -> token memmap cache -> batches, a pure function of (seed, step).
 
-Corpora (`DataConfig.corpus`); a *document* is the unit of the validation split and is
-followed by the tokenizer's end-of-text id in the token stream:
+Corpora (`DataConfig.corpus`); a *document* is followed by the tokenizer's end-of-text id
+in the token stream, and belongs to a *group*, the unit of the validation split:
 
 - "stdlib": the `.py` files under the running Python's standard-library folder
   (`sysconfig.get_paths()["stdlib"]`), test suites included (they are ordinary Python
   and more than half the text), `site-packages`/`dist-packages` and `__pycache__`
-  excluded. One document per file. Its identity depends on the Python build; the
-  corpus hash and token fingerprint record that.
+  excluded. One document per file. Group: the top-level package (`encodings/...`,
+  `idlelib/...` are one group each), a top-level module alone; inside `test/` (one
+  folder holding half the text, each file testing a different module) the second path
+  part (`test/test_email/...` one group, `test/test_os.py` alone). Its identity depends
+  on the Python build; the corpus hash and token fingerprint record that.
 - a folder: every file below it, recursively, whose extension is text-like
-  (`TEXT_EXTENSIONS`, or none), hidden files and folders skipped; `.jsonl` files in it
-  are read as rows. One document per file or row.
-- a `.jsonl` file: one document per line, the string in field `data.text_field`.
+  (`TEXT_EXTENSIONS`, or none), hidden files and folders skipped. One document per file;
+  group: the file's folder (a file at the top level alone). `.jsonl` files in it are read
+  as rows, one document and one group per row.
+- a `.jsonl` file: one document (and group) per line, the string in `data.text_field`.
 - any other file: UTF-8 text, cut at line ends into documents of about
-  `TEXT_FILE_BLOCK_BYTES` bytes (named `<file>#<k>`) so that a validation split exists.
+  `TEXT_FILE_BLOCK_BYTES` bytes (named `<file>#<k>`), one group each.
 - "hf:<name>[:<config>]": a Hugging Face dataset through the optional `datasets`
-  package, split `data.hf_split`, field `data.text_field`, one document per row. For the
-  packaged builders (`json`, `csv`, `text`, `parquet`, `arrow`) the second part is a
-  local data file or glob instead of a config: "hf:json:/data/corpus.jsonl".
+  package, split `data.hf_split`, field `data.text_field`, one document (and group) per
+  row. For the packaged builders (`json`, `csv`, `text`, `parquet`, `arrow`) the second
+  part is a local data file or glob instead of a config: "hf:json:/data/corpus.jsonl".
 
-Files are read in sorted (relative posix path) order. Binary files (a NUL byte) and
-files that are not valid UTF-8 are skipped in folders (listed in `describe()`), an
-error for a single file. Empty documents are dropped. `max_corpus_bytes` > 0 reads at
-most that many bytes of UTF-8 text: whole documents in read order, the last one cut at
-a character boundary.
+Binary files (a NUL byte) and files that are not valid UTF-8 are skipped in folders
+(listed in `describe()`), an error for a single file. Empty documents are dropped.
 
-Split and order. A document is held out for validation when the first 8 bytes of
-sha256("scalinglab-val:" + name) fall below `val_fraction` * 2**64, so its membership
-depends on nothing but its name (a corpus capped by `max_corpus_bytes` never trains on
-a document that the full corpus holds out). If that selects nothing the document with
-the smallest hash is held out. Within each split documents are ordered by a second
-name hash, so any prefix of the training stream (`max_unique_tokens`) and any number
-of evaluation windows is a random sample of documents, not the alphabetically first
-modules.
+Split. A group is held out for validation when the first 8 bytes of
+sha256("scalinglab-val:" + group name) fall below `val_fraction` * 2**64: membership
+depends on nothing but the group's name, and near copies inside one package (the 120
+`encodings/cp*.py` codec tables) are held out or trained on together. If that selects no
+group of the corpus, the group with the smallest hash is held out (and if it selected
+all, the one with the largest hash trains). Then near-duplicates across the split are
+removed (`scaling.neardup`: exact Jaccard similarity >= 0.8 of the sets of 8-byte
+whitespace-normalized shingles): every training document that is a near-duplicate of a
+held-out document is dropped, and a held-out document that is a near-duplicate of one
+kept before it in stream order is dropped too (so the eval set does not weigh one
+template many times). Dropped documents are in neither stream. Hence no validation
+document has a >= 0.8-similar document in training. The decision (which documents are
+dropped, and the pairs found) is cached in `<cache>/splits/<key>.json`, keyed by the
+corpus content, `val_fraction` and the format version; the pass costs ~3 s on the full
+standard library.
+
+Reading order and `max_corpus_bytes`. Folders and the standard library read every
+held-out file in full (so the validation set is the same whatever the cap), then the
+training files in a hashed order of their names (sha256 "scalinglab-read:"), so that a
+capped corpus is a uniform sample of the training files, not the alphabetically first
+modules. Streams (a .jsonl or text file, a Hugging Face dataset) are read in their own
+order, each row or block held out by its hash as it comes. `max_corpus_bytes` > 0 caps
+the *training* text read (UTF-8 bytes; the last training document is cut at a character
+boundary); held-out documents never count against it and are never cut, and reading
+stops at the cap. A capped corpus therefore never trains on a document the full corpus
+holds out (membership is by group name); for folders and the standard library it
+also holds out exactly the same documents and drops every training document the full
+corpus drops (both depend only on the held-out set and the document itself). A capped
+*stream* holds out the rows met before the cap, and may train on a row that the full
+stream drops as a near-copy of a held-out row beyond the cap: that row is not near any
+held-out row of the capped corpus, whose evaluation stays clean.
+
+Order. Within each split documents are ordered by a second name hash, so any prefix of
+the training stream (`max_unique_tokens`) is a random sample of documents, and the
+validation stream's documents come in a hashed order (see `scaling.evalset`).
 
 Cache. The token streams (train then validation, uint16 when the vocabulary fits, else
 uint32) live in `<cache>/tokens/<key>.bin` with `<key>.json` beside it, where the key
@@ -40,7 +68,8 @@ hashes the corpus content (sha256 over document names and bytes), the tokenizer'
 exact identity, `val_fraction` and the format version. Both files are written to a temp
 file and renamed, the .bin first. A cached pair is trusted only when the .json parses,
 the .bin's size matches it and (by default) the sha256 fingerprint of the tokens
-matches; otherwise it is rebuilt.
+matches; otherwise it is rebuilt. The .json also lists the token count of every
+validation document (`val_doc_tokens`), from which eval windows get their documents.
 
 Batches. The training tokens used (the whole train stream, or its first
 `max_unique_tokens + 1` tokens) are cut into windows of seq_len + 1 tokens with stride
@@ -50,7 +79,9 @@ seq_len (`max_unique_tokens` rounded down to a multiple of seq_len). Global sequ
 p = step * batch_size + row lies in epoch p // n_windows and reads window
 perm(seed, epoch)[p % n_windows]; perm is an argsort of a splitmix64 hash, so it is
 independent of the numpy version. Each epoch visits every window once; tokens seen =
-steps * batch_size * seq_len exactly. Validation windows are fixed, in order, cycling.
+steps * batch_size * seq_len exactly. Evaluation uses `TokenData.eval_set(n)`: fixed
+validation windows spread round-robin over all validation documents, with a
+cluster-robust standard error (`scaling.evalset`).
 """
 
 from __future__ import annotations
@@ -67,20 +98,23 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from scaling import neardup
 from scaling.config import ConfigError
+from scaling.evalset import EvalSet, build_eval_set
 from scaling.runfiles import atomic_write_text
-from scaling.tokenizer import Tokenizer, make_tokenizer
+from scaling.runtime import cache_dir
+from scaling.tokenizer import Tokenizer, load_or_train_bpe, make_tokenizer
 
 if TYPE_CHECKING:
     from scaling.config import DataConfig
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: group split, near-duplicate removal, hashed read order, val_doc_tokens
 TEXT_FILE_BLOCK_BYTES = 8192
 TEXT_EXTENSIONS = frozenset(
     ".txt .text .md .markdown .rst .tex .py .pyi .c .h .cc .cpp .hpp .java .js .ts .go "
@@ -90,6 +124,10 @@ TEXT_EXTENSIONS = frozenset(
 HF_FILE_BUILDERS = ("json", "csv", "text", "parquet", "arrow")
 _ENCODE_CHUNK_BYTES = 4 << 20  # text tokenized and written per chunk
 _HASH_CHUNK = 1 << 22  # tokens hashed per update
+_NEAR_DUP_CHUNK_BYTES = 64 << 20  # text shingled at once by the near-duplicate pass
+_VAL_SALT = b"scalinglab-val:"
+_READ_SALT = b"scalinglab-read:"
+_ORDER_SALT = b"scalinglab-order:"
 
 
 class DataError(ConfigError):
@@ -105,6 +143,7 @@ class DataError(ConfigError):
 class Document:
     name: str
     text: str
+    group: str = ""  # the unit of the validation split (the readers set it)
 
 
 @dataclass
@@ -115,15 +154,22 @@ class Corpus:
     documents: list[Document]
     is_val: np.ndarray  # bool per document
     sha256: str  # content identity: names and UTF-8 bytes of all documents, in order
-    n_bytes: int
+    n_bytes: int  # all text read (training and held-out)
     skipped: list[str] = field(default_factory=list)
     truncated: bool = False
+    dropped: np.ndarray | None = None  # bool per document: in neither stream
+    near_duplicates: list[tuple[str, str, float]] = field(default_factory=list)
     _train_sha256: str | None = None
 
+    def __post_init__(self):
+        if self.dropped is None:
+            self.dropped = np.zeros(len(self.documents), dtype=bool)
+
     def ordered(self, val: bool) -> list[Document]:
-        """The documents of one split, in stream order (a hash of their names)."""
-        docs = [d for d, v in zip(self.documents, self.is_val) if bool(v) == val]
-        return sorted(docs, key=lambda d: _name_hash(b"scalinglab-order:", d.name))
+        """The kept documents of one split, in stream order (a hash of their names)."""
+        docs = [d for d, v, x in zip(self.documents, self.is_val, self.dropped)
+                if bool(v) == val and not x]
+        return sorted(docs, key=lambda d: _name_hash(_ORDER_SALT, d.name))
 
     def train_texts(self) -> list[str]:
         return [d.text for d in self.ordered(False)]
@@ -135,15 +181,28 @@ class Corpus:
             self._train_sha256 = _docs_sha256(self.ordered(False))
         return self._train_sha256
 
+    def split_summary(self) -> dict[str, Any]:
+        """Counts of the split: groups, documents kept and dropped, near-duplicate pairs."""
+        val = self.is_val & ~self.dropped
+        return {
+            "n_val_groups": len({d.group for d, v in zip(self.documents, val) if v}),
+            "n_train_groups": len({d.group for d, v, x in
+                                   zip(self.documents, self.is_val, self.dropped)
+                                   if not v and not x}),
+            "near_duplicate_pairs": len(self.near_duplicates),
+            "dropped_train_documents": int((self.dropped & ~self.is_val).sum()),
+            "dropped_val_documents": int((self.dropped & self.is_val).sum()),
+        }
+
 
 def read_corpus(data_cfg: "DataConfig") -> Corpus:
-    """Read and split the corpus `data_cfg.corpus` (see the module docstring)."""
+    """Read, split and de-duplicate the corpus `data_cfg.corpus` (see the module doc)."""
     spec = data_cfg.corpus
-    cap = data_cfg.max_corpus_bytes
-    collector = _Collector(cap)
+    collector = _Collector(data_cfg.max_corpus_bytes, data_cfg.val_fraction)
     if spec == "stdlib":
         root = Path(sysconfig.get_paths()["stdlib"])
-        _read_files(collector, root, _stdlib_files(root), data_cfg, skip_bad=True)
+        _read_files(collector, root, _stdlib_files(root), data_cfg, stdlib_group,
+                    skip_bad=True)
     elif spec.startswith("hf:"):
         _read_hf(collector, spec, data_cfg)
     else:
@@ -154,10 +213,12 @@ def read_corpus(data_cfg: "DataConfig") -> Corpus:
                 "file, a folder of text files, a .jsonl file or 'hf:<dataset>[:<config>]'"
             )
         if path.is_dir():
-            _read_files(collector, path, _folder_files(path), data_cfg, skip_bad=True)
+            _read_files(collector, path, _folder_files(path), data_cfg, folder_group,
+                        skip_bad=True)
+        elif path.suffix.lower() == ".jsonl":
+            _read_jsonl(collector, path, path.name, data_cfg.text_field)
         else:
-            _read_files(collector, path.parent, [path.name], data_cfg, skip_bad=False,
-                        split_text=True)
+            _read_text_blocks(collector, path)
     docs = collector.docs
     if not docs:
         raise DataError(f"data.corpus = {spec!r}: no documents with text were found"
@@ -165,46 +226,93 @@ def read_corpus(data_cfg: "DataConfig") -> Corpus:
     names = [d.name for d in docs]
     if len(set(names)) != len(names):
         raise DataError(f"data.corpus = {spec!r}: document names are not unique")
-    is_val = split_documents(names, data_cfg.val_fraction)
+    is_val = _with_fallback([d.group for d in docs], np.array(collector.val, dtype=bool))
     if not is_val.any():
         raise DataError(
-            f"data.corpus = {spec!r} has {len(docs)} document(s): too few to hold one out "
-            f"for validation (data.val_fraction = {data_cfg.val_fraction}); use a larger "
-            "corpus or one with more documents"
+            f"data.corpus = {spec!r} has {len(docs)} document(s) in one group: too few to "
+            f"hold one out for validation (data.val_fraction = {data_cfg.val_fraction}); "
+            "use a larger corpus or one with more documents"
         )
-    return Corpus(spec=spec, documents=docs, is_val=is_val, sha256=_docs_sha256(docs),
-                  n_bytes=collector.n_bytes, skipped=collector.skipped,
-                  truncated=collector.full)
+    corpus = Corpus(spec=spec, documents=docs, is_val=is_val, sha256=_docs_sha256(docs),
+                    n_bytes=collector.n_bytes, skipped=collector.skipped,
+                    truncated=collector.full)
+    _remove_near_duplicates(corpus, data_cfg)
+    return corpus
 
 
-def split_documents(names: list[str], val_fraction: float) -> np.ndarray:
-    """Bool mask of held-out documents: a pure function of each name (see module doc)."""
-    hashes = np.array([_name_hash(b"scalinglab-val:", n) for n in names], dtype=np.uint64)
-    threshold = int(val_fraction * 2.0**64)
-    is_val = np.array([int(h) < threshold for h in hashes], dtype=bool)
-    if not is_val.any() and len(names) >= 2:
-        is_val[int(np.argmin(hashes))] = True
-    if is_val.all():  # keep at least one training document
-        is_val[int(np.argmax(hashes))] = False
-    return is_val
+def stdlib_group(relpath: str) -> str:
+    """The split group of a standard-library file (module docstring)."""
+    parts = relpath.split("/")
+    if len(parts) == 1:
+        return relpath
+    if parts[0] == "test":
+        return "test/" + parts[1]
+    return parts[0]
+
+
+def folder_group(relpath: str) -> str:
+    """The split group of a file in a folder corpus: its folder, or itself at the top."""
+    head, sep, _ = relpath.rpartition("/")
+    return head + "/" if sep else relpath
+
+
+def held_out(group: str, val_fraction: float) -> bool:
+    """Whether `group` is held out: a pure function of its name (module docstring)."""
+    return _name_hash(_VAL_SALT, group) < int(val_fraction * 2.0**64)
+
+
+def split_groups(groups: Sequence[str], val_fraction: float) -> set[str]:
+    """The held-out groups among `groups`, with the fallback of the module docstring."""
+    groups = sorted(set(groups))
+    val = {g for g in groups if held_out(g, val_fraction)}
+    if len(groups) >= 2:
+        if not val:
+            val = {min(groups, key=lambda g: _name_hash(_VAL_SALT, g))}
+        elif len(val) == len(groups):
+            val.discard(max(groups, key=lambda g: _name_hash(_VAL_SALT, g)))
+    return val
+
+
+def split_documents(groups: Sequence[str], val_fraction: float) -> np.ndarray:
+    """Bool mask of held-out documents given each document's group (module docstring)."""
+    val = split_groups(groups, val_fraction)
+    return np.array([g in val for g in groups], dtype=bool)
+
+
+def _with_fallback(groups: list[str], is_val: np.ndarray) -> np.ndarray:
+    """`is_val` as read, with the no-group/all-groups fallback applied to what was read."""
+    if is_val.any() and not is_val.all():
+        return is_val
+    val = split_groups(groups, 1.0 if is_val.all() else 0.0)
+    return np.array([g in val for g in groups], dtype=bool)
 
 
 class _Collector:
-    """Gathers documents until `cap` bytes of UTF-8 text (0: no cap)."""
+    """Gathers documents until `cap` bytes of *training* text (0: no cap).
 
-    def __init__(self, cap: int):
+    Held-out documents (by their group's hash, or `val=True` from the caller) never count
+    against the cap and are never cut."""
+
+    def __init__(self, cap: int, val_fraction: float):
         self.cap = cap
+        self.val_fraction = val_fraction
         self.docs: list[Document] = []
+        self.val: list[bool] = []
         self.skipped: list[str] = []
         self.n_bytes = 0
+        self.train_bytes = 0
         self.full = False
 
-    def add(self, name: str, raw: bytes, text: str | None = None) -> None:
+    def add(self, name: str, raw: bytes, text: str | None = None, group: str | None = None,
+            val: bool | None = None) -> None:
+        group = name if group is None else group
+        if val is None:
+            val = held_out(group, self.val_fraction)
         if self.full or not raw:
             return
-        if self.cap and self.n_bytes + len(raw) >= self.cap:
+        if not val and self.cap and self.train_bytes + len(raw) >= self.cap:
             self.full = True
-            room = self.cap - self.n_bytes
+            room = self.cap - self.train_bytes
             if room < len(raw):
                 while room > 0 and (raw[room] & 0xC0) == 0x80:  # a continuation byte
                     room -= 1
@@ -213,8 +321,11 @@ class _Collector:
                 return
         if text is None:
             text = raw.decode("utf-8")
-        self.docs.append(Document(name, text))
+        self.docs.append(Document(name, text, group))
+        self.val.append(bool(val))
         self.n_bytes += len(raw)
+        if not val:
+            self.train_bytes += len(raw)
 
 
 def _stdlib_files(root: Path) -> list[str]:
@@ -241,33 +352,49 @@ def _folder_files(root: Path) -> list[str]:
 
 
 def _read_files(collector: _Collector, root: Path, relpaths: list[str], data_cfg,
-                skip_bad: bool, split_text: bool = False) -> None:
-    for rel in relpaths:
+                group_of: Callable[[str], str], skip_bad: bool) -> None:
+    """Held-out files in full (sorted), then training files in hashed order to the cap."""
+    files = [r for r in relpaths if not r.endswith(".jsonl")]
+    val_groups = split_groups([group_of(r) for r in files], data_cfg.val_fraction)
+    val_files = [r for r in files if group_of(r) in val_groups]
+    rest = sorted((r for r in relpaths if r.endswith(".jsonl") or group_of(r) not in val_groups),
+                  key=lambda r: (_name_hash(_READ_SALT, r), r))
+    for rel in val_files + rest:
         if collector.full:
             return
-        path = root / rel
         if rel.endswith(".jsonl"):
-            _read_jsonl(collector, path, rel, data_cfg.text_field)
+            _read_jsonl(collector, root / rel, rel, data_cfg.text_field)
             continue
-        raw = path.read_bytes()
-        problem = None
-        if b"\x00" in raw:
-            problem = "binary (contains NUL bytes)"
-        else:
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                problem = f"not UTF-8 ({e.reason} at byte {e.start})"
-        if problem:
-            if not skip_bad:
-                raise DataError(f"data.corpus = {str(path)!r}: {problem}")
-            collector.skipped.append(rel)
-            continue
-        if split_text:
-            for k, block in enumerate(_line_blocks(raw, TEXT_FILE_BLOCK_BYTES)):
-                collector.add(f"{rel}#{k}", block)
-        else:
-            collector.add(rel, raw, text)
+        text = _read_text_file(collector, root / rel, rel, skip_bad)
+        if text is not None:
+            collector.add(rel, text.encode("utf-8"), text, group_of(rel),
+                          val=group_of(rel) in val_groups)
+
+
+def _read_text_file(collector: _Collector, path: Path, rel: str, skip_bad: bool) -> str | None:
+    """The file's text, or None (recorded as skipped) when it is binary or not UTF-8."""
+    raw = path.read_bytes()
+    problem = None
+    if b"\x00" in raw:
+        problem = "binary (contains NUL bytes)"
+    else:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            problem = f"not UTF-8 ({e.reason} at byte {e.start})"
+    if not skip_bad:
+        raise DataError(f"data.corpus = {str(path)!r}: {problem}")
+    collector.skipped.append(rel)
+    return None
+
+
+def _read_text_blocks(collector: _Collector, path: Path) -> None:
+    text = _read_text_file(collector, path, path.name, skip_bad=False)
+    assert text is not None
+    for k, block in enumerate(_line_blocks(text.encode("utf-8"), TEXT_FILE_BLOCK_BYTES)):
+        if collector.full:
+            return
+        collector.add(f"{path.name}#{k}", block)
 
 
 def _line_blocks(raw: bytes, size: int) -> Iterator[bytes]:
@@ -358,16 +485,87 @@ def _docs_sha256(docs: list[Document]) -> str:
 
 
 # --------------------------------------------------------------------------------------
+# Near-duplicates across the split
+# --------------------------------------------------------------------------------------
+
+
+def find_near_duplicates(corpus: Corpus) -> tuple[np.ndarray, list[tuple[str, str, float]]]:
+    """(dropped mask, pairs): the near-duplicate rule of the module docstring.
+
+    Pairs are (held-out name, other name, similarity) for every held-out document and
+    every other document at similarity >= neardup.NEAR_DUP_THRESHOLD."""
+    docs = corpus.documents
+    val_idx = np.flatnonzero(corpus.is_val)
+    val_sets = [neardup.shingles(docs[i].text) for i in val_idx]
+    found = []
+    start = 0
+    for chunk in _chunks(docs, _NEAR_DUP_CHUNK_BYTES):  # bounded memory on large corpora
+        sets = [neardup.shingles(d.text) for d in chunk]
+        found += [(q, start + j, sim) for q, j, sim in neardup.near_duplicate_pairs(val_sets, sets)]
+        start += len(chunk)
+    dropped = np.zeros(len(docs), dtype=bool)
+    partners: dict[int, list[int]] = {}
+    pairs = []
+    for q, j, sim in found:
+        i = int(val_idx[q])
+        if i == j:
+            continue
+        if corpus.is_val[j] and j < i:
+            continue  # a held-out pair is listed once
+        pairs.append((docs[i].name, docs[j].name, round(sim, 4)))
+        if corpus.is_val[j]:
+            partners.setdefault(i, []).append(j)
+            partners.setdefault(j, []).append(i)
+        else:
+            dropped[j] = True
+    kept: set[int] = set()
+    for i in sorted((int(i) for i in val_idx), key=lambda i: _name_hash(_ORDER_SALT, docs[i].name)):
+        if any(j in kept for j in partners.get(i, ())):
+            dropped[i] = True
+        else:
+            kept.add(i)
+    return dropped, pairs
+
+
+def _remove_near_duplicates(corpus: Corpus, data_cfg: "DataConfig") -> None:
+    """Set corpus.dropped and corpus.near_duplicates, from the split cache if present."""
+    ident = json.dumps({"format": FORMAT_VERSION, "corpus": corpus.sha256,
+                        "val_fraction": repr(float(data_cfg.val_fraction)),
+                        "threshold": neardup.NEAR_DUP_THRESHOLD,
+                        "shingle": neardup.SHINGLE_BYTES}, sort_keys=True)
+    key = hashlib.sha256(ident.encode()).hexdigest()[:32]
+    path = resolve_cache_dir(data_cfg) / "splits" / f"{key}.json"
+    index = {d.name: i for i, d in enumerate(corpus.documents)}
+    try:
+        cached = json.loads(path.read_text())
+        dropped = np.zeros(len(corpus.documents), dtype=bool)
+        dropped[[index[n] for n in cached["dropped"]]] = True
+        pairs = [(a, b, float(s)) for a, b, s in cached["pairs"]]
+    except FileNotFoundError:
+        dropped = None
+    except Exception as e:  # anything odd: recompute
+        log.warning("split cache %s not trusted (%s); recomputing", path, e)
+        dropped = None
+    if dropped is None:
+        t0 = time.perf_counter()
+        dropped, pairs = find_near_duplicates(corpus)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({
+            "key": key, "corpus": corpus.spec, "corpus_sha256": corpus.sha256,
+            "dropped": [d.name for d, x in zip(corpus.documents, dropped) if x],
+            "pairs": pairs, "seconds": round(time.perf_counter() - t0, 3)}, indent=0))
+    corpus.dropped = dropped
+    corpus.near_duplicates = pairs
+
+
+# --------------------------------------------------------------------------------------
 # Token cache
 # --------------------------------------------------------------------------------------
 
 
 def resolve_cache_dir(data_cfg: "DataConfig") -> Path:
     """`data.cache_dir`, else $SCALINGLAB_CACHE, else ~/.cache/scalinglab (created)."""
-    path = Path(data_cfg.cache_dir or os.environ.get("SCALINGLAB_CACHE", "~/.cache/scalinglab"))
-    path = path.expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return cache_dir(data_cfg.cache_dir)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -417,6 +615,7 @@ def _build_cache(corpus: Corpus, tokenizer: Tokenizer, bin_path: Path, meta_path
     eot = np.array([tokenizer.eot_id], dtype=dtype)
     bin_path.parent.mkdir(parents=True, exist_ok=True)
     counts: dict[str, dict[str, int]] = {}
+    doc_tokens: list[int] = []
     t0 = time.perf_counter()
     fd, tmp = tempfile.mkstemp(dir=bin_path.parent, prefix=f".{bin_path.name}.", suffix=".tmp")
     try:
@@ -424,16 +623,20 @@ def _build_cache(corpus: Corpus, tokenizer: Tokenizer, bin_path: Path, meta_path
             for split, val in (("train", False), ("val", True)):
                 docs = corpus.ordered(val)
                 n_tok = n_bytes = 0
+                lengths: list[int] = []
                 for chunk in _chunks(docs, _ENCODE_CHUNK_BYTES):
                     texts = [d.text for d in chunk]
                     n_bytes += sum(len(t.encode("utf-8")) for t in texts)
                     parts = []
                     for ids in tokenizer.encode_batch(texts):
                         parts += [ids.astype(dtype, copy=False), eot]
+                        lengths.append(len(ids) + 1)
                     arr = np.concatenate(parts)
                     f.write(arr.tobytes())
                     n_tok += len(arr)
                 counts[split] = {"tokens": n_tok, "documents": len(docs), "bytes": n_bytes}
+                if val:
+                    doc_tokens = lengths
             f.flush()
             os.fsync(f.fileno())
         n = counts["train"]["tokens"] + counts["val"]["tokens"]
@@ -456,6 +659,7 @@ def _build_cache(corpus: Corpus, tokenizer: Tokenizer, bin_path: Path, meta_path
         "corpus_bytes": corpus.n_bytes,
         "corpus_truncated": corpus.truncated,
         "n_documents": len(corpus.documents),
+        "n_documents_kept": int((~corpus.dropped).sum()),
         "skipped_files": corpus.skipped,
         "tokenizer": tokenizer.name,
         "vocab_size": tokenizer.vocab_size,
@@ -467,6 +671,8 @@ def _build_cache(corpus: Corpus, tokenizer: Tokenizer, bin_path: Path, meta_path
         "n_val_documents": counts["val"]["documents"],
         "train_bytes": counts["train"]["bytes"],
         "val_bytes": counts["val"]["bytes"],
+        **corpus.split_summary(),
+        "val_doc_tokens": doc_tokens,
         "fingerprint": fingerprint,
         "build_seconds": round(time.perf_counter() - t0, 3),
     }
@@ -486,6 +692,17 @@ def _chunks(docs: list[Document], max_bytes: int) -> Iterator[list[Document]]:
         yield chunk
 
 
+def corpus_tokenizer(data_cfg: "DataConfig", corpus: Corpus | None = None) -> Tokenizer:
+    """The tokenizer `data_cfg` asks for; a BPE is trained on (or loaded for) the training
+    documents of `corpus` (read here when not given), cached under the cache folder."""
+    if data_cfg.tokenizer != "bpe":
+        return make_tokenizer(data_cfg)
+    if corpus is None:
+        corpus = read_corpus(data_cfg)
+    return load_or_train_bpe(corpus.train_texts(), corpus.train_sha256,
+                             data_cfg.bpe_vocab_size, resolve_cache_dir(data_cfg))
+
+
 def load_corpus(data_cfg: "DataConfig", seq_len: int, *, verify: bool = True) -> "TokenData":
     """Tokenize `data_cfg.corpus` once into the cache and return it ready for batches.
 
@@ -494,10 +711,7 @@ def load_corpus(data_cfg: "DataConfig", seq_len: int, *, verify: bool = True) ->
         raise DataError(f"model.seq_len = {seq_len}: must be > 0")
     corpus = read_corpus(data_cfg)
     cache = resolve_cache_dir(data_cfg)
-    if data_cfg.tokenizer == "bpe":
-        tokenizer = make_tokenizer(data_cfg, corpus.train_texts(), corpus.train_sha256)
-    else:
-        tokenizer = make_tokenizer(data_cfg)
+    tokenizer = corpus_tokenizer(data_cfg, corpus)
     key = _cache_key(corpus, tokenizer, data_cfg.val_fraction)
     bin_path = cache / "tokens" / f"{key}.bin"
     meta_path = bin_path.with_suffix(".json")
@@ -584,6 +798,14 @@ class TokenData:
                 f"for one sequence of model.seq_len = {T} (+1); raise data.val_fraction, "
                 "use a larger corpus or a smaller model.seq_len"
             )
+        doc_tokens = meta.get("val_doc_tokens")
+        # a hand-built TokenData without document lengths: the stream is one document
+        self.val_doc_tokens = np.asarray(doc_tokens if doc_tokens is not None
+                                         else [len(self.val)], dtype=np.int64)
+        if int(self.val_doc_tokens.sum()) != len(self.val):
+            raise DataError(f"token cache of {corpus!r}: val_doc_tokens sum to "
+                            f"{int(self.val_doc_tokens.sum())}, the stream has {len(self.val)}")
+        self._eval_sets: dict[int, EvalSet] = {}
         self._offsets = np.arange(T + 1, dtype=np.int64)
         self._perms: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()  # batches may be prefetched from another thread
@@ -645,8 +867,29 @@ class TokenData:
         idx = windows[:, None] * self.seq_len + self._offsets
         return np.asarray(self._used[idx], dtype=np.int32)
 
+    def eval_set(self, n_windows: int) -> EvalSet:
+        """The first `n_windows` evaluation windows, spread round-robin over all
+        validation documents (`scaling.evalset`); capped at `n_val_windows` (then every
+        validation target is scored once). Cached per n; independent of batch size."""
+        if int(n_windows) < 1:
+            raise ValueError(f"eval_set({n_windows}): need n_windows >= 1")
+        n = min(int(n_windows), self.n_val_windows)
+        with self._lock:
+            es = self._eval_sets.get(n)
+            if es is None:
+                es = build_eval_set(self.val, self.val_doc_tokens, self.seq_len, n)
+                self._eval_sets[n] = es
+            return es
+
+    @property
+    def n_val_documents(self) -> int:
+        return int(self.val_doc_tokens.size)
+
     def val_batch(self, i: int, batch_size: int) -> np.ndarray:
-        """int32 [batch_size, seq_len + 1]: validation windows i*B ... (i+1)*B - 1, cycling."""
+        """int32 [batch_size, seq_len + 1]: validation windows i*B ... (i+1)*B - 1, cycling.
+
+        The stream's first windows in order: a few documents only. Evaluation should use
+        `eval_set`; this stays for callers not yet moved to it."""
         rows = (int(i) * batch_size + np.arange(batch_size, dtype=np.int64)) % self.n_val_windows
         idx = rows[:, None] * self.seq_len + self._offsets
         return np.asarray(self.val[idx], dtype=np.int32)
@@ -676,6 +919,10 @@ class TokenData:
             "n_documents": m.get("n_documents"),
             "n_train_documents": m.get("n_train_documents"),
             "n_val_documents": m.get("n_val_documents"),
+            "n_val_groups": m.get("n_val_groups"),
+            "near_duplicate_pairs": m.get("near_duplicate_pairs"),
+            "dropped_train_documents": m.get("dropped_train_documents"),
+            "dropped_val_documents": m.get("dropped_val_documents"),
             "n_skipped_files": len(m.get("skipped_files", [])),
             "tokenizer": self.tokenizer.name,
             "tokenizer_file": str(getattr(self.tokenizer, "path", None) or "") or None,

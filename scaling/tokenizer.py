@@ -16,7 +16,8 @@ and `decode(ids) -> str`.
   trained tokenizer is saved as JSON under `<cache>/tokenizers/`, keyed by the sha256 of
   the training text and the vocabulary size, so later runs load it instead of training.
 
-`make_tokenizer(data_cfg)` builds the tokenizer a DataConfig asks for.
+`make_tokenizer(data_cfg, texts, text_sha256)` builds the tokenizer a DataConfig asks for
+(`scaling.data.corpus_tokenizer(data_cfg)` supplies a BPE's training texts).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Iterable, Protocol, Sequence, runtime_checkabl
 import numpy as np
 
 from scaling.runfiles import atomic_write_text
+from scaling.runtime import cache_dir
 
 if TYPE_CHECKING:
     from scaling.config import DataConfig
@@ -194,17 +196,16 @@ def make_tokenizer(data_cfg: "DataConfig", texts: Sequence[str] | None = None,
                    text_sha256: str | None = None) -> Tokenizer:
     """The tokenizer `data_cfg` asks for.
 
-    For "bpe", `texts` (training documents) and `text_sha256` (their identity) may be
-    given; otherwise the corpus is read and split here and its training documents used,
-    exactly as `scaling.data.load_corpus` does."""
+    For "bpe", `texts` (the training documents) and `text_sha256` (their identity) are
+    required: this module knows nothing of corpora (`scaling.data.corpus_tokenizer`
+    reads and splits the corpus and calls `load_or_train_bpe`), so that the import goes
+    one way only, data -> tokenizer."""
     if data_cfg.tokenizer == "byte":
         return ByteTokenizer()
     if data_cfg.tokenizer != "bpe":
         raise ValueError(f"data.tokenizer = {data_cfg.tokenizer!r}: allowed 'byte', 'bpe'")
-    from scaling.data import read_corpus, resolve_cache_dir
-
     if texts is None or text_sha256 is None:
-        corpus = read_corpus(data_cfg)
-        texts, text_sha256 = corpus.train_texts(), corpus.train_sha256
+        raise ValueError("a BPE tokenizer needs its training texts and their sha256; "
+                         "use scaling.data.corpus_tokenizer(data_cfg) to read them")
     return load_or_train_bpe(texts, text_sha256, data_cfg.bpe_vocab_size,
-                             resolve_cache_dir(data_cfg))
+                             cache_dir(data_cfg.cache_dir))

@@ -1,5 +1,6 @@
 """Corpora, the token cache and batches: exact, deterministic, and checked."""
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -8,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scaling.config import ConfigError, DataConfig
+from scaling import neardup
+from scaling.config import ConfigError, DataConfig, load_config
 from scaling.data import (DataError, TokenData, _Collector, load_corpus, read_corpus,
-                          split_documents, token_dtype, window_permutation)
+                          split_documents, stdlib_group, token_dtype, window_permutation)
 from scaling.tokenizer import ByteTokenizer
 
-DATA = Path(__file__).resolve().parent / "data"
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
 FOLDER = DATA / "text_corpus"
 JSONL = DATA / "rows.jsonl"
 STDLIB_BYTES = 2_000_000
@@ -56,10 +59,15 @@ def synthetic(n_tokens: int, seq_len: int, max_unique: int = 0, n_val: int = 100
 def test_folder_corpus(tmp_path):
     corpus = read_corpus(cfg(tmp_path, corpus=str(FOLDER)))
     names = [d.name for d in corpus.documents]
-    assert names == ["README", "alpha.txt", "beta.md", "sub/delta.txt", "sub/gamma.py",
-                     "sub/rows.jsonl:1", "sub/rows.jsonl:2", "sub/rows.jsonl:3"]
+    assert sorted(names) == ["README", "alpha.txt", "beta.md", "sub/delta.txt", "sub/gamma.py",
+                             "sub/rows.jsonl:1", "sub/rows.jsonl:2", "sub/rows.jsonl:3"]
     assert sorted(corpus.skipped) == ["sub/blob.txt", "sub/latin1.txt"]  # binary, not UTF-8
-    assert "日本語" in corpus.documents[3].text
+    by_name = {d.name: d for d in corpus.documents}
+    assert "日本語" in by_name["sub/delta.txt"].text
+    # groups: a file's folder, a top-level file alone, a .jsonl row alone
+    assert by_name["sub/gamma.py"].group == by_name["sub/delta.txt"].group == "sub/"
+    assert by_name["README"].group == "README"
+    assert by_name["sub/rows.jsonl:2"].group == "sub/rows.jsonl:2"
     assert corpus.n_bytes == sum(len(d.text.encode()) for d in corpus.documents)
     data = load_corpus(cfg(tmp_path, corpus=str(FOLDER), val_fraction=0.3), 8)
     docs = split_docs(data.train, 0) + split_docs(data.val, 0)
@@ -95,13 +103,23 @@ def test_single_text_file_is_cut_into_documents(tmp_path):
 def test_stdlib_corpus(stdlib_data, tmp_path):
     corpus = read_corpus(DataConfig(max_corpus_bytes=STDLIB_BYTES))
     names = [d.name for d in corpus.documents]
-    assert names == sorted(names) and all(n.endswith(".py") for n in names)
+    assert all(n.endswith(".py") for n in names)
     assert not any("site-packages" in n for n in names)
-    assert corpus.n_bytes == STDLIB_BYTES and corpus.truncated
+    # the cap counts training text only; held-out files are read whole, first
+    n_val = int(corpus.is_val.sum())
+    assert corpus.is_val[:n_val].all() and not corpus.is_val[n_val:].any()
+    train_bytes = sum(len(d.text.encode()) for d, v in zip(corpus.documents, corpus.is_val)
+                      if not v)
+    assert train_bytes == STDLIB_BYTES and corpus.truncated
+    # a capped corpus is a hashed sample of the library, not its alphabetical start
+    train_names = [n for n, v in zip(names, corpus.is_val) if not v]
+    assert any(n.startswith("test/") for n in train_names)
+    assert train_names != sorted(train_names)
     d = stdlib_data.describe()
-    assert d["corpus_bytes"] == STDLIB_BYTES and d["tokenizer"] == "byte"
+    assert d["corpus_bytes"] == corpus.n_bytes and d["tokenizer"] == "byte"
+    kept = [doc for doc, x in zip(corpus.documents, corpus.dropped) if not x]
     assert stdlib_data.n_train_tokens + stdlib_data.n_val_tokens == (
-        STDLIB_BYTES + d["n_documents"])
+        sum(len(doc.text.encode()) for doc in kept) + len(kept))
     assert stdlib_data.train.dtype == np.uint16 and stdlib_data.vocab_size == 256
     assert isinstance(stdlib_data.train, np.memmap) and isinstance(stdlib_data.val, np.memmap)
     assert type(stdlib_data.train_batch(0, 2, 0)) is np.ndarray
@@ -135,15 +153,20 @@ def test_missing_corpus_path_is_a_clear_error(tmp_path):
 def test_max_corpus_bytes_cuts_at_a_character(tmp_path):
     text = (FOLDER / "sub" / "delta.txt").read_text()
     for cap in range(1, 80):
-        collector = _Collector(cap)
-        collector.add("a", b"ascii ")
-        collector.add("b", text.encode(), text)
-        collector.add("c", b"never read")
-        got = "".join(d.text for d in collector.docs)
-        assert cap - 3 <= collector.n_bytes == len(got.encode()) <= cap
+        collector = _Collector(cap, 0.1)
+        collector.add("a", b"ascii ", val=False)
+        collector.add("held", b"held-out text is never cut nor counted", val=True)
+        collector.add("b", text.encode(), text, val=False)
+        collector.add("c", b"never read", val=False)
+        got = "".join(d.text for d, v in zip(collector.docs, collector.val) if not v)
+        assert cap - 3 <= collector.train_bytes == len(got.encode()) <= cap
         assert ("ascii " + text).startswith(got) and collector.full
-    corpus = read_corpus(cfg(tmp_path, corpus=str(FOLDER), max_corpus_bytes=1000))
-    assert corpus.n_bytes == 1000 and corpus.truncated and len(corpus.documents) >= 3
+        if cap > 6:
+            assert collector.docs[1].text == "held-out text is never cut nor counted"
+    corpus = read_corpus(cfg(tmp_path, corpus=str(FOLDER), max_corpus_bytes=700))
+    train_bytes = sum(len(d.text.encode()) for d, v in zip(corpus.documents, corpus.is_val)
+                      if not v)
+    assert train_bytes == 700 and corpus.truncated and len(corpus.documents) >= 3
 
 
 # ---- validation split ------------------------------------------------------------------
@@ -166,6 +189,84 @@ def test_val_split_is_by_document_and_deterministic(tmp_path, stdlib_data):
     assert 25 <= full.sum() <= 80
     # the stdlib fixture holds out whole files
     assert stdlib_data.describe()["n_val_documents"] >= 1
+
+
+def cross_split_near_duplicates(corpus) -> list[tuple[str, str, float]]:
+    """Every (kept held-out doc, other kept doc) pair at Jaccard >= 0.8, computed afresh."""
+    kept_val = corpus.ordered(True)
+    others = corpus.ordered(False) + kept_val
+    counts = neardup.intersections([neardup.shingles(d.text) for d in kept_val],
+                                   [neardup.shingles(d.text) for d in others]).tocoo()
+    sizes_v = [len(neardup.shingles(d.text)) for d in kept_val]
+    sizes_o = [len(neardup.shingles(d.text)) for d in others]
+    out = []
+    for i, j, c in zip(counts.row, counts.col, counts.data):
+        sim = c / (sizes_v[i] + sizes_o[j] - c)
+        if sim >= neardup.NEAR_DUP_THRESHOLD and kept_val[i].name != others[j].name:
+            out.append((kept_val[i].name, others[j].name, sim))
+    return out
+
+
+def test_stdlib_validation_has_no_near_duplicate_in_training(tmp_path):
+    """The issue's check, on the real, full standard library with the default split."""
+    corpus = read_corpus(cfg(tmp_path))
+    val_groups = {d.group for d, v in zip(corpus.documents, corpus.is_val) if v}
+    train_groups = {d.group for d, v in zip(corpus.documents, corpus.is_val) if not v}
+    assert val_groups and not val_groups & train_groups  # whole groups held out
+    assert len(corpus.ordered(True)) >= 50
+    assert cross_split_near_duplicates(corpus) == []
+    # the codec tables (near-copies of each other) sit on one side of the split
+    enc = {bool(v) for d, v in zip(corpus.documents, corpus.is_val)
+           if d.name.startswith("encodings/cp")}
+    assert len(enc) == 1
+    # the decision is recorded: every dropped training document has its held-out twin
+    dropped = {d.name for d, x in zip(corpus.documents, corpus.dropped) if x}
+    assert dropped == {b for _, b, _ in corpus.near_duplicates if b in dropped}
+
+
+def test_near_duplicates_across_groups_are_dropped(tmp_path):
+    import random
+
+    rng = random.Random(5)
+    folder = tmp_path / "dups"
+    for i in range(20):
+        text = "".join(f"row {k}: {rng.random():.10f}\n" for k in range(60))
+        (folder / f"orig{i}").mkdir(parents=True)
+        (folder / f"copy{i}").mkdir()
+        (folder / f"orig{i}" / "a.txt").write_text(text)
+        (folder / f"copy{i}" / "a.txt").write_text(text.replace("row 7:", "ROW 7:"))
+    corpus = read_corpus(cfg(tmp_path, corpus=str(folder), val_fraction=0.4))
+    summary = corpus.split_summary()
+    assert summary["dropped_train_documents"] >= 1 and summary["dropped_val_documents"] >= 1
+    assert summary["near_duplicate_pairs"] == (summary["dropped_train_documents"]
+                                               + summary["dropped_val_documents"])
+    assert cross_split_near_duplicates(corpus) == []
+    again = read_corpus(cfg(tmp_path, corpus=str(folder), val_fraction=0.4))  # from the cache
+    assert again.dropped.tolist() == corpus.dropped.tolist()
+    fresh = read_corpus(cfg(tmp_path / "other", corpus=str(folder), val_fraction=0.4))
+    assert fresh.dropped.tolist() == corpus.dropped.tolist()
+    data = load_corpus(cfg(tmp_path, corpus=str(folder), val_fraction=0.4), 8)
+    kept = [d for d in corpus.documents if d in corpus.ordered(True) + corpus.ordered(False)]
+    assert data.n_train_tokens + data.n_val_tokens == sum(len(d.text) + 1 for d in kept)
+
+
+def test_stdlib_groups_and_capped_split_are_consistent(tmp_path):
+    assert stdlib_group("encodings/cp1254.py") == stdlib_group("encodings/cp1253.py")
+    assert stdlib_group("os.py") == "os.py"
+    assert stdlib_group("test/test_os.py") == "test/test_os.py"
+    assert stdlib_group("test/test_email/test_email.py") == "test/test_email"
+    assert stdlib_group("idlelib/idle_test/test_run.py") == "idlelib"
+    full = read_corpus(cfg(tmp_path))
+    capped = read_corpus(cfg(tmp_path, max_corpus_bytes=STDLIB_BYTES))
+    again = read_corpus(cfg(tmp_path, max_corpus_bytes=STDLIB_BYTES))
+    assert [d.name for d in again.documents] == [d.name for d in capped.documents]
+    assert again.is_val.tolist() == capped.is_val.tolist()
+    names = lambda c, val: {d.name for d in c.ordered(val)}  # noqa: E731
+    # a capped corpus holds out exactly what the full one does, and trains on nothing
+    # the full corpus holds out or drops (the cut last document aside)
+    assert names(capped, True) == names(full, True)
+    cut = capped.documents[-1].name
+    assert names(capped, False) - {cut} <= names(full, False)
 
 
 def test_single_document_corpus_cannot_be_split(tmp_path):
@@ -265,6 +366,39 @@ def test_batches_are_a_pure_function_of_seed_and_step(stdlib_cfg, stdlib_data):
     assert v.shape == (8, 65) and v.dtype == np.int32
     assert np.array_equal(v, stdlib_data.val_batch(0, 8))
     assert not np.array_equal(v, fresh.val_batch(1, 8))
+
+
+def test_eval_set_is_fixed_and_spread(stdlib_cfg, stdlib_data):
+    es = stdlib_data.eval_set(512)
+    assert es is stdlib_data.eval_set(512)  # cached
+    fresh = load_corpus(stdlib_cfg, 64).eval_set(512)
+    assert np.array_equal(fresh.starts, es.starts)
+    assert np.array_equal(fresh.documents, es.documents)
+    # the same windows whatever the batch size
+    for b in (16, 24, 512):
+        rows = np.concatenate([fresh.batch(i, b)[0] for i in range(fresh.n_batches(b))])
+        assert np.array_equal(rows[:512], np.concatenate([es.batch(i, 7)[0]
+                                                          for i in range(es.n_batches(7))])[:512])
+    # every validation document that holds a window is covered; prefixes spread
+    whole = stdlib_data.eval_set(10**9)
+    assert whole.n_documents <= stdlib_data.n_val_documents
+    assert es.n_documents == min(512, whole.n_documents)
+    assert es.prefix(32).n_documents == 32
+    assert np.array_equal(stdlib_data.eval_set(32).starts, es.starts[:32])
+    assert whole.n_windows == stdlib_data.n_val_windows
+    assert sorted(whole.starts.tolist()) == list(range(0, whole.n_windows * 64, 64))
+    with pytest.raises(ValueError):
+        stdlib_data.eval_set(0)
+
+
+def test_tiny_eval_covers_many_documents(tmp_path):
+    """tiny.toml's data config: the old eval's 128 windows now span >= 20 documents."""
+    config = load_config(ROOT / "experiments" / "tiny.toml")
+    data_cfg = dataclasses.replace(config.data, cache_dir=str(tmp_path / "cache"))
+    data = load_corpus(data_cfg, config.model.seq_len)
+    es = data.eval_set(8 * 16)
+    assert es.n_documents >= 20 and es.n_windows == 128
+    assert data.describe()["n_val_groups"] >= 5
 
 
 def test_shards_concatenate_to_the_full_batch(stdlib_data):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from scaling.config import DataConfig
+from scaling.data import corpus_tokenizer
 from scaling.tokenizer import (EOT_TEXT, BPETokenizer, ByteTokenizer, Tokenizer,
                                bpe_cache_path, make_tokenizer)
 
@@ -79,7 +80,9 @@ def test_bpe_training_is_deterministic(stdlib_texts):
 def test_bpe_is_cached_and_not_retrained(tmp_path, monkeypatch):
     cfg = DataConfig(corpus=str(DATA / "text_corpus"), tokenizer="bpe", bpe_vocab_size=300,
                      cache_dir=str(tmp_path), val_fraction=0.2)
-    first = make_tokenizer(cfg)
+    with pytest.raises(ValueError, match="corpus_tokenizer"):
+        make_tokenizer(cfg)  # the tokenizer module does not read corpora
+    first = corpus_tokenizer(cfg)
     assert first.path is not None and first.path.exists()
     assert first.path.parent == tmp_path / "tokenizers"
     mtime = first.path.stat().st_mtime_ns
@@ -88,7 +91,7 @@ def test_bpe_is_cached_and_not_retrained(tmp_path, monkeypatch):
         raise AssertionError("retrained although a cached tokenizer exists")
 
     monkeypatch.setattr(BPETokenizer, "train", no_training)
-    second = make_tokenizer(cfg)
+    second = corpus_tokenizer(cfg)
     assert second.name == first.name
     assert second.path == first.path and first.path.stat().st_mtime_ns == mtime
     assert second.encode("hello wörld").tolist() == first.encode("hello wörld").tolist()
@@ -99,3 +102,15 @@ def test_bpe_is_cached_and_not_retrained(tmp_path, monkeypatch):
 
 def test_make_tokenizer_byte():
     assert isinstance(make_tokenizer(DataConfig()), ByteTokenizer)
+
+
+def test_tokenizer_does_not_import_data():
+    """The dependency goes one way: scaling.data imports scaling.tokenizer, never back."""
+    import ast
+
+    import scaling.tokenizer as module
+
+    tree = ast.parse(Path(module.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "scaling.data" not in imported and "scaling" not in imported

@@ -1,0 +1,116 @@
+"""Near-duplicate documents: exact Jaccard similarity of byte-shingle sets.
+
+Rule. A document's *shingles* are the 8-byte substrings of its UTF-8 text after every
+run of whitespace has been replaced by one space (so re-indented or re-wrapped copies
+still match); a document shorter than 8 bytes is one shingle, its whole text. Each
+shingle is hashed to 64 bits (polynomial hash, splitmix64 finalizer; a collision among
+the ~10^7 shingles of a corpus has probability ~10^-5). The similarity of two documents
+is the Jaccard index |A & B| / |A | B| of their shingle-hash sets, computed exactly (no
+MinHash sketch, so no false negatives): `intersections` counts the shared hashes of
+every (query, document) pair with one sparse matrix product over the hashes that occur
+in the queries. Two documents are near-duplicates when the similarity is >=
+`NEAR_DUP_THRESHOLD` (0.8). Eight bytes (about two identifiers) make the index track
+the share of identical lines: `encodings/cp1254.py` vs `cp1252.py` has 0.96 of its lines
+in common and Jaccard 0.96 (16-byte shingles: 0.93; vs `iso8859_9.py`: lines 0.89,
+8 bytes 0.86, 16 bytes 0.79), while unrelated modules stay far below 0.8.
+
+Speed: the standard library (31 MB, 1,800 files, 17M shingles) is shingled in ~2 s
+and its ~150 held-out documents compared with all documents in ~1 s (one CPU core).
+Everything is a pure function of the texts.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+NEAR_DUP_THRESHOLD = 0.8
+SHINGLE_BYTES = 8
+_WHITESPACE = re.compile(rb"\s+")
+_P = np.uint64(0x100000001B3)  # FNV prime, an odd multiplier
+_LOW24 = np.uint64((1 << 24) - 1)
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def normalize(text: str) -> bytes:
+    """UTF-8 bytes of `text` with every whitespace run replaced by one space."""
+    return _WHITESPACE.sub(b" ", text.encode("utf-8"))
+
+
+def shingles(text: str, k: int = SHINGLE_BYTES) -> np.ndarray:
+    """Sorted unique uint64 hashes of the k-byte shingles of normalize(text)."""
+    raw = normalize(text)
+    b = np.frombuffer(raw, dtype=np.uint8).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        if len(b) < k:  # one shingle: the whole (short) text, hashed the same way
+            h = np.zeros(1, dtype=np.uint64)
+            for x in b:
+                h = h * _P + x
+            return _mix64(h + np.uint64(len(b)))
+        # polynomial hash of every k-window by doubling: H_2m[i] = H_m[i] P^m + H_m[i+m]
+        h, m, pw = b, 1, _P
+        while 2 * m <= k:
+            h = h[:len(h) - m] * pw + h[m:]
+            m, pw = 2 * m, pw * pw
+        n = len(b) - k + 1
+        h = h[:n]  # then the remaining k - m bytes (k need not be a power of two)
+        for j in range(m, k):
+            h = h * _P + b[j:j + n]
+        h = np.sort(_mix64(h + np.uint64(k)))
+    return h[np.concatenate(([True], h[1:] != h[:-1]))]  # unique (faster than np.unique)
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Jaccard index of two sorted unique hash arrays."""
+    inter = np.intersect1d(a, b, assume_unique=True).size
+    union = a.size + b.size - inter
+    return inter / union if union else 1.0
+
+
+def intersections(queries: list[np.ndarray], docs: list[np.ndarray]):
+    """Sparse [len(queries), len(docs)] matrix of |Q_i & D_j| (scipy CSR, int64).
+
+    Only hashes that occur in some query can contribute, so documents are reduced to
+    those before the product; each set must be sorted and unique (as `shingles` gives)."""
+    import scipy.sparse as sp
+
+    vocab = np.unique(np.concatenate(queries)) if queries else np.zeros(0, np.uint64)
+
+    bitmap = np.zeros(1 << 24, dtype=bool)
+    bitmap[(vocab & _LOW24).astype(np.intp)] = True
+
+    def matrix(sets: list[np.ndarray]):
+        lengths = np.array([len(s) for s in sets], dtype=np.int64)
+        flat = np.concatenate(sets) if sets else np.zeros(0, np.uint64)
+        rows = np.repeat(np.arange(len(sets), dtype=np.int64), lengths)
+        # a bitmap of the vocabulary's low 24 bits rules out most hashes before the
+        # binary search, which then confirms the exact 64-bit value
+        maybe = np.flatnonzero(bitmap[(flat & _LOW24).astype(np.intp)])
+        col = np.searchsorted(vocab, flat[maybe])
+        hit = col < len(vocab)
+        hit[hit] = vocab[col[hit]] == flat[maybe][hit]
+        data = np.ones(int(hit.sum()), dtype=np.int64)
+        return sp.csr_matrix((data, (rows[maybe][hit], col[hit])),
+                             shape=(len(sets), len(vocab)))
+
+    return (matrix(queries) @ matrix(docs).T).tocsr()
+
+
+def near_duplicate_pairs(queries: list[np.ndarray], docs: list[np.ndarray],
+                         threshold: float = NEAR_DUP_THRESHOLD) -> list[tuple[int, int, float]]:
+    """Every (query i, document j, similarity) with Jaccard >= threshold, exactly."""
+    inter = intersections(queries, docs).tocoo()
+    qn = np.array([len(s) for s in queries], dtype=np.int64)
+    dn = np.array([len(s) for s in docs], dtype=np.int64)
+    i, j, c = inter.row, inter.col, inter.data
+    sim = c / (qn[i] + dn[j] - c)
+    keep = sim >= threshold
+    order = np.lexsort((j[keep], i[keep]))
+    return [(int(a), int(b), float(s)) for a, b, s in
+            zip(i[keep][order], j[keep][order], sim[keep][order])]
