@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from scaling.config import ConfigError
-from scaling.points import FINISHED, point_config, run_point  # noqa: F401  (re-exported)
+from scaling.points import FINISHED, run_point
 from scaling.results import POINT_FILE, point_state, points_dir, write_tables
 from scaling.runfiles import (CorruptRunFile, atomic_write_text, clean_stale_temps, read_json,
                               write_json_atomic)
