@@ -5,15 +5,16 @@ A checkpoint holds two items:
     meta    JSON: step, data position (tokens seen, epoch), the run's config, wall time
 Saves are atomic (orbax writes into a temporary folder and renames it), so a kill
 during a save leaves the previous checkpoints intact. Restoring walks from the newest
-step down and skips, with a warning, any checkpoint that fails to load.
+step down and skips any checkpoint that fails to load, with one warning line saying
+which and why (orbax's own error logs about it are folded into that line).
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -23,16 +24,19 @@ log = logging.getLogger(__name__)
 
 
 class Checkpointer:
-    def __init__(self, directory: str | Path, keep: int = 2):
+    def __init__(self, directory: str | Path, keep: int = 2, *, create: bool = True):
+        """`create=False`: only read; the folder is not created (it must exist)."""
         self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
-            create=True,
+            create=create,
             enable_async_checkpointing=False,  # host arrays; a save is a plain write
             cleanup_tmp_directories=True,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("state", "meta"))
+        with _orbax_errors() as said:  # e.g. a garbled _CHECKPOINT_METADATA: reported on restore
+            self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                                 item_names=("state", "meta"))
+        self._held_back = said
 
     def save(self, step: int, host_state: Any, meta: dict) -> None:
         self.manager.save(
@@ -50,18 +54,26 @@ class Checkpointer:
         """(host state, meta) of the newest loadable checkpoint, or None."""
         target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract_state)
         for step in sorted(self.manager.all_steps(), reverse=True):
-            try:
-                restored = self.manager.restore(
-                    step,
-                    args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                            meta=ocp.args.JsonRestore()),
-                )
-                state = jax.tree.map(np.asarray, restored["state"])
-                _check_like(state, target)
-                return state, dict(restored["meta"])
-            except Exception as e:  # corrupt or partial: fall back to an older one
-                warnings.warn(f"checkpoint at step {step} in {self.directory} cannot be "
-                              f"restored ({type(e).__name__}: {e}); trying an older one")
+            with _orbax_errors() as orbax_said:
+                try:
+                    restored = self.manager.restore(
+                        step,
+                        args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                meta=ocp.args.JsonRestore()),
+                    )
+                    state = jax.tree.map(np.asarray, restored["state"])
+                    _check_like(state, target)
+                except Exception as e:  # corrupt or partial: fall back to an older one
+                    log.warning("checkpoint at step %d in %s cannot be restored (%s); trying "
+                                "an older one", step, self.directory, _one_line(e))
+                    self._held_back = []  # that line says what matters
+                    continue
+            said = self._held_back + orbax_said
+            self._held_back = []
+            if said:
+                log.warning("checkpoint at step %d in %s restored, but orbax reported: %s",
+                            step, self.directory, _one_line(said[0]))
+            return state, dict(restored["meta"])
         return None
 
     def close(self) -> None:
@@ -72,3 +84,31 @@ def _check_like(state: Any, target: Any) -> None:
     for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(target), strict=True):
         if got.shape != want.shape:
             raise ValueError(f"shape {got.shape} where {want.shape} was expected")
+
+
+def _one_line(what: Exception | str, limit: int = 300) -> str:
+    text = f"{type(what).__name__}: {what}" if isinstance(what, Exception) else str(what)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@contextmanager
+def _orbax_errors() -> Iterator[list[str]]:
+    """Hold back what orbax logs (through absl) while a checkpoint is tried: the caller
+    reports the outcome in one line of its own. Yields the messages held back."""
+    said: list[str] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            said.append(record.getMessage())
+            return False
+        return True
+
+    loggers = [logging.getLogger(name) for name in ("absl", "orbax")]
+    for lg in loggers:
+        lg.addFilter(hold)
+    try:
+        yield said
+    finally:
+        for lg in loggers:
+            lg.removeFilter(hold)

@@ -141,8 +141,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from scaling.results import format_status
+    from scaling.results import check_sweep_dir, format_status
 
+    check_sweep_dir(args.sweep_dir)  # before SLURM is asked anything
     if (Path(args.sweep_dir) / "slurm").exists():  # ask SLURM for the jobs' states first
         from scaling.slurm import refresh
 

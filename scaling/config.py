@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -201,6 +202,7 @@ class Config:
 
     def validate(self) -> "Config":
         for section in SECTIONS:
+            _check_finite(getattr(self, section), section)
             getattr(self, section).validate()
         if self.optim.warmup_steps >= self.train.steps:
             raise ConfigError(
@@ -440,6 +442,25 @@ def _nonnegative(obj: Any, *keys: str) -> None:
     for key in keys:
         if getattr(obj, key) < 0:
             raise ConfigError(f"{section}.{key} = {getattr(obj, key)}: must be >= 0")
+
+
+# Float fields that may hold inf or nan, as "section.key". A field listed here must say
+# in its comment what a non-finite value means; none does yet.
+NON_FINITE_ALLOWED: frozenset[str] = frozenset()
+
+
+def _check_finite(obj: Any, section: str) -> None:
+    """Every float field is finite unless NON_FINITE_ALLOWED lists it.
+
+    inf and nan parse as TOML floats and pass comparisons such as `lr > 0` (inf) or
+    none at all (nan), then train to a diverged or meaningless run; checked here for
+    every float of every section, so that a new field is covered without a line of its own.
+    """
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if (isinstance(value, float) and not math.isfinite(value)
+                and f"{section}.{f.name}" not in NON_FINITE_ALLOWED):
+            raise ConfigError(f"{section}.{f.name} = {value}: must be a finite number")
 
 
 def _section_name(obj: Any) -> str:

@@ -6,8 +6,10 @@ The `local` executor runs points one after another in this process (reusing the
 compiled step across points of the same shape), or, with `workers > 1` (default: one
 per local GPU), in worker processes that each claim points through the points' file
 locks. The `slurm` executor (scaling.slurm) submits points as SLURM jobs. Whatever
-runs a point calls `run_point`, which trains or resumes it in its folder and records
-a failure, with its traceback, instead of stopping the sweep.
+runs a point calls `scaling.points.run_point`, which trains or resumes it in its
+folder and records a failure, with its traceback, instead of stopping the sweep.
+Temporary files that killed writers left in the sweep folder are removed when the
+sweep is prepared again.
 """
 
 from __future__ import annotations
@@ -19,18 +21,15 @@ import shutil
 import subprocess
 import sys
 import time
-import traceback
-from contextlib import nullcontext
 from pathlib import Path
 
-from scaling.config import ConfigError, from_dict
-from scaling.results import (FAILED_FILE, POINT_FILE, point_lock, point_state, points_dir,
-                             write_tables)
-from scaling.runfiles import read_result, write_json_atomic
+from scaling.config import ConfigError
+from scaling.points import FINISHED, run_point
+from scaling.results import POINT_FILE, point_state, points_dir, write_tables
+from scaling.runfiles import (CorruptRunFile, atomic_write_text, clean_stale_temps, read_json,
+                              write_json_atomic)
 
 log = logging.getLogger(__name__)
-
-FINISHED = ("done", "diverged")
 
 
 # --------------------------------------------------------------------------------------
@@ -43,13 +42,15 @@ def prepare_sweep(spec, out: str | Path) -> Path:
     sweep_dir = Path(out) / spec.name
     pdir = points_dir(sweep_dir)
     pdir.mkdir(parents=True, exist_ok=True)
+    for folder in (sweep_dir, *(d for d in pdir.iterdir() if d.is_dir())):
+        clean_stale_temps(folder)
     spec_copy = sweep_dir / "spec.toml"
     text = Path(spec.path).read_text()
-    if spec_copy.exists() and spec_copy.read_text() != text:
+    if spec_copy.exists() and spec_copy.read_text(errors="replace") != text:
         archive = sweep_dir / "specs"
         archive.mkdir(exist_ok=True)
         shutil.copy2(spec_copy, archive / f"spec.{time.strftime('%Y%m%d-%H%M%S')}.toml")
-    spec_copy.write_text(text)
+    atomic_write_text(spec_copy, text)
     add_points(sweep_dir, spec.name, spec.points)
     return sweep_dir
 
@@ -61,9 +62,14 @@ def add_points(sweep_dir: Path, sweep: str, points) -> None:
         d = pdir / p.point_id
         d.mkdir(exist_ok=True)
         meta = point_meta(sweep, p)
-        old = d / POINT_FILE
-        if not old.exists() or json.loads(old.read_text()) != json.loads(json.dumps(meta)):
-            write_json_atomic(old, meta)
+        path = d / POINT_FILE
+        try:
+            old = read_json(path)
+        except CorruptRunFile as e:  # rewritten below from the plan
+            log.warning("%s; rewriting it from the plan", e)
+            old = None
+        if old != json.loads(json.dumps(meta)):
+            write_json_atomic(path, meta)
 
 
 def point_meta(sweep: str, p) -> dict:
@@ -73,11 +79,6 @@ def point_meta(sweep: str, p) -> dict:
         "D": p.tokens, "C": p.flops, "tokens_per_param": p.tokens_per_param,
         "requested": p.requested, "config": p.config.to_dict(),
     }
-
-
-def point_config(point_dir: Path):
-    meta = json.loads((point_dir / POINT_FILE).read_text())
-    return from_dict(meta["config"])
 
 
 def preflight(spec) -> None:
@@ -101,48 +102,6 @@ def preflight(spec) -> None:
         kind = resolve_driver(cfg.train.parallel)
         n = 1 if kind == "none" else (jax.local_device_count() * jax.process_count())
         check_batch(cfg.train.batch_size, cfg.train.micro_batches, n)
-
-
-# --------------------------------------------------------------------------------------
-# One point
-# --------------------------------------------------------------------------------------
-
-
-def run_point(sweep_dir: str | Path, point_id: str, *, progress_position: int = 1,
-              progress: bool = True, lock: bool = True) -> dict | None:
-    """Train or resume one point; None if another process holds it.
-
-    Any exception is recorded in failed.json (with its traceback) and returned as a
-    `failed` status; the point is retried the next time the sweep runs.
-    `lock=False`: do not take the point's lock (the other tasks of a multi-task SLURM
-    job, whose task 0 holds it).
-    """
-    from scaling.loop import train
-
-    point_dir = points_dir(sweep_dir) / point_id
-    done = read_result(point_dir)
-    if done is not None:
-        return done
-    with (point_lock(point_dir) if lock else nullcontext(True)) as mine:
-        if not mine:
-            return None
-        try:
-            cfg = point_config(point_dir)
-            if not progress:
-                cfg = cfg.replace({"train.progress": False})
-            result = train(cfg, point_dir, progress_position=progress_position)
-        except KeyboardInterrupt:
-            raise
-        except Exception as e:
-            tb = traceback.format_exc()
-            log.error("point %s failed: %s", point_id, e)
-            write_json_atomic(point_dir / FAILED_FILE, {
-                "point_id": point_id, "error": f"{type(e).__name__}: {e}", "traceback": tb,
-                "time": time.strftime("%Y-%m-%d %H:%M:%S"), "host": os.uname().nodename,
-            })
-            return {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": tb}
-        (point_dir / FAILED_FILE).unlink(missing_ok=True)
-        return result
 
 
 # --------------------------------------------------------------------------------------

@@ -10,41 +10,46 @@
       curves.parquet             learning curves of all points, long format
 
 A point's state comes from its folder alone: `done` or `diverged` (result.json),
-`running` (its lock is held), `failed` (failed.json), else `pending`. The tables are
-rebuilt from the folders, written atomically, whenever a point ends; deleting them
-loses nothing.
+`corrupt` (a result.json that cannot be read: the next run sets it aside and rebuilds
+the result from the final checkpoint, or retrains), `running` (its lock is held, see
+scaling.runfiles.run_lock), `queued` (a SLURM job waits for it), `failed` (failed.json),
+else `pending`. The tables are rebuilt from the folders, written atomically, whenever a
+point ends; deleting them loses nothing.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import pandas as pd
 
-from scaling.runfiles import METRICS_FILE, RESULT_FILE, atomic_write, read_metrics, read_result
+from scaling.config import ConfigError
+from scaling.runfiles import (LOCK_FILE, METRICS_FILE, RESULT_FILE, CorruptRunFile,
+                              RunFolderBusy, acquire_run_lock, atomic_write, clean_stale_temps,
+                              lock_owner, read_metrics, read_result, release_run_lock)
 
 POINT_FILE = "point.json"
 FAILED_FILE = "failed.json"
 SLURM_FILE = "slurm.json"
-LOCK_FILE = ".lock"
 
 RESULT_COLUMNS = [
     "sweep", "point_id", "label", "status", "group", "compute_budget",
-    "N", "N_total", "D", "D_planned", "C", "C_xla", "C_exact", "tokens_per_param",
-    "final_train_loss", "final_eval_loss", "best_eval_loss",
+    "N", "N_total", "D", "D_planned", "accounting", "C", "C_6ND", "C_xla", "C_exact",
+    "tokens_per_param",
+    "final_train_loss", "final_eval_loss", "eval_loss_stderr", "best_eval_loss",
+    "eval_tokens", "eval_documents",
     "steps", "batch_size", "seq_len", "n_layer", "d_model", "n_head",
     "optimizer", "lr", "schedule", "warmup_steps", "weight_decay", "seed",
     "wall_time_s", "compile_time_s", "tokens_per_s", "mfu",
     "device_kind", "device_count", "jax_version", "corpus_fingerprint", "git_commit",
-    "resumed_from_step", "error",
+    "resumed_from_step", "divergence_reason", "error",
 ]
-CURVE_COLUMNS = ["point_id", "step", "tokens", "flops", "train_loss", "eval_loss", "lr"]
+CURVE_COLUMNS = ["point_id", "step", "tokens", "flops", "train_loss", "eval_loss",
+                 "eval_loss_stderr", "lr"]
 
 
 def points_dir(sweep_dir: str | Path) -> Path:
@@ -55,39 +60,43 @@ def points_dir(sweep_dir: str | Path) -> Path:
 def point_lock(point_dir: Path) -> Iterator[bool]:
     """Hold the point's lock (True) or learn that another process holds it (False).
 
-    flock locks vanish with their process, so a killed worker never leaves a point
-    marked as running.
+    The point's lock is its run folder's lock (scaling.runfiles.run_lock), so the
+    training inside takes the same lock again (re-entrant) and nothing else can train
+    the folder meanwhile. flock locks vanish with their process, so a killed worker
+    never leaves a point marked as running.
     """
-    point_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(point_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        key = acquire_run_lock(point_dir)
+    except RunFolderBusy:
+        yield False
+        return
+    try:
+        yield True
     finally:
-        os.close(fd)
+        release_run_lock(key)
 
 
 def is_locked(point_dir: Path) -> bool:
-    if not (point_dir / LOCK_FILE).exists():
-        return False
-    with point_lock(point_dir) as got:
-        return not got
+    return lock_owner(point_dir) is not None
+
+
+def read_result_checked(point_dir: Path) -> tuple[dict | None, CorruptRunFile | None]:
+    """(result or None, None), or (None, the error) for a corrupt result.json."""
+    try:
+        return read_result(point_dir), None
+    except CorruptRunFile as e:
+        return None, e
 
 
 def point_state(point_dir: str | Path) -> str:
     point_dir = Path(point_dir)
-    result = read_result(point_dir)
+    result, corrupt = read_result_checked(point_dir)
     if result is not None:
         return result["status"]
     if is_locked(point_dir):
         return "running"
+    if corrupt is not None:
+        return "corrupt"
     slurm = _read_json(point_dir / SLURM_FILE)
     if slurm and slurm.get("state") in ("PENDING", "RUNNING", "REQUEUED", "SUBMITTED"):
         return "queued" if slurm["state"] != "RUNNING" else "running"
@@ -104,9 +113,14 @@ def _read_json(path: Path) -> dict | None:
 
 
 def point_row(sweep: str, point_dir: Path) -> dict:
-    """One row of the results table, whatever the point's state."""
+    """One row of the results table, whatever the point's state.
+
+    "C" is the compute under the point's accounting, as its point.json says (a run
+    folder without one: its result's C); the other columns come from result.json.
+    """
     meta = _read_json(point_dir / POINT_FILE) or {}
-    result = read_result(point_dir) or {}
+    result, corrupt = read_result_checked(point_dir)
+    result = result or {}
     config = _read_json(point_dir / "config.json") or meta.get("config", {})
     row = {c: math.nan for c in RESULT_COLUMNS}
     row.update({
@@ -114,7 +128,8 @@ def point_row(sweep: str, point_dir: Path) -> dict:
         "group": meta.get("group", ""), "compute_budget": meta.get("compute_budget") or math.nan,
         "N": meta.get("N"), "N_total": meta.get("N_total"), "D": meta.get("D"),
         "D_planned": meta.get("D"),  # a diverged run's D is what it trained before it stopped
-        "C": meta.get("C"), "tokens_per_param": meta.get("tokens_per_param"),
+        "accounting": meta.get("accounting"), "C": meta.get("C"), "C_6ND": meta.get("C_6ND"),
+        "tokens_per_param": meta.get("tokens_per_param"),
     })
     if config:
         m, o, t = config.get("model", {}), config.get("optim", {}), config.get("train", {})
@@ -125,26 +140,31 @@ def point_row(sweep: str, point_dir: Path) -> dict:
             "warmup_steps": o.get("warmup_steps"), "weight_decay": o.get("weight_decay"),
             "seed": t.get("seed"),
         })
-    row.update({k: v for k, v in result.items() if k in RESULT_COLUMNS})
+    from_meta = {"C"} if meta.get("C") is not None else set()
+    row.update({k: v for k, v in result.items() if k in RESULT_COLUMNS and k not in from_meta})
     row["status"] = point_state(point_dir)
     if row["status"] == "failed":
         failed = _read_json(point_dir / FAILED_FILE) or {}
         row["error"] = failed.get("error", "")
+    elif row["status"] == "corrupt" and corrupt is not None:
+        row["error"] = str(corrupt)
     return row
 
 
 def point_curve(point_dir: Path) -> pd.DataFrame:
-    rows = read_metrics(point_dir)
+    rows = [r for r in read_metrics(point_dir) if "step" in r]
     train = {r["step"]: r for r in rows if "loss" in r}
-    evals = {r["step"]: r["eval_loss"] for r in rows if "eval_loss" in r}
+    evals = {r["step"]: r for r in rows if "eval_loss" in r}
     steps = sorted(set(train) | set(evals))
     out = []
     for s in steps:
-        tr = train.get(s, {})
-        ref = tr or next(r for r in rows if r.get("step") == s)
-        out.append({"point_id": point_dir.name, "step": s, "tokens": ref["tokens"],
-                    "flops": ref["flops"], "train_loss": tr.get("loss", math.nan),
-                    "eval_loss": evals.get(s, math.nan), "lr": tr.get("lr", math.nan)})
+        tr, ev = train.get(s, {}), evals.get(s, {})
+        ref = tr or ev
+        out.append({"point_id": point_dir.name, "step": s, "tokens": ref.get("tokens", math.nan),
+                    "flops": ref.get("flops", math.nan), "train_loss": tr.get("loss", math.nan),
+                    "eval_loss": ev.get("eval_loss", math.nan),
+                    "eval_loss_stderr": ev.get("eval_loss_stderr", math.nan),
+                    "lr": tr.get("lr", math.nan)})
     return pd.DataFrame(out, columns=CURVE_COLUMNS)
 
 
@@ -161,6 +181,7 @@ def collect(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def write_tables(sweep_dir: str | Path) -> pd.DataFrame:
     """Rebuild results.csv, results.parquet and curves.parquet atomically."""
     sweep_dir = Path(sweep_dir)
+    clean_stale_temps(sweep_dir)  # a writer killed mid-write left its temporary file
     results, curves = collect(sweep_dir)
     atomic_write(sweep_dir / "results.csv", lambda p: results.to_csv(p, index=False))
     atomic_write(sweep_dir / "results.parquet", lambda p: results.to_parquet(p, index=False))
@@ -176,10 +197,19 @@ def load_curves(sweep_dir: str | Path) -> pd.DataFrame:
     return collect(sweep_dir)[1]
 
 
-def format_status(sweep_dir: str | Path) -> str:
+def check_sweep_dir(sweep_dir: str | Path) -> Path:
+    """`sweep_dir` as a Path; ConfigError if it does not exist or is not a sweep folder."""
     sweep_dir = Path(sweep_dir)
-    if not points_dir(sweep_dir).exists():
-        return f"{sweep_dir}: no points (not a sweep folder, or nothing run yet)"
+    if not sweep_dir.is_dir():
+        raise ConfigError(f"{sweep_dir}: no such sweep folder")
+    if not points_dir(sweep_dir).is_dir():
+        raise ConfigError(f"{sweep_dir} is not a sweep folder (it has no points/ folder)")
+    return sweep_dir
+
+
+def format_status(sweep_dir: str | Path) -> str:
+    """The status table of a sweep folder; ConfigError if it is not one."""
+    sweep_dir = check_sweep_dir(sweep_dir)
     results, _ = collect(sweep_dir)
     lines = [f"sweep {sweep_dir.name}: {len(results)} points"]
     counts = results["status"].value_counts().to_dict()
@@ -199,6 +229,11 @@ def format_status(sweep_dir: str | Path) -> str:
             f"{_fmt(r['D']):>10s} {_fmt(r['C']):>9s} {steps:>6s} "
             f"{_fmt(r['final_eval_loss'], '.4f'):>9s} {_fmt(r['wall_time_s'], '.0f'):>7s}  {job}"
         )
+    corrupt = results[results["status"] == "corrupt"]
+    if len(corrupt):
+        lines += ["", f"{len(corrupt)} corrupt result file(s); running the sweep again sets "
+                      "them aside and rebuilds each from its final checkpoint (or retrains):"]
+        lines += [f"  {e}" for e in corrupt["error"]]
     return "\n".join(lines)
 
 
@@ -214,4 +249,4 @@ def _fmt(v, spec: str = ".3g") -> str:
 
 
 __all__ = ["collect", "write_tables", "load_results", "load_curves", "format_status",
-           "point_state", "point_lock", "RESULT_FILE"]
+           "point_state", "point_lock", "is_locked", "RESULT_FILE", "LOCK_FILE"]

@@ -13,6 +13,7 @@ seq_len tokens. Every step has the same shapes, so the per-token step compiles o
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
 import jax
@@ -44,17 +45,34 @@ def _step(params, buf_1xT, pos, key, temperature, *, cfg: ModelConfig, top_k: in
     return jax.random.categorical(key, logits_V).astype(jnp.int32)
 
 
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int, *,
+                   min_new_tokens: int = 0) -> None:
+    """ConfigError naming the argument for a value generation cannot honour.
+
+    temperature: a finite number >= 0 (nan would otherwise silently sample at 1.0);
+    top_k and max_new_tokens: integers >= 0 (>= min_new_tokens).
+    """
+    from scaling.config import ConfigError
+
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not math.isfinite(temperature) or temperature < 0:
+        raise ConfigError(f"temperature = {temperature}: must be a finite number >= 0 "
+                          "(0 is greedy decoding)")
+    for name, value, low in (("top_k", top_k, 0), ("max_new_tokens", max_new_tokens, min_new_tokens)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            allowed = f">= {low}" + (" (0: no top-k filter)" if name == "top_k" else "")
+            raise ConfigError(f"{name} = {value}: must be an integer {allowed}")
+
+
 def generate(params, cfg: ModelConfig, prompt_ids: Sequence[int], max_new_tokens: int, *,
              temperature: float = 1.0, top_k: int = 0, seed: int = 0) -> list[int]:
     """The `max_new_tokens` tokens generated after the prompt (the prompt not included).
 
     temperature 0 is greedy decoding (argmax); top_k > 0 samples among the k most
-    likely tokens; `seed` makes sampling reproducible.
+    likely tokens; `seed` makes sampling reproducible. Bad arguments raise ConfigError
+    (a ValueError) naming the argument.
     """
-    if temperature < 0:
-        raise ValueError(f"temperature = {temperature}: must be >= 0")
-    if top_k < 0:
-        raise ValueError(f"top_k = {top_k}: must be >= 0")
+    check_sampling(max_new_tokens, temperature, top_k)
     ids = [int(t) for t in prompt_ids]
     if not ids:
         raise ValueError("generate needs a non-empty prompt")
@@ -83,21 +101,30 @@ def sample_from_run(run_dir, prompt: str = "", *, max_new_tokens: int = 200,
     """Text generated from a run folder's newest checkpoint, after `prompt`.
 
     The run's own config gives the model and the tokenizer (cached with the corpus), so
-    this works on a laptop for a run trained anywhere, under any driver.
+    this works on a laptop for a run trained anywhere, under any driver. Bad arguments
+    and folders without a checkpoint raise ConfigError before anything is loaded; nothing
+    is written into the run folder.
     """
     from pathlib import Path
 
     from scaling.checkpoint import Checkpointer
-    from scaling.config import ConfigError
+    from scaling.config import ConfigError, from_dict
     from scaling.data import load_corpus
-    from scaling.loop import load_config_file
+    from scaling.runfiles import CONFIG_FILE, read_json
     from scaling.train import Trainer
 
+    check_sampling(max_new_tokens, temperature, top_k, min_new_tokens=1)
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        raise ConfigError(f"{run_dir} is not a run folder (no config.json)")
-    cfg = load_config_file(run_dir)
-    ckpt = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such run folder")
+    raw = read_json(run_dir / CONFIG_FILE)  # CorruptRunFile (a ConfigError) if garbled
+    if raw is None:
+        raise ConfigError(f"{run_dir} is not a run folder (no {CONFIG_FILE})")
+    cfg = from_dict(raw)
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():  # never create it: sampling writes nothing
+        raise ConfigError(f"{run_dir} has no checkpoint to sample from yet")
+    ckpt = Checkpointer(folder, keep=cfg.train.keep_checkpoints, create=False)
     restored = ckpt.restore_latest(Trainer(cfg).abstract_state())
     ckpt.close()
     if restored is None:

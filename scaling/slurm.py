@@ -16,7 +16,7 @@ Each call
      rebuilding the tables as points end. Ctrl-C stops waiting, never the jobs: run
      the sweep again to pick them up.
 
-Inside a job, `PointJob` calls `scaling.executors.run_point`. It is a submitit
+Inside a job, `PointJob` calls `scaling.points.run_point`. It is a submitit
 Checkpointable: on the time-limit or preemption signal (USR2, sbatch `--signal`),
 it checkpoints the run at its current step (`scaling.loop.save_now`) and submitit
 requeues the job, which resumes from that checkpoint. A job with several tasks
@@ -64,8 +64,9 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from scaling.config import ConfigError
-from scaling.results import FAILED_FILE, SLURM_FILE, point_state, points_dir, write_tables
-from scaling.runfiles import read_result, write_json_atomic
+from scaling.results import (FAILED_FILE, SLURM_FILE, point_state, points_dir,
+                             read_result_checked, write_tables)
+from scaling.runfiles import write_json_atomic
 
 try:  # submitit is an optional dependency (extras "slurm" and "dev")
     from submitit.helpers import Checkpointable as _JobBase
@@ -109,7 +110,7 @@ class PointJob(_JobBase):
         self.sweep_dir = str(sweep_dir)
 
     def __call__(self, point_id: str) -> dict:
-        from scaling.executors import run_point
+        from scaling.points import run_point
         from scaling.runtime import enable_compilation_cache, setup_logging
 
         setup_logging()
@@ -356,7 +357,7 @@ def _tail(path: str | None, lines: int = 40) -> str:
 
 def _collect(sweep_dir: Path, point_dir: Path, record: dict) -> None:
     """A job ended: make sure its point tells why, if it has no result."""
-    if read_result(point_dir) is not None:
+    if read_result_checked(point_dir)[0] is not None:
         return
     state = record.get("slurm_state", record.get("state"))
     outcome = _job_outcome(sweep_dir, record)
@@ -561,7 +562,7 @@ def run_slurm(spec, sweep_dir: str | Path, point_ids: list[str], *, wait: bool |
     with _launcher_lock(sweep_dir):
         refresh(sweep_dir, point_ids)
         states = {pid: point_state(pdir / pid) for pid in point_ids}
-        todo = [pid for pid in point_ids if states[pid] in ("pending", "failed")]
+        todo = [pid for pid in point_ids if states[pid] in ("pending", "failed", "corrupt")]
         left = [pid for pid in point_ids if states[pid] in ("queued", "running")]
         done = [pid for pid in point_ids if states[pid] in ("done", "diverged")]
         if left:
@@ -593,7 +594,7 @@ def wait_for(sweep_dir: str | Path, point_ids: list[str], *, progress: bool = Tr
             rec = read_record(pdir / pid)
             if not is_active(rec):
                 continue
-            if read_result(pdir / pid) is not None:
+            if read_result_checked(pdir / pid)[0] is not None:
                 first = seen_result.setdefault(pid, time.time())
                 if time.time() - first > DONE_GRACE_S:
                     continue

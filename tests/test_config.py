@@ -116,3 +116,46 @@ def test_cli_bad_key_stops_before_training(tmp_path):
     assert "model.d_modl" in out.stderr and "d_model" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override, key", [
+    ("optim.lr=inf", "optim.lr"),
+    ("optim.clip_norm=nan", "optim.clip_norm"),
+    ("model.init_std=-inf", "model.init_std"),
+    ("train.divergence_factor=inf", "train.divergence_factor"),
+    ("data.val_fraction=nan", "data.val_fraction"),
+])
+def test_non_finite_floats_are_refused(override, key):
+    with pytest.raises(ConfigError, match=f"{key} = .*finite"):
+        load_config(None, [override])
+
+
+def test_every_float_field_is_checked_for_finiteness():
+    """The check is generic: every float field of every section refuses inf and nan."""
+    import dataclasses
+
+    from scaling.config import NON_FINITE_ALLOWED, SECTIONS
+
+    floats = [(s, f.name) for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)
+              if isinstance(getattr(cls(), f.name), float)]
+    assert len(floats) >= 10
+    for section, name in floats:
+        if f"{section}.{name}" in NON_FINITE_ALLOWED:
+            continue
+        for bad in ("inf", "nan", "-inf"):
+            with pytest.raises(ConfigError, match=f"{section}.{name}"):
+                load_config(None, [f"{section}.{name}={bad}"])
+
+
+@pytest.mark.parametrize("override, key", [("optim.lr=inf", "optim.lr"),
+                                           ("optim.clip_norm=nan", "optim.clip_norm")])
+def test_cli_non_finite_value_stops_before_training(tmp_path, override, key):
+    out = subprocess.run(
+        [sys.executable, "run_sweep.py", "train", "experiments/tiny.toml", override,
+         "--run-dir", str(tmp_path / "run")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2, out.stderr
+    assert key in out.stderr and "finite" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "run").exists()

@@ -83,3 +83,72 @@ def test_bad_arguments(params):
         generate(params, CFG, [CFG.vocab_size], 3)
     with pytest.raises(ValueError):
         generate(params, CFG, [1], 3, temperature=-1.0)
+
+
+# --------------------------------------------------------------------------------------
+# The `sample` command: bad arguments and folders stop with one line, exit 2, no writes
+# --------------------------------------------------------------------------------------
+
+
+def _sample_cli(run_dir, *args):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run([sys.executable, "run_sweep.py", "sample", str(run_dir), *args],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+
+
+def _files(folder):
+    return sorted((str(p), p.stat().st_mtime) for p in folder.rglob("*"))
+
+
+@pytest.fixture
+def run_without_checkpoints(tmp_path):
+    from scaling.config import load_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(load_config(None, ["model.n_layer=1"]).to_json())
+    return run
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--temperature", "-1"], ["temperature = -1.0", ">= 0"]),
+    (["--temperature", "nan"], ["temperature = nan", "finite"]),
+    (["--temperature", "inf"], ["temperature = inf", "finite"]),
+    (["--top-k", "-3"], ["top_k = -3", ">= 0"]),
+    (["--max-new-tokens", "-5"], ["max_new_tokens = -5", ">= 1"]),
+    ([], ["no checkpoint"]),
+])
+def test_sample_cli_refuses_bad_input_and_writes_nothing(run_without_checkpoints, args, words):
+    run = run_without_checkpoints
+    before = _files(run)
+    out = _sample_cli(run, *args)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    for w in words:
+        assert w in out.stderr, out.stderr
+    assert out.stdout.strip() == ""
+    assert _files(run) == before
+    assert not (run / "checkpoints").exists()
+
+
+def test_sample_of_a_missing_folder_or_garbled_config(tmp_path):
+    out = _sample_cli(tmp_path / "nope")
+    assert out.returncode == 2 and "no such run folder" in out.stderr
+    (tmp_path / "config.json").write_text("{garbage")
+    out = _sample_cli(tmp_path)
+    assert out.returncode == 2 and "config.json is corrupt" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_generate_refuses_non_finite_temperature(params):
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="finite"):
+            generate(params, CFG, [1], 3, temperature=bad)
+    with pytest.raises(ValueError, match="top_k"):
+        generate(params, CFG, [1], 3, top_k=-1)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(params, CFG, [1], -5)
