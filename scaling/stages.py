@@ -114,7 +114,8 @@ def wanted(spec: SweepSpec) -> bool:
     return bool(fu.get("seeds") or fu.get("widen") or fu.get("bracket"))
 
 
-def run_followup(spec: SweepSpec, sweep_dir: Path, execute: Callable[[list[Point]], pd.DataFrame]) -> dict:
+def run_followup(spec: SweepSpec, sweep_dir: Path,
+                 execute: Callable[[list[Point]], pd.DataFrame]) -> dict:
     """Run the [followup] stages; `execute(points)` runs points and returns the results table.
 
     First the IsoFLOP bracketing (`followup.bracket`, `run_bracket`), then the

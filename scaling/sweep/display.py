@@ -189,8 +189,8 @@ def rule_lines(spec: SweepSpec) -> list[str]:
     lines = []
     for cd in spec.cooldown:
         lines.append(
-            f"cooldown: per size one constant-lr trunk, branched at k = S - round({cd['fraction']:g}"
-            f"·S) into a wsd {cd['shape']} cooldown to each length S (warm-up: the shortest "
+            f"cooldown: per size one constant-lr trunk, branched at k = S - "
+            f"round({cd['fraction']:g}·S) into a wsd {cd['shape']} cooldown to each length S (warm-up: the shortest "
             "branch's; a branch's C_spent is its cooldown only)")
     bracket = spec.followup.get("bracket")
     if bracket:

@@ -229,12 +229,13 @@ def _cooldown_tables(path: Path, resolved: list[tuple[_Draft, Point]], cooldowns
 
 def _resize(path: Path, base: dict, draft: _Draft, rules: list, acc: str, cooldown: dict | None,
             *, preset: str | None = None, n_target: float | None = None
-            ) -> tuple[Point | None, str]:
+            ) -> tuple[Point | None, str, Any]:
     """The draft's point at another size (a preset or a target N snapped by its shape rule).
 
     Everything else is planned as for the original point; under a cooldown rule the new
     point, a single length of its size, is a plain wsd run (`scaling.sweep.cooldown`).
-    Returns (None, the planner's reason) where the size does not fit the budget.
+    Returns (point, "", the new point's own resizer), or (None, the planner's reason,
+    None) where the size does not fit the budget.
     """
     requested = {k: v for k, v in draft.requested.items()
                  if k not in ("preset", "n_target", "tokens_per_param_target")}
@@ -253,11 +254,11 @@ def _resize(path: Path, base: dict, draft: _Draft, rules: list, acc: str, cooldo
     dropped: dict = {}
     point = _resolve(path, base, new, rules, dropped, acc)
     if point is None:
-        return None, "; ".join(r for rs in dropped.values() for r in rs)
+        return None, "; ".join(r for rs in dropped.values() for r in rs), None
     if cooldown is not None:
         made, _ = apply_cooldown(path, [point], cooldown, draft.schedule.evals)
         point = made[0]
-    return point, ""
+    return point, "", functools.partial(_resize, path, base, new, rules, acc, cooldown)
 
 
 def _base_dict(raw: dict, base_over: dict, path: Path) -> dict:

@@ -107,7 +107,10 @@ class SweepSpec:
         """
         if point.point_id not in self.resizers:
             return None, f"point {point.label} is not an IsoFLOP point of this spec's [sweep]"
-        return self.resizers[point.point_id](preset=preset, n_target=n_target)
+        new, why_not, resizer = self.resizers[point.point_id](preset=preset, n_target=n_target)
+        if new is not None:  # a point added this way can be resized in turn
+            self.resizers.setdefault(new.point_id, resizer)
+        return new, why_not
 
 
 # Keys that do not change what a point computes (beyond scaling.config.NON_SEMANTIC).

@@ -303,7 +303,7 @@ def _check_lr_law(path: Path, law: Any, where: str) -> dict:
 
 
 def check_cooldown(path: Path, tbl: Any, where: str) -> dict:
-    """[sweep.cooldown]: fraction in (0, 1) (default 0.2), shape in DECAY_SHAPES (default 1-sqrt)."""
+    """[sweep.cooldown]: fraction in (0, 1) (default 0.2), shape in DECAY_SHAPES (1-sqrt)."""
     if not isinstance(tbl, dict):
         raise SpecError(f"{path}: [{where}.cooldown] must be a table: fraction = 0.2, "
                         "shape = \"1-sqrt\"")
