@@ -97,8 +97,10 @@ def plan_spec(path: Path, raw: dict, base_over: dict, variant: str | None) -> Sw
 
     Checks the spec-level keys (name, executor, accounting, slurm, followup), builds each
     [sweep] grid and the [[point]] tables into drafts, resolves every draft into a Point,
-    drops IsoFLOP sizes that do not fit their budget (noted; an empty budget is an error)
-    and drops duplicate points with one warning line each.
+    drops IsoFLOP sizes that do not fit their budget (noted; an empty budget is an error),
+    turns the points of tables with [sweep.cooldown] into trunks and branches, keeps for
+    every IsoFLOP point a resizer (the bracketing stage's `SweepSpec.resize`) and drops
+    duplicate points with one warning line each.
     """
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not name or "/" in name:
