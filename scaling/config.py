@@ -127,6 +127,7 @@ class OptimConfig:
     warmup_steps: int = 0  # linear warm-up from 0 to lr
     final_lr_ratio: float = 0.1  # lr at the end of decay, as a fraction of the peak
     decay_fraction: float = 0.2  # wsd: fraction of training spent decaying
+    decay_shape: Literal["linear", "cosine", "1-sqrt"] = "linear"
     weight_decay: float = 0.0  # decoupled everywhere (w -= lr * wd * w); adam refuses it: use adamw
     decay_norms_and_biases: bool = False  # default: no decay on norms, biases, embeddings
     decay_embeddings: bool = False
@@ -169,6 +170,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     parallel: Literal["auto", "none", "pmap", "shard_map"] = "auto"
     divergence_factor: float = 3.0  # loss above factor * initial loss => diverged
+    init_from: str = ""      # a run folder (relative paths: to this run's folder) whose checkpoint at init_step starts this run: a cooldown branch of a trunk run
+    init_step: int = 0
+    save_steps: str = ""     # comma-separated steps at which a checkpoint is kept for good (in keep/), for branches
     progress: bool = True
 
     @property
@@ -245,7 +249,8 @@ class Config:
 # Keys that change how a run is executed or shown, not what it computes: a run may be
 # resumed with other values, and they do not enter a sweep point's identity.
 NON_SEMANTIC = ("name", "train.progress", "train.parallel", "train.log_every",
-                "train.checkpoint_every", "train.keep_checkpoints")
+                "train.checkpoint_every", "train.keep_checkpoints",
+                "train.init_from", "train.init_step", "train.save_steps")
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
