@@ -40,7 +40,7 @@ def test_analyze_scaling_sweep(tmp_path):
     _figures_ok(out, ["learning_curves", "loss_vs_size", "isoflop", "optimal_allocation", "residuals"])
     _tables_ok(out, ["parameters", "predictions", "isoflop_budgets"])
     summary = (out / "summary.md").read_text()
-    for phrase in ("Approach 3", "Approach 2 (IsoFLOP, 5 budgets)", "frontier", "Approach 1",
+    for phrase in ("Approach 3", "Approach 2 (IsoFLOP, 5 of 5 budgets bracket", "frontier", "Approach 1",
                    "## Skipped", "optimizer comparison", "failed: 1", "running: 1"):
         assert phrase in summary, phrase
     fits = json.loads((out / "fits.json").read_text())
