@@ -155,10 +155,16 @@ def isoflop(rows: pd.DataFrame, fit):
             ax.scatter(sub["N"], sub["loss"], s=12, color=col, lw=0, zorder=3)
             if not getattr(b, "used", False) and not math.isfinite(getattr(b, "N_opt", math.nan)):
                 continue
-            u = np.log10(sub["N"].to_numpy())
-            xs = np.linspace(u.min() - 0.1, u.max() + 0.1, 100)
-            p = np.polyfit(u, sub["loss"].to_numpy(), 2)
-            ax.plot(10 ** xs, np.polyval(p, xs), color=col, lw=1.1)
+            from .isoflop import profile_curve
+
+            prof = getattr(fit, "profiles", {}).get(float(b.C))
+            if prof is not None and len(prof[0]) >= 3:
+                xs, ys = profile_curve(prof[0], prof[1], fit.info.get("estimator", "parabola"))
+            else:
+                u = np.log10(sub["N"].to_numpy())
+                xs = np.linspace(u.min() - 0.1, u.max() + 0.1, 100)
+                ys = np.polyval(np.polyfit(u, sub["loss"].to_numpy(), 2), xs)
+            ax.plot(10 ** xs, ys, color=col, lw=1.1)
             if b.used:
                 lo, hi = getattr(b, "N_opt_low", math.nan), getattr(b, "N_opt_high", math.nan)
                 xerr = None
@@ -176,7 +182,8 @@ def isoflop(rows: pd.DataFrame, fit):
         ax.set_xscale("log")
         ax.set_xlabel("N (parameters)")
         ax.set_ylabel("loss")
-        ax.set_title("IsoFLOP profiles (★ parabola minimum, 95% CI)")
+        est = fit.info.get("estimator", "parabola")
+        ax.set_title(f"IsoFLOP profiles (★ {est} minimum, 95% CI)")
         _size_colorbar(fig, ax, norm, label="compute budget C (FLOPs)")
     return fig
 

@@ -337,7 +337,8 @@ def analyze(
             weak = (not (np.isfinite(lo) and lo > 0)) or hi / lo > 2
             rep.findings.append(
                 f"L({key}) on the {how}: exponent α_{key} = {value_ci(fit['alpha'], lo, hi, 3)}, "
-                f"irreducible E = {value_ci(fit['E'], *fit.interval('E'), 3)}."
+                f"irreducible E = {_param_text(fit, 'E', 3) if fit.unidentified else value_ci(fit['E'], *fit.interval('E'), 3)}"
+                f" ({_boot_text(fit)})."
                 + (f" The exponent is poorly constrained by this design (its interval spans more "
                    f"than a factor 2): the runs do not trace L({key}) at fixed other resources."
                    if weak else ""))

@@ -125,3 +125,59 @@ def test_cli_bad_column_is_a_clear_error():
                         "--n-col", "Model Sise", "--json"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2
     assert "Model Size" in json.loads(r.stdout)["error"]
+
+
+def _cli_rc(*args, cwd=ROOT):
+    r = subprocess.run([sys.executable, "-m", "analysis", *args], cwd=cwd, capture_output=True,
+                       text=True, timeout=120)
+    return r.returncode, r.stdout, r.stderr
+
+
+def test_cli_bad_input_one_error_line_exit_2(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    pd.DataFrame({"N": [1e6, 2e6], "D": [1e9, 1e9]}).to_csv(tmp_path / "noloss.csv", index=False)
+    pd.DataFrame({"N": [1e6, 2e6, 3e6], "loss": ["abc", "inf", -1]}).to_csv(tmp_path / "bad.csv", index=False)
+    pd.DataFrame({"N": [1e6, 2e6, 3e6], "loss": [3.0, 2.9, 2.8]}).to_csv(tmp_path / "nod.csv", index=False)
+    cases = [
+        (("analyze", str(tmp_path / "empty.csv")), "empty"),
+        (("analyze", str(tmp_path / "noloss.csv")), "no loss column"),
+        (("analyze", str(tmp_path / "nope.csv")), "no such file"),
+        (("fit", "--law", "power", str(tmp_path / "empty.csv")), "empty"),
+        (("fit", "--law", "power", str(tmp_path / "bad.csv")), "loss (loss): non-numeric in 1 row"),
+        (("fit", "--law", "chinchilla", str(tmp_path / "nod.csv")), "needs column D"),
+    ]
+    for args, phrase in cases:
+        rc, out, err = _cli_rc(*args)
+        assert rc == 2, (args, err)
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:") and phrase in lines[0], (args, err)
+    assert not (tmp_path / "empty_report").exists()  # nothing written for bad input
+
+
+def test_analyze_rebuilds_deleted_tables_and_selects_accounting(tmp_path):
+    sweep = make_scaling_sweep(tmp_path / "s", seed=3, curves=False, extra_failed=False)
+    df = pd.read_csv(sweep / "results.csv")
+    pts = sweep / "points"
+    for r in df.to_dict("records"):
+        d = pts / r["point_id"]
+        d.mkdir(parents=True)
+        plan = {k: r[k] for k in ("N", "N_total", "D", "C", "C_exact", "compute_budget")}
+        plan.update(accounting="kaplan", C_6ND=r["C"])
+        (d / "point.json").write_text(json.dumps(plan))
+        (d / "result.json").write_text(json.dumps({"status": "done", "final_eval_loss": r["final_eval_loss"],
+                                                   "eval_loss_stderr": 0.005 * r["final_eval_loss"]}))
+    for name in ("results.csv", "results.parquet"):
+        (sweep / name).unlink()
+    out = analyze(sweep, n_boot=20)
+    summary = (out / "summary.md").read_text()
+    assert "rebuilt from the point folders" in summary
+    assert "accounting kaplan" in summary and "eval_loss_stderr" in summary
+    fits = json.loads((out / "fits.json").read_text())
+    iso = fits["Approach 2 (IsoFLOP)"]
+    assert iso["kind"] == "isoflop" and iso["info"]["n_budgets_used"] == 5
+    assert len(iso["ci"]["a"]) == 2 and "akima" in iso["estimators"]
+    # the other accounting: the kaplan budget labels are dropped, never mixed into an IsoFLOP fit
+    out2 = analyze(sweep, tmp_path / "r2", n_boot=0, accounting="total")
+    s2 = (out2 / "summary.md").read_text()
+    assert "accounting total" in s2 and "budget labels are dropped" in s2
+    assert "Approach 2 (IsoFLOP)" not in json.loads((out2 / "fits.json").read_text())
