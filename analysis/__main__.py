@@ -158,7 +158,8 @@ def _fit(args, df: pd.DataFrame) -> tuple[dict, str]:
     elif args.law == "kaplan":
         from .chinchilla import fit_kaplan
 
-        fit = fit_kaplan(df["N"], df["D"], df["loss"], loss_fn=args.loss_fn, delta=args.delta, **opts)
+        fit = fit_kaplan(df["N"], df["D"], df["loss"], loss_fn=args.loss_fn, delta=args.delta,
+                         bootstrap=boot, noise=noise, **opts)
         out.update(fit.to_dict())
         text = "Kaplan et al.: L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D\n" + fit.describe()
     elif args.law == "isoflop":

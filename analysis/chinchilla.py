@@ -334,10 +334,14 @@ def kaplan_starts() -> np.ndarray:
 
 def fit_kaplan(N, D, loss, *, loss_fn: str = "huber", delta: float = 1e-3, n_boot: int = 200,
                boot_starts: int = 6, seed: int = 0, level: float = LEVEL,
-               ftol: float = FTOL, max_iter: int = 1000) -> KaplanFit:
+               ftol: float = FTOL, max_iter: int = 1000, bootstrap: str = "noise",
+               noise=None) -> KaplanFit:
     """Kaplan et al.'s L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D (no irreducible
-    term), same robust log-space loss and bootstrap as :func:`fit_approach3`."""
-    N, D, L, _ = _clean(N, D, loss)
+    term), same robust log-space loss and bootstrap (``bootstrap``, ``noise``) as
+    :func:`fit_approach3`."""
+    if bootstrap not in ("noise", "cases"):
+        raise ValueError(f"bootstrap must be 'noise' or 'cases', got {bootstrap!r}")
+    N, D, L, keep = _clean(N, D, loss)
     law = KaplanNDLaw(np.log(N), np.log(D))
     y = np.log(L)
     starts = law.to_internal(kaplan_starts())
@@ -353,9 +357,18 @@ def fit_kaplan(N, D, loss, *, loss_fn: str = "huber", delta: float = 1e-3, n_boo
                                        "objective": float(res.f[0]), "converged": bool(res.ok[0]),
                                        "n_starts": int(len(starts))})
     if n_boot > 0:
-        W = bootstrap_counts(N.size, n_boot, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
         bs = basin_starts(res, starts, boot_starts)
-        bres = fit_multistart(law, y, bs, loss=loss_fn, delta=delta, weights=W,
+        if bootstrap == "cases":
+            W, Y = bootstrap_counts(N.size, n_boot, rng), y
+            fit.info["bootstrap"] = "cases (runs resampled with replacement)"
+        else:
+            resid = law.forward(res.x[:1])[0][0] - y
+            sigma, source = _noise_sigma(noise, keep, L, resid)
+            W, Y = None, np.log(noise_replicates(L, sigma, n_boot, rng))
+            fit.info["bootstrap"] = "noise (design fixed, each run's loss perturbed by its noise)"
+            fit.info["noise_source"] = source
+        bres = fit_multistart(law, Y, bs, loss=loss_fn, delta=delta, weights=W,
                               n_problems=n_boot, **opt)
         ext = law.to_external(bres.x)
         fit.samples = pd.DataFrame([to_params(ext[i]) if bres.ok[i] else

@@ -290,7 +290,7 @@ def _apply_accounting(df: pd.DataFrame, accounting: str | None, n_col, c_col, no
         other = df["accounting"].notna() & (df["accounting"].astype(str) != accounting)
         if other.any():
             df.loc[other, "compute_budget"] = np.nan
-            notes.append(f"{int(other.sum())} rows were planned under another accounting: their IsoFLOP "
+            notes.append(f"{int(other.sum())} row(s) planned under another accounting: their IsoFLOP "
                          f"budget labels are dropped (not iso-FLOP under {accounting})")
     return accounting
 

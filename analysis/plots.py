@@ -17,6 +17,9 @@ from .style import DATA, FIT, FRONTIER, PALETTE, SEQ_CMAP, new_figure, paper_sty
 
 def _ci_label(name: str, fit, key: str, digits: int = 3) -> str:
     v = fit.params[key]
+    if key in getattr(fit, "unidentified", {}):
+        b = fit.bounds.get(key)
+        return f"{name} not identified" + (f" (≤ {b[1]:.{digits}g})" if b else "")
     lo, hi = fit.interval(key)
     if math.isfinite(lo):
         return f"{name} = {v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
@@ -126,11 +129,15 @@ def loss_vs_size(done: pd.DataFrame, fits: dict, envelopes: dict):
             lo, hi = fit.band(xs)
             if np.isfinite(lo).all():
                 ax.fill_between(xs, lo, hi, color=FIT, alpha=0.25, lw=0)
+            # the axes follow the data, not a bootstrap band that may blow up off the data
+            lv = done["loss"].to_numpy(float)
+            lv = lv[np.isfinite(lv) & (lv > 0)]
+            ax.set_ylim(lv.min() / 1.08, lv.max() * 1.12)
             _loglog(ax)
             ax.set_xlabel({"N": "N (parameters)", "D": "D (tokens)", "C": "C (FLOPs)"}[k])
             ax.set_ylabel("loss")
             ax.set_title(f"L({k})")
-            ax.legend(loc="lower left")
+            ax.legend(loc="best", frameon=True, facecolor="white", edgecolor="none", framealpha=0.85)
     return fig
 
 
@@ -188,7 +195,8 @@ def isoflop(rows: pd.DataFrame, fit):
     return fig
 
 
-def optimal_allocation(*, iso=None, a1=None, a3=None, C_range=None, runs: pd.DataFrame | None = None):
+def optimal_allocation(*, iso=None, a1=None, a3=None, C_range=None, runs: pd.DataFrame | None = None,
+                       c_label: str = "compute C (FLOPs)"):
     """N_opt(C) and D_opt(C): per-budget optima (Approach 2) and the frontier's (Approach 1)
     as points, each approach's fitted power law with its 95% band, exponents in the legend;
     ``runs`` (columns C, N, D) in grey for where the data lie."""
@@ -248,15 +256,17 @@ def optimal_allocation(*, iso=None, a1=None, a3=None, C_range=None, runs: pd.Dat
                                     alpha=0.2, lw=0)
             ax.set_xscale("log")
             ax.set_yscale("log")
-            ax.set_xlabel("compute C (FLOPs)")
+            ax.set_xlabel(c_label)
             ax.set_ylabel("N_opt (parameters)" if which == "N" else "D_opt (tokens)")
             ax.set_title("Compute-optimal N" if which == "N" else "Compute-optimal D")
             ax.legend(loc="upper left", fontsize=6.8)
     return fig
 
 
-def residuals(fit, N, D, L, *, title: str = "Approach 3"):
-    """Observed against fitted loss, and the log residual against compute, coloured by N."""
+def residuals(fit, N, D, L, *, C=None, c_label: str = "compute C = 6 N D (FLOPs)",
+              title: str = "Approach 3"):
+    """Observed against fitted loss, and the log residual against compute (``C``, default
+    6 N D), coloured by N."""
     N = np.asarray(N, float)
     D = np.asarray(D, float)
     L = np.asarray(L, float)
@@ -276,10 +286,11 @@ def residuals(fit, N, D, L, *, title: str = "Approach 3"):
         ax1.set_ylabel("observed loss")
         ax1.set_title(f"{title}: observed vs fitted")
         ax1.legend(loc="upper left")
-        ax2.scatter(6 * N * D, r, c=N, norm=norm, cmap=SEQ_CMAP, s=10, lw=0)
+        ax2.scatter(6 * N * D if C is None else np.asarray(C, float), r, c=N, norm=norm,
+                    cmap=SEQ_CMAP, s=10, lw=0)
         ax2.axhline(0, color="black", lw=0.8)
         ax2.set_xscale("log")
-        ax2.set_xlabel("compute C = 6 N D (FLOPs)")
+        ax2.set_xlabel(c_label)
         ax2.set_ylabel("log(observed / fitted)")
         mad = float(np.median(np.abs(r)))
         ax2.set_title(f"Residuals (median |r| = {mad:.4f})")

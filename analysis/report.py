@@ -69,7 +69,10 @@ def _boot_text(fit) -> str:
     if fit.samples is None or not len(fit.samples):
         return "no bootstrap"
     how = "noise bootstrap" if str(fit.info.get("bootstrap", "")).startswith("noise") else "case bootstrap"
-    return f"{how}, {len(fit.samples)} replicates, {fit.n_boot_failed} failed"
+    out = f"{how}, {len(fit.samples)} replicates, {fit.n_boot_failed} failed"
+    if fit.n_boot_failed > 0.1 * len(fit.samples):
+        out += " (the interval is over the successful replicates only: treat it as unreliable)"
+    return out
 
 
 def _sig(v, digits=6):
@@ -178,7 +181,8 @@ class _Report:
         for f in fits:
             how = "noise bootstrap" if str(f.info.get("bootstrap", "")).startswith("noise") else "case bootstrap"
             src = f.info.get("noise_source") or noise
-            bits.append(f"{f.kind}: {how}, {len(f.samples)} replicates, {f.n_boot_failed} failed"
+            label = f"L({f.info['x']})" if f.kind.startswith("power") and "x" in f.info else f.kind
+            bits.append(f"{label}: {how}, {len(f.samples)} replicates, {f.n_boot_failed} failed"
                         + (f", noise: {src}" if src and how == "noise bootstrap" else ""))
         if fit is not None and not fits:
             bits.append("no bootstrap")
@@ -217,6 +221,16 @@ class _Report:
             self.param_rows.append({"fit": fit_name, "parameter": k, "estimate": fit.params[k],
                                     "ci_low": lo, "ci_high": hi, "note": note,
                                     "bootstrap": _boot_text(fit)})
+
+
+def _c_label(df: pd.DataFrame) -> str:
+    """Axis label of the compute column under the table's accounting."""
+    acc = df.attrs.get("accounting")
+    if acc == "total":
+        return "compute C = C_exact (FLOPs, total accounting)"
+    if acc == "kaplan":
+        return "compute C = 6 N D (FLOPs, N non-embedding)"
+    return f"compute C (FLOPs, column {df.attrs.get('columns', {}).get('C')})"
 
 
 def _eval_set(df: pd.DataFrame, done: pd.DataFrame) -> str:
@@ -325,8 +339,12 @@ def analyze(
                          f"the {how} (need 4)")
                 continue
             try:
+                # case bootstrap on purpose: the front is a selection of the lowest losses, not a
+                # design; perturbing losses and re-taking the minimum biases the front downwards,
+                # and resampling runs also carries the misspecification of L(x) on such a front
                 fit = fit_power_law(env["x"], env["loss"], irreducible=True, n_boot=n_boot,
                                     seed=seed, name=key, loss_fn=pl_loss)
+                fit.info["bootstrap"] = "cases (Pareto-front rows resampled)"
             except Exception as exc:
                 rep.skip(f"power law L({key})", str(exc))
                 continue
@@ -337,8 +355,10 @@ def analyze(
             weak = (not (np.isfinite(lo) and lo > 0)) or hi / lo > 2
             rep.findings.append(
                 f"L({key}) on the {how}: exponent α_{key} = {value_ci(fit['alpha'], lo, hi, 3)}, "
-                f"irreducible E = {_param_text(fit, 'E', 3) if fit.unidentified else value_ci(fit['E'], *fit.interval('E'), 3)}"
-                f" ({_boot_text(fit)})."
+                + (f"irreducible E not identified ({fit.unidentified['E']}; one-sided bound "
+                   f"E ≤ {fmt(fit.bounds['E'][1], 3) if 'E' in fit.bounds else 'n/a'}; α is conditional on it)"
+                   if "E" in fit.unidentified else f"irreducible E = {value_ci(fit['E'], *fit.interval('E'), 3)}")
+                + f" ({_boot_text(fit)})."
                 + (f" The exponent is poorly constrained by this design (its interval spans more "
                    f"than a factor 2): the runs do not trace L({key}) at fixed other resources."
                    if weak else ""))
@@ -377,12 +397,13 @@ def analyze(
                            f"against {red['objective_full']:.4g} with E." if red else ""))
                 rep.figure("residuals", rep.cap("Approach 3: observed against fitted loss, and log "
                            "residuals against compute, coloured by N"),
-                           lambda: plots.residuals(a3, rows["N"], rows["D"], rows["loss"]))
+                           lambda: plots.residuals(a3, rows["N"], rows["D"], rows["loss"], C=rows["C"],
+                                                   c_label=_c_label(df)))
             except Exception as exc:
                 rep.skip("Approach 3", f"{type(exc).__name__}: {exc}")
             try:
-                kap = fit_kaplan(rows["N"], rows["D"], rows["loss"], n_boot=n_boot, seed=seed)
-                kap.info["bootstrap"] = "cases"
+                kap = fit_kaplan(rows["N"], rows["D"], rows["loss"], n_boot=n_boot, seed=seed,
+                                 bootstrap=boot, noise=noise if measured else None)
                 rep.add_params("Kaplan L(N, D)", kap, ["alpha_N", "alpha_D", "N_c", "D_c"])
             except Exception as exc:
                 rep.skip("Kaplan L(N, D)", f"{type(exc).__name__}: {exc}")
@@ -499,9 +520,11 @@ def analyze(
     if iso_ok is not None or a1 is not None or a3 is not None:
         rep.figure("optimal_allocation", "Compute-optimal N and D against compute: per-budget "
                    "minima (Approach 2), frontier sizes (Approach 1), and the fitted power laws "
-                   "with 95% bands, including Approach 3's closed form.",
+                   "with 95% bands, including Approach 3's closed form (which assumes C = 6 N D "
+                   "with the fitted N).",
                    lambda: plots.optimal_allocation(iso=iso_ok, a1=a1, a3=a3, runs=rows,
-                                                    C_range=[rows["C"].min(), rows["C"].max()]),
+                                                    C_range=[rows["C"].min(), rows["C"].max()],
+                                                    c_label=_c_label(df)),
                    fit=[f for f in (iso_ok, a1, a3) if f is not None])
 
     # ---------------------------------------------------------------- predictions
@@ -718,7 +741,10 @@ def _write_summary(rep: _Report, elapsed: float) -> None:
         "relative criterion, so the result does not depend on the loss's scale. Intervals are 95% "
         "bootstrap percentiles; for designed sweeps (and wherever the loss's noise is measured) "
         "the bootstrap keeps the design fixed and perturbs each run's loss by its noise, and "
-        "failed replicates are counted, never dropped silently. IsoFLOP minima: global parabola "
+        "failed replicates are counted, never dropped silently. Power laws on a Pareto front "
+        "and the learning-curve frontier use the case bootstrap: a front is a selection of the "
+        "lowest losses, not a design, and perturbing the losses and re-taking the minimum would "
+        "bias it downwards. IsoFLOP minima: global parabola "
         "in log N (default: least biased and best-covered in benchmarks/coverage.py), with the "
         "Akima-interpolant argmin and a local parabola reported beside it; the exponent is a "
         "weighted fit over the budgets that bracket their minimum (fewer than 3: not determined). "
