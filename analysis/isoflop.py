@@ -334,6 +334,15 @@ def fit_isoflop(
         fit.info["not_determined"] = (
             f"not determined: {len(used)} budget(s) bracket their minimum, and an exponent needs "
             f"at least {MIN_BUDGETS}" + (f" ({'; '.join(skipped)})" if skipped else ""))
+        if used and n_boot > 0:  # the per-budget minima still get their intervals
+            with np.errstate(all="ignore"):
+                d = _fit_estimator(estimator, used, np.log(np.array([t[0] for t in used])), n_boot,
+                                   bootstrap, rng, level)
+            for col, vals in d["_per_budget"].items():
+                table.loc[table["used"], col] = vals
+            fit.info["per_budget_bootstrap"] = (
+                f"per-budget minima: {bootstrap} bootstrap, {n_boot} replicates, "
+                f"{sum(d['_per_budget']['boot_failed'])} failed (over all budgets), noise: {noise_source}")
         return fit
 
     logC = np.log(np.array([t[0] for t in used]))

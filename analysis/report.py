@@ -61,7 +61,7 @@ def _param_text(fit, k: str, digits: int = 4) -> str:
     """A parameter's value, or what can be said of it when the data do not identify it."""
     if k in fit.unidentified:
         b = fit.bounds.get(k)
-        return f"{k} (not identified{'; ' + k + ' ' + b[0] + ' ' + fmt(b[1], 3) if b else ''})"
+        return f"{k} (not identified{'; ' + k + ' ≤ ' + fmt(b[1], 3) if b else ''})"
     return fmt(fit.params[k], digits)
 
 
@@ -185,7 +185,8 @@ class _Report:
             bits.append(f"{label}: {how}, {len(f.samples)} replicates, {f.n_boot_failed} failed"
                         + (f", noise: {src}" if src and how == "noise bootstrap" else ""))
         if fit is not None and not fits:
-            bits.append("no bootstrap")
+            pb = getattr(fit, "info", {}).get("per_budget_bootstrap") if not isinstance(fit, (list, tuple)) else None
+            bits.append(pb or "no bootstrap")
         return text.rstrip(".") + ". [" + "; ".join(b for b in bits if b) + "]"
 
     def skip(self, what: str, why: str) -> None:
@@ -381,7 +382,8 @@ def analyze(
                 p = a3.params
                 rep.findings.append(
                     f"Approach 3: L(N, D) = {_param_text(a3, 'E')} + {fmt(p['A'], 4)}/N^{p['alpha']:.3f} + "
-                    f"{fmt(p['B'], 4)}/D^{p['beta']:.3f}; compute-optimal N ∝ C^a with a = "
+                    f"{fmt(p['B'], 4)}/D^{p['beta']:.3f}; compute-optimal N ∝ C^a "
+                    f"{'(conditional on the full model) ' if a3.unidentified else ''}with a = "
                     f"{value_ci(p['a'], *a3.interval('a'), 3)} and D ∝ C^b with b = "
                     f"{value_ci(p['b'], *a3.interval('b'), 3)} ({len(rows)} runs, "
                     f"{a3.info['n_starts']} starts, mean |log residual| "
@@ -551,7 +553,10 @@ def analyze(
             rep.fits["predictions"] = json.loads(pred.to_json(orient="records"))
             first = pred.iloc[0]
             rep.findings.append(
-                f"Prediction at C = {fmt(first['C'], 2)} FLOPs ({first['method']}): N_opt = "
+                f"Prediction at C = {fmt(first['C'], 2)} FLOPs ({first['method']}"
+                + (", conditional: the model has a parameter the data do not identify"
+                   if (first["method"].startswith("Approach 3") and a3 is not None and a3.unidentified) else "")
+                + "): N_opt = "
                 f"{value_ci(first['N_opt'], first['N_opt_low'], first['N_opt_high'], 3)}, D_opt = "
                 f"{value_ci(first['D_opt'], first['D_opt_low'], first['D_opt_high'], 3)}"
                 + (f", loss {value_ci(first['loss_opt'], first['loss_opt_low'], first['loss_opt_high'], 4)}"
