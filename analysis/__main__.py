@@ -167,7 +167,6 @@ def _fit(args, df: pd.DataFrame) -> tuple[dict, str]:
 
         budget = df[args.budget_col] if args.budget_col else None
         has_n = df.attrs["columns"].get("N") is not None
-        has_d = df.attrs["columns"].get("D") is not None
         if "C" not in df or not np.isfinite(df["C"]).any():
             raise ValueError("isoflop: no compute column (pass --c-col)")
         from .isoflop import DEFAULT_ESTIMATOR

@@ -16,9 +16,10 @@ Default: ``parabola`` (:data:`DEFAULT_ESTIMATOR`), chosen by ``benchmarks/covera
 optimum at the 2nd size, 3 decades wide, and one fixed ladder of sizes across budgets so that
 the optimum drifts from the 2nd to the 6th size). The exponent a is a slope: a bias of
 log N_opt that is the same at every budget cancels in it, and the parabola's bias stays below
-0.01 in a on every grid, with RMS errors 0.005-0.026 and 94-98 % coverage of its 95 %
-interval. The Akima argmin, unbiased in principle, is 4-8x noisier on 7 noisy points per
-budget (the interpolant's minimum jumps between nodes: RMS 0.04-0.08, a third of its
+0.01 in a on every grid, with RMS errors 0.005-0.026 and 92-100 % coverage of its 95 %
+interval (per-draw errors reach 0.034 on the off-centre grid: at 0.5 % noise that is the
+noise, not a bias). The Akima argmin, unbiased in principle, is 3-8x noisier on 7 noisy points
+per budget (the interpolant's minimum jumps between nodes: RMS 0.04-0.09, an eighth of its
 replicates fail on off-centre grids); the local parabola sits in between (RMS 0.008-0.030).
 Use ``akima`` or ``local`` with dense grids (many sizes per budget) where the profile is far
 from a parabola over the grid's range.

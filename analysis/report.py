@@ -667,7 +667,8 @@ def _optimizer_section(rep: _Report, df: pd.DataFrame, done: pd.DataFrame, *, n_
                        "E [95% CI]": value_ci(law["E"], *law.interval("E"), 3) if law.irreducible else "–"})
             lines.append(f"- {opt}: loss at its best learning rate falls as C^-α with α = "
                          f"{value_ci(law['alpha'], *law.interval('alpha'), 3)}.")
-        rep.table(pd.DataFrame(lt), "optimizer_laws", "Loss against compute per optimizer at its best learning rate")
+        rep.table(pd.DataFrame(lt), "optimizer_laws", "Loss against compute per optimizer at its best learning rate",
+                  fit=list(laws.values()))
         # reference: the optimizer with the lowest predicted loss at the largest compute
         cmax = float(runs["C"].max())
         ranked = sorted(laws, key=lambda o: float(laws[o].predict(cmax)))
@@ -688,7 +689,7 @@ def _optimizer_section(rep: _Report, df: pd.DataFrame, done: pd.DataFrame, *, n_
                       "to reach its loss at the largest compute in the sweep")
         rep.figure("optimizer_compute", "Loss against compute per optimizer at its best learning "
                    "rate (error bars: seed std) with fitted L(C) and 95% bands.",
-                   lambda: plots.optimizer_compute(runs, laws, mults))
+                   lambda: plots.optimizer_compute(runs, laws, mults), fit=list(laws.values()))
         rep.findings.append(f"Optimizers: {ref} reaches the lowest loss at the largest compute; "
                             + "; ".join(f"{m['x']} needs {fmt(m['multiplier'], 3)}× "
                                         f"[{fmt(m['low'], 3)}, {fmt(m['high'], 3)}] its compute"

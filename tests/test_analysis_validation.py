@@ -4,7 +4,6 @@ minima validated on synthetic grids from a known L(N, D) (fixed seeds)."""
 from __future__ import annotations
 
 import importlib.util
-import math
 from pathlib import Path
 
 import numpy as np
