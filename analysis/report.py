@@ -282,9 +282,11 @@ def analyze(
     out = Path(out_dir) if out_dir is not None else default_out_dir(source)
     df = load_results(source, n_col=n_col, d_col=d_col, c_col=c_col, loss_col=loss_col,
                       accounting=accounting)
+    done = done_rows(df)
+    if len(done) == 0 and df.attrs.get("dropped"):
+        raise ValueError(f"{source}: no row can be fitted ({len(df)} rows; {describe_dropped(df)})")
     out.mkdir(parents=True, exist_ok=True)
     rep = _Report(out, str(source))
-    done = done_rows(df)
     status_counts = df["status"].value_counts().to_dict()
 
     rows, sel_notes = scaling_rows(done) if len(done) else (done, [])

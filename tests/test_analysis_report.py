@@ -151,6 +151,7 @@ def test_cli_bad_input_one_error_line_exit_2(tmp_path):
         (("fit", "--law", "power", str(tmp_path / "empty.csv")), "empty"),
         (("fit", "--law", "power", str(tmp_path / "bad.csv")), "loss (loss): non-numeric in 1 row"),
         (("fit", "--law", "chinchilla", str(tmp_path / "nod.csv")), "needs column D"),
+        (("analyze", str(tmp_path / "bad.csv")), "no row can be fitted"),
     ]
     for args, phrase in cases:
         rc, out, err = _cli_rc(*args)
@@ -158,6 +159,7 @@ def test_cli_bad_input_one_error_line_exit_2(tmp_path):
         lines = [ln for ln in err.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:") and phrase in lines[0], (args, err)
     assert not (tmp_path / "empty_report").exists()  # nothing written for bad input
+    assert not (tmp_path / "bad_report").exists()
 
 
 def test_analyze_rebuilds_deleted_tables_and_selects_accounting(tmp_path):
