@@ -8,6 +8,8 @@ be). Grids, 7 sizes per budget over 5 budgets (1e17 .. 1e19 FLOPs):
 - ``centred``: 2 decades of N centred on the true optimum;
 - ``off-centre``: the same span with the optimum at the 2nd of the 7 sizes;
 - ``wide``: 3 decades of N centred on the optimum;
+- ``jittered``: analysis.synthetic.make_scaling_sweep's design, 1.4 decades around the
+  optimum with each budget shifted by a random offset of up to 0.1 decade;
 - ``drifting``: one ladder of sizes for all budgets, so that the optimum moves from the 2nd
   size (smallest budget) to the 6th (largest): the global parabola's bias then changes with C
   and does not cancel in the slope.
@@ -46,6 +48,9 @@ GRIDS = {
     # one ladder of sizes for every budget (as real sweeps do): the optimum drifts from the
     # 2nd size at the smallest budget to the 6th at the largest
     "drifting": (2.0, None),
+    # analysis.synthetic.make_scaling_sweep's design: 1.4 decades around the optimum, each
+    # budget's grid shifted by a random offset of up to +-0.1 decade
+    "jittered": (1.4, "jitter"),
 }
 
 
@@ -58,7 +63,10 @@ def isoflop_grid(kind: str, rng: np.random.Generator, noise: float = 0.005, n_si
     hi_opt = math.log10(true_optimum(BUDGETS[-1])[0])
     for C in BUDGETS:
         n_opt, _ = true_optimum(C)
-        if at is None:  # ladder: the 2nd size at the smallest budget's optimum, the 6th at the largest
+        if at == "jitter":
+            centre = math.log10(n_opt) + rng.uniform(-0.1, 0.1)
+            u = centre - span / 2 + step * np.arange(n_sizes)
+        elif at is None:  # ladder: the 2nd size at the smallest budget's optimum, the 6th at the largest
             step = (hi_opt - lo_opt) / 4
             u = lo_opt - step + step * np.arange(n_sizes)
         else:
