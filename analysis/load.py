@@ -388,6 +388,14 @@ def prepare_curves(cv: pd.DataFrame, *, results: pd.DataFrame | None = None,
             cv["flops"] = 6.0 * cv["point_id"].map(sizes) * cv["tokens"]
     if "tokens" not in cv and "flops" in cv and results is not None and "point_id" in results:
         cv["tokens"] = cv["flops"] / (6.0 * cv["point_id"].map(results.set_index("point_id")["N"]))
+    if (results is not None and results.attrs.get("accounting") and "tokens" in cv
+            and {"point_id", "C", "D"} <= set(results.columns)):
+        # the training loop logs 6 N_non-embedding tokens; under the table's chosen accounting a
+        # run's compute per token is its C / D (C_exact / D under total), so the curves use that
+        per_token = (results["C"] / results["D"]).where(results["D"] > 0)
+        rate = cv["point_id"].map(dict(zip(results["point_id"], per_token)))
+        cv["flops"] = np.where(np.isfinite(rate), cv["tokens"] * rate, cv.get("flops", np.nan))
+        cv.attrs["flops"] = f"tokens x C / D of each run ({results.attrs['accounting']} accounting)"
     parts = []
     for pid, c in cv.groupby("point_id", sort=False):
         c = c.sort_values("step" if "step" in c else "flops").copy()

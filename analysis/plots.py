@@ -64,7 +64,8 @@ def _xgrid(values, pad: float = 1.5, n: int = 200):
 # --------------------------------------------------------------------------------------
 
 
-def learning_curves(curves: pd.DataFrame, sizes: dict, frontier=None):
+def learning_curves(curves: pd.DataFrame, sizes: dict, frontier=None,
+                    c_label: str = "training FLOPs (6 N tokens)"):
     """Loss against tokens and against FLOPs (log-log), one line per run coloured by N;
     the compute-efficient frontier and its power-law fit on the FLOPs panel."""
     with paper_style():
@@ -96,7 +97,7 @@ def learning_curves(curves: pd.DataFrame, sizes: dict, frontier=None):
             _loglog(ax)
             ax.set_ylabel("loss")
         ax_t.set_xlabel("tokens seen")
-        ax_c.set_xlabel("training FLOPs (6 N tokens)")
+        ax_c.set_xlabel(c_label)
         ax_t.set_title("Learning curves")
         ax_c.set_title("Against compute")
         _size_colorbar(fig, ax_c, norm)

@@ -228,9 +228,9 @@ def _c_label(df: pd.DataFrame) -> str:
     """Axis label of the compute column under the table's accounting."""
     acc = df.attrs.get("accounting")
     if acc == "total":
-        return "compute C = C_exact (FLOPs, total accounting)"
+        return "compute C = C_exact (FLOPs)"
     if acc == "kaplan":
-        return "compute C = 6 N D (FLOPs, N non-embedding)"
+        return "compute C = 6 N D (FLOPs, Kaplan N)"
     return f"compute C (FLOPs, column {df.attrs.get('columns', {}).get('C')})"
 
 
@@ -516,7 +516,10 @@ def analyze(
             rep.figure("learning_curves", "Learning curves against tokens and FLOPs (log-log), "
                        "coloured by N, with the compute-efficient frontier and its power-law fit "
                        "(95% band, bootstrap over runs).",
-                       lambda: plots.learning_curves(curves, sizes, frontier), fit=frontier)
+                       lambda: plots.learning_curves(
+                           curves, sizes, frontier,
+                           c_label=_c_label(df) if df.attrs.get("accounting") else "training FLOPs (6 N tokens)"),
+                       fit=frontier)
         else:
             rep.skip("frontier", "curves of fewer than 2 done runs")
 
