@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -189,3 +190,20 @@ def test_analyze_rebuilds_deleted_tables_and_selects_accounting(tmp_path):
     s2 = (out2 / "summary.md").read_text()
     assert "accounting total" in s2 and "budget labels are dropped" in s2
     assert "Approach 2 (IsoFLOP)" not in json.loads((out2 / "fits.json").read_text())
+
+
+def test_curves_follow_the_chosen_accounting():
+    """The loop logs 6 N_non-embedding tokens; under total accounting a curve's compute is
+    tokens x C_exact / D of its run, so the frontier never mixes the two."""
+    from analysis.load import prepare_curves
+
+    res = pd.DataFrame({"point_id": ["a", "b"], "N": [1e6, 2e6], "D": [1e9, 1e9], "C": [9e15, 1.5e16]})
+    res.attrs["accounting"] = "total"
+    cv = pd.DataFrame({"point_id": ["a"] * 4 + ["b"] * 4, "step": [1, 2, 3, 4] * 2,
+                       "tokens": [1e8, 2e8, 5e8, 1e9] * 2, "flops": [0.0] * 8,
+                       "eval_loss": [4.0, 3.5, 3.2, 3.0, 3.9, 3.4, 3.1, 2.9]})
+    out = prepare_curves(cv, results=res)
+    assert np.allclose(out.loc[out["point_id"] == "a", "flops"], [9e14, 1.8e15, 4.5e15, 9e15])
+    assert np.allclose(out.loc[out["point_id"] == "b", "flops"].iloc[-1], 1.5e16)
+    res.attrs["accounting"] = None  # a table without accounting: the logged flops stay
+    assert (prepare_curves(cv, results=res)["flops"] == 0).all()
