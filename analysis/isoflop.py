@@ -340,6 +340,7 @@ def fit_isoflop(
         fit.info["not_determined"] = (
             f"not determined: {len(used)} budget(s) bracket their minimum, and an exponent needs "
             f"at least {MIN_BUDGETS}" + (f" ({'; '.join(skipped)})" if skipped else ""))
+        fit.ci = {k: (math.nan, math.nan) for k in fit.params}  # keys kept for readers (null)
         if used and n_boot > 0:  # the per-budget minima still get their intervals
             with np.errstate(all="ignore"):
                 d = _fit_estimator(estimator, used, np.log(np.array([t[0] for t in used])), n_boot,

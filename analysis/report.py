@@ -18,6 +18,19 @@ Which analyses run is decided from the table:
 Scaling-law fits use the done runs of one optimizer (the most common one when there are
 several) and, where a (N, D) cell was run with several learning rates and/or seeds, the
 seed-averaged loss at the cell's best learning rate.
+
+Conventions, stated in the Data section and in every figure and table caption: the compute
+accounting (``accounting=``, default the table's own; see analysis/load.py: total = N_total
+and C_exact, kaplan = non-embedding N and 6ND; never mixed), the eval set (the loss column,
+with eval tokens and documents where recorded), the loss noise (analysis/noise.py: seed
+spread, else eval_loss_stderr, else an assumed 0.5 %) and, for every interval, which
+bootstrap made it and how many of its replicates failed. Designed sweeps (a compute_budget
+column) and tables that measure their noise get the noise-aware bootstrap for Approach 2,
+Approach 3 and Kaplan's L(N, D); Pareto-front power laws and the learning-curve frontier keep
+the case bootstrap (a front is a selection, not a design). Parameters the data do not
+identify (analysis/chinchilla.py, analysis/powerlaw.py) are printed with a one-sided bound,
+and what depends on them is marked conditional; an IsoFLOP exponent from fewer than 3
+bracketed budgets is "not determined".
 """
 
 from __future__ import annotations
