@@ -186,7 +186,7 @@ def isoflop(rows: pd.DataFrame, fit):
                 ax.scatter([best["N"]], [best["loss"]], s=70, facecolors="none", edgecolors=col,
                            lw=1.0, zorder=4, label="minimum not bracketed (budget excluded)")
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="upper left", fontsize=7, frameon=True)
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=7, frameon=False)
         ax.set_xscale("log")
         ax.set_xlabel("N (parameters)")
         ax.set_ylabel("loss")
@@ -251,7 +251,8 @@ def optimal_allocation(*, iso=None, a1=None, a3=None, C_range=None, runs: pd.Dat
                 tab = a3.optimal_table(xs)
                 col = PALETTE[1]
                 ax.plot(xs, tab[f"{which}_opt"], color=col, lw=1.3, ls="--",
-                        label="Approach 3: " + _ci_label(key, a3, key))
+                        label="Approach 3: " + _ci_label(key, a3, key)
+                        + ("\n  (conditional: E not identified)" if getattr(a3, "unidentified", None) else ""))
                 if f"{which}_opt_low" in tab:
                     ax.fill_between(xs, tab[f"{which}_opt_low"], tab[f"{which}_opt_high"], color=col,
                                     alpha=0.2, lw=0)
