@@ -95,16 +95,26 @@ def _is_norm_module(name: str) -> bool:
     return any("norm" in t or t == "ln" for t in tokens)
 
 
+def _is_input_embedding(name: str) -> bool:
+    """'token_embed', 'pos_embedding', 'wte_embed' -> True; 'unembed', 'Unembed_0' -> False."""
+    name = name.lower()
+    return "embed" in name and not name.startswith("unembed")
+
+
 def param_kind(path: tuple, leaf: Any) -> str:
     """Classify one parameter by its path: 'norm_or_bias', 'embedding', 'matrix' or 'vector'.
 
     Names, not shapes, decide first, because under nn.scan every block parameter carries
     a leading layer axis (a stacked bias or LayerNorm scale has ndim 2):
       - leaf named 'bias', or anything inside a norm module  -> 'norm_or_bias'
-      - any path component containing 'embed'                -> 'embedding'
+      - a path component naming an input embedding (contains
+        'embed' but is not an output head: 'unembed...')     -> 'embedding'
       - otherwise ndim >= 2                                   -> 'matrix'
       - otherwise                                             -> 'vector' (decays with
         norms and biases)
+    The untied output head (`unembed/kernel` in scaling.model) is a weight matrix like
+    any other projection: it is decayed by default (it is a lookup table only for the
+    parameter count's Kaplan convention, see scaling.accounting, not for the optimizer).
     """
     names = [_key_name(k) for k in path]
     if names and names[-1] == "value" and isinstance(path[-1], jax.tree_util.GetAttrKey):
@@ -113,7 +123,7 @@ def param_kind(path: tuple, leaf: Any) -> str:
     modules = names[:-1]
     if leaf_name == "bias" or any(_is_norm_module(m) for m in modules):
         return "norm_or_bias"
-    if any("embed" in n.lower() for n in names):
+    if any(_is_input_embedding(n) for n in names):
         return "embedding"
     if len(getattr(leaf, "shape", ())) >= 2:
         return "matrix"

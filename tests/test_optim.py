@@ -309,7 +309,8 @@ def test_mask_on_flax_params_and_frozendict():
     ("final_norm", "gain", (8,), "norm_or_bias"),
     ("Dense_3", "bias", (4, 8), "norm_or_bias"),
     ("embed_ln", "scale", (8,), "norm_or_bias"),  # a norm inside an embedding stays a norm
-    ("unembed", "kernel", (8, 11), "embedding"),
+    ("unembed", "kernel", (8, 11), "matrix"),  # the untied output head is a weight matrix
+    ("Unembed_0", "kernel", (8, 11), "matrix"),
     ("token_embed", "embedding", (11, 8), "embedding"),
     ("token_embedding", "weight", (11, 8), "embedding"),
     ("kernel_linear", "kernel", (4, 8, 8), "matrix"),
@@ -414,3 +415,48 @@ def test_describe_optimizer_is_one_line(name):
     text = describe_optimizer(OptimConfig(name=name, schedule="wsd", warmup_steps=10,
                                           weight_decay=0.0 if name == "adam" else 0.1))
     assert text.startswith(name + " ") and "\n" not in text and "wsd" in text
+
+
+# --------------------------------------------------------------------------------------
+# The real model's parameter tree (tied and untied head, scanned and unrolled blocks)
+# --------------------------------------------------------------------------------------
+
+
+def real_model_params(tie: bool, scan: bool):
+    from scaling.config import ModelConfig
+    from scaling.model import init_params
+
+    cfg = ModelConfig(n_layer=2, d_model=16, n_head=2, vocab_size=24, seq_len=8,
+                      tie_embeddings=tie, scan_layers=scan)
+    return init_params(cfg, jax.random.key(0))
+
+
+def real_model_kernels(tie: bool, scan: bool) -> set[str]:
+    blocks = ["blocks"] if scan else ["block_0", "block_1"]
+    kernels = {f"{b}/{m}/kernel" for b in blocks
+               for m in ("attn/qkv", "attn/proj", "mlp/fc", "mlp/proj")}
+    return kernels if tie else kernels | {"unembed/kernel"}
+
+
+@pytest.mark.parametrize("scan", [True, False])
+@pytest.mark.parametrize("tie", [True, False])
+def test_default_mask_on_the_real_model(tie, scan):
+    params = real_model_params(tie, scan)
+    kernels = real_model_kernels(tie, scan)
+    assert decayed_paths(params) == kernels  # the untied head decays like every kernel
+    embeddings = {"token_embed/embedding", "pos_embed/embedding"}
+    assert decayed_paths(params, decay_embeddings=True) == kernels | embeddings
+    assert {k for k, v in flat(trust_ratio_mask(params)).items() if v} == kernels | embeddings
+
+
+@pytest.mark.parametrize("name", EXACT_DECOUPLED)
+def test_untied_head_is_weight_decayed(name):
+    params = real_model_params(tie=False, scan=True)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    cfg = OptimConfig(name=name, lr=0.1, schedule="constant", weight_decay=0.1, clip_norm=0.0)
+    new = one_update(cfg, params, zeros)
+    np.testing.assert_allclose(np.asarray(new["unembed"]["kernel"]),
+                               np.asarray(params["unembed"]["kernel"]) * (1 - 0.1 * 0.1),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(new["token_embed"]["embedding"]),
+                                  np.asarray(params["token_embed"]["embedding"]))
