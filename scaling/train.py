@@ -203,8 +203,22 @@ class Trainer:
 
     def eval_step_body(
         self, params, batch_BxT1: jax.Array, axis_name: str | None = None
-    ) -> dict[str, jax.Array]:
-        return {"eval_loss": _mean_over(axis_name, self.loss(params, batch_BxT1))}
+    ) -> jax.Array:
+        """float32[B]: the mean next-token loss of every window (row) of the batch, gathered
+        over `axis_name` when bound, so every device returns the global batch's losses
+        (the eval set's standard error needs them per window, not averaged)."""
+        logits_BxTxV = self.model.apply({"params": params}, batch_BxT1[:, :-1])
+        ce_BxT = optax.softmax_cross_entropy_with_integer_labels(
+            logits_BxTxV.astype(jnp.float32), batch_BxT1[:, 1:])
+        losses_B = ce_BxT.mean(axis=1)
+        if axis_name is None:
+            return losses_B
+        # Each device writes its rows into the global vector; the sum is then replicated
+        # (an all_gather's result is not inferred replicated under shard_map).
+        b = losses_B.shape[0]
+        full = jnp.zeros((jax.lax.axis_size(axis_name) * b,), losses_B.dtype)
+        full = jax.lax.dynamic_update_slice(full, losses_B, (jax.lax.axis_index(axis_name) * b,))
+        return jax.lax.psum(full, axis_name)
 
     def compile_step(self) -> Callable:
         """The single-device step, jitted with the state donated (the `none` driver);
