@@ -82,8 +82,8 @@ def estimate_seconds(point: Point, device: Any = None) -> float:
     fpt = train_flops_per_token(cfg.model)
     tr = cfg.train
     steps = point.spent_steps
-    n_evals = (steps // tr.eval_every if tr.eval_every else 0) + 1
-    eval_tokens = n_evals * tr.eval_batches * tr.batch_size * cfg.model.seq_len
+    n_curve = steps // tr.eval_every if tr.eval_every else 0
+    eval_tokens = n_curve * (tr.curve_eval_tokens or tr.eval_tokens) + tr.eval_tokens
     flops = fpt * point.tokens * point.spent_fraction + fpt / 3.0 * eval_tokens
     return RUN_OVERHEAD_S[fam] + STEP_OVERHEAD_S[fam] * steps + flops / thr
 
