@@ -262,8 +262,11 @@ def _check_branchable(cfg: Config, trunk: Config, tdir: Path) -> None:
     """Refuse a trunk that is not the same run as this branch up to init_step."""
     mine, theirs = cfg.semantic_dict(), trunk.semantic_dict()
     schedule_keys = {"schedule", "decay_fraction", "decay_shape", "final_lr_ratio"}
+    # Length and when and how much to evaluate do not change the trained weights.
+    free_train_keys = {"steps", "eval_every", "eval_tokens", "curve_eval_tokens"}
     for d in (mine, theirs):
-        d["train"].pop("steps", None)
+        for k in free_train_keys:
+            d["train"].pop(k, None)
         for k in schedule_keys:
             d["optim"].pop(k, None)
     if mine != theirs:
