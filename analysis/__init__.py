@@ -10,7 +10,8 @@ pandas, matplotlib and seaborn only; no GPU, no jax.
     analyze("sweeps/my_sweep")                                # report folder
 
 Command line: ``python -m analysis fit --law {power,frontier,chinchilla,isoflop,kaplan} ...``
-and ``python -m analysis analyze <sweep folder or CSV>``.
+, ``python -m analysis analyze <sweep folder or CSV>`` and ``python -m analysis lr-law
+<sweep or table>`` (a fitted lr*(N) law as a spec's ``lr_law`` line).
 
 Public API (imported lazily, so ``import analysis`` stays cheap):
 
@@ -19,7 +20,9 @@ Public API (imported lazily, so ``import analysis`` stays cheap):
 - fits: ``fit_power_law``, ``fit_frontier``, ``fit_approach1``, ``fit_isoflop``,
   ``fit_approach3``, ``fit_kaplan``, ``compute_optimal``
 - optimizers: ``lr_sensitivity``, ``best_lr``, ``lr_scaling``, ``compute_laws``,
-  ``compute_multiplier``
+  ``compute_multiplier``, ``fit_lr_law``
+- cooldown branches: ``annotate_roles``, ``drop_trunks``, ``compute_spent`` (trunks are not
+  results; FLOPs spent by trunks + cooldowns vs separate runs)
 - report: ``analyze``; synthetic fixtures: ``make_scaling_sweep``, ``make_optimizer_sweep``
 """
 
@@ -37,7 +40,8 @@ _EXPORTS = {
     "compute_optimal": "predict",
     "lr_sensitivity": "optimizers", "best_lr": "optimizers", "lr_scaling": "optimizers",
     "compute_laws": "optimizers", "compute_multiplier": "optimizers",
-    "EdgeOfGridWarning": "optimizers",
+    "EdgeOfGridWarning": "optimizers", "fit_lr_law": "lrlaw",
+    "annotate_roles": "branches", "drop_trunks": "branches", "compute_spent": "branches",
     "analyze": "report",
     "make_scaling_sweep": "synthetic", "make_optimizer_sweep": "synthetic",
     "FitResult": "result",

@@ -6,6 +6,7 @@
     python -m analysis fit --law power runs.csv --x N --loss-col loss
     python -m analysis fit --law frontier curves.csv --run-col point_id --c-col flops --loss-col eval_loss
     python -m analysis analyze sweeps/my_sweep [--out report_dir]
+    python -m analysis lr-law sweeps/my_lr_sweep [--accounting total] [--json]
 
 ``--law chinchilla`` is Chinchilla Approach 3, ``isoflop`` Approach 2 (rows grouped by the
 compute column; N or D may be missing and is then derived from C = 6 N D), ``power`` a power
@@ -84,7 +85,43 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--loss-fn", choices=("huber", "huber_nll", "l2"), default="huber")
     a.add_argument("--accounting", choices=("total", "kaplan"), default=None,
                    help="compute accounting (default: the table's own); the report says which")
+    lw = sub.add_parser("lr-law", help="fit lr*(N) from a learning-rate grid; print the spec's lr_law line")
+    lw.add_argument("source", help="sweep folder or results table with several lrs per size")
+    lw.add_argument("--accounting", choices=("total", "kaplan"), default=None,
+                    help="N of the law: total (all parameters) or kaplan (non-embedding); default: "
+                         "the table's own")
+    lw.add_argument("--n-boot", type=int, default=200)
+    lw.add_argument("--seed", type=int, default=0)
+    lw.add_argument("--json", action="store_true", help="print one JSON object")
     return ap
+
+
+def _lr_law(args) -> int:
+    """`lr-law`: see analysis/lrlaw.py. Exit 2 with one error line when no law can be fitted."""
+    from .lrlaw import describe, fit_lr_law, load_for_lr_law
+
+    try:
+        df = load_for_lr_law(args.source, args.accounting)
+        res = fit_lr_law(df, n_boot=args.n_boot, seed=args.seed)
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        msg = str(exc.args[0] if exc.args else exc)
+        print(json.dumps({"error": msg}) if args.json else f"error: {msg}",
+              file=sys.stdout if args.json else sys.stderr)
+        return 2
+    acc = df.attrs.get("accounting")
+    out = {"source": str(args.source), "accounting": acc, "convention": df.attrs.get("convention"),
+           "N": {"total": "N_total", "kaplan": "N_non_embedding"}.get(acc or "", "N as in the table"),
+           "trunks_excluded": df.attrs.get("n_trunks", 0), "laws": res}
+    if args.json:
+        print(json.dumps(out, default=_default))
+    else:
+        print(describe(res, df.attrs.get("convention", ""), acc))
+    if all("error" in r for r in res):
+        if not args.json:
+            print("error: no learning-rate law: " + "; ".join(f"{r['optimizer']}: {r['error']}"
+                                                             for r in res), file=sys.stderr)
+        return 2
+    return 0
 
 
 def _load(args) -> pd.DataFrame:
@@ -252,6 +289,8 @@ def _bootstrap_choice(args, df: pd.DataFrame):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.cmd == "lr-law":
+        return _lr_law(args)
     if args.cmd == "analyze":
         from .report import analyze
 

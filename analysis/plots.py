@@ -65,14 +65,31 @@ def _xgrid(values, pad: float = 1.5, n: int = 200):
 
 
 def learning_curves(curves: pd.DataFrame, sizes: dict, frontier=None,
-                    c_label: str = "training FLOPs (6 N tokens)"):
+                    c_label: str = "training FLOPs (6 N tokens)", trunks: pd.DataFrame | None = None,
+                    trunk_sizes: dict | None = None):
     """Loss against tokens and against FLOPs (log-log), one line per run coloured by N;
-    the compute-efficient frontier and its power-law fit on the FLOPs panel."""
+    the compute-efficient frontier and its power-law fit on the FLOPs panel.
+
+    ``trunks``: curves of cooldown trunks (constant lr), drawn once each, dashed, in their
+    size's colour; ``curves`` then holds each branch from its branch step on
+    (analysis.branches.split_curves), so a trunk's steps are not drawn once per branch."""
+    trunk_sizes = trunk_sizes or {}
     with paper_style():
         fig, axes = new_figure(2, width=7.2, height=2.9)
         ax_t, ax_c = axes[0]
-        norm = size_norm(list(sizes.values()))
+        norm = size_norm(list(sizes.values()) + list(trunk_sizes.values()))
         cmap = sns.color_palette(SEQ_CMAP, as_cmap=True)
+        if trunks is not None and len(trunks):
+            first = True
+            for pid, c in trunks.groupby("point_id", sort=False):
+                N = trunk_sizes.get(pid, math.nan)
+                col = cmap(norm(N)) if math.isfinite(N) else DATA
+                lab = "trunk (constant lr)" if first else None
+                first = False
+                if "tokens" in c:
+                    ax_t.plot(c["tokens"], c["loss"], color=col, lw=0.9, ls="--", alpha=0.9, label=lab)
+                ax_c.plot(c["flops"], c["loss"], color=col, lw=0.9, ls="--", alpha=0.9)
+            ax_t.legend(loc="upper right", frameon=True, facecolor="white", edgecolor="none", framealpha=0.9)
         for pid, c in curves.groupby("point_id", sort=False):
             N = sizes.get(pid, math.nan)
             col = cmap(norm(N)) if math.isfinite(N) else DATA

@@ -48,6 +48,9 @@ import pandas as pd
 from . import plots
 from .chinchilla import fit_approach3, fit_kaplan
 from .frontier import fit_approach1, fit_frontier
+from .branches import (TRUNK_NOTE, annotate_roles, compute_spent, compute_text, drop_trunks,
+                       fit_curves, is_trunk, split_curves)
+from .followups import added_points, added_points_section
 from .isoflop import fit_isoflop
 from .load import describe_dropped, load_curves, load_results
 from .load import done as done_rows
@@ -295,12 +298,19 @@ def analyze(
     out = Path(out_dir) if out_dir is not None else default_out_dir(source)
     df = load_results(source, n_col=n_col, d_col=d_col, c_col=c_col, loss_col=loss_col,
                       accounting=accounting)
+    annotate_roles(df, df.attrs.get("folder"))
+    spent = compute_spent(df)
+    roles = df[[c for c in ("point_id", "role", "trunk", "branched_at_step") if c in df]].copy()
+    trunk_table = df[is_trunk(df)]
+    df, n_trunks = drop_trunks(df)
     done = done_rows(df)
     if len(done) == 0 and df.attrs.get("dropped"):
         raise ValueError(f"{source}: no row can be fitted ({len(df)} rows; {describe_dropped(df)})")
     out.mkdir(parents=True, exist_ok=True)
     rep = _Report(out, str(source))
     status_counts = df["status"].value_counts().to_dict()
+    if spent is not None:
+        rep.fits["compute"] = spent
 
     rows, sel_notes = scaling_rows(done) if len(done) else (done, [])
     noise = loss_noise(rows) if len(rows) else None
@@ -328,6 +338,13 @@ def analyze(
         data_lines.append("- " + describe_dropped(df))
     if df.attrs.get("derived"):
         data_lines.append("- derived: " + "; ".join(df.attrs["derived"]))
+    if n_trunks:
+        data_lines.append(f"- {n_trunks} cooldown trunk run(s) left out of every fit and figure of "
+                          f"results ({TRUNK_NOTE}); their {int((df['role'] == 'branch').sum())} "
+                          "branches are ordinary results")
+        rep.fits["trunks_excluded"] = {"n": n_trunks, "why": TRUNK_NOTE}
+    if spent is not None:
+        data_lines.append("- compute actually spent: " + compute_text(spent))
     for note in sel_notes:
         data_lines.append(f"- {note}")
     if len(rows):
@@ -336,6 +353,12 @@ def analyze(
             f"D {fmt(rows['D'].min(), 3)}–{fmt(rows['D'].max(), 3)}, "
             f"C {fmt(rows['C'].min(), 3)}–{fmt(rows['C'].max(), 3)} FLOPs")
     rep.sections.append("## Data\n\n" + "\n".join(data_lines) + "\n")
+    if spent is not None:
+        rep.findings.append(compute_text(spent))
+    added = added_points(df.attrs.get("folder"))
+    if added:
+        rep.fits["added_points"] = added
+        rep.sections.append(added_points_section(added))
     if len(rows) == 0:
         rep.skip("all fits", "no done rows with a finite loss")
 
@@ -493,14 +516,20 @@ def analyze(
     # ---------------------------------------------------------------- curves
     frontier = a1 = None
     curves = None
+    trunk_rows = trunk_table
     try:
-        curves = load_curves(source, results=df)
+        with_trunks = df
+        if len(trunk_rows):
+            with_trunks = pd.concat([df, trunk_rows], ignore_index=True)
+            with_trunks.attrs = dict(df.attrs)
+        curves = load_curves(source, results=with_trunks)
     except Exception as exc:
         rep.skip("learning curves", f"could not read: {exc}")
     if curves is None:
         if not any(w == "learning curves" for w, _ in rep.skipped):
             rep.skip("frontier, Approach 1, learning-curve figure", "no curves.parquet / curves.csv")
     elif len(curves):
+        curves, trunk_curves = split_curves(curves, roles)
         if "point_id" in done:
             # the frontier is an envelope: every done run of the reference optimizer may enter
             ref = reference_optimizer(done)
@@ -509,7 +538,7 @@ def analyze(
         sizes = dict(zip(done["point_id"], done["N"])) if "point_id" in done else {}
         if curves["point_id"].nunique() >= 2:
             try:
-                frontier = fit_frontier(curves, sizes=sizes, n_boot=n_boot, seed=seed, loss_fn=pl_loss)
+                frontier = fit_frontier(fit_curves(curves, roles), sizes=sizes, n_boot=n_boot, seed=seed, loss_fn=pl_loss)
                 rep.add_params("Frontier L(C) = E + (C_c/C)^α", frontier.law, ["E", "x_c", "alpha"])
                 rep.findings.append(
                     f"Compute-efficient frontier of the learning curves ({frontier.info['n_runs']} runs): "
@@ -518,7 +547,7 @@ def analyze(
             except Exception as exc:
                 rep.skip("frontier", f"{type(exc).__name__}: {exc}")
             try:
-                a1 = fit_approach1(curves, sizes, n_boot=n_boot, seed=seed)
+                a1 = fit_approach1(fit_curves(curves, roles), sizes, n_boot=n_boot, seed=seed)
                 rep.add_params("Approach 1 (frontier)", a1, ["a", "b", "k_N", "k_D"])
                 rep.findings.append(
                     f"Approach 1 (sizes on the frontier): a = {value_ci(a1['a'], *a1.interval('a'), 3)}, "
@@ -526,12 +555,18 @@ def analyze(
                     f"({a1.info['n_sizes_on_frontier']} sizes attain the frontier).")
             except Exception as exc:
                 rep.skip("Approach 1", f"{type(exc).__name__}: {exc}")
+            tsizes = {pid: n for pid, n in zip(trunk_rows["point_id"], trunk_rows["N"])} \
+                if len(trunk_curves) else {}
             rep.figure("learning_curves", "Learning curves against tokens and FLOPs (log-log), "
                        "coloured by N, with the compute-efficient frontier and its power-law fit "
-                       "(95% band, bootstrap over runs).",
+                       "(95% band, bootstrap over runs)"
+                       + ("; cooldown trunks (constant lr) dashed, drawn once, each branch from "
+                          "its branch step on; trunks are not fitted" if len(trunk_curves) else "")
+                       + ".",
                        lambda: plots.learning_curves(
                            curves, sizes, frontier,
-                           c_label=_c_label(df) if df.attrs.get("accounting") else "training FLOPs (6 N tokens)"),
+                           c_label=_c_label(df) if df.attrs.get("accounting") else "training FLOPs (6 N tokens)",
+                           trunks=trunk_curves, trunk_sizes=tsizes),
                        fit=frontier)
         else:
             rep.skip("frontier", "curves of fewer than 2 done runs")
