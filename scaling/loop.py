@@ -346,7 +346,8 @@ class _Evaluator:
         self.s, self.eval_fn = s, eval_fn
         self.final_set = s.data.eval_set(max(1, t.eval_tokens // T))
         curve = t.curve_eval_tokens or t.eval_tokens
-        self.curve_set = self.final_set.prefix(max(1, min(curve, t.eval_tokens) // T))
+        curve_windows = max(1, min(curve, t.eval_tokens) // T)
+        self.curve_set = self.final_set.prefix(min(curve_windows, self.final_set.n_windows))
 
     def __call__(self, params, final: bool) -> dict[str, float]:
         es = self.final_set if final else self.curve_set
