@@ -11,12 +11,15 @@ written by the loop and is the record of truth; trackers mirror it for dashboard
   checkpoint's step, as metrics.jsonl is truncated there. Follow runs with
   `tensorboard --logdir <run or sweep folder>`.
 - wandb: a W&B run (extra `scalinglab[wandb]`) in `<run>/wandb`. A sweep point
-  (`.../sweeps/<name>/points/<id>`) has the sweep's name as group and the point id as
-  run id; another folder has no group and `<folder name>-<8 hex of its absolute path>`
+  (`<sweep>/points/<id>`) has the sweep's name as group, the point id as run id and its
+  label as name; another folder has no group and `<folder name>-<8 hex of its absolute path>`
   as id (so two folders never share a W&B run). `resume="allow"`: a resumed point
-  continues its W&B run. Config as the run config; the same scalars as TensorBoard;
+  continues its W&B run. (W&B's history only grows: a run killed after its checkpoint
+  logs some steps twice, and W&B may keep either copy or drop the second; metrics.jsonl
+  and TensorBoard hold exactly the resumed curve.) Config as the run config; the same scalars as TensorBoard;
   result.json as the summary. WANDB_MODE=offline works with no network. W&B never stops
-  training: a failure to start or to log is a warning, and the run goes on without it.
+  training: a failure to start or to log is a warning, and the run goes on without it;
+  `wandb.init` waits at most 30 s and the final upload at most 60 s.
 
 Only process 0 writes (the loop passes `primary`). A missing package is a ConfigError
 naming the extra, raised by `check_available` before anything is written.
@@ -31,6 +34,7 @@ traced.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import re
@@ -47,7 +51,8 @@ WANDB_DIR = "wandb"
 PROFILE_DIR = "profile"
 EXTRAS = {"tensorboard": ("tensorboardX", "scalinglab[tensorboard]"),
           "wandb": ("wandb", "scalinglab[wandb]")}
-WANDB_INIT_TIMEOUT_S = 30.0
+WANDB_INIT_TIMEOUT_S = 30.0  # then a warning, and the run trains without W&B
+WANDB_FINISH_TIMEOUT_S = 60.0  # upload wait at the end; then W&B marks its run crashed
 
 
 def check_available(cfg: Config) -> None:
@@ -87,13 +92,21 @@ def flat_config(cfg: Config) -> dict[str, Any]:
     return out
 
 
-def wandb_identity(run_dir: Path) -> tuple[str | None, str]:
-    """(group, run id) of a run folder (module docstring)."""
+def wandb_identity(run_dir: Path) -> tuple[str | None, str, str]:
+    """(group, run id, display name) of a run folder (module docstring). A sweep point is
+    a folder under `<sweep>/points/` (its point.json, when there, names the sweep and
+    the point's label)."""
     run_dir = Path(run_dir).resolve()
-    if run_dir.parent.name == "points" and run_dir.parent.parent.parent.name == "sweeps":
-        return run_dir.parent.parent.name, _wandb_safe(run_dir.name)
+    if run_dir.parent.name == "points":
+        try:
+            meta = json.loads((run_dir / "point.json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+        sweep = str(meta.get("sweep") or run_dir.parent.parent.name)
+        return sweep, _wandb_safe(run_dir.name), str(meta.get("label") or run_dir.name)
     digest = hashlib.sha256(str(run_dir).encode()).hexdigest()[:8]
-    return None, _wandb_safe(f"{run_dir.name}-{digest}")
+    run_id = _wandb_safe(f"{run_dir.name}-{digest}")
+    return None, run_id, run_dir.name
 
 
 def _wandb_safe(text: str) -> str:
@@ -134,13 +147,14 @@ class _WandB:
     def __init__(self, cfg: Config, run_dir: Path):
         import wandb
 
-        group, run_id = wandb_identity(run_dir)
+        group, run_id, name = wandb_identity(run_dir)
         self.wandb = wandb
-        settings = wandb.Settings(init_timeout=WANDB_INIT_TIMEOUT_S, console="off", silent=True,
+        settings = wandb.Settings(init_timeout=WANDB_INIT_TIMEOUT_S,
+                                  finish_timeout=WANDB_FINISH_TIMEOUT_S, console="off", silent=True,
                                   x_disable_stats=True, save_code=False, disable_git=True,
                                   x_save_requirements=False)
         self.run = wandb.init(project=cfg.train.wandb_project, group=group, id=run_id,
-                              name=run_id if group is None else run_dir.name, resume="allow",
+                              name=name, resume="allow",
                               dir=str(run_dir), config=cfg.to_dict(), settings=settings,
                               reinit="create_new")
         self.group, self.id = group, run_id

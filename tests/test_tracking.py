@@ -184,10 +184,14 @@ def test_wandb_offline_run_has_the_sweep_group_the_point_id_and_resumes_it(tmp_p
 
 
 def test_wandb_identity_outside_a_sweep_is_unique_per_folder(tmp_path):
-    g1, id1 = tracking.wandb_identity(tmp_path / "a" / "run")
-    g2, id2 = tracking.wandb_identity(tmp_path / "b" / "run")
-    assert g1 is g2 is None and id1 != id2 and id1.startswith("run-")
-    assert tracking.wandb_identity(tmp_path / "sweeps" / "s" / "points" / "p9") == ("s", "p9")
+    g1, id1, name1 = tracking.wandb_identity(tmp_path / "a" / "run")
+    g2, id2, _ = tracking.wandb_identity(tmp_path / "b" / "run")
+    assert g1 is g2 is None and id1 != id2 and id1.startswith("run-") and name1 == "run"
+    point = tmp_path / "out" / "my-sweep" / "points" / "p9"
+    assert tracking.wandb_identity(point) == ("my-sweep", "p9", "p9")
+    point.mkdir(parents=True)
+    (point / "point.json").write_text('{"sweep": "demo", "point_id": "p9", "label": "n2-d64"}')
+    assert tracking.wandb_identity(point) == ("demo", "p9", "n2-d64")
 
 
 def test_wandb_that_cannot_start_warns_and_training_goes_on(tmp_path, monkeypatch, caplog):
