@@ -140,7 +140,7 @@ class DataConfig:
         if self.max_corpus_bytes:
             raise ConfigError(
                 f"data.max_corpus_bytes = {self.max_corpus_bytes}: caps text, not token "
-                f"shards ({self.corpus!r}); use data.max_unique_tokens"
+                f"shards ({self.corpus!r}): set it to 0; data.max_unique_tokens caps tokens"
             )
 
 
