@@ -84,7 +84,9 @@ class DataConfig:
 
     # "stdlib" (the running Python's standard-library sources), a path to a text file,
     # a folder of text files or a .jsonl file, or "hf:<dataset name>[:<config>]"
-    # ("hf:json:/path/file.jsonl" loads a local file through the `datasets` package).
+    # ("hf:json:/path/file.jsonl" loads a local file through the `datasets` package),
+    # or "tokens:<path>": pre-tokenized llm.c/nanoGPT .bin shards (a file, a folder of
+    # .bin files or a glob; scaling.shards), which need tokens_vocab_size.
     corpus: str = "stdlib"
     tokenizer: Literal["byte", "bpe"] = "byte"
     bpe_vocab_size: int = 512  # only for tokenizer = "bpe"
@@ -95,6 +97,14 @@ class DataConfig:
     #                             to a multiple of seq_len), repeating epochs
     max_corpus_bytes: int = 0  # > 0: read at most this many bytes of the corpus
     cache_dir: str = ""  # "" means $SCALINGLAB_CACHE or ~/.cache/scalinglab
+    tokens_vocab_size: int = 0  # "tokens:" corpora: the vocabulary the shards were made with
+    #                             (GPT-2: 50257); every token must be below it
+    tokens_eot_id: int = -1  # "tokens:" corpora: the id that starts each document (llm.c
+    #                          writes <|endoftext|> before every document); -1: tokens_vocab_size - 1
+
+    @property
+    def is_token_shards(self) -> bool:
+        return self.corpus.startswith("tokens:")
 
     def validate(self) -> None:
         if not 0.0 < self.val_fraction < 0.5:
@@ -103,8 +113,10 @@ class DataConfig:
             raise ConfigError(
                 f"data.bpe_vocab_size = {self.bpe_vocab_size}: must be in [257, 65535]"
             )
-        _nonnegative(self, "max_unique_tokens", "max_corpus_bytes")
-        if self.corpus != "stdlib" and not self.corpus.startswith("hf:"):
+        _nonnegative(self, "max_unique_tokens", "max_corpus_bytes", "tokens_vocab_size")
+        if self.is_token_shards:
+            self._validate_token_shards()
+        elif self.corpus != "stdlib" and not self.corpus.startswith("hf:"):
             if not Path(self.corpus).expanduser().exists():
                 raise ConfigError(
                     f"data.corpus = {self.corpus!r}: no such file or folder; allowed: 'stdlib', "
@@ -112,6 +124,27 @@ class DataConfig:
                     "or 'hf:<dataset>'"
                 )
 
+    def _validate_token_shards(self) -> None:
+        if not 2 <= self.tokens_vocab_size <= 1 << 32:
+            raise ConfigError(
+                f"data.tokens_vocab_size = {self.tokens_vocab_size}: data.corpus = "
+                f"{self.corpus!r} needs the vocabulary size its shards were made with "
+                "(e.g. 50257 for GPT-2), in [2, 2**32]"
+            )
+        if not -1 <= self.tokens_eot_id < self.tokens_vocab_size:
+            raise ConfigError(
+                f"data.tokens_eot_id = {self.tokens_eot_id}: must be in [0, "
+                f"data.tokens_vocab_size = {self.tokens_vocab_size}), or -1 for "
+                "tokens_vocab_size - 1"
+            )
+        if self.max_corpus_bytes:
+            raise ConfigError(
+                f"data.max_corpus_bytes = {self.max_corpus_bytes}: caps text, not token "
+                f"shards ({self.corpus!r}): set it to 0; data.max_unique_tokens caps tokens"
+            )
+
+
+TRACKERS = ("jsonl", "tensorboard", "wandb")
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lars", "lamb")
 SCHEDULES = ("constant", "cosine", "linear", "wsd")
@@ -184,6 +217,28 @@ class TrainConfig:
     init_step: int = 0
     save_steps: str = ""     # comma-separated steps at which a checkpoint is kept for good (in keep/), for branches
     progress: bool = True
+    # Comma-separated trackers (scaling.tracking): "jsonl" (metrics.jsonl, always on),
+    # "tensorboard" (event files in <run>/tensorboard), "wandb" (Weights & Biases; works
+    # offline with WANDB_MODE=offline). E.g. "tensorboard,wandb".
+    trackers: str = ""
+    wandb_project: str = "scalinglab"
+    # "a,b": capture a jax.profiler trace of steps a to b (1-based, inclusive) into
+    # <run>/profile (TensorBoard's profile plugin, or Perfetto); "": off
+    profile_steps: str = ""
+
+    @property
+    def tracker_names(self) -> tuple[str, ...]:
+        """The trackers asked for, jsonl first and always (each name once)."""
+        names = [n.strip() for n in self.trackers.split(",") if n.strip()]
+        return tuple(dict.fromkeys(["jsonl", *names]))
+
+    @property
+    def profile_window(self) -> tuple[int, int] | None:
+        """(first, last) step of `profile_steps`, or None when off."""
+        parts = [p.strip() for p in self.profile_steps.split(",") if p.strip()]
+        if not parts:
+            return None
+        return int(parts[0]), int(parts[-1])
 
     @property
     def kept_steps(self) -> tuple[int, ...]:
@@ -221,6 +276,24 @@ class TrainConfig:
             raise ConfigError(
                 f"train.divergence_factor = {self.divergence_factor}: must be > 1"
             )
+        self._validate_tracking()
+
+    def _validate_tracking(self) -> None:
+        unknown = [n for n in self.tracker_names if n not in TRACKERS]
+        if unknown:
+            raise ConfigError(
+                f"train.trackers = {self.trackers!r}: unknown {', '.join(map(repr, unknown))}; "
+                f"allowed: a comma-separated list of {', '.join(map(repr, TRACKERS))}"
+            )
+        if "wandb" in self.tracker_names and not self.wandb_project.strip():
+            raise ConfigError("train.wandb_project = '': W&B needs a project name")
+        parts = [p.strip() for p in self.profile_steps.split(",") if p.strip()]
+        ok = 1 <= len(parts) <= 2 and all(p.isdigit() for p in parts)
+        if parts and not (ok and 1 <= int(parts[0]) <= int(parts[-1]) <= self.steps):
+            raise ConfigError(
+                f"train.profile_steps = {self.profile_steps!r}: write 'first,last' with "
+                f"1 <= first <= last <= train.steps = {self.steps} (e.g. '5,8'), or '' for off"
+            )
 
 
 @dataclass(frozen=True)
@@ -250,7 +323,13 @@ class Config:
                     f"{self.model.seq_len} tokens; use a multiple of seq_len"
                     + (" (or 0: the same as eval_tokens)" if key == "curve_eval_tokens" else "")
                 )
-        if self.data.tokenizer == "byte" and self.model.vocab_size < 256:
+        if self.data.is_token_shards:
+            if self.model.vocab_size < self.data.tokens_vocab_size:
+                raise ConfigError(
+                    f"model.vocab_size = {self.model.vocab_size} is smaller than "
+                    f"data.tokens_vocab_size = {self.data.tokens_vocab_size}"
+                )
+        elif self.data.tokenizer == "byte" and self.model.vocab_size < 256:
             raise ConfigError(
                 f"model.vocab_size = {self.model.vocab_size}: the byte tokenizer needs >= 256"
             )
@@ -288,7 +367,9 @@ class Config:
 NON_SEMANTIC = ("name", "train.progress", "train.parallel", "train.log_every",
                 "train.checkpoint_every", "train.keep_checkpoints",
                 # a cooldown branch computes exactly what a separate run of its config would
-                "train.init_from", "train.init_step", "train.save_steps")
+                "train.init_from", "train.init_step", "train.save_steps",
+                # trackers and the profiler watch a run; they do not change it
+                "train.trackers", "train.wandb_project", "train.profile_steps")
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,

@@ -18,6 +18,8 @@ in the token stream, and belongs to a *group*, the unit of the validation split:
 - a `.jsonl` file: one document (and group) per line, the string in `data.text_field`.
 - any other file: UTF-8 text, cut at line ends into documents of about
   `TEXT_FILE_BLOCK_BYTES` bytes (named `<file>#<k>`), one group each.
+- "tokens:<path>": pre-tokenized llm.c/nanoGPT `.bin` shards (`scaling.shards`): documents
+  start at the delimiter id, group = shard file, then the split, order and cache below.
 - "hf:<name>[:<config>]": a Hugging Face dataset through the optional `datasets`
   package, split `data.hf_split`, field `data.text_field`, one document (and group) per
   row. For the packaged builders (`json`, `csv`, `text`, `parquet`, `arrow`) the second
@@ -709,6 +711,9 @@ def load_corpus(data_cfg: "DataConfig", seq_len: int, *, verify: bool = True) ->
     `verify`: recompute the token fingerprint of a cached file before trusting it."""
     if seq_len < 1:
         raise DataError(f"model.seq_len = {seq_len}: must be > 0")
+    if data_cfg.is_token_shards:  # already tokens: split, ordered and cached by scaling.shards
+        from scaling.shards import load_token_shards
+        return load_token_shards(data_cfg, seq_len, verify=verify)
     corpus = read_corpus(data_cfg)
     cache = resolve_cache_dir(data_cfg)
     tokenizer = corpus_tokenizer(data_cfg, corpus)
@@ -921,8 +926,8 @@ class TokenData:
             "fingerprint": self.fingerprint,
             "n_train_tokens": self.n_train_tokens,
             "n_val_tokens": self.n_val_tokens,
-            "bytes_per_token": (m["train_bytes"] / self.n_train_tokens
-                                if self.n_train_tokens else None),
+            "bytes_per_token": (m["train_bytes"] / self.n_train_tokens  # None: token shards
+                                if self.n_train_tokens and m.get("train_bytes") else None),
             "seq_len": self.seq_len,
             "max_unique_tokens": self.max_unique_tokens,
             "unique_tokens": self.unique_tokens,

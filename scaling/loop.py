@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from scaling import accounting
+from scaling import accounting, tracking
 from scaling.checkpoint import Checkpointer
 from scaling.config import Config, ConfigError, from_dict
 from scaling.data import TokenData, load_corpus
@@ -163,6 +163,7 @@ def _prepare(cfg: Config, run_dir: Path) -> _Setup:
         )
     if t.init_from:
         _trunk_config(cfg, run_dir)
+    tracking.check_available(cfg)
     return _Setup(cfg, run_dir, driver, data, Trainer(cfg), accounting.param_counts(m),
                   accounting.flops_per_token(m), primary=jax.process_index() == 0)
 
@@ -532,6 +533,8 @@ class _Run:
         self.excluded = 0.0  # seconds in evaluation and checkpointing, kept out of tokens/s
         self.pending = None  # (step, metrics) of the newest step, read after the next is dispatched
         self.metrics_log = _MetricsLog(s.run_dir / METRICS_FILE, start_step, enabled=s.primary)
+        self.trackers = tracking.Trackers(cfg, s.run_dir, start_step, s.primary)
+        self.profiler = tracking.Profiler(cfg, s.run_dir)
         self.bar = None
         if t.progress and s.primary:
             from tqdm.auto import tqdm
@@ -573,12 +576,16 @@ class _Run:
                 row["tokens_per_s"] = (done_step - self.start_step) * self.s.tokens_per_step / elapsed
                 row["mfu"] = accounting.mfu(row["tokens_per_s"], self.s.flops.exact, self.peak)
             self.logged.append(row)
-            self.metrics_log.write(row)
+            self._write(row)
             self._progress(done_step, mt["loss"])
         reason = self.monitor.observe(done_step, mt["loss"], logged)
         if reason is not None:
             self.status = "diverged"
             raise Diverged(reason)
+
+    def _write(self, row: dict) -> None:
+        self.metrics_log.write(row)
+        self.trackers.log(row)
 
     def _progress(self, done_step: int, loss: float) -> None:
         if self.bar is None:
@@ -615,7 +622,7 @@ class _Run:
                 self.final_eval = ev
             else:
                 self.evals.append(row)
-            self.metrics_log.write(row)
+            self._write(row)
         self._counted(run)
 
     # ---- the loop --------------------------------------------------------------------
@@ -626,8 +633,10 @@ class _Run:
         batch = s.driver.place_batch(s.data.train_batch(self.step, t.batch_size, t.batch_seed, shard))
         try:
             while self.step < t.steps:
+                self.profiler.before_step(self.step + 1)
                 self.state, fut = self.step_fn(self.state, batch)
                 self.step += 1
+                self.profiler.after_step(self.step, self.state)
                 self.read_pending()  # the previous step's metrics, read while this one runs
                 self.pending = (self.step, fut)
                 is_last = self.step == t.steps
@@ -661,6 +670,7 @@ class _Run:
         return None
 
     def close(self) -> None:
+        self.profiler.stop()
         if self.bar is not None:
             self.bar.close()
         self.metrics_log.close()
@@ -773,6 +783,7 @@ def _train_locked(s: _Setup, progress_position: int, stop_after_steps: int | Non
     global _SAVE_NOW
     t = s.cfg.train
     ckpt = Checkpointer(s.run_dir / "checkpoints", keep=t.keep_checkpoints)
+    run = result = None
     try:
         state, start_step, prior_wall, branch = _restore_or_init(s, ckpt)
         first = s.driver.place_batch(s.data.train_batch(start_step, t.batch_size, t.batch_seed,
@@ -792,6 +803,8 @@ def _train_locked(s: _Setup, progress_position: int, stop_after_steps: int | Non
         result = run.result()
     finally:
         ckpt.close()
+        if run is not None:  # W&B's summary is the result (None: the run did not finish)
+            run.trackers.close(result)
     if s.primary:
         write_json_atomic(s.run_dir / RESULT_FILE, result)
     return result
