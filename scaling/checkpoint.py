@@ -25,13 +25,14 @@ log = logging.getLogger(__name__)
 
 class Checkpointer:
     def __init__(self, directory: str | Path, keep: int = 2, *, create: bool = True):
-        """`create=False`: only read; the folder is not created (it must exist)."""
+        """`create=False`: only read; the folder is not created (it must exist), and the
+        unfinished saves in it are left alone (they may be another process's, writing now)."""
         self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             create=create,
             enable_async_checkpointing=False,  # host arrays; a save is a plain write
-            cleanup_tmp_directories=True,
+            cleanup_tmp_directories=create,
         )
         with _orbax_errors() as said:  # e.g. a garbled _CHECKPOINT_METADATA: reported on restore
             self.manager = ocp.CheckpointManager(self.directory, options=options,

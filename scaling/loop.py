@@ -221,11 +221,11 @@ def _branch_from_trunk(s: _Setup) -> tuple[Any, dict] | None:
     has finished without that checkpoint (a branch added to the spec later): the branch
     trains from step 0, with a warning. A trunk still short of it: TrunkNotReady."""
     t = s.cfg.train
-    tdir, trunk_cfg = _trunk_config(s.cfg, s.run_dir)
+    tdir, _ = _trunk_config(s.cfg, s.run_dir)
     restored = None
     for sub in (KEEP_DIR, "checkpoints"):
         if (tdir / sub).exists():
-            trunk_ckpt = Checkpointer(tdir / sub, keep=None if sub == KEEP_DIR else trunk_cfg.train.keep_checkpoints)
+            trunk_ckpt = Checkpointer(tdir / sub, keep=None, create=False)  # a reader only
             try:
                 restored = trunk_ckpt.restore_step(t.init_step, s.trainer.abstract_state())
             finally:
