@@ -106,6 +106,8 @@ STEP_SHAPES = [  # (name, n_layer, d_model, n_head, seq_len, batch): vocab 256
     ("demo n3.31k", 1, 16, 1, 64, 16),
     ("demo n56.6k", 2, 48, 3, 64, 16),
     ("demo n156k", 2, 80, 5, 64, 16),
+    ("L2 d128 T64 B16", 2, 128, 8, 64, 16),
+    ("L4 d128 T64 B16", 4, 128, 8, 64, 16),
     ("L4 d128 T128 B16", 4, 128, 8, 128, 16),
     ("L4 d256 T256 B16", 4, 256, 16, 256, 16),
 ]
@@ -164,6 +166,8 @@ def step_table(args) -> None:
     print(f"{'shape':18s} {'FLOPs/step':>10s} {'alone st/s':>11s} {'side st/s':>10s} "
           f"{'ratio med':>9s} {'range':>15s}")
     for shape in STEP_SHAPES:
+        if args.only and not any(o in shape[0] for o in args.only):
+            continue
         _, L, d, H, T, B = shape
         m = ModelConfig(n_layer=L, d_model=d, n_head=H, seq_len=T, vocab_size=256,
                         pos_encoding="learned", tie_embeddings=True)
@@ -189,6 +193,7 @@ def main() -> None:
     ap.add_argument("--steps", action="store_true", help="the step-rate table instead")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--only", action="append", help="--steps: shapes whose name contains this")
     args = ap.parse_args()
     step_table(args) if args.steps else end_to_end(args)
 

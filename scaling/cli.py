@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--executor", choices=["local", "slurm"], help="override the spec's executor")
     r.add_argument("--analyze", action="store_true", help="write the analysis report at the end")
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--workers", type=int,
+                   help="local: points run at once (default: small points side by side, one "
+                        "core each; 1: one at a time in this process; GPUs: one per GPU)")
     r.add_argument("--no-wait", action="store_true",
                    help="slurm: submit and return; run again later to collect and resubmit")
 
@@ -133,9 +136,11 @@ def cmd_plan(args) -> int:
 def cmd_run(args) -> int:
     from scaling.executors import run_sweep
 
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers = {args.workers}: expected an integer >= 1")
     summary = run_sweep(args.spec, args.overrides, out=args.out, executor=args.executor,
                         variant=args.variant, progress=not args.no_progress,
-                        wait=False if args.no_wait else None)
+                        workers=args.workers, wait=False if args.no_wait else None)
     print(json.dumps(summary["counts"]))
     if args.analyze:
         from analysis.report import analyze

@@ -84,13 +84,15 @@ def point_meta(sweep: str, p) -> dict:
     (cooldown branches); a plain point is a "run" without a trunk.
     """
     req = p.requested or {}
+    role = req.get("role", "run")
+    branch = role == "branch"
     return {
         "sweep": sweep, "point_id": p.point_id, "label": p.config.name, "group": p.group,
         "compute_budget": p.compute_budget, "N": p.n_params, "N_total": p.n_params_total,
         "D": p.tokens, "accounting": p.accounting, "C": p.flops,
         "C_6ND": p.flops_6nd, "C_exact": p.flops_exact, "tokens_per_param": p.tokens_per_param,
-        "role": req.get("role", "run"), "trunk": req.get("trunk"),
-        "branched_at_step": req.get("branched_at_step"),
+        "role": role, "trunk": req.get("trunk") if branch else None,
+        "branched_at_step": req.get("branched_at_step") if branch else None,
         "requested": p.requested, "config": p.config.to_dict(),
     }
 
@@ -125,9 +127,15 @@ def preflight(spec) -> None:
 # Side by side (issue 15 §2). A point whose training step costs at most this many FLOPs
 # (exact training FLOPs per token x batch x seq_len) runs in a worker process pinned to one
 # core, as many at once as there are cores; larger points run one at a time with every
-# core. Measured with benchmarks/sweep_speed.py on a 2-core machine (see its docstring):
-# the demo's points (<= 1.2e9 FLOPs per step) ran faster two at once, one core each.
-SIDE_BY_SIDE_MAX_STEP_FLOPS = 2e9
+# core. Measured on a 2-core machine shared with other work (benchmarks/sweep_speed.py
+# --steps: aggregate step rate of one pinned process per core over one process alone,
+# median [range] of 3-4 rounds): 2.19 [2.07, 2.43] at 5.7e7 FLOPs/step, 2.19 [1.45, 2.86]
+# at 4.9e8, 1.45-1.66 at 1.2e9, 1.22 [1.20, 1.36] at 2.8e9, 1.16 [1.06, 1.39] at 5.4e9,
+# 0.85 [0.53, 2.08] and 1.08 [0.90, 1.68] (two runs) at 1.2e10, 1.01 [0.83, 1.18] at
+# 9.2e10: small steps leave a core
+# idle, large ones use both. End to end (the demo's first two budgets, 9 points, empty
+# compile cache): new/old wall time 0.86 median, [0.77, 1.18] over 6 repeats.
+SIDE_BY_SIDE_MAX_STEP_FLOPS = 6e9
 WORKER_MEMORY_BYTES = 1.5 * 2**30  # a CPU worker's resident peak on the demo's sizes, rounded up
 
 
@@ -168,18 +176,32 @@ def step_flops(point_dir: Path) -> float:
     return float(flops_per_token(cfg.model).exact) * cfg.train.batch_size * cfg.model.seq_len
 
 
-def order_points(sweep_dir: Path, point_ids: list[str], *, largest_first: bool) -> list[str]:
+def _steps(point_dir: Path) -> int:
+    try:
+        return point_config(point_dir).train.steps
+    except (CorruptRunFile, ConfigError, OSError):
+        return 0
+
+
+def order_points(sweep_dir: Path, point_ids: list[str], *, largest_first: bool,
+                 seconds: dict[str, float] | None = None) -> list[str]:
     """The order to run points in: every trunk before its branches.
 
-    `largest_first`: by FLOPs per step, largest first (the longest-lasting work starts
-    first, so that side-by-side workers finish together), same shapes kept together;
-    otherwise the plan's order. Either way a branch is moved after its trunk.
+    `largest_first`: the longest-running first (by `seconds`, the planner's estimates,
+    else by training FLOPs: FLOPs per step x steps), so that side-by-side workers finish
+    together (longest-processing-time-first scheduling); otherwise the plan's order.
+    Either way a branch is moved after its trunk.
     """
     pdir = points_dir(sweep_dir)
     ids = list(point_ids)
     if largest_first:
-        size = {pid: step_flops(pdir / pid) for pid in ids}
-        ids.sort(key=lambda pid: -size[pid])  # stable: plan order within one size
+        seconds = seconds or {}
+
+        def work(pid: str) -> tuple[float, float]:
+            return (seconds.get(pid, 0.0), step_flops(pdir / pid) * _steps(pdir / pid))
+
+        cost = {pid: work(pid) for pid in ids}
+        ids.sort(key=lambda pid: cost[pid], reverse=True)  # stable: plan order among ties
     placed: list[str] = []
     seen: set[str] = set()
 
@@ -301,7 +323,7 @@ def run_local(sweep_dir: Path, point_ids: list[str], *, progress: bool = True,
             _run_in_process(sweep_dir, point_ids, progress=progress, estimates=estimates or {})
             return
         slots = [{"env": {"CUDA_VISIBLE_DEVICES": str(w)}, "cores": None} for w in range(k)]
-        _run_pool(sweep_dir, point_ids, slots, progress=progress)
+        _run_pool(sweep_dir, point_ids, slots, progress=progress, seconds=estimates)
         return
     plan = side_by_side_plan(sweep_dir, point_ids, workers)
     if plan["big"]:
@@ -312,7 +334,7 @@ def run_local(sweep_dir: Path, point_ids: list[str], *, progress: bool = True,
                  for w in range(plan["workers"])]
         log.info("running %d small point(s) side by side: %d workers, %d core(s) each",
                  len(plan["small"]), len(slots), c)
-        _run_pool(sweep_dir, plan["small"], slots, progress=progress)
+        _run_pool(sweep_dir, plan["small"], slots, progress=progress, seconds=estimates)
 
 
 def _thread_env(cores: int) -> dict[str, str]:
@@ -357,7 +379,8 @@ def _run_in_process(sweep_dir: Path, point_ids: list[str], *, progress: bool,
 
 
 def _run_pool(sweep_dir: Path, point_ids: list[str], slots: list[dict], *,
-              progress: bool = True, poll_s: float = 0.5) -> None:
+              progress: bool = True, poll_s: float = 0.5,
+              seconds: dict[str, float] | None = None) -> None:
     """Run the points in one long-lived worker process per slot, largest first.
 
     This process hands each idle worker the next runnable point (`Queue`) over its stdin
@@ -366,7 +389,8 @@ def _run_pool(sweep_dir: Path, point_ids: list[str], slots: list[dict], *,
     so after a kill -9 no orphan trains on, and the point locks (run_point) guarantee
     that a point is trained by one process at a time, whoever runs the sweep again.
     """
-    queue = Queue(sweep_dir, order_points(sweep_dir, point_ids, largest_first=True))
+    queue = Queue(sweep_dir, order_points(sweep_dir, point_ids, largest_first=True,
+                                          seconds=seconds))
     workers = [_Worker(sweep_dir, slot, i) for i, slot in enumerate(slots[:max(1, len(queue))])]
     bar = None
     if progress:

@@ -14,8 +14,9 @@ A point's state comes from its folder alone: `done` or `diverged` (result.json),
 the result from the final checkpoint, or retrains), `running` (its lock is held, see
 scaling.runfiles.run_lock), `queued` (a SLURM job waits for it), `failed` (failed.json),
 `blocked` (a cooldown branch whose trunk point failed, diverged or is corrupt: it is not
-run until a rerun of the sweep finishes the trunk), else `pending`. The tables are rebuilt from the folders, written atomically, whenever a
-point ends; deleting them loses nothing.
+run until a rerun of the sweep finishes the trunk), else `pending`. The tables are
+rebuilt from the folders, written atomically, whenever a point ends; deleting them
+loses nothing.
 """
 
 from __future__ import annotations

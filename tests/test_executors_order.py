@@ -61,7 +61,9 @@ def test_order_puts_every_trunk_before_its_branches_and_largest_first(sweep):
     plan_order = executors.order_points(sweep, ids, largest_first=False)
     assert plan_order == ["t1", "b1", "small", "big", "b2"]
     sized = executors.order_points(sweep, ids, largest_first=True)
-    assert sized[0] == "big" and sized[-1] == "small"
+    assert sized[0] == "big" and sized[-1] == "small"  # same steps: FLOPs decide
+    by_time = executors.order_points(sweep, ids, largest_first=True, seconds={"small": 99.0})
+    assert by_time[0] == "small"  # the planner's time estimate decides first
     assert sized.index("t1") < sized.index("b1") and sized.index("t1") < sized.index("b2")
     flops = [executors.step_flops(sweep / "points" / p) for p in ("big", "t1", "small")]
     assert flops[0] > flops[1] > flops[2] > 0
@@ -243,3 +245,9 @@ def test_watch_shows_running_points_and_ctrl_c_exits_0(sweep):
 def test_watch_interval_must_be_positive(sweep):
     out = cli("status", sweep, "--watch", "--interval", "-1")
     assert out.returncode == 2 and "--interval" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_run_workers_must_be_at_least_one(tmp_path):
+    out = cli("run", ROOT / "experiments" / "demo.toml", "--workers", "0", "--out", tmp_path)
+    assert out.returncode == 2 and "--workers = 0" in out.stderr and "Traceback" not in out.stderr
+    assert not any(tmp_path.iterdir())  # nothing written
