@@ -14,7 +14,8 @@ and ``python -m analysis analyze <sweep folder or CSV>``.
 
 Public API (imported lazily, so ``import analysis`` stays cheap):
 
-- loading: ``load_results``, ``load_curves``, ``done``
+- loading: ``load_results`` (with ``accounting=``), ``load_curves``, ``done``,
+  ``rebuild_from_points``; noise: ``loss_noise``, ``LossNoise``
 - fits: ``fit_power_law``, ``fit_frontier``, ``fit_approach1``, ``fit_isoflop``,
   ``fit_approach3``, ``fit_kaplan``, ``compute_optimal``
 - optimizers: ``lr_sensitivity``, ``best_lr``, ``lr_scaling``, ``compute_laws``,
@@ -40,6 +41,7 @@ _EXPORTS = {
     "analyze": "report",
     "make_scaling_sweep": "synthetic", "make_optimizer_sweep": "synthetic",
     "FitResult": "result",
+    "loss_noise": "noise", "LossNoise": "noise", "rebuild_from_points": "load",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .load import CANDIDATES
+
 LAWS = ("power", "frontier", "chinchilla", "isoflop", "kaplan")
 
 
@@ -58,6 +60,17 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--predict", type=float, nargs="*", default=None, metavar="C",
                    help="chinchilla/isoflop: compute budgets to predict N_opt, D_opt (and loss) for")
+    f.add_argument("--accounting", choices=("total", "kaplan"), default=None,
+                   help="compute accounting: total (N = all parameters, C = C_exact) or kaplan "
+                        "(N non-embedding, C = 6ND); default: the table's own (tables without an "
+                        "accounting column: N and C as they are)")
+    f.add_argument("--bootstrap", choices=("auto", "noise", "cases"), default="auto",
+                   help="chinchilla/isoflop intervals: noise (design fixed, each run's loss perturbed "
+                        "by its noise), cases (runs resampled); auto: noise where the table measures "
+                        "noise (eval_loss_stderr) or is a designed sweep (compute_budget), else cases")
+    f.add_argument("--estimator", choices=("parabola", "akima", "local"), default=None,
+                   help="isoflop: estimator of each budget's minimum (default: parabola, see "
+                        "analysis/isoflop.py); all three are reported")
     f.add_argument("--json", action="store_true", help="print one JSON object")
     a = sub.add_parser("analyze", help="write a report folder (figures, tables, summary.md)")
     a.add_argument("source", help="sweep folder or results table")
@@ -69,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--n-boot", type=int, default=200)
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--loss-fn", choices=("huber", "huber_nll", "l2"), default="huber")
+    a.add_argument("--accounting", choices=("total", "kaplan"), default=None,
+                   help="compute accounting (default: the table's own); the report says which")
     return ap
 
 
@@ -81,21 +96,28 @@ def _load(args) -> pd.DataFrame:
 
         cv = _read_table(p) if p.is_file() else None
         if cv is None:
-            raise SystemExit(f"{p}: frontier needs a curves table file")
+            raise FileNotFoundError(f"{p}: frontier needs a curves table file (no such file)")
         x = args.c_col or "flops"
         for col in (args.run_col, x):
             if col not in cv:
-                raise SystemExit(f"{p}: no column {col!r}; columns: {list(cv.columns)}")
+                raise KeyError(f"{p}: no column {col!r}; columns: {list(cv.columns)}")
         cv = cv.rename(columns={x: "flops"}) if x != "flops" else cv
         return prepare_curves(cv, run_col=args.run_col, loss_col=args.loss_col)
     budget_is_c = args.law == "isoflop"
     df = load_results(p, n_col=args.n_col, d_col=args.d_col, c_col=args.c_col,
-                      loss_col=args.loss_col, status_col=args.status_col)
+                      loss_col=args.loss_col, status_col=args.status_col, accounting=args.accounting)
     if budget_is_c and args.c_col is None and "C" not in df:
-        raise SystemExit("isoflop needs a compute column (--c-col)")
-    from .load import done
+        raise ValueError("isoflop needs a compute column: none found (looked for "
+                         + ", ".join(CANDIDATES["C"]) + "); pass --c-col")
+    from .load import describe_dropped, done
 
+    full = df
     df = done(df)
+    df.attrs["n_rows_table"] = int(len(full))
+    df.attrs["dropped_line"] = describe_dropped(full)
+    if len(df) == 0:
+        raise ValueError(f"{p}: no row can be fitted ({len(full)} rows; "
+                         + (describe_dropped(full) or "none has status done") + ")")
     if args.drop_highest_loss > 0:
         df = df.sort_values("loss").iloc[: -args.drop_highest_loss]
     return df
@@ -105,15 +127,30 @@ def _fit(args, df: pd.DataFrame) -> tuple[dict, str]:
     """Run the fit; return (JSON-able dict, human-readable text)."""
     from .result import fmt
 
-    out: dict = {"law": args.law, "source": str(args.table), "n_rows": int(len(df))}
+    out: dict = {"law": args.law, "source": str(args.table), "n_rows": int(len(df)),
+                 "n_rows_table": df.attrs.get("n_rows_table", len(df)),
+                 "accounting": df.attrs.get("accounting"), "convention": df.attrs.get("convention")}
+    if df.attrs.get("dropped"):
+        out["rows_not_fitted"] = df.attrs["dropped"]
     opts = {"n_boot": args.n_boot, "seed": args.seed}
+    boot, noise = _bootstrap_choice(args, df)
+    if args.law in ("chinchilla", "kaplan"):
+        _require(df, ("N", "D"), args.law)
     if args.law == "chinchilla":
         from .chinchilla import fit_approach3
 
-        fit = fit_approach3(df["N"], df["D"], df["loss"], loss_fn=args.loss_fn, delta=args.delta, **opts)
+        fit = fit_approach3(df["N"], df["D"], df["loss"], loss_fn=args.loss_fn, delta=args.delta,
+                            bootstrap=boot, noise=noise, **opts)
         names = ["E", "A", "B", "alpha", "beta", "a", "b", "G"] + (["sigma"] if "sigma" in fit.params else [])
         out.update(fit.to_dict())
         text = "Chinchilla Approach 3: L(N, D) = E + A/N^alpha + B/D^beta\n" + fit.describe(names)
+        if fit.unidentified:
+            red = fit.info.get("reduced_model")
+            text += "\n" + fit.info["conditional"] + "."
+            if red:
+                text += (f"\nreduced model {red['form']}: alpha = {red['alpha']:.4g}, beta = "
+                         f"{red['beta']:.4g}, a = {red['a']:.4g}; objective {red['objective']:.4g} vs "
+                         f"{red['objective_full']:.4g} with E")
         if args.predict:
             t = fit.optimal_table(args.predict)
             out["predictions"] = json.loads(t.to_json(orient="records"))
@@ -121,7 +158,8 @@ def _fit(args, df: pd.DataFrame) -> tuple[dict, str]:
     elif args.law == "kaplan":
         from .chinchilla import fit_kaplan
 
-        fit = fit_kaplan(df["N"], df["D"], df["loss"], loss_fn=args.loss_fn, delta=args.delta, **opts)
+        fit = fit_kaplan(df["N"], df["D"], df["loss"], loss_fn=args.loss_fn, delta=args.delta,
+                         bootstrap=boot, noise=noise, **opts)
         out.update(fit.to_dict())
         text = "Kaplan et al.: L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D\n" + fit.describe()
     elif args.law == "isoflop":
@@ -129,26 +167,42 @@ def _fit(args, df: pd.DataFrame) -> tuple[dict, str]:
 
         budget = df[args.budget_col] if args.budget_col else None
         has_n = df.attrs["columns"].get("N") is not None
-        has_d = df.attrs["columns"].get("D") is not None
         if "C" not in df or not np.isfinite(df["C"]).any():
-            raise SystemExit("isoflop: no compute column (pass --c-col)")
+            raise ValueError("isoflop: no compute column (pass --c-col)")
+        from .isoflop import DEFAULT_ESTIMATOR
+
         fit = fit_isoflop(df["C"], df["loss"], N=df["N"] if has_n or "N" in df else None,
-                          D=df["D"] if (has_d and not has_n) else None, budget=budget,
-                          rel_tol=args.budget_tol, **opts)
+                          D=df["D"] if ("D" in df and df["D"].notna().all()) else None, budget=budget,
+                          rel_tol=args.budget_tol, bootstrap=boot, noise=noise,
+                          estimator=args.estimator or DEFAULT_ESTIMATOR, **opts)
         out.update(fit.to_dict())
         out["budgets"] = json.loads(fit.budgets.to_json(orient="records"))
-        text = ("Chinchilla Approach 2 (IsoFLOP): N_opt = k_N C^a, D_opt = k_D C^b\n" + fit.describe()
-                + "\n\nper-budget optima:\n"
+        head = (f"Chinchilla Approach 2 (IsoFLOP): N_opt = k_N C^a, D_opt = k_D C^b; minima by "
+                f"{fit.info['estimator']}; {fit.info['n_budgets_used']} of {fit.info['n_budgets']} "
+                "budgets bracket their minimum\n")
+        if fit.determined:
+            body = fit.describe()
+            for e, d in fit.estimators.items():
+                if e != fit.info["estimator"]:
+                    lo, hi = d["ci"].get("a", (math.nan, math.nan))
+                    body += f"\n  ({e}: a = {fmt(d['a'], 4)} [{fmt(lo, 4)}, {fmt(hi, 4)}])"
+            for line in fit.info.get("disagreement", []):
+                body += "\n  warning: " + line
+        else:
+            body = "a, b: " + fit.info["not_determined"]
+        text = (head + body + "\n\nper-budget optima:\n"
                 + fit.budgets.to_string(index=False, float_format=lambda v: fmt(v, 4)))
-        if args.predict:
+        if args.predict and fit.determined:
             n, d = fit.predict(np.asarray(args.predict, float))
             out["predictions"] = [{"C": c, "N_opt": a, "D_opt": b} for c, a, b in zip(args.predict, n, d)]
     elif args.law == "power":
         from .powerlaw import fit_power_law
 
         x = args.x or next((k for k in ("N", "D", "C") if k in df and df[k].notna().any()), None)
-        if x is None or x not in df:
-            raise SystemExit("power: no N, D or C column found; pass --n-col/--d-col/--c-col and --x")
+        if x is None or x not in df or not df[x].notna().any():
+            raise ValueError(f"power: no usable {args.x or 'N, D or C'} column (looked for "
+                             + "; ".join(f"{k}: {', '.join(CANDIDATES[k])}" for k in ("N", "D", "C"))
+                             + "); pass --n-col/--d-col/--c-col and --x")
         xs, ls = df[x].to_numpy(float), df["loss"].to_numpy(float)
         if args.envelope:
             from .report import pareto_front
@@ -173,20 +227,51 @@ def _fit(args, df: pd.DataFrame) -> tuple[dict, str]:
     return out, text
 
 
+def _require(df: pd.DataFrame, keys, law: str) -> None:
+    """Name the missing column (and what would derive it) instead of a bare KeyError."""
+    for k in keys:
+        if k not in df or not df[k].notna().any():
+            alt = {"D": "or C (FLOPs, then D = C / (6 N))", "N": "or C (FLOPs, then N = C / (6 D))",
+                   "C": ""}[k]
+            raise ValueError(f"--law {law} needs column {k} ({'tokens' if k == 'D' else 'parameters'}) "
+                             f"{alt}: none found (looked for {', '.join(CANDIDATES[k])}); pass "
+                             f"--{k.lower()}-col")
+
+
+def _bootstrap_choice(args, df: pd.DataFrame):
+    """(bootstrap kind, noise) for chinchilla/isoflop; see --bootstrap."""
+    from .noise import loss_noise
+
+    measured = "eval_loss_stderr" in df and pd.to_numeric(df["eval_loss_stderr"], errors="coerce").notna().any()
+    designed = "compute_budget" in df and pd.to_numeric(df["compute_budget"], errors="coerce").notna().any()
+    kind = args.bootstrap
+    if kind == "auto":
+        kind = "noise" if (measured or designed or args.law == "isoflop") else "cases"
+    return kind, (loss_noise(df) if measured else None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.cmd == "analyze":
         from .report import analyze
 
-        out = analyze(args.source, args.out, n_boot=args.n_boot, seed=args.seed, n_col=args.n_col,
-                      d_col=args.d_col, c_col=args.c_col, loss_col=args.loss_col, loss_fn=args.loss_fn)
+        try:
+            out = analyze(args.source, args.out, n_boot=args.n_boot, seed=args.seed, n_col=args.n_col,
+                          d_col=args.d_col, c_col=args.c_col, loss_col=args.loss_col,
+                          loss_fn=args.loss_fn, accounting=args.accounting)
+        except (KeyError, ValueError, FileNotFoundError) as exc:
+            print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+            return 2
         print(out)
         return 0
+    df = None
     try:
         df = _load(args)
         out, text = _fit(args, df)
     except (KeyError, ValueError, FileNotFoundError) as exc:
-        msg = exc.args[0] if exc.args else str(exc)
+        msg = str(exc.args[0] if exc.args else exc)
+        if df is not None and df.attrs.get("dropped_line"):
+            msg += f" ({len(df)} of {df.attrs.get('n_rows_table')} rows usable; {df.attrs['dropped_line']})"
         if args.json:
             print(json.dumps({"law": args.law, "error": str(msg)}))
         else:
@@ -195,10 +280,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(out, default=_default))
     else:
-        print(f"{args.table}: {out['n_rows']} rows")
+        print(f"{args.table}: {out['n_rows']} rows fitted of {out['n_rows_table']}; {out['convention']}")
+        if df.attrs.get("dropped_line"):
+            print(df.attrs["dropped_line"])
         print(text)
         if out.get("n_boot"):
-            print(f"(95% bootstrap percentile intervals, {out['n_boot']} resamples)")
+            info = out.get("info", {})
+            how = info.get("bootstrap", "cases")
+            src = f"; noise: {info['noise_source']}" if "noise_source" in info and str(how).startswith("noise") else ""
+            print(f"(95% bootstrap percentile intervals: {how}, {out['n_boot']} replicates, "
+                  f"{out.get('n_boot_failed', 0)} failed{src})")
     return 0
 
 

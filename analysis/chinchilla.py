@@ -16,10 +16,23 @@ under C = 6 N D:
 ``loss_fn="huber_nll"`` is Besiroglu et al.'s (2024) estimator: the Huber loss read as
 the negative log-likelihood of a Huber density with a fitted scale sigma.
 
-Intervals: nonparametric bootstrap over runs; each resample is refitted (batched) from
-the full-data optimum and the starts that led to the best distinct basins on the full
-data (``boot_starts``), not from all 4,500 starts; ``benchmarks/fit_speed.py --verify``
-checks on resamples that the full grid finds the same optima.
+Intervals (``bootstrap``): "noise" (default) keeps the design fixed and perturbs each run's
+log loss by its measured noise (``noise``: per-run standard errors, e.g. from
+:func:`analysis.noise.loss_noise`; when None, the fit's own robust residual scale, stated in
+``info["noise_source"]``), then refits; "cases" resamples runs with replacement (as Besiroglu
+et al. do for Hoffmann's extracted points). Each replicate is refitted (batched) from the
+full-data optimum and the starts that led to the best distinct basins on the full data
+(``boot_starts``), not from all 4,500 starts; ``benchmarks/fit_speed.py --verify`` checks on
+resamples that the full grid finds the same optima. Failed refits are NaN rows of
+``samples`` and counted (``n_boot_failed``); intervals are over the others, and say so.
+
+Identifiability: E is "not identified" when the fit puts it at its bound (E below
+``E_FLOOR_FRACTION`` of the smallest loss) or when more than (1 - level)/2 of the replicates
+do (the data are then consistent with E = 0, and a percentile interval would hide that).
+The reduced model without E is then refitted and both objectives are reported; E gets a
+one-sided upper bound (the level-quantile of its replicates) instead of an interval, and a, b,
+G and the predictions are marked as conditional on the full model. alpha or beta outside
+(``EXPONENT_EDGE``) (the edges of Hoffmann's start grid) are marked the same way.
 """
 
 from __future__ import annotations
@@ -29,8 +42,14 @@ import math
 import numpy as np
 import pandas as pd
 
-from .laws import ChinchillaLaw, KaplanNDLaw, basin_starts, fit_multistart, grid
-from .result import LEVEL, FitResult, bootstrap_counts, percentile_interval
+from .laws import ChinchillaLaw, ChinchillaNoELaw, KaplanNDLaw, basin_starts, fit_multistart, grid
+from .noise import LossNoise, noise_replicates
+from .result import LEVEL, FitResult, bootstrap_counts, one_sided_bound, percentile_interval
+
+# E below this fraction of the smallest observed loss counts as "at its bound" (E = 0)
+E_FLOOR_FRACTION = 1e-3
+# alpha, beta outside this range: at or beyond the edges of Hoffmann's start grid (0..2)
+EXPONENT_EDGE = (0.02, 2.0)
 
 HOFFMANN_GRID = {
     "a": np.arange(0.0, 25.1, 5.0),
@@ -138,6 +157,8 @@ def fit_approach3(
     level: float = LEVEL,
     ftol: float = FTOL,
     max_iter: int = 1000,
+    bootstrap: str = "noise",
+    noise=None,
 ) -> ChinchillaFit:
     """Hoffmann et al.'s Approach 3 on runs (N, D, final loss); see the module docstring.
 
@@ -145,8 +166,12 @@ def fit_approach3(
     adds a fitted sigma) or "l2". ``reduction``: "sum" or "mean" of the per-run losses (the
     optimum and the stopping point are the same; only the objective's scale differs).
     ``starts``: external (a, b, e, alpha, beta) starts, default Hoffmann's 4,500.
+    ``bootstrap``: "noise" or "cases"; ``noise``: per-run standard errors of the loss (array
+    or :class:`analysis.noise.LossNoise`), used by the noise bootstrap.
     """
-    N, D, L, _ = _clean(N, D, loss)
+    if bootstrap not in ("noise", "cases"):
+        raise ValueError(f"bootstrap must be 'noise' or 'cases', got {bootstrap!r}")
+    N, D, L, keep = _clean(N, D, loss)
     n = N.size
     law = ChinchillaLaw(np.log(N), np.log(D))
     y = np.log(L)
@@ -184,11 +209,20 @@ def fit_approach3(
 
     if n_boot > 0:
         rng = np.random.default_rng(seed)
-        W = bootstrap_counts(n, n_boot, rng)
-        if w is not None:
-            W = W / n
         bs = basin_starts(res, run_starts, boot_starts)
-        bres = fit_multistart(law, y, bs, loss=loss_fn, delta=delta, weights=W,
+        if bootstrap == "cases":
+            W = bootstrap_counts(n, n_boot, rng)
+            if w is not None:
+                W = W / n
+            Y = y
+            fit.info["bootstrap"] = "cases (runs resampled with replacement)"
+        else:
+            sigma, source = _noise_sigma(noise, keep, L, resid)
+            Y = np.log(noise_replicates(L, sigma, n_boot, rng))
+            W = w
+            fit.info["bootstrap"] = "noise (design fixed, each run's loss perturbed by its noise)"
+            fit.info["noise_source"] = source
+        bres = fit_multistart(law, Y, bs, loss=loss_fn, delta=delta, weights=W,
                               n_problems=n_boot, **opt)
         rows = []
         for i in range(n_boot):
@@ -203,7 +237,68 @@ def fit_approach3(
         fit.samples = pd.DataFrame(rows)
         fit.fill_intervals()
         fit.info["n_boot_starts"] = int(len(bs))
+    _check_identified(fit, law, y, L, w, loss_fn, delta, opt)
     return fit
+
+
+def _noise_sigma(noise, keep, L, resid) -> tuple[np.ndarray, str]:
+    """Per-run absolute noise for the noise bootstrap, and its source in words."""
+    if noise is None:
+        rel = 1.4826 * float(np.median(np.abs(resid)))
+        rel = max(rel, 1e-6)
+        return rel * L, (f"assumed: the fit's robust residual scale, {rel * 100:.2g} % relative "
+                         "(no measured noise given)")
+    if isinstance(noise, LossNoise):
+        return np.asarray(noise.sigma, dtype=np.float64)[keep], noise.source
+    sig = np.asarray(noise, dtype=np.float64)[keep]
+    return sig, "per-run standard errors given by the caller"
+
+
+def _check_identified(fit: "ChinchillaFit", law, y, L, w, loss_fn, delta, opt) -> None:
+    """Mark E, alpha, beta as not identified where they sit at a bound (module docstring),
+    refit the reduced model without E and mark the derived quantities as conditional."""
+    p = fit.params
+    floor = E_FLOOR_FRACTION * float(L.min())
+    tail = (1 - fit.level) / 2
+    reasons = {}
+    S = fit.samples.dropna() if fit.samples is not None and len(fit.samples) else None
+    if p["E"] < floor:
+        reasons["E"] = f"the fit puts E at its bound (E = {p['E']:.3g} < {E_FLOOR_FRACTION:g} x min loss)"
+    elif S is not None and len(S) >= 10 and float(np.mean(S["E"] < floor)) > tail:
+        reasons["E"] = (f"{np.mean(S['E'] < floor) * 100:.0f} % of the bootstrap replicates put E at "
+                        "its bound (E ~ 0): the data are consistent with no irreducible term")
+    lo_e, hi_e = EXPONENT_EDGE
+    for k in ("alpha", "beta"):
+        if not (lo_e < p[k] < hi_e):
+            reasons[k] = f"{k} = {p[k]:.3g} at the edge of the start grid ({lo_e:g}..{hi_e:g})"
+    if not reasons:
+        fit.info["identified"] = True
+        return
+    fit.info["identified"] = False
+    for k, why in reasons.items():
+        upper = one_sided_bound(S[k].to_numpy(), fit.level) if (S is not None and k == "E") else None
+        fit.mark_unidentified(k, why, upper=upper if upper is not None and math.isfinite(upper) else None)
+    if "E" in reasons and loss_fn in ("huber", "l2"):
+        fit.info["reduced_model"] = _fit_without_e(law, y, w, loss_fn, delta, opt, fit.info["objective"])
+    fit.info["conditional"] = ("a, b, G and predictions are conditional on the full model "
+                               f"E + A/N^alpha + B/D^beta although {', '.join(reasons)} "
+                               "is not identified by these data")
+
+
+def _fit_without_e(law: ChinchillaLaw, y, w, loss_fn, delta, opt, f_full: float) -> dict:
+    """Refit L = A/N^alpha + B/D^beta (E = 0) and compare its objective with the full model's."""
+    red = ChinchillaNoELaw(law.u1 + law.mu1, law.u2 + law.mu2)
+    g = HOFFMANN_GRID
+    starts = red.to_internal(grid(g["a"], g["b"], g["alpha"], g["beta"]))
+    r = fit_multistart(red, y, starts, loss=loss_fn, delta=delta, weights=w, **opt)
+    a, b, al, be = red.to_external(r.x)[0]
+    s = al + be
+    out = {"form": "A/N^alpha + B/D^beta (E = 0)", "A": _exp(a), "B": _exp(b), "alpha": float(al),
+           "beta": float(be), "a": float(be / s) if s else math.nan,
+           "b": float(al / s) if s else math.nan, "objective": float(r.f[0]),
+           "objective_full": float(f_full), "converged": bool(r.ok[0])}
+    out["relative_objective_increase"] = (out["objective"] - f_full) / abs(f_full) if f_full else math.nan
+    return out
 
 
 def _fit_nll(law, y, base_internal, delta, w, opt):
@@ -239,10 +334,14 @@ def kaplan_starts() -> np.ndarray:
 
 def fit_kaplan(N, D, loss, *, loss_fn: str = "huber", delta: float = 1e-3, n_boot: int = 200,
                boot_starts: int = 6, seed: int = 0, level: float = LEVEL,
-               ftol: float = FTOL, max_iter: int = 1000) -> KaplanFit:
+               ftol: float = FTOL, max_iter: int = 1000, bootstrap: str = "noise",
+               noise=None) -> KaplanFit:
     """Kaplan et al.'s L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D (no irreducible
-    term), same robust log-space loss and bootstrap as :func:`fit_approach3`."""
-    N, D, L, _ = _clean(N, D, loss)
+    term), same robust log-space loss and bootstrap (``bootstrap``, ``noise``) as
+    :func:`fit_approach3`."""
+    if bootstrap not in ("noise", "cases"):
+        raise ValueError(f"bootstrap must be 'noise' or 'cases', got {bootstrap!r}")
+    N, D, L, keep = _clean(N, D, loss)
     law = KaplanNDLaw(np.log(N), np.log(D))
     y = np.log(L)
     starts = law.to_internal(kaplan_starts())
@@ -258,9 +357,18 @@ def fit_kaplan(N, D, loss, *, loss_fn: str = "huber", delta: float = 1e-3, n_boo
                                        "objective": float(res.f[0]), "converged": bool(res.ok[0]),
                                        "n_starts": int(len(starts))})
     if n_boot > 0:
-        W = bootstrap_counts(N.size, n_boot, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
         bs = basin_starts(res, starts, boot_starts)
-        bres = fit_multistart(law, y, bs, loss=loss_fn, delta=delta, weights=W,
+        if bootstrap == "cases":
+            W, Y = bootstrap_counts(N.size, n_boot, rng), y
+            fit.info["bootstrap"] = "cases (runs resampled with replacement)"
+        else:
+            resid = law.forward(res.x[:1])[0][0] - y
+            sigma, source = _noise_sigma(noise, keep, L, resid)
+            W, Y = None, np.log(noise_replicates(L, sigma, n_boot, rng))
+            fit.info["bootstrap"] = "noise (design fixed, each run's loss perturbed by its noise)"
+            fit.info["noise_source"] = source
+        bres = fit_multistart(law, Y, bs, loss=loss_fn, delta=delta, weights=W,
                               n_problems=n_boot, **opt)
         ext = law.to_external(bres.x)
         fit.samples = pd.DataFrame([to_params(ext[i]) if bres.ok[i] else

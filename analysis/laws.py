@@ -28,7 +28,31 @@ import numpy as np
 
 from ._lbfgs import CONVERGED, STALLED, minimize_batched
 
-_CLIP = 700.0  # exp() argument cap; only reached far from any sensible fit
+
+def _lse_weights(*z: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Stable log-sum-exp of the terms ``z`` (same shapes) and its exact gradient.
+
+    Returns ``(lse, [w_1, ..., w_k])`` with ``w_i = exp(z_i - lse)`` (the softmax weights,
+    d lse / d z_i). The largest term is subtracted before exponentiating, so no argument of
+    exp() is ever positive: there is no clip, hence no flat region where the value stops
+    changing while the gradient does not (L-BFGS used to walk E to such a clip at ln E ~ -700).
+    """
+    m = z[0].copy()
+    for zi in z[1:]:
+        np.maximum(m, zi, out=m)
+    ws = []
+    s = np.zeros_like(m)
+    for zi in z:
+        w = np.subtract(zi, m)
+        np.exp(w, out=w)
+        s += w
+        ws.append(w)
+    inv = np.reciprocal(s)
+    for w in ws:
+        w *= inv
+    lse = np.log(s, out=s)
+    lse += m
+    return lse, ws
 
 
 def _center(v: np.ndarray) -> tuple[np.ndarray, float]:
@@ -94,30 +118,68 @@ class ChinchillaLaw(Law):
 
     def forward(self, th):
         a, b, e, al, be = (th[:, i : i + 1] for i in range(5))
-        t1 = np.subtract(a - e, al * self.u1)  # z1 - e
-        np.minimum(t1, _CLIP, out=t1)
-        np.exp(t1, out=t1)
-        t2 = np.subtract(b - e, be * self.u2)
-        np.minimum(t2, _CLIP, out=t2)
-        np.exp(t2, out=t2)
-        s = t1 + t2
-        s += 1.0
-        pred = np.log(s)
-        pred += e
-        inv = np.reciprocal(s, out=s)
-        return pred, (t1, t2, inv)
+        z1 = np.subtract(a, al * self.u1)
+        z2 = np.subtract(b, be * self.u2)
+        z3 = np.broadcast_to(e, z1.shape)
+        pred, (w1, w2, w3) = _lse_weights(z1, z2, z3)
+        return pred, (w1, w2, w3)
 
     def vjp(self, cache, v):
-        t1, t2, inv = cache
-        vi = v * inv
-        q1 = vi * t1
-        q2 = vi * t2
+        w1, w2, w3 = cache
+        q1 = v * w1
+        q2 = v * w2
         g = np.empty((v.shape[0], 5))
         g[:, 0] = q1.sum(axis=1)
         g[:, 1] = q2.sum(axis=1)
-        g[:, 2] = vi.sum(axis=1)
+        g[:, 2] = (v * w3).sum(axis=1)
         g[:, 3] = -(q1 @ self.u1)
         g[:, 4] = -(q2 @ self.u2)
+        return g
+
+
+class ChinchillaNoELaw(Law):
+    """The reduced Approach 3 model without an irreducible term (E = 0):
+    log L = LSE(a - alpha log N, b - beta log D). External parameters (a, b, alpha, beta).
+
+    Fitted next to :class:`ChinchillaLaw` when the data do not identify E, so that the two
+    objectives can be compared (a flat profile in E means the data cannot tell E from 0).
+    """
+
+    names = ("a", "b", "alpha", "beta")
+
+    def __init__(self, log_n: np.ndarray, log_d: np.ndarray):
+        self.u1, self.mu1 = _center(log_n)
+        self.u2, self.mu2 = _center(log_d)
+        self.n_rows = self.u1.size
+
+    def to_internal(self, ext):
+        ext = np.array(ext, dtype=np.float64, ndmin=2)
+        th = ext.copy()
+        th[:, 0] = ext[:, 0] - ext[:, 2] * self.mu1
+        th[:, 1] = ext[:, 1] - ext[:, 3] * self.mu2
+        return th
+
+    def to_external(self, th):
+        th = np.array(th, dtype=np.float64, ndmin=2)
+        ext = th.copy()
+        ext[:, 0] = th[:, 0] + th[:, 2] * self.mu1
+        ext[:, 1] = th[:, 1] + th[:, 3] * self.mu2
+        return ext
+
+    def forward(self, th):
+        a, b, al, be = (th[:, i : i + 1] for i in range(4))
+        pred, (w1, w2) = _lse_weights(np.subtract(a, al * self.u1), np.subtract(b, be * self.u2))
+        return pred, (w1, w2)
+
+    def vjp(self, cache, v):
+        w1, w2 = cache
+        q1 = v * w1
+        q2 = v * w2
+        g = np.empty((v.shape[0], 4))
+        g[:, 0] = q1.sum(axis=1)
+        g[:, 1] = q2.sum(axis=1)
+        g[:, 2] = -(q1 @ self.u1)
+        g[:, 3] = -(q2 @ self.u2)
         return g
 
 
@@ -153,20 +215,16 @@ class PowerLawE(_CenteredPowerLaw):
 
     def forward(self, th):
         c, e, al = (th[:, i : i + 1] for i in range(3))
-        t = np.subtract(c - e, al * self.u)
-        np.minimum(t, _CLIP, out=t)
-        np.exp(t, out=t)
-        s = t + 1.0
-        pred = np.log(s) + e
-        return pred, (t, 1.0 / s)
+        z1 = np.subtract(c, al * self.u)
+        pred, (w1, w2) = _lse_weights(z1, np.broadcast_to(e, z1.shape))
+        return pred, (w1, w2)
 
     def vjp(self, cache, v):
-        t, inv = cache
-        vi = v * inv
-        q = vi * t
+        w1, w2 = cache
+        q = v * w1
         g = np.empty((v.shape[0], 3))
         g[:, 0] = q.sum(axis=1)
-        g[:, 1] = vi.sum(axis=1)
+        g[:, 1] = (v * w2).sum(axis=1)
         g[:, 2] = -(q @ self.u)
         return g
 

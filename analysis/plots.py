@@ -17,6 +17,9 @@ from .style import DATA, FIT, FRONTIER, PALETTE, SEQ_CMAP, new_figure, paper_sty
 
 def _ci_label(name: str, fit, key: str, digits: int = 3) -> str:
     v = fit.params[key]
+    if key in getattr(fit, "unidentified", {}):
+        b = fit.bounds.get(key)
+        return f"{name} not identified" + (f" (≤ {b[1]:.{digits}g})" if b else "")
     lo, hi = fit.interval(key)
     if math.isfinite(lo):
         return f"{name} = {v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
@@ -61,7 +64,8 @@ def _xgrid(values, pad: float = 1.5, n: int = 200):
 # --------------------------------------------------------------------------------------
 
 
-def learning_curves(curves: pd.DataFrame, sizes: dict, frontier=None):
+def learning_curves(curves: pd.DataFrame, sizes: dict, frontier=None,
+                    c_label: str = "training FLOPs (6 N tokens)"):
     """Loss against tokens and against FLOPs (log-log), one line per run coloured by N;
     the compute-efficient frontier and its power-law fit on the FLOPs panel."""
     with paper_style():
@@ -93,7 +97,7 @@ def learning_curves(curves: pd.DataFrame, sizes: dict, frontier=None):
             _loglog(ax)
             ax.set_ylabel("loss")
         ax_t.set_xlabel("tokens seen")
-        ax_c.set_xlabel("training FLOPs (6 N tokens)")
+        ax_c.set_xlabel(c_label)
         ax_t.set_title("Learning curves")
         ax_c.set_title("Against compute")
         _size_colorbar(fig, ax_c, norm)
@@ -126,11 +130,15 @@ def loss_vs_size(done: pd.DataFrame, fits: dict, envelopes: dict):
             lo, hi = fit.band(xs)
             if np.isfinite(lo).all():
                 ax.fill_between(xs, lo, hi, color=FIT, alpha=0.25, lw=0)
+            # the axes follow the data, not a bootstrap band that may blow up off the data
+            lv = done["loss"].to_numpy(float)
+            lv = lv[np.isfinite(lv) & (lv > 0)]
+            ax.set_ylim(lv.min() / 1.08, lv.max() * 1.12)
             _loglog(ax)
             ax.set_xlabel({"N": "N (parameters)", "D": "D (tokens)", "C": "C (FLOPs)"}[k])
             ax.set_ylabel("loss")
             ax.set_title(f"L({k})")
-            ax.legend(loc="lower left")
+            ax.legend(loc="best", frameon=True, facecolor="white", edgecolor="none", framealpha=0.85)
     return fig
 
 
@@ -155,10 +163,16 @@ def isoflop(rows: pd.DataFrame, fit):
             ax.scatter(sub["N"], sub["loss"], s=12, color=col, lw=0, zorder=3)
             if not getattr(b, "used", False) and not math.isfinite(getattr(b, "N_opt", math.nan)):
                 continue
-            u = np.log10(sub["N"].to_numpy())
-            xs = np.linspace(u.min() - 0.1, u.max() + 0.1, 100)
-            p = np.polyfit(u, sub["loss"].to_numpy(), 2)
-            ax.plot(10 ** xs, np.polyval(p, xs), color=col, lw=1.1)
+            from .isoflop import profile_curve
+
+            prof = getattr(fit, "profiles", {}).get(float(b.C))
+            if prof is not None and len(prof[0]) >= 3:
+                xs, ys = profile_curve(prof[0], prof[1], fit.info.get("estimator", "parabola"))
+            else:
+                u = np.log10(sub["N"].to_numpy())
+                xs = np.linspace(u.min() - 0.1, u.max() + 0.1, 100)
+                ys = np.polyval(np.polyfit(u, sub["loss"].to_numpy(), 2), xs)
+            ax.plot(10 ** xs, ys, color=col, lw=1.1)
             if b.used:
                 lo, hi = getattr(b, "N_opt_low", math.nan), getattr(b, "N_opt_high", math.nan)
                 xerr = None
@@ -172,16 +186,18 @@ def isoflop(rows: pd.DataFrame, fit):
                 ax.scatter([best["N"]], [best["loss"]], s=70, facecolors="none", edgecolors=col,
                            lw=1.0, zorder=4, label="minimum not bracketed (budget excluded)")
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="upper left", fontsize=7, frameon=True)
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=7, frameon=False)
         ax.set_xscale("log")
         ax.set_xlabel("N (parameters)")
         ax.set_ylabel("loss")
-        ax.set_title("IsoFLOP profiles (★ parabola minimum, 95% CI)")
+        est = fit.info.get("estimator", "parabola")
+        ax.set_title(f"IsoFLOP profiles (★ {est} minimum, 95% CI)")
         _size_colorbar(fig, ax, norm, label="compute budget C (FLOPs)")
     return fig
 
 
-def optimal_allocation(*, iso=None, a1=None, a3=None, C_range=None, runs: pd.DataFrame | None = None):
+def optimal_allocation(*, iso=None, a1=None, a3=None, C_range=None, runs: pd.DataFrame | None = None,
+                       c_label: str = "compute C (FLOPs)"):
     """N_opt(C) and D_opt(C): per-budget optima (Approach 2) and the frontier's (Approach 1)
     as points, each approach's fitted power law with its 95% band, exponents in the legend;
     ``runs`` (columns C, N, D) in grey for where the data lie."""
@@ -235,21 +251,24 @@ def optimal_allocation(*, iso=None, a1=None, a3=None, C_range=None, runs: pd.Dat
                 tab = a3.optimal_table(xs)
                 col = PALETTE[1]
                 ax.plot(xs, tab[f"{which}_opt"], color=col, lw=1.3, ls="--",
-                        label="Approach 3: " + _ci_label(key, a3, key))
+                        label="Approach 3: " + _ci_label(key, a3, key)
+                        + ("\n  (conditional: E not identified)" if getattr(a3, "unidentified", None) else ""))
                 if f"{which}_opt_low" in tab:
                     ax.fill_between(xs, tab[f"{which}_opt_low"], tab[f"{which}_opt_high"], color=col,
                                     alpha=0.2, lw=0)
             ax.set_xscale("log")
             ax.set_yscale("log")
-            ax.set_xlabel("compute C (FLOPs)")
+            ax.set_xlabel(c_label)
             ax.set_ylabel("N_opt (parameters)" if which == "N" else "D_opt (tokens)")
             ax.set_title("Compute-optimal N" if which == "N" else "Compute-optimal D")
             ax.legend(loc="upper left", fontsize=6.8)
     return fig
 
 
-def residuals(fit, N, D, L, *, title: str = "Approach 3"):
-    """Observed against fitted loss, and the log residual against compute, coloured by N."""
+def residuals(fit, N, D, L, *, C=None, c_label: str = "compute C = 6 N D (FLOPs)",
+              title: str = "Approach 3"):
+    """Observed against fitted loss, and the log residual against compute (``C``, default
+    6 N D), coloured by N."""
     N = np.asarray(N, float)
     D = np.asarray(D, float)
     L = np.asarray(L, float)
@@ -269,10 +288,11 @@ def residuals(fit, N, D, L, *, title: str = "Approach 3"):
         ax1.set_ylabel("observed loss")
         ax1.set_title(f"{title}: observed vs fitted")
         ax1.legend(loc="upper left")
-        ax2.scatter(6 * N * D, r, c=N, norm=norm, cmap=SEQ_CMAP, s=10, lw=0)
+        ax2.scatter(6 * N * D if C is None else np.asarray(C, float), r, c=N, norm=norm,
+                    cmap=SEQ_CMAP, s=10, lw=0)
         ax2.axhline(0, color="black", lw=0.8)
         ax2.set_xscale("log")
-        ax2.set_xlabel("compute C = 6 N D (FLOPs)")
+        ax2.set_xlabel(c_label)
         ax2.set_ylabel("log(observed / fitted)")
         mad = float(np.median(np.abs(r)))
         ax2.set_title(f"Residuals (median |r| = {mad:.4f})")

@@ -163,7 +163,24 @@ def fit_power_law(
             rows.append(to_params(bext[i]) if ok else {k: math.nan for k in fit.params})
         fit.samples = pd.DataFrame(rows)
         fit.fill_intervals()
+    if irreducible:
+        _check_floor(fit, float(L.min()))
     return fit
+
+
+def _check_floor(fit: PowerLawFit, lmin: float, fraction: float = 1e-3) -> None:
+    """E not identified when the fit, or more than (1 - level)/2 of the bootstrap replicates,
+    put it at its bound (below ``fraction`` of the smallest loss): one-sided upper bound instead
+    of an interval (as Approach 3 does, analysis/chinchilla.py)."""
+    floor = fraction * lmin
+    S = fit.samples["E"].dropna().to_numpy() if fit.samples is not None and len(fit.samples) else np.array([])
+    share = float(np.mean(S < floor)) if S.size >= 10 else 0.0
+    if fit.params["E"] < floor or share > (1 - fit.level) / 2:
+        why = (f"the fit puts E at its bound (E = {fit.params['E']:.3g})" if fit.params["E"] < floor else
+               f"{share * 100:.0f} % of the bootstrap replicates put E at its bound (E ~ 0)")
+        upper = float(np.quantile(S, fit.level)) if S.size >= 10 else None
+        fit.mark_unidentified("E", why, upper=upper)
+        fit.info["conditional"] = "alpha and x_c are conditional on the fitted E, which these data do not identify"
 
 
 def _xc(c: float, alpha: float) -> float:

@@ -18,6 +18,19 @@ Which analyses run is decided from the table:
 Scaling-law fits use the done runs of one optimizer (the most common one when there are
 several) and, where a (N, D) cell was run with several learning rates and/or seeds, the
 seed-averaged loss at the cell's best learning rate.
+
+Conventions, stated in the Data section and in every figure and table caption: the compute
+accounting (``accounting=``, default the table's own; see analysis/load.py: total = N_total
+and C_exact, kaplan = non-embedding N and 6ND; never mixed), the eval set (the loss column,
+with eval tokens and documents where recorded), the loss noise (analysis/noise.py: seed
+spread, else eval_loss_stderr, else an assumed 0.5 %) and, for every interval, which
+bootstrap made it and how many of its replicates failed. Designed sweeps (a compute_budget
+column) and tables that measure their noise get the noise-aware bootstrap for Approach 2,
+Approach 3 and Kaplan's L(N, D); Pareto-front power laws and the learning-curve frontier keep
+the case bootstrap (a front is a selection, not a design). Parameters the data do not
+identify (analysis/chinchilla.py, analysis/powerlaw.py) are printed with a one-sided bound,
+and what depends on them is marked conditional; an IsoFLOP exponent from fewer than 3
+bracketed budgets is "not determined".
 """
 
 from __future__ import annotations
@@ -36,8 +49,9 @@ from . import plots
 from .chinchilla import fit_approach3, fit_kaplan
 from .frontier import fit_approach1, fit_frontier
 from .isoflop import fit_isoflop
+from .load import describe_dropped, load_curves, load_results
 from .load import done as done_rows
-from .load import load_curves, load_results
+from .noise import loss_noise
 from .optimizers import (EdgeOfGridWarning, best_lr, best_lr_runs, compute_laws,
                          compute_multiplier, lr_scaling, lr_sensitivity, seed_spread)
 from .powerlaw import fit_power_law
@@ -54,6 +68,24 @@ def default_out_dir(source: str | Path) -> Path:
     if p.name in ("results.csv", "results.parquet"):
         return p.parent / "report"
     return p.with_name(p.stem + "_report")
+
+
+def _param_text(fit, k: str, digits: int = 4) -> str:
+    """A parameter's value, or what can be said of it when the data do not identify it."""
+    if k in fit.unidentified:
+        b = fit.bounds.get(k)
+        return f"{k} (not identified{'; ' + k + ' ≤ ' + fmt(b[1], 3) if b else ''})"
+    return fmt(fit.params[k], digits)
+
+
+def _boot_text(fit) -> str:
+    if fit.samples is None or not len(fit.samples):
+        return "no bootstrap"
+    how = "noise bootstrap" if str(fit.info.get("bootstrap", "")).startswith("noise") else "case bootstrap"
+    out = f"{how}, {len(fit.samples)} replicates, {fit.n_boot_failed} failed"
+    if fit.n_boot_failed > 0.1 * len(fit.samples):
+        out += " (the interval is over the successful replicates only: treat it as unreliable)"
+    return out
 
 
 def _sig(v, digits=6):
@@ -89,7 +121,10 @@ def scaling_rows(done: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     d["_Dk"] = d["D"].map(_sig)
     hp = ["lr"] if "lr" in vary else []
     agg = {"loss": ("loss", "mean"), "N": ("N", "mean"), "D": ("D", "mean"), "C": ("C", "mean"),
-           "n_seeds": ("loss", "size")}
+           "n_seeds": ("loss", "size"), "seed_std": ("loss", "std")}
+    if "eval_loss_stderr" in d:
+        d["eval_loss_stderr"] = pd.to_numeric(d["eval_loss_stderr"], errors="coerce")
+        agg["eval_loss_stderr"] = ("eval_loss_stderr", "mean")
     if "compute_budget" in d:
         agg["compute_budget"] = ("compute_budget", "first")
     if "point_id" in d:
@@ -144,11 +179,34 @@ class _Report:
         self.fits: dict[str, dict] = {}
         self.param_rows: list[dict] = []
         self.warnings: list[str] = []
+        self.convention = ""
+        self.eval_set = ""
+
+    def cap(self, text: str, fit=None, noise: str | None = None) -> str:
+        """A caption with its convention: accounting, eval set and, for fits with intervals,
+        how they were made (bootstrap kind, noise source, failed replicates). ``fit``: one
+        fit or a list of them."""
+        if "eval set:" in text:
+            return text
+        bits = [self.convention, f"eval set: {self.eval_set}"]
+        fits = [f for f in (fit if isinstance(fit, (list, tuple)) else [fit])
+                if f is not None and f.samples is not None and len(f.samples)]
+        for f in fits:
+            how = "noise bootstrap" if str(f.info.get("bootstrap", "")).startswith("noise") else "case bootstrap"
+            src = f.info.get("noise_source") or noise
+            label = f"L({f.info['x']})" if f.kind.startswith("power") and "x" in f.info else f.kind
+            bits.append(f"{label}: {how}, {len(f.samples)} replicates, {f.n_boot_failed} failed"
+                        + (f", noise: {src}" if src and how == "noise bootstrap" else ""))
+        if fit is not None and not fits:
+            pb = getattr(fit, "info", {}).get("per_budget_bootstrap") if not isinstance(fit, (list, tuple)) else None
+            bits.append(pb or "no bootstrap")
+        return text.rstrip(".") + ". [" + "; ".join(b for b in bits if b) + "]"
 
     def skip(self, what: str, why: str) -> None:
         self.skipped.append((what, why))
 
-    def figure(self, name: str, caption: str, make) -> None:
+    def figure(self, name: str, caption: str, make, fit=None) -> None:
+        caption = self.cap(caption, fit)
         try:
             fig = make()
             save(fig, self.fig_dir, name)
@@ -157,7 +215,8 @@ class _Report:
             self.skip(f"figure `{name}`", f"{type(exc).__name__}: {exc}")
             self.warnings.append(traceback.format_exc(limit=3))
 
-    def table(self, df: pd.DataFrame, name: str, caption: str, digits: int = 4) -> None:
+    def table(self, df: pd.DataFrame, name: str, caption: str, digits: int = 4, fit=None) -> None:
+        caption = self.cap(caption, fit)
         write_table(df, self.tab_dir, name, caption=caption, digits=digits)
         self.tables.append((name, caption))
 
@@ -167,15 +226,48 @@ class _Report:
             if k not in fit.params:
                 continue
             lo, hi = fit.interval(k)
+            note = ""
+            if k in fit.unidentified:
+                b = fit.bounds.get(k)
+                note = "not identified" + (f"; {k} {b[0]} {fmt(b[1], 3)}" if b else "")
+            elif k in ("a", "b", "G") and fit.info.get("conditional"):
+                note = "conditional (the model has an unidentified parameter)"
             self.param_rows.append({"fit": fit_name, "parameter": k, "estimate": fit.params[k],
-                                    "ci_low": lo, "ci_high": hi})
+                                    "ci_low": lo, "ci_high": hi, "note": note,
+                                    "bootstrap": _boot_text(fit)})
+
+
+def _c_label(df: pd.DataFrame) -> str:
+    """Axis label of the compute column under the table's accounting."""
+    acc = df.attrs.get("accounting")
+    if acc == "total":
+        return "compute C = C_exact (FLOPs)"
+    if acc == "kaplan":
+        return "compute C = 6 N D (FLOPs, Kaplan N)"
+    return f"compute C (FLOPs, column {df.attrs.get('columns', {}).get('C')})"
+
+
+def _eval_set(df: pd.DataFrame, done: pd.DataFrame) -> str:
+    """The eval set in words: tokens and documents where the table records them."""
+    loss = df.attrs.get("columns", {}).get("loss")
+    parts = []
+    for col, unit in (("eval_tokens", "tokens"), ("eval_documents", "documents")):
+        if col in done and pd.to_numeric(done[col], errors="coerce").notna().any():
+            v = pd.to_numeric(done[col], errors="coerce").dropna()
+            parts.append(f"{fmt(float(v.median()), 3)} {unit}" + ("" if v.nunique() == 1 else " (median)"))
+    if parts:
+        return f"`{loss}` over " + " in ".join(parts)
+    return f"`{loss}` (the table records no eval set size)"
 
 
 def _params_table(rows: list[dict]) -> pd.DataFrame:
     out = []
     for r in rows:
-        out.append({"fit": r["fit"], "parameter": r["parameter"],
-                    "estimate [95% CI]": value_ci(r["estimate"], r["ci_low"], r["ci_high"])})
+        est = ("not determined" if not math.isfinite(r["estimate"]) else
+               fmt(r["estimate"], 4) if r["note"].startswith("not identified") else
+               value_ci(r["estimate"], r["ci_low"], r["ci_high"]))
+        out.append({"fit": r["fit"], "parameter": r["parameter"], "estimate [95% CI]": est,
+                    "note": r["note"], "intervals": r["bootstrap"]})
     return pd.DataFrame(out)
 
 
@@ -191,25 +283,49 @@ def analyze(
     loss_col: str | None = None,
     loss_fn: str = "huber",
     predict_C=None,
+    accounting: str | None = None,
 ) -> Path:
-    """Fit what the table supports, write figures, tables and summary.md; return the folder."""
+    """Fit what the table supports, write figures, tables and summary.md; return the folder.
+
+    Bad input (no such file, an empty table, no loss column, a mixed accounting) raises
+    before anything is written."""
     t0 = time.time()
     source = Path(source)
     pl_loss = "huber" if loss_fn == "huber_nll" else loss_fn  # the likelihood is Approach 3 only
     out = Path(out_dir) if out_dir is not None else default_out_dir(source)
-    out.mkdir(parents=True, exist_ok=True)
-    df = load_results(source, n_col=n_col, d_col=d_col, c_col=c_col, loss_col=loss_col)
-    rep = _Report(out, str(source))
+    df = load_results(source, n_col=n_col, d_col=d_col, c_col=c_col, loss_col=loss_col,
+                      accounting=accounting)
     done = done_rows(df)
+    if len(done) == 0 and df.attrs.get("dropped"):
+        raise ValueError(f"{source}: no row can be fitted ({len(df)} rows; {describe_dropped(df)})")
+    out.mkdir(parents=True, exist_ok=True)
+    rep = _Report(out, str(source))
     status_counts = df["status"].value_counts().to_dict()
 
     rows, sel_notes = scaling_rows(done) if len(done) else (done, [])
+    noise = loss_noise(rows) if len(rows) else None
+    designed = "compute_budget" in rows and np.isfinite(pd.to_numeric(rows["compute_budget"], errors="coerce")).any() if len(rows) else False
+    measured = noise is not None and not noise.source.startswith("assumed")
+    boot = "noise" if (designed or measured) else "cases"
+    conv = df.attrs.get("convention", "")
+    rep.convention = conv
+    eval_set = _eval_set(df, done)
+    rep.eval_set = eval_set
     data_lines = [
         f"- source: `{df.attrs.get('source')}`",
         f"- rows: {len(df)} ({', '.join(f'{k}: {v}' for k, v in sorted(status_counts.items()))}); "
         "only `done` rows are fitted",
         "- columns used: " + ", ".join(f"{k} ← `{v}`" for k, v in df.attrs["columns"].items() if v),
     ]
+    data_lines.append(f"- compute accounting: {conv}")
+    data_lines.append(f"- loss: `{df.attrs['columns'].get('loss')}`; eval set: {eval_set}")
+    if noise is not None:
+        data_lines.append(f"- loss noise: {noise.source}; intervals: "
+                          + ("noise-aware bootstrap (design fixed, each run's loss perturbed by its noise)"
+                             if boot == "noise" else "case bootstrap (runs resampled with replacement; "
+                             "the table is not a designed sweep and measures no noise)"))
+    if df.attrs.get("dropped"):
+        data_lines.append("- " + describe_dropped(df))
     if df.attrs.get("derived"):
         data_lines.append("- derived: " + "; ".join(df.attrs["derived"]))
     for note in sel_notes:
@@ -239,8 +355,12 @@ def analyze(
                          f"the {how} (need 4)")
                 continue
             try:
+                # case bootstrap on purpose: the front is a selection of the lowest losses, not a
+                # design; perturbing losses and re-taking the minimum biases the front downwards,
+                # and resampling runs also carries the misspecification of L(x) on such a front
                 fit = fit_power_law(env["x"], env["loss"], irreducible=True, n_boot=n_boot,
                                     seed=seed, name=key, loss_fn=pl_loss)
+                fit.info["bootstrap"] = "cases (Pareto-front rows resampled)"
             except Exception as exc:
                 rep.skip(f"power law L({key})", str(exc))
                 continue
@@ -251,14 +371,17 @@ def analyze(
             weak = (not (np.isfinite(lo) and lo > 0)) or hi / lo > 2
             rep.findings.append(
                 f"L({key}) on the {how}: exponent α_{key} = {value_ci(fit['alpha'], lo, hi, 3)}, "
-                f"irreducible E = {value_ci(fit['E'], *fit.interval('E'), 3)}."
+                + (f"irreducible E not identified ({fit.unidentified['E']}; one-sided bound "
+                   f"E ≤ {fmt(fit.bounds['E'][1], 3) if 'E' in fit.bounds else 'n/a'}; α is conditional on it)"
+                   if "E" in fit.unidentified else f"irreducible E = {value_ci(fit['E'], *fit.interval('E'), 3)}")
+                + f" ({_boot_text(fit)})."
                 + (f" The exponent is poorly constrained by this design (its interval spans more "
                    f"than a factor 2): the runs do not trace L({key}) at fixed other resources."
                    if weak else ""))
         if pl_fits:
             rep.figure("loss_vs_size", "L(N), L(D) and L(C) on the Pareto front of the runs (grey: all runs), with power-law fits "
                        "(E + (x_c/x)^α) and 95% bootstrap bands; exponents in the legends.",
-                       lambda: plots.loss_vs_size(rows, pl_fits, pl_env))
+                       lambda: plots.loss_vs_size(rows, pl_fits, pl_env), fit=list(pl_fits.values()))
 
     # ---------------------------------------------------------------- Approach 3
     a3 = None
@@ -267,24 +390,37 @@ def analyze(
         if len(rows) >= 6 and nN >= 3 and nD >= 3:
             try:
                 a3 = fit_approach3(rows["N"], rows["D"], rows["loss"], n_boot=n_boot, seed=seed,
-                                   loss_fn=loss_fn)
+                                   loss_fn=loss_fn, bootstrap=boot,
+                                   noise=noise if measured else None)
                 rep.add_params("Approach 3: E + A/N^α + B/D^β", a3,
                                ["E", "A", "B", "alpha", "beta", "a", "b"] + (["sigma"] if "sigma" in a3.params else []))
                 p = a3.params
                 rep.findings.append(
-                    f"Approach 3: L(N, D) = {fmt(p['E'], 4)} + {fmt(p['A'], 4)}/N^{p['alpha']:.3f} + "
-                    f"{fmt(p['B'], 4)}/D^{p['beta']:.3f}; compute-optimal N ∝ C^a with a = "
+                    f"Approach 3: L(N, D) = {_param_text(a3, 'E')} + {fmt(p['A'], 4)}/N^{p['alpha']:.3f} + "
+                    f"{fmt(p['B'], 4)}/D^{p['beta']:.3f}; compute-optimal N ∝ C^a "
+                    f"{'(conditional on the full model) ' if a3.unidentified else ''}with a = "
                     f"{value_ci(p['a'], *a3.interval('a'), 3)} and D ∝ C^b with b = "
                     f"{value_ci(p['b'], *a3.interval('b'), 3)} ({len(rows)} runs, "
                     f"{a3.info['n_starts']} starts, mean |log residual| "
-                    f"{a3.info['mean_abs_log_residual']:.4f}).")
-                rep.figure("residuals", "Approach 3: observed against fitted loss, and log "
-                           "residuals against compute, coloured by N.",
-                           lambda: plots.residuals(a3, rows["N"], rows["D"], rows["loss"]))
+                    f"{a3.info['mean_abs_log_residual']:.4f}; {_boot_text(a3)}; {conv}).")
+                if a3.unidentified:
+                    red = a3.info.get("reduced_model")
+                    rep.findings.append(
+                        "Approach 3 is not identified by these data: "
+                        + "; ".join(f"{k}: {why}" for k, why in a3.unidentified.items())
+                        + f". {a3.info['conditional']}."
+                        + (f" The reduced model {red['form']} gives α = {red['alpha']:.3f}, β = "
+                           f"{red['beta']:.3f}, a = {red['a']:.3f}, objective {red['objective']:.4g} "
+                           f"against {red['objective_full']:.4g} with E." if red else ""))
+                rep.figure("residuals", rep.cap("Approach 3: observed against fitted loss, and log "
+                           "residuals against compute, coloured by N"),
+                           lambda: plots.residuals(a3, rows["N"], rows["D"], rows["loss"], C=rows["C"],
+                                                   c_label=_c_label(df)))
             except Exception as exc:
                 rep.skip("Approach 3", f"{type(exc).__name__}: {exc}")
             try:
-                kap = fit_kaplan(rows["N"], rows["D"], rows["loss"], n_boot=n_boot, seed=seed)
+                kap = fit_kaplan(rows["N"], rows["D"], rows["loss"], n_boot=n_boot, seed=seed,
+                                 bootstrap=boot, noise=noise if measured else None)
                 rep.add_params("Kaplan L(N, D)", kap, ["alpha_N", "alpha_D", "N_c", "D_c"])
             except Exception as exc:
                 rep.skip("Kaplan L(N, D)", f"{type(exc).__name__}: {exc}")
@@ -302,14 +438,29 @@ def analyze(
         if len(good) >= 3:
             iso_rows = r[r["compute_budget"].isin(good.index)].rename(columns={"compute_budget": "budget"})
             try:
-                iso = fit_isoflop(iso_rows["C"], iso_rows["loss"], N=iso_rows["N"],
-                                  budget=iso_rows["budget"], n_boot=n_boot, seed=seed)
+                iso_noise = loss_noise(iso_rows) if len(iso_rows) else None
+                iso = fit_isoflop(iso_rows["C"], iso_rows["loss"], N=iso_rows["N"], D=iso_rows["D"],
+                                  budget=iso_rows["budget"], n_boot=n_boot, seed=seed,
+                                  noise=iso_noise if measured else None)
                 rep.add_params("Approach 2 (IsoFLOP)", iso, ["a", "b", "k_N", "k_D"])
                 rep.fits["Approach 2 (IsoFLOP)"]["budgets"] = json.loads(iso.budgets.to_json(orient="records"))
-                rep.findings.append(
-                    f"Approach 2 (IsoFLOP, {iso.info['n_budgets_used']} budgets): N_opt ∝ C^a with a = "
-                    f"{value_ci(iso['a'], *iso.interval('a'), 3)}, D_opt ∝ C^b with b = "
-                    f"{value_ci(iso['b'], *iso.interval('b'), 3)}.")
+                nb, nu = iso.info["n_budgets"], iso.info["n_budgets_used"]
+                if iso.determined:
+                    others = "; ".join(
+                        f"{e}: {value_ci(d['a'], *d['ci'].get('a', (math.nan, math.nan)), 3)}"
+                        for e, d in iso.estimators.items() if e != iso.info["estimator"])
+                    rep.findings.append(
+                        f"Approach 2 (IsoFLOP, {nu} of {nb} budgets bracket their minimum; minima by the "
+                        f"{iso.info['estimator']} estimator, the line weighted by each budget's "
+                        f"uncertainty): N_opt ∝ C^a with a = {value_ci(iso['a'], *iso.interval('a'), 3)}, "
+                        f"D_opt ∝ C^b with b = {value_ci(iso['b'], *iso.interval('b'), 3)} "
+                        f"({_boot_text(iso)}; noise: {iso.info['noise_source']}; {conv}). "
+                        f"Other estimators of the minima give a = {others}.")
+                    for line in iso.info.get("disagreement", []):
+                        rep.findings.append(f"Warning (IsoFLOP estimators disagree): {line}.")
+                else:
+                    rep.findings.append(f"Approach 2 (IsoFLOP, {nb} budgets, {nu} bracket their minimum): "
+                                        f"the allocation exponents are {iso.info['not_determined']}.")
                 for s in iso.info["budgets_skipped"]:
                     rep.skip("IsoFLOP budget", s)
                 tb = iso.budgets.copy()
@@ -321,9 +472,16 @@ def analyze(
                     "loss_opt": tb.get("loss_opt", np.nan * tb["C"]),
                     "used": tb["used"], "note": tb["note"].fillna(""),
                 })
-                rep.table(show, "isoflop_budgets", "IsoFLOP parabola minima per compute budget")
-                rep.figure("isoflop", "IsoFLOP profiles: loss against N per budget, fitted "
-                           "parabolas in log N and their minima (95% bootstrap CI).",
+                for e in ("akima", "local", "parabola"):
+                    if e != iso.info["estimator"] and f"N_opt_{e}" in tb:
+                        show[f"N_opt ({e})"] = tb[f"N_opt_{e}"]
+                rep.table(show, "isoflop_budgets", rep.cap(
+                    f"IsoFLOP minima per compute budget ({iso.info['estimator']} estimator; the others "
+                    f"in their own columns; {nu} of {nb} budgets used)", iso))
+                rep.figure("isoflop", rep.cap(
+                    f"IsoFLOP profiles: loss against N per budget, the {iso.info['estimator']} "
+                    "estimator's curve and minimum (95% interval); hollow: budget excluded "
+                    f"(minimum not bracketed); {nu} of {nb} budgets used", iso),
                            lambda: plots.isoflop(iso_rows, iso))
             except Exception as exc:
                 rep.skip("Approach 2 (IsoFLOP)", f"{type(exc).__name__}: {exc}")
@@ -371,24 +529,31 @@ def analyze(
             rep.figure("learning_curves", "Learning curves against tokens and FLOPs (log-log), "
                        "coloured by N, with the compute-efficient frontier and its power-law fit "
                        "(95% band, bootstrap over runs).",
-                       lambda: plots.learning_curves(curves, sizes, frontier))
+                       lambda: plots.learning_curves(
+                           curves, sizes, frontier,
+                           c_label=_c_label(df) if df.attrs.get("accounting") else "training FLOPs (6 N tokens)"),
+                       fit=frontier)
         else:
             rep.skip("frontier", "curves of fewer than 2 done runs")
 
-    if iso is not None or a1 is not None or a3 is not None:
+    iso_ok = iso if (iso is not None and iso.determined) else None
+    if iso_ok is not None or a1 is not None or a3 is not None:
         rep.figure("optimal_allocation", "Compute-optimal N and D against compute: per-budget "
                    "minima (Approach 2), frontier sizes (Approach 1), and the fitted power laws "
-                   "with 95% bands, including Approach 3's closed form.",
-                   lambda: plots.optimal_allocation(iso=iso, a1=a1, a3=a3, runs=rows,
-                                                    C_range=[rows["C"].min(), rows["C"].max()]))
+                   "with 95% bands, including Approach 3's closed form (which assumes C = 6 N D "
+                   "with the fitted N).",
+                   lambda: plots.optimal_allocation(iso=iso_ok, a1=a1, a3=a3, runs=rows,
+                                                    C_range=[rows["C"].min(), rows["C"].max()],
+                                                    c_label=_c_label(df)),
+                   fit=[f for f in (iso_ok, a1, a3) if f is not None])
 
     # ---------------------------------------------------------------- predictions
-    if len(rows) and (a3 is not None or iso is not None or a1 is not None):
+    if len(rows) and (a3 is not None or iso_ok is not None or a1 is not None):
         if predict_C is None:
             top = 10 ** math.ceil(math.log10(rows["C"].max()))
             predict_C = [top, top * 10, top * 100]
         loss_law = frontier.law if frontier is not None else pl_fits.get("C")
-        pred = compute_optimal(predict_C, chinchilla=a3, isoflop=iso, approach1=a1, loss_law=loss_law)
+        pred = compute_optimal(predict_C, chinchilla=a3, isoflop=iso_ok, approach1=a1, loss_law=loss_law)
         if len(pred):
             show = pd.DataFrame({
                 "C (FLOPs)": pred["C"], "method": pred["method"],
@@ -399,11 +564,17 @@ def analyze(
             })
             rep.table(show, "predictions", "Compute-optimal allocation and loss predicted for "
                       "larger budgets (extrapolations; intervals are bootstrap percentiles and "
-                      "do not include model misspecification)")
+                      "do not include model misspecification"
+                      + ("; Approach 3 rows are conditional: the model has a parameter the data do not "
+                         "identify" if (a3 is not None and a3.unidentified) else "") + ")",
+                      fit=[f for f in (a3, iso_ok, a1) if f is not None])
             rep.fits["predictions"] = json.loads(pred.to_json(orient="records"))
             first = pred.iloc[0]
             rep.findings.append(
-                f"Prediction at C = {fmt(first['C'], 2)} FLOPs ({first['method']}): N_opt = "
+                f"Prediction at C = {fmt(first['C'], 2)} FLOPs ({first['method']}"
+                + (", conditional: the model has a parameter the data do not identify"
+                   if (first["method"].startswith("Approach 3") and a3 is not None and a3.unidentified) else "")
+                + "): N_opt = "
                 f"{value_ci(first['N_opt'], first['N_opt_low'], first['N_opt_high'], 3)}, D_opt = "
                 f"{value_ci(first['D_opt'], first['D_opt_low'], first['D_opt_high'], 3)}"
                 + (f", loss {value_ci(first['loss_opt'], first['loss_opt_low'], first['loss_opt_high'], 4)}"
@@ -514,7 +685,8 @@ def _optimizer_section(rep: _Report, df: pd.DataFrame, done: pd.DataFrame, *, n_
                        "E [95% CI]": value_ci(law["E"], *law.interval("E"), 3) if law.irreducible else "–"})
             lines.append(f"- {opt}: loss at its best learning rate falls as C^-α with α = "
                          f"{value_ci(law['alpha'], *law.interval('alpha'), 3)}.")
-        rep.table(pd.DataFrame(lt), "optimizer_laws", "Loss against compute per optimizer at its best learning rate")
+        rep.table(pd.DataFrame(lt), "optimizer_laws", "Loss against compute per optimizer at its best learning rate",
+                  fit=list(laws.values()))
         # reference: the optimizer with the lowest predicted loss at the largest compute
         cmax = float(runs["C"].max())
         ranked = sorted(laws, key=lambda o: float(laws[o].predict(cmax)))
@@ -535,7 +707,7 @@ def _optimizer_section(rep: _Report, df: pd.DataFrame, done: pd.DataFrame, *, n_
                       "to reach its loss at the largest compute in the sweep")
         rep.figure("optimizer_compute", "Loss against compute per optimizer at its best learning "
                    "rate (error bars: seed std) with fitted L(C) and 95% bands.",
-                   lambda: plots.optimizer_compute(runs, laws, mults))
+                   lambda: plots.optimizer_compute(runs, laws, mults), fit=list(laws.values()))
         rep.findings.append(f"Optimizers: {ref} reaches the lowest loss at the largest compute; "
                             + "; ".join(f"{m['x']} needs {fmt(m['multiplier'], 3)}× "
                                         f"[{fmt(m['low'], 3)}, {fmt(m['high'], 3)}] its compute"
@@ -567,8 +739,11 @@ def _write_summary(rep: _Report, elapsed: float) -> None:
     for s in rep.sections[1:]:
         parts.append(s)
     if rep.param_rows:
-        parts.append("## Fitted parameters\n\n95% intervals: bootstrap percentiles "
-                     "(runs resampled with replacement and refitted).\n\n"
+        parts.append("## Fitted parameters\n\n95% intervals: bootstrap percentiles; the "
+                     "`intervals` column says which bootstrap (noise: design fixed, each run's loss "
+                     "perturbed by its measured noise; cases: runs resampled) and how many replicates "
+                     f"failed. {rep.convention}; eval set: {rep.eval_set}. A parameter the data do not "
+                     "identify shows its estimate and a one-sided bound, never an interval.\n\n"
                      + to_markdown(_params_table(rep.param_rows)))
     if rep.figures:
         parts.append("## Figures\n")
@@ -588,7 +763,16 @@ def _write_summary(rep: _Report, elapsed: float) -> None:
         "Laws are fitted to log loss with a Huber loss (δ = 1e-3) by batched L-BFGS from grids of "
         "starts (Approach 3: Hoffmann et al.'s 4,500), keeping the best; the optimiser stops on a "
         "relative criterion, so the result does not depend on the loss's scale. Intervals are 95% "
-        "bootstrap percentiles. IsoFLOP minima are vertices of parabolas in log N; the parabola is "
-        "a local approximation and a grid placed off-centre around the optimum biases N_opt. "
+        "bootstrap percentiles; for designed sweeps (and wherever the loss's noise is measured) "
+        "the bootstrap keeps the design fixed and perturbs each run's loss by its noise, and "
+        "failed replicates are counted, never dropped silently. Power laws on a Pareto front "
+        "and the learning-curve frontier use the case bootstrap: a front is a selection of the "
+        "lowest losses, not a design, and perturbing the losses and re-taking the minimum would "
+        "bias it downwards. IsoFLOP minima: global parabola "
+        "in log N (default: least biased and best-covered in benchmarks/coverage.py), with the "
+        "Akima-interpolant argmin and a local parabola reported beside it; the exponent is a "
+        "weighted fit over the budgets that bracket their minimum (fewer than 3: not determined). "
+        "Approach 3 flags parameters at a bound (E ~ 0, an exponent at the grid's edge) as not "
+        "identified and refits the model without E. "
         "Approach 1 uses the run attaining the frontier at each FLOP value (bootstrap over runs).\n")
     (rep.out / "summary.md").write_text("\n".join(parts))

@@ -12,6 +12,16 @@ import pandas as pd
 LEVEL = 0.95
 
 
+def one_sided_bound(samples: np.ndarray, level: float = LEVEL, side: str = "upper") -> float:
+    """One-sided percentile bound of the finite samples (the ``level`` quantile for an upper
+    bound): what a bootstrap can say about a parameter that sits at its bound."""
+    s = np.asarray(samples, dtype=np.float64)
+    s = s[np.isfinite(s)]
+    if s.size < 10:
+        return math.nan
+    return float(np.quantile(s, level if side == "upper" else 1 - level))
+
+
 def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
     """Equal-tailed percentile interval of the finite samples (NaN, NaN if fewer than 10)."""
     s = np.asarray(samples, dtype=np.float64)
@@ -58,6 +68,30 @@ class FitResult:
     n: int = 0
     level: float = LEVEL
     info: dict[str, Any] = field(default_factory=dict)
+    # parameters the data do not identify (at a bound, or a flat objective): name -> reason.
+    # Their two-sided interval is replaced by a one-sided bound (``bounds``).
+    unidentified: dict[str, str] = field(default_factory=dict)
+    bounds: dict[str, tuple[str, float]] = field(default_factory=dict)  # name -> ("<=", v)
+
+    def identified(self, name: str) -> bool:
+        return name not in self.unidentified
+
+    @property
+    def n_boot_failed(self) -> int:
+        if self.samples is None or not len(self.samples):
+            return 0
+        return int(self.samples.isna().any(axis=1).sum())
+
+    def mark_unidentified(self, name: str, reason: str, *, upper: float | None = None,
+                          lower: float | None = None) -> None:
+        """Flag ``name`` as not identified; drop its two-sided interval; keep a one-sided
+        bound when given."""
+        self.unidentified[name] = reason
+        self.ci.pop(name, None)
+        if upper is not None:
+            self.bounds[name] = ("<=", float(upper))
+        elif lower is not None:
+            self.bounds[name] = (">=", float(lower))
 
     def __getitem__(self, name: str) -> float:
         return self.params[name]
@@ -69,7 +103,7 @@ class FitResult:
         if self.samples is None or self.samples.empty:
             return
         for col in self.samples.columns:
-            if col in self.params:
+            if col in self.params and col not in self.unidentified:
                 self.ci[col] = percentile_interval(self.samples[col].to_numpy(), self.level)
 
     def table(self, names: list[str] | None = None) -> pd.DataFrame:
@@ -85,8 +119,12 @@ class FitResult:
         out["params"] = {k: _jsonable(v) for k, v in self.params.items()}
         out["ci"] = {k: [_jsonable(a), _jsonable(b)] for k, (a, b) in self.ci.items()}
         out["n_boot"] = 0 if self.samples is None else int(len(self.samples))
-        if self.samples is not None and len(self.samples):
-            out["n_boot_failed"] = int(self.samples.isna().any(axis=1).sum())
+        out["n_boot_failed"] = self.n_boot_failed
+        out["identified"] = {k: k not in self.unidentified for k in self.params}
+        if self.unidentified:
+            out["not_identified"] = dict(self.unidentified)
+        if self.bounds:
+            out["bounds"] = {k: [op, _jsonable(v)] for k, (op, v) in self.bounds.items()}
         out["info"] = _jsonable(self.info)
         return out
 
@@ -95,7 +133,11 @@ class FitResult:
         for k in names or list(self.params):
             v = self.params[k]
             lo, hi = self.interval(k)
-            if math.isfinite(lo):
+            if k in self.unidentified:
+                b = self.bounds.get(k)
+                bound = f"  (95% one-sided bound: {k} {b[0]} {fmt(b[1], digits)})" if b else ""
+                lines.append(f"{k:>10s} = {fmt(v, digits)}  NOT IDENTIFIED: {self.unidentified[k]}{bound}")
+            elif math.isfinite(lo):
                 lines.append(f"{k:>10s} = {fmt(v, digits)}  [{fmt(lo, digits)}, {fmt(hi, digits)}]")
             else:
                 lines.append(f"{k:>10s} = {fmt(v, digits)}")

@@ -56,7 +56,7 @@ max_corpus_bytes = 1_000_000
 lr = 3e-3
 [train]
 batch_size = {batch}
-eval_batches = 2
+eval_tokens = 2048
 log_every = 10
 checkpoint_every = {checkpoint_every}
 progress = false

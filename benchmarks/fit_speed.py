@@ -66,7 +66,7 @@ def main() -> int:
         t0 = time.perf_counter()
         fit0 = fit_approach3(N, D, L, n_boot=0)
         t1 = time.perf_counter()
-        fit = fit_approach3(N, D, L, n_boot=args.n_boot)
+        fit = fit_approach3(N, D, L, n_boot=args.n_boot, bootstrap="cases")  # Epoch: case resampling
         t2 = time.perf_counter()
         # fit_approach3 with n_boot repeats the grid fit: bootstrap time = difference
         boot = (t2 - t1) - (t1 - t0)

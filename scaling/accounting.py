@@ -19,7 +19,9 @@ Training FLOPs per token (3 x forward: the backward costs two forwards):
              softmax or optimizer, which are O(N) or O(T) and small.
 
 Also `xla_flops` (XLA's own count from a compiled executable), a table of dense peak
-FLOP/s for accelerators and a measured peak for CPUs.
+FLOP/s for accelerators and a measured peak for CPUs. MFU is measured against the peak
+of the arithmetic the matmuls really run in (`peak_precision`: TF32 for float32 on
+GPUs at jax's default precision), which the run records beside the MFU.
 """
 
 from __future__ import annotations
@@ -177,8 +179,77 @@ def lookup_peak(device_kind: str, dtype: Any = "bfloat16") -> float | None:
     return None
 
 
+# What a matmul of 32-bit inputs actually runs as, by jax's `jax_default_matmul_precision`
+# (None = not set). GPUs (Ampere and newer, every GPU in PEAK_TABLE): DEFAULT and HIGH both
+# run float32 matmuls on the tensor cores as TF32, HIGHEST as true FP32 on the CUDA cores.
+# TPUs: DEFAULT is one bfloat16 pass, HIGH three, HIGHEST six. Dot-algorithm presets
+# ('TF32_TF32_F32', 'BF16_BF16_F32_X3', ...) name the operand type and pass count
+# themselves. A k-pass algorithm's peak is the single-pass peak / k.
+_GPU_F32 = {None: "tf32", "default": "tf32", "fastest": "tf32", "bfloat16": "tf32",
+            "high": "tf32", "tensorfloat32": "tf32", "bfloat16_3x": "tf32",
+            "highest": "fp32", "float32": "fp32"}
+_TPU_F32 = {None: "bf16", "default": "bf16", "fastest": "bf16", "bfloat16": "bf16",
+            "high": "bf16_x3", "tensorfloat32": "bf16_x3", "bfloat16_3x": "bf16_x3",
+            "highest": "bf16_x6", "float32": "bf16_x6"}
+# precision label -> (PEAK_TABLE column, passes)
+_PRECISION_RATE = {
+    "bf16": ("bfloat16", 1), "bf16_x3": ("bfloat16", 3), "bf16_x6": ("bfloat16", 6),
+    "bf16_x9": ("bfloat16", 9), "fp16": ("bfloat16", 1), "tf32": ("tfloat32", 1),
+    "tf32_x3": ("tfloat32", 3), "fp32": ("float32", 1),
+}
+_PRESET_OPERANDS = {"BF16": "bf16", "F16": "fp16", "TF32": "tf32", "F32": "fp32"}
+
+
+def _preset_precision(preset: str) -> str:
+    """'TF32_TF32_F32' -> 'tf32', 'BF16_BF16_F32_X3' -> 'bf16_x3', 'F32_F32_F32' -> 'fp32'."""
+    parts = preset.upper().split("_")
+    label = _PRESET_OPERANDS.get(parts[0])
+    if label is None:
+        raise ValueError(
+            f"jax_default_matmul_precision = {preset!r}: no peak FLOP/s for that algorithm; "
+            f"supported operand types: {', '.join(_PRESET_OPERANDS)}"
+        )
+    passes = parts[-1] if parts[-1].startswith("X") else ""
+    return f"{label}_{passes.lower()}" if passes else label
+
+
+def _float32_matmul_precision(platform: str, setting: str | None) -> str:
+    """The arithmetic a float32 matmul runs in on `platform` under `setting`."""
+    if setting is not None and setting.lower() not in _GPU_F32:
+        return _preset_precision(setting)
+    table = _TPU_F32 if platform == "tpu" else _GPU_F32
+    return table[None if setting is None else setting.lower()]
+
+
+def peak_precision(device: Any = None, dtype: Any = "float32") -> str:
+    """Which arithmetic `peak_flops(device, dtype)` is the peak of.
+
+    'bf16' for bfloat16 compute; for float32 compute the precision XLA really uses for
+    the matmuls, following `jax_default_matmul_precision` (read at call time, so a
+    `jax.default_matmul_precision(...)` context counts): on GPUs 'tf32' unless it is
+    'highest'/'float32' ('fp32'); on TPUs 'bf16' (one pass) / 'bf16_x3' / 'bf16_x6';
+    'tf32' when `dtype` is tfloat32 explicitly. CPUs: 'cpu-measured' (a measured matmul
+    peak) or 'cpu-configured' ($SCALINGLAB_CPU_PEAK_FLOPS).
+    """
+    import jax
+
+    if device is None:
+        device = jax.devices()[0]
+    dt = _dtype_name(dtype)
+    if device.platform == "cpu":
+        return "cpu-configured" if os.environ.get(CPU_PEAK_ENV) else "cpu-measured"
+    if dt == "bfloat16":
+        return "bf16"
+    if dt == "tfloat32":
+        return "tf32"
+    return _float32_matmul_precision(device.platform, jax.config.jax_default_matmul_precision)
+
+
 def peak_flops(device: Any = None, dtype: Any = "float32") -> float:
-    """Dense peak FLOP/s of one device for matmuls in `dtype`.
+    """Dense peak FLOP/s of one device for matmuls of `dtype` inputs, at the precision
+    they actually run in (`peak_precision`): a float32 run on an A100/H100 is measured
+    against the TF32 tensor-core peak, not the 8-16x lower FP32 CUDA-core peak, since
+    that is what XLA executes at jax's default matmul precision.
 
     Accelerators come from PEAK_TABLE (an unknown accelerator raises). CPUs use
     $SCALINGLAB_CPU_PEAK_FLOPS when set, else a measured matmul peak (cached).
@@ -192,13 +263,14 @@ def peak_flops(device: Any = None, dtype: Any = "float32") -> float:
         if os.environ.get(CPU_PEAK_ENV):
             return float(os.environ[CPU_PEAK_ENV])
         return measured_cpu_peak("bfloat16" if dt == "bfloat16" else "float32")
-    peak = lookup_peak(device.device_kind, dt)
+    column, passes = _PRECISION_RATE[peak_precision(device, dt)]
+    peak = lookup_peak(device.device_kind, column)
     if peak is None:
         raise KeyError(
             f"no peak FLOP/s known for device kind {device.device_kind!r}; add it to "
             "scaling.accounting.PEAK_TABLE"
         )
-    return peak
+    return peak / passes
 
 
 def _cpu_signature() -> str:

@@ -52,29 +52,40 @@ class Checkpointer:
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
         """(host state, meta) of the newest loadable checkpoint, or None."""
-        target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract_state)
         for step in sorted(self.manager.all_steps(), reverse=True):
-            with _orbax_errors() as orbax_said:
-                try:
-                    restored = self.manager.restore(
-                        step,
-                        args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                meta=ocp.args.JsonRestore()),
-                    )
-                    state = jax.tree.map(np.asarray, restored["state"])
-                    _check_like(state, target)
-                except Exception as e:  # corrupt or partial: fall back to an older one
-                    log.warning("checkpoint at step %d in %s cannot be restored (%s); trying "
-                                "an older one", step, self.directory, _one_line(e))
-                    self._held_back = []  # that line says what matters
-                    continue
-            said = self._held_back + orbax_said
-            self._held_back = []
-            if said:
-                log.warning("checkpoint at step %d in %s restored, but orbax reported: %s",
-                            step, self.directory, _one_line(said[0]))
-            return state, dict(restored["meta"])
+            restored = self._try_restore(step, abstract_state, "trying an older one")
+            if restored is not None:
+                return restored
         return None
+
+    def restore_step(self, step: int, abstract_state: Any) -> tuple[Any, dict] | None:
+        """(host state, meta) of the checkpoint at `step`, or None if there is no loadable one."""
+        if step not in self.manager.all_steps():
+            return None
+        return self._try_restore(step, abstract_state, "it is skipped")
+
+    def _try_restore(self, step: int, abstract_state: Any, fallback: str) -> tuple[Any, dict] | None:
+        target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract_state)
+        with _orbax_errors() as orbax_said:
+            try:
+                restored = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                            meta=ocp.args.JsonRestore()),
+                )
+                state = jax.tree.map(np.asarray, restored["state"])
+                _check_like(state, target)
+            except Exception as e:  # corrupt or partial
+                log.warning("checkpoint at step %d in %s cannot be restored (%s); %s",
+                            step, self.directory, _one_line(e), fallback)
+                self._held_back = []  # that line says what matters
+                return None
+        said = self._held_back + orbax_said
+        self._held_back = []
+        if said:
+            log.warning("checkpoint at step %d in %s restored, but orbax reported: %s",
+                        step, self.directory, _one_line(said[0]))
+        return state, dict(restored["meta"])
 
     def close(self) -> None:
         self.manager.close()

@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="fit the laws and write a report")
     a.add_argument("source", help="a sweep folder or a results CSV")
     a.add_argument("--out", help="report folder")
+    a.add_argument("--accounting", choices=("total", "kaplan"),
+                   help="compute accounting to fit under (default: the table's own)")
     return p
 
 
@@ -88,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:  # bad input: one clear line, no traceback, nothing trained
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # SIGTERM / Ctrl-C: the loop saved a checkpoint first
+        from scaling.loop import Interrupted
+
+        if isinstance(e, Interrupted):
+            print(f"stopped: {e}", file=sys.stderr)
+            return e.exit_code
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def cmd_train(args) -> int:
@@ -142,11 +152,12 @@ def cmd_run(args) -> int:
                         variant=args.variant, progress=not args.no_progress,
                         workers=args.workers, wait=False if args.no_wait else None)
     print(json.dumps(summary["counts"]))
+    failed = summary["counts"].get("failed", 0)
     if args.analyze:
-        from analysis.report import analyze
-
-        print(f"report: {analyze(summary['sweep_dir'])}")
-    return 0 if summary["counts"].get("failed", 0) == 0 else 1
+        code = _analyze(summary["sweep_dir"])
+        if code:
+            return code
+    return 0 if failed == 0 else 1
 
 
 def cmd_status(args) -> int:
@@ -193,9 +204,18 @@ def _watch(sweep_dir: str, interval: float) -> int:
 
 
 def cmd_analyze(args) -> int:
+    return _analyze(args.source, args.out, accounting=args.accounting)
+
+
+def _analyze(source, out=None, *, accounting: str | None = None) -> int:
+    """Write the report; bad or unusable input is one `error:` line and exit 2."""
     from analysis.report import analyze
 
-    print(f"report: {analyze(args.source, args.out)}")
+    try:
+        print(f"report: {analyze(source, out, accounting=accounting)}")
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
     return 0
 
 

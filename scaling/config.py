@@ -127,6 +127,7 @@ class OptimConfig:
     warmup_steps: int = 0  # linear warm-up from 0 to lr
     final_lr_ratio: float = 0.1  # lr at the end of decay, as a fraction of the peak
     decay_fraction: float = 0.2  # wsd: fraction of training spent decaying
+    decay_shape: Literal["linear", "cosine", "1-sqrt"] = "linear"  # wsd: shape of the final decay (Hägele et al. 2024): lr·(r+(1−r)·f(x)), f = 1−x | (1+cos πx)/2 | 1−√x
     weight_decay: float = 0.0  # decoupled everywhere (w -= lr * wd * w); adam refuses it: use adamw
     decay_norms_and_biases: bool = False  # default: no decay on norms, biases, embeddings
     decay_embeddings: bool = False
@@ -134,12 +135,14 @@ class OptimConfig:
     b2: float = 0.95
     eps: float = 1e-8
     momentum: float = 0.9  # momentum / nesterov / lars
-    trust_coefficient: float = 0.001  # lars
+    trust_coefficient: float = 0.001  # lars: eta in eta·‖w‖/(‖g‖+wd·‖w‖) (You et al. 2017); biases/norms step at lr·eta
     clip_norm: float = 1.0  # global-norm clipping; 0 disables
 
     def validate(self) -> None:
         if not self.lr > 0:
             raise ConfigError(f"optim.lr = {self.lr}: must be > 0")
+        if not self.trust_coefficient > 0:
+            raise ConfigError(f"optim.trust_coefficient = {self.trust_coefficient}: must be > 0")
         _nonnegative(self, "warmup_steps", "weight_decay", "clip_norm", "eps")
         for key in ("b1", "b2", "momentum", "final_lr_ratio"):
             if not 0.0 <= getattr(self, key) <= 1.0:
@@ -163,26 +166,56 @@ class TrainConfig:
     seed: int = 0  # initialisation and batch order
     data_seed: int = -1  # -1: same as seed
     eval_every: int = 50  # 0: only at the end
-    eval_batches: int = 8
+    # Evaluation on the corpus's fixed eval set (scaling.data: windows spread over every
+    # validation document, the same for every run of a corpus). The final evaluation uses
+    # eval_tokens of it (rounded down to whole windows of seq_len); the evaluations along
+    # the learning curve use its first curve_eval_tokens (0: all eval_tokens).
+    eval_tokens: int = 131072
+    curve_eval_tokens: int = 32768
     log_every: int = 10
     checkpoint_every: int = 100  # 0: only the final save
     keep_checkpoints: int = 2
     parallel: Literal["auto", "none", "pmap", "shard_map"] = "auto"
     divergence_factor: float = 3.0  # loss above factor * initial loss => diverged
+    # A sustained rise of the smoothed loss this fraction above its running minimum (and a
+    # final eval loss this far above the run's best) => diverged (scaling.loop._DivergenceMonitor)
+    divergence_rise: float = 0.25
+    init_from: str = ""      # a run folder (relative paths: to this run's folder) whose checkpoint at init_step starts this run: a cooldown branch of a trunk run
+    init_step: int = 0
+    save_steps: str = ""     # comma-separated steps at which a checkpoint is kept for good (in keep/), for branches
     progress: bool = True
+
+    @property
+    def kept_steps(self) -> tuple[int, ...]:
+        """The steps of `save_steps`, sorted (checkpoints kept for good, for branches)."""
+        return tuple(sorted({int(s) for s in self.save_steps.split(",") if s.strip().isdigit()}))
 
     @property
     def batch_seed(self) -> int:
         return self.seed if self.data_seed < 0 else self.data_seed
 
     def validate(self) -> None:
-        _positive(self, "steps", "batch_size", "micro_batches", "eval_batches", "log_every",
-                  "keep_checkpoints")
-        _nonnegative(self, "eval_every", "checkpoint_every")
+        _positive(self, "steps", "batch_size", "micro_batches", "eval_tokens", "log_every",
+                  "keep_checkpoints", "divergence_rise")
+        _nonnegative(self, "eval_every", "checkpoint_every", "curve_eval_tokens")
         if self.batch_size % self.micro_batches:
             raise ConfigError(
                 f"train.micro_batches = {self.micro_batches} does not divide "
                 f"train.batch_size = {self.batch_size}"
+            )
+        if self.init_step < 0 or (self.init_from and not 0 < self.init_step < self.steps):
+            raise ConfigError(
+                f"train.init_step = {self.init_step}: with train.init_from it must be in "
+                f"(0, train.steps = {self.steps})"
+            )
+        if self.init_step and not self.init_from:
+            raise ConfigError(f"train.init_step = {self.init_step} needs train.init_from (a run "
+                              "folder to start from)")
+        bad = [s for s in self.save_steps.split(",") if s.strip() and not s.strip().isdigit()]
+        if bad or any(not 0 < k <= self.steps for k in self.kept_steps):
+            raise ConfigError(
+                f"train.save_steps = {self.save_steps!r}: comma-separated steps in "
+                f"[1, train.steps = {self.steps}]"
             )
         if not self.divergence_factor > 1.0:
             raise ConfigError(
@@ -209,6 +242,14 @@ class Config:
                 f"optim.warmup_steps = {self.optim.warmup_steps} must be smaller than "
                 f"train.steps = {self.train.steps}"
             )
+        for key in ("eval_tokens", "curve_eval_tokens"):
+            value = getattr(self.train, key)
+            if value and value < self.model.seq_len:
+                raise ConfigError(
+                    f"train.{key} = {value} is less than one window of model.seq_len = "
+                    f"{self.model.seq_len} tokens; use a multiple of seq_len"
+                    + (" (or 0: the same as eval_tokens)" if key == "curve_eval_tokens" else "")
+                )
         if self.data.tokenizer == "byte" and self.model.vocab_size < 256:
             raise ConfigError(
                 f"model.vocab_size = {self.model.vocab_size}: the byte tokenizer needs >= 256"
@@ -245,7 +286,9 @@ class Config:
 # Keys that change how a run is executed or shown, not what it computes: a run may be
 # resumed with other values, and they do not enter a sweep point's identity.
 NON_SEMANTIC = ("name", "train.progress", "train.parallel", "train.log_every",
-                "train.checkpoint_every", "train.keep_checkpoints")
+                "train.checkpoint_every", "train.keep_checkpoints",
+                # a cooldown branch computes exactly what a separate run of its config would
+                "train.init_from", "train.init_step", "train.save_steps")
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,

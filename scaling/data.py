@@ -885,15 +885,6 @@ class TokenData:
     def n_val_documents(self) -> int:
         return int(self.val_doc_tokens.size)
 
-    def val_batch(self, i: int, batch_size: int) -> np.ndarray:
-        """int32 [batch_size, seq_len + 1]: validation windows i*B ... (i+1)*B - 1, cycling.
-
-        The stream's first windows in order: a few documents only. Evaluation should use
-        `eval_set`; this stays for callers not yet moved to it."""
-        rows = (int(i) * batch_size + np.arange(batch_size, dtype=np.int64)) % self.n_val_windows
-        idx = rows[:, None] * self.seq_len + self._offsets
-        return np.asarray(self.val[idx], dtype=np.int32)
-
     def position(self, step: int, batch_size: int) -> dict[str, Any]:
         """Where `step` steps of `batch_size` sequences leave the data order."""
         seqs = int(step) * int(batch_size)

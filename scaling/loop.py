@@ -3,40 +3,62 @@
     run_dir/
       config.json       the resolved config (a rerun with a different config is refused)
       metrics.jsonl     one JSON line per logged step and per evaluation
-      checkpoints/      orbax checkpoints (state + data position + config)
+      checkpoints/      orbax checkpoints (state + data position + corpus fingerprint + config)
       result.json       written last and atomically: the run's done marker and summary
+      .lock             held while a process trains here (scaling.runfiles.run_lock)
 
 `train(config, run_dir)` starts the run, resumes it from its newest checkpoint, or,
 if result.json exists, returns that result without training. Batches are a pure
 function of (seed, step), so a resumed run sees exactly the batches an uninterrupted
 run would have seen, and on the CPU produces exactly the same losses.
+
+A run goes through named phases: `_prepare` (every check that bad input can fail, before
+anything is written), `_restore_or_init`, `_compile`, the step loop (`_Run.loop`, with
+`_Evaluator` and `_DivergenceMonitor`), and `_Run.result`. SIGTERM and SIGINT (Ctrl-C)
+end a run cleanly: the current step finishes, a checkpoint is saved, `Interrupted` is
+raised (the CLI prints one line and exits 143 / 130); a second Ctrl-C exits at once.
+
+Evaluation uses the corpus's fixed eval set (`TokenData.eval_set`): windows spread over
+every validation document, the same for every run of a corpus. The final evaluation uses
+`train.eval_tokens` of it; the evaluations along the learning curve use its first
+`train.curve_eval_tokens` (a prefix that is itself spread over documents). Each records the
+loss, its standard error (cluster-robust over documents) and how many tokens and documents
+it covered.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
 import logging
 import math
+import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 from scaling import accounting
 from scaling.checkpoint import Checkpointer
 from scaling.config import Config, ConfigError, from_dict
-from scaling.data import load_corpus
+from scaling.data import TokenData, load_corpus
 from scaling.parallel import Driver, check_batch, initialize_distributed, make_driver
 from scaling.runfiles import (CONFIG_FILE, METRICS_FILE, RESULT_FILE, atomic_write_text,
-                              json_default, read_metrics, read_result, write_json_atomic)
-from scaling.train import Trainer
+                              json_default, read_json, read_metrics, read_result, run_lock,
+                              write_json_atomic)
+from scaling.optim import schedule_multiplier
+from scaling.train import Trainer, compile_key, runtime_values
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +83,23 @@ class Diverged(Exception):
     pass
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT ended the run after a checkpoint; rerun the command to resume.
+
+    A KeyboardInterrupt, so that code which records ordinary exceptions as failures (the
+    sweep executors) lets it through."""
+
+    def __init__(self, signum: int, step: int, run_dir: Path):
+        self.signum, self.step, self.run_dir = signum, step, run_dir
+        name = signal.Signals(signum).name
+        super().__init__(f"{name}: stopped at step {step} with a checkpoint in {run_dir}; "
+                         "run the same command again to resume")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
 @lru_cache(maxsize=1)
 def git_commit() -> str:
     root = Path(__file__).resolve().parent.parent
@@ -72,18 +111,358 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _compile_key(cfg: Config, driver: Driver) -> str:
-    parts = {
-        "model": cfg.model, "optim": dataclasses.replace(cfg.optim, lr=1.0),  # lr: in the state
-        "steps": cfg.train.steps,
-        "batch": cfg.train.batch_size, "micro": cfg.train.micro_batches,
-        "driver": driver.kind, "devices": [str(d) for d in driver.devices],
-    }
-    return repr(parts)
-
-
 def load_config_file(run_dir: str | Path) -> Config:
-    return from_dict(json.loads((Path(run_dir) / CONFIG_FILE).read_text()))
+    """The config.json of a run folder; ConfigError (naming the file) if it is unreadable."""
+    path = Path(run_dir) / CONFIG_FILE
+    raw = read_json(path)  # CorruptRunFile (a ConfigError naming the file) if garbled
+    if raw is None:
+        raise ConfigError(f"{path} does not exist")
+    try:
+        return from_dict(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+# --------------------------------------------------------------------------------------
+# Phase 1: everything that bad input can fail, before anything is written or compiled
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Setup:
+    cfg: Config
+    run_dir: Path
+    driver: Driver
+    data: TokenData
+    trainer: Trainer
+    counts: accounting.ParamCounts
+    flops: accounting.FlopCounts
+    primary: bool
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.train.batch_size * self.cfg.model.seq_len
+
+
+def _prepare(cfg: Config, run_dir: Path) -> _Setup:
+    """Check the config against the run folder, the devices and the corpus; write nothing."""
+    if (run_dir / CONFIG_FILE).exists():
+        if load_config_file(run_dir).semantic_dict() != cfg.semantic_dict():
+            raise ConfigError(
+                f"{run_dir} holds a run of a different config; nothing is overwritten. "
+                "Use another run folder."
+            )
+    t, m = cfg.train, cfg.model
+    driver = make_driver(t.parallel)
+    check_batch(t.batch_size, t.micro_batches, driver.n_devices)
+    data = load_corpus(cfg.data, m.seq_len)
+    if data.vocab_size > m.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size = {m.vocab_size} is smaller than the tokenizer's vocabulary "
+            f"({data.vocab_size}); set model.vocab_size >= {data.vocab_size}"
+        )
+    if t.init_from:
+        _trunk_config(cfg, run_dir)
+    return _Setup(cfg, run_dir, driver, data, Trainer(cfg), accounting.param_counts(m),
+                  accounting.flops_per_token(m), primary=jax.process_index() == 0)
+
+
+# --------------------------------------------------------------------------------------
+# Phase 2: state, fresh or restored
+# --------------------------------------------------------------------------------------
+
+
+class TrunkNotReady(RuntimeError):
+    """A cooldown branch's trunk has not yet saved the checkpoint the branch starts from."""
+
+
+def _check_corpus(s: _Setup, meta: dict, where: Path) -> None:
+    saved = meta.get("corpus_fingerprint")
+    if saved is not None and saved != s.data.fingerprint:
+        raise ConfigError(
+            f"{where}: its checkpoints were trained on a different corpus (token "
+            f"fingerprint {saved[:12]}, this machine's {s.cfg.data.corpus!r} gives "
+            f"{s.data.fingerprint[:12]}; the stdlib corpus depends on the Python build). "
+            "Resuming would mix two corpora: resume where it started, or use a new run folder."
+        )
+
+
+def _restore_or_init(s: _Setup, ckpt: Checkpointer) -> tuple[Any, int, float, dict | None]:
+    """(device state, start step, wall seconds already spent, branch record or None)."""
+    restored = ckpt.restore_latest(s.trainer.abstract_state())
+    if restored is not None:
+        host_state, meta = restored
+        _check_corpus(s, meta, s.run_dir)
+        start = int(meta["step"])
+        log.info("resuming %s from step %d", s.run_dir, start)
+        return (s.driver.place_state(host_state), start, float(meta.get("wall_time_s", 0.0)),
+                meta.get("branch"))
+    if s.cfg.train.init_from:
+        branched = _branch_from_trunk(s)
+        if branched is not None:
+            host_state, branch = branched
+            return s.driver.place_state(host_state), branch["branched_at_step"], 0.0, branch
+    return s.driver.place_state(jax.device_get(s.trainer.init_state())), 0, 0.0, None
+
+
+def trunk_dir(cfg: Config, run_dir: Path) -> Path:
+    """The folder of `train.init_from` (relative paths are relative to the run's folder)."""
+    p = Path(cfg.train.init_from).expanduser()
+    return p if p.is_absolute() else (run_dir / p).resolve()
+
+
+def _branch_from_trunk(s: _Setup) -> tuple[Any, dict] | None:
+    """The host state of a cooldown branch at `train.init_step`, taken from its trunk.
+
+    The trunk must be the same run up to that step: same model, data, optimizer, batch and
+    seeds, and the same learning rate at every step before it (checked numerically). Then
+    the branch continues exactly as a separate run of its own config would. A trunk that
+    has finished without that checkpoint (a branch added to the spec later): the branch
+    trains from step 0, with a warning. A trunk still short of it: TrunkNotReady."""
+    t = s.cfg.train
+    tdir, trunk_cfg = _trunk_config(s.cfg, s.run_dir)
+    restored = None
+    for sub in (KEEP_DIR, "checkpoints"):
+        if (tdir / sub).exists():
+            trunk_ckpt = Checkpointer(tdir / sub, keep=None if sub == KEEP_DIR else trunk_cfg.train.keep_checkpoints)
+            try:
+                restored = trunk_ckpt.restore_step(t.init_step, s.trainer.abstract_state())
+            finally:
+                trunk_ckpt.close()
+        if restored is not None:
+            break
+    if restored is None:
+        if read_result(tdir) is None:
+            raise TrunkNotReady(f"the trunk {tdir} has no checkpoint at step {t.init_step} yet; "
+                                "the branch starts once the trunk has saved it")
+        log.warning("trunk %s finished without a checkpoint at step %d: %s trains from step 0",
+                    tdir, t.init_step, s.run_dir)
+        return None
+    trunk_state, meta = restored
+    _check_corpus(s, meta, tdir)
+    # The trunk's weights, moments and step count under the branch's own peak lr and schedule.
+    host_state = s.trainer.reschedule(trunk_state)
+    log.info("branching %s from %s at step %d", s.run_dir, tdir, t.init_step)
+    return host_state, {"trunk": tdir.name, "trunk_dir": str(tdir),
+                        "branched_at_step": t.init_step}
+
+
+def _trunk_config(cfg: Config, run_dir: Path) -> tuple[Path, Config]:
+    """The trunk's folder and config, checked to be this branch's run up to init_step."""
+    tdir = trunk_dir(cfg, run_dir)
+    if not (tdir / CONFIG_FILE).exists():
+        raise TrunkNotReady(f"train.init_from = {cfg.train.init_from!r}: {tdir} holds no run "
+                            "yet; run the trunk first")
+    trunk_cfg = load_config_file(tdir)
+    _check_branchable(cfg, trunk_cfg, tdir)
+    return tdir, trunk_cfg
+
+
+def _check_branchable(cfg: Config, trunk: Config, tdir: Path) -> None:
+    """Refuse a trunk that is not the same run as this branch up to init_step."""
+    mine, theirs = cfg.semantic_dict(), trunk.semantic_dict()
+    schedule_keys = {"schedule", "decay_fraction", "decay_shape", "final_lr_ratio"}
+    for d in (mine, theirs):
+        d["train"].pop("steps", None)
+        for k in schedule_keys:
+            d["optim"].pop(k, None)
+    if mine != theirs:
+        diff = sorted(f"{sec}.{k}" for sec in mine for k in set(mine[sec]) | set(theirs.get(sec, {}))
+                      if isinstance(mine[sec], dict) and mine[sec].get(k) != theirs.get(sec, {}).get(k))
+        raise ConfigError(f"train.init_from = {cfg.train.init_from!r}: the trunk {tdir} differs "
+                          f"from this run in {', '.join(diff) or 'its config'}; a branch must "
+                          "differ only in its schedule and length")
+    k = cfg.train.init_step
+    ours, trunks = _learning_rates(cfg, k), _learning_rates(trunk, k)
+    if not np.array_equal(ours, trunks):
+        first = int(np.argmax(ours != trunks))
+        raise ConfigError(
+            f"train.init_from = {cfg.train.init_from!r}: the trunk's learning rate differs from "
+            f"this run's at step {first} ({trunks[first]:.6g} vs {ours[first]:.6g}), before "
+            f"train.init_step = {k}; the branch's decay must start at or after init_step"
+        )
+
+
+def _learning_rates(cfg: Config, n: int) -> np.ndarray:
+    """The learning rate of each of the first n steps of a run of `cfg`, as the step
+    computes it (peak lr x schedule_multiplier, float32)."""
+    lr, sched = runtime_values(cfg)
+    return np.asarray(jax.vmap(schedule_multiplier, in_axes=(0, None))(jnp.arange(n), sched)) * lr
+
+
+KEEP_DIR = "keep"  # checkpoints at train.save_steps, kept for good (cooldown branches start there)
+
+
+def _save(ckpt: Checkpointer, s: _Setup, state, step: int, wall: float,
+          branch: dict | None = None) -> None:
+    if step in ckpt.steps():  # resumed from the final checkpoint: nothing new to save
+        return
+    host_state = s.driver.fetch_state(state)
+    meta = {"step": step, "wall_time_s": wall, "config": s.cfg.to_dict(),
+            "corpus_fingerprint": s.data.fingerprint, "branch": branch,
+            "data_position": s.data.position(step, s.cfg.train.batch_size)}
+    ckpt.save(step, host_state, meta)
+
+
+def _keep(s: _Setup, state, step: int, wall: float) -> None:
+    """A checkpoint at one of train.save_steps, in keep/, never rotated away."""
+    keeper = Checkpointer(s.run_dir / KEEP_DIR, keep=None)
+    try:
+        _save(keeper, s, state, step, wall)
+    finally:
+        keeper.close()
+
+
+# --------------------------------------------------------------------------------------
+# Phase 3: compile (timed apart from training); one program per shape and process
+# --------------------------------------------------------------------------------------
+
+
+def _compile(s: _Setup, state, first_batch) -> tuple[Any, Any, float]:
+    key = repr((compile_key(s.cfg), s.driver.kind, [str(d) for d in s.driver.devices]))
+    t0 = time.perf_counter()
+    if key not in _COMPILED:
+        step_fn = s.driver.compile(s.trainer.train_step_body, state, first_batch, donate=True)
+        eval_fn = s.driver.compile(s.trainer.eval_step_body, state.params, first_batch,
+                                   donate=False)
+        _COMPILED[key] = (step_fn, eval_fn)
+    return (*_COMPILED[key], time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------------------
+# Evaluation and divergence
+# --------------------------------------------------------------------------------------
+
+
+class _Evaluator:
+    """Loss on the corpus's fixed eval set: the whole `eval_tokens` sample at the end of a
+    run, its first `curve_eval_tokens` along the learning curve."""
+
+    def __init__(self, s: _Setup, eval_fn):
+        t, T = s.cfg.train, s.cfg.model.seq_len
+        self.s, self.eval_fn = s, eval_fn
+        self.final_set = s.data.eval_set(max(1, t.eval_tokens // T))
+        curve = t.curve_eval_tokens or t.eval_tokens
+        self.curve_set = self.final_set.prefix(max(1, min(curve, t.eval_tokens) // T))
+
+    def __call__(self, params, final: bool) -> dict[str, float]:
+        es = self.final_set if final else self.curve_set
+        d, B = self.s.driver, self.s.cfg.train.batch_size
+        index, count = d.batch_shard
+        rows = B // count
+        losses = []
+        for i in range(es.n_batches(B)):
+            batch, weights = es.batch(i, B)
+            out = d.fetch_array(self.eval_fn(params, d.place_batch(batch[index * rows:(index + 1) * rows])))
+            losses.append(out[weights > 0])
+        return es.summarize(np.concatenate(losses))
+
+
+class _DivergenceMonitor:
+    """Decides when a run has diverged, and says why.
+
+    Three rules, each recorded as `divergence_reason`:
+      - the training loss is NaN or infinite;
+      - the training loss exceeds `train.divergence_factor` x the first step's loss;
+      - a sustained rise: the smoothed training loss (an exponential moving average over the
+        logged steps, weight 0.2 on the newest) stays more than `train.divergence_rise` (a
+        fraction) above its running minimum for `patience` consecutive logged steps, where
+        patience = max(5, 10 % of the run's logged steps). This catches a run that blows up
+        to a plateau, which the first two rules miss. It is evaluated on logged steps only,
+        so a resumed run, which rebuilds it from metrics.jsonl, decides exactly as an
+        uninterrupted one.
+    At the end of a run, an eval loss more than `divergence_rise` above the best eval loss of
+    the run (on the same eval set) marks it diverged too.
+    """
+
+    ALPHA = 0.2
+
+    def __init__(self, cfg: Config):
+        t = cfg.train
+        self.factor, self.rise = t.divergence_factor, t.divergence_rise
+        n_logged = t.steps // t.log_every + 1
+        self.patience = max(5, n_logged // 10)
+        self.initial: float | None = None
+        self.ema: float | None = None
+        self.low = math.inf
+        self.above = 0
+        self.reason: str | None = None
+
+    def observe(self, step: int, loss: float, logged: bool) -> str | None:
+        """Feed one step's training loss; returns (and keeps) a reason once diverged."""
+        if self.initial is None:
+            self.initial = loss
+        if not math.isfinite(loss):
+            self.reason = f"training loss {loss} at step {step}"
+        elif loss > self.factor * self.initial:
+            self.reason = (f"training loss {loss:.4g} at step {step} exceeds "
+                           f"{self.factor:g} x the first step's {self.initial:.4g}")
+        elif logged:
+            self._smooth(step, loss)
+        return self.reason
+
+    def _smooth(self, step: int, loss: float) -> None:
+        self.ema = loss if self.ema is None else self.ALPHA * loss + (1 - self.ALPHA) * self.ema
+        self.low = min(self.low, self.ema)
+        if self.ema > (1 + self.rise) * self.low:
+            self.above += 1
+            if self.above >= self.patience:
+                self.reason = (f"smoothed training loss {self.ema:.4g} at step {step} has stayed "
+                               f"more than {self.rise:.0%} above its running minimum "
+                               f"{self.low:.4g} for {self.above} logged steps")
+        else:
+            self.above = 0
+
+    def check_final_eval(self, final: float, best_curve: float | None) -> str | None:
+        if self.reason is None and best_curve is not None and final > (1 + self.rise) * best_curve:
+            self.reason = (f"final eval loss {final:.4g} is more than {self.rise:.0%} above "
+                           f"the run's best {best_curve:.4g}")
+        return self.reason
+
+
+# --------------------------------------------------------------------------------------
+# Signals: finish the step, checkpoint, stop
+# --------------------------------------------------------------------------------------
+
+
+class _StopSignals:
+    """SIGTERM / SIGINT request a clean stop after the current step (the loop checks
+    `requested`); a second SIGINT exits at once. Installed only in the main thread, and
+    only where nobody else (e.g. submitit under SLURM) has claimed the signal."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.requested: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for sig in self.SIGNALS:
+            current = signal.getsignal(sig)
+            if current in (signal.SIG_DFL, signal.default_int_handler):
+                self.previous[sig] = current
+                signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested is not None:
+            print(f"\n{signal.Signals(signum).name} again: exiting now, without a checkpoint",
+                  file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.requested = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step and saving a checkpoint "
+              "(again to exit at once)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+# --------------------------------------------------------------------------------------
+# Phase 4: the step loop; phase 5: the result
+# --------------------------------------------------------------------------------------
 
 
 class _MetricsLog:
@@ -107,257 +486,308 @@ class _MetricsLog:
             self.f.close()
 
 
+def _copy_trunk_curve(trunk: Path, run_dir: Path, step: int, primary: bool) -> None:
+    """A fresh branch's metrics.jsonl starts with its trunk's rows up to the branch step,
+    so its learning curve is whole (rows marked "trunk": true)."""
+    if not primary:
+        return
+    rows = [dict(r, trunk=True) for r in read_metrics(trunk) if r.get("step", 0) <= step]
+    atomic_write_text(run_dir / METRICS_FILE,
+                      "".join(json.dumps(r, default=json_default) + "\n" for r in rows))
+
+
+class _Run:
+    """The mutable state of one call of `train`: loop, evaluation, checkpoints, result."""
+
+    def __init__(self, s: _Setup, ckpt: Checkpointer, state, start_step: int, prior_wall: float,
+                 branch: dict | None, step_fn, eval_fn, compile_time: float,
+                 progress_position: int):
+        self.s, self.ckpt, self.state, self.branch = s, ckpt, state, branch
+        self.start_step, self.step, self.prior_wall = start_step, start_step, prior_wall
+        self.step_fn, self.compile_time = step_fn, compile_time
+        self.evaluate = _Evaluator(s, eval_fn)
+        cfg, t = s.cfg, s.cfg.train
+        self.peak = accounting.peak_flops(s.driver.devices[0], cfg.model.compute_dtype) * s.driver.n_devices
+        self.peak_precision = accounting.peak_precision(s.driver.devices[0], cfg.model.compute_dtype)
+        xla = accounting.xla_flops(step_fn)
+        self.xla_step_flops = None if xla is None else xla * s.driver.devices_flops_factor()
+        if branch is not None and start_step == branch["branched_at_step"]:
+            _copy_trunk_curve(Path(branch["trunk_dir"]), s.run_dir, start_step, s.primary)
+        history = read_metrics(s.run_dir)
+        self.evals = [r for r in history if "eval_loss" in r and not r.get("eval_final")
+                      and r["step"] <= start_step]  # curve evals (a trunk's final one is not)
+        self.logged = [r for r in history if "loss" in r and r["step"] <= start_step]
+        self.monitor = _DivergenceMonitor(cfg)
+        for r in self.logged:  # rebuild the monitor's state exactly as it was
+            self.monitor.observe(r["step"], r["loss"], logged=True)
+        self.status = "done"
+        # A run resumed from its final checkpoint (its result.json lost) keeps its final eval.
+        final = [r for r in history if r.get("eval_final") and r["step"] == t.steps == start_step]
+        self.final_eval: dict[str, float] | None = (
+            {k: final[-1][k] for k in final[-1] if k.startswith("eval_")} if final else None)
+        self.excluded = 0.0  # seconds in evaluation and checkpointing, kept out of tokens/s
+        self.pending = None  # (step, metrics) of the newest step, read after the next is dispatched
+        self.metrics_log = _MetricsLog(s.run_dir / METRICS_FILE, start_step, enabled=s.primary)
+        self.bar = None
+        if t.progress and s.primary:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=t.steps, initial=start_step, desc=cfg.name,
+                            position=progress_position, leave=progress_position == 0,
+                            dynamic_ncols=True, file=sys.stderr)
+        self.loop_start = time.perf_counter()
+        self.window = [self.loop_start, start_step]  # progress-bar throughput window
+
+    # ---- bookkeeping -----------------------------------------------------------------
+    def wall(self) -> float:
+        return self.prior_wall + time.perf_counter() - self.loop_start
+
+    def _counted(self, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self.excluded += time.perf_counter() - t0
+
+    def _row(self, step: int) -> dict:
+        tokens = step * self.s.tokens_per_step
+        return {"step": step, "tokens": tokens, "flops": 6.0 * self.s.counts.non_embedding * tokens,
+                "flops_exact": self.s.flops.exact * tokens}
+
+    def read_pending(self) -> None:
+        """Read the newest dispatched step's metrics; log them; check divergence."""
+        if self.pending is None:
+            return
+        done_step, fut = self.pending
+        self.pending = None
+        mt = self.s.driver.fetch_metrics(fut)
+        t = self.s.cfg.train
+        logged = done_step % t.log_every == 0 or done_step in (1, t.steps)
+        if logged:
+            row = {**self._row(done_step), **mt}
+            elapsed = time.perf_counter() - self.loop_start - self.excluded
+            if done_step > self.start_step and elapsed > 0:
+                row["tokens_per_s"] = (done_step - self.start_step) * self.s.tokens_per_step / elapsed
+                row["mfu"] = accounting.mfu(row["tokens_per_s"], self.s.flops.exact, self.peak)
+            self.logged.append(row)
+            self.metrics_log.write(row)
+            self._progress(done_step, mt["loss"])
+        reason = self.monitor.observe(done_step, mt["loss"], logged)
+        if reason is not None:
+            self.status = "diverged"
+            raise Diverged(reason)
+
+    def _progress(self, done_step: int, loss: float) -> None:
+        if self.bar is None:
+            return
+        now = time.perf_counter()
+        tps = (done_step - self.window[1]) * self.s.tokens_per_step / max(now - self.window[0], 1e-9)
+        post = {"loss": f"{loss:.3f}", "tok/s": f"{tps:.0f}"}
+        if self.evals:
+            post["eval"] = f"{self.evals[-1]['eval_loss']:.3f}"
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(done_step - self.window[1])
+        self.window[:] = [now, done_step]
+
+    def checkpoint(self) -> None:
+        self._counted(lambda: _save(self.ckpt, self.s, self.state, self.step, self.wall(),
+                                    self.branch))
+
+    def checkpoint_on_request(self) -> int | None:
+        """For `save_now` (a signal handler): checkpoint now if the state is readable."""
+        try:
+            jax.block_until_ready(self.state)
+            _save(self.ckpt, self.s, self.state, self.step, self.wall(), self.branch)
+            return self.step
+        except Exception as e:  # donated buffers mid-step, or a save already running
+            log.warning("could not checkpoint on request at step %d: %s", self.step, e)
+            return None
+
+    def eval_now(self, final: bool) -> None:
+        def run():
+            self.read_pending()
+            ev = self.evaluate(self.state.params, final=final)
+            row = {**self._row(self.step), **ev, "eval_final": final}
+            if final:
+                self.final_eval = ev
+            else:
+                self.evals.append(row)
+            self.metrics_log.write(row)
+        self._counted(run)
+
+    # ---- the loop --------------------------------------------------------------------
+    def loop(self, stop_after_steps: int | None, signals: _StopSignals) -> dict | None:
+        """Train to train.steps; returns a `stopped` record if told to stop early."""
+        s, t = self.s, self.s.cfg.train
+        shard = s.driver.batch_shard
+        batch = s.driver.place_batch(s.data.train_batch(self.step, t.batch_size, t.batch_seed, shard))
+        try:
+            while self.step < t.steps:
+                self.state, fut = self.step_fn(self.state, batch)
+                self.step += 1
+                self.read_pending()  # the previous step's metrics, read while this one runs
+                self.pending = (self.step, fut)
+                is_last = self.step == t.steps
+                stop_now = stop_after_steps is not None and self.step - self.start_step >= stop_after_steps
+                if not is_last:
+                    batch = s.driver.place_batch(s.data.train_batch(self.step, t.batch_size,
+                                                                    t.batch_seed, shard))
+                if self.step in t.kept_steps:
+                    self.read_pending()
+                    self._counted(lambda: _keep(s, self.state, self.step, self.wall()))
+                if t.eval_every and self.step % t.eval_every == 0 and not is_last:
+                    self.eval_now(final=False)
+                if is_last:
+                    self.read_pending()
+                    self.eval_now(final=True)
+                elif signals.requested is not None:
+                    self.read_pending()
+                    self.checkpoint()
+                    raise Interrupted(signals.requested, self.step, s.run_dir)
+                elif (t.checkpoint_every and self.step % t.checkpoint_every == 0) or stop_now:
+                    self.read_pending()
+                    self.checkpoint()
+                if stop_now and not is_last:
+                    return {"status": "stopped", "step": self.step}
+            self.read_pending()
+            if self.final_eval is None and self.step == t.steps:  # resumed at the end
+                self.eval_now(final=True)
+            jax.block_until_ready(self.state)
+        except Diverged as e:
+            log.warning("%s diverged: %s", s.cfg.name, e)
+        return None
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.metrics_log.close()
+
+    def result(self) -> dict:
+        s, cfg, t, m = self.s, self.s.cfg, self.s.cfg.train, self.s.cfg.model
+        if self.status == "done":
+            best_curve = min((e["eval_loss"] for e in self.evals), default=None)
+            if self.monitor.check_final_eval(self.final_eval["eval_loss"], best_curve):
+                self.status = "diverged"
+        train_time = time.perf_counter() - self.loop_start - self.excluded
+        if self.final_eval is not None:  # reached train.steps: keep the final state
+            _save(self.ckpt, s, self.state, self.step, self.wall(), self.branch)
+        step, N = self.step, s.counts.non_embedding
+        tokens = step * s.tokens_per_step
+        tps = (step - self.start_step) * s.tokens_per_step / train_time if step > self.start_step else float("nan")
+        # Train loss averaged over the logged steps of the last 5 % of training.
+        tail = [r["loss"] for r in self.logged if r["step"] > 0.95 * step] or [self.logged[-1]["loss"]]
+        ev = self.final_eval or {}
+        curve_losses = [e["eval_loss"] for e in self.evals]
+        same_set = bool(ev) and self.evaluate.curve_set.n_windows == self.evaluate.final_set.n_windows
+        return {
+            "status": self.status,
+            "divergence_reason": self.monitor.reason,
+            "name": cfg.name,
+            "N": N,
+            "N_total": s.counts.total,
+            "D": tokens,
+            "C": 6.0 * N * tokens,
+            "C_6ND": 6.0 * N * tokens,
+            "C_exact": s.flops.exact * tokens,
+            "C_kaplan": s.flops.kaplan * tokens,
+            "C_xla": (self.xla_step_flops * step) if self.xla_step_flops is not None else float("nan"),
+            "final_train_loss": float(np.mean(tail)),
+            "final_eval_loss": ev.get("eval_loss", float("nan")),
+            "eval_loss_stderr": ev.get("eval_loss_stderr", float("nan")),
+            "eval_tokens": ev.get("eval_tokens"),
+            "eval_documents": ev.get("eval_documents"),
+            "eval_windows": ev.get("eval_windows"),
+            "curve_eval_tokens": self.evaluate.curve_set.tokens,
+            # best over the evals that used one eval set (curve evals use a prefix of it)
+            "best_eval_loss": min(curve_losses + ([ev["eval_loss"]] if same_set else []),
+                                  default=ev.get("eval_loss", float("nan"))),
+            "steps": step,
+            "steps_planned": t.steps,
+            "batch_size": t.batch_size,
+            "seq_len": m.seq_len,
+            "n_layer": m.n_layer,
+            "d_model": m.d_model,
+            "n_head": m.n_head,
+            "d_ff": m.ff,
+            "vocab_size": m.vocab_size,
+            "pos_encoding": m.pos_encoding,
+            "compute_dtype": m.compute_dtype,
+            "optimizer": cfg.optim.name,
+            "lr": cfg.optim.lr,
+            "schedule": cfg.optim.schedule,
+            "warmup_steps": cfg.optim.warmup_steps,
+            "weight_decay": cfg.optim.weight_decay,
+            "seed": t.seed,
+            "tokens_per_param": tokens / N,
+            "resumed_from_step": self.start_step,
+            "trunk": self.branch["trunk"] if self.branch else None,
+            "branched_at_step": self.branch["branched_at_step"] if self.branch else None,
+            "wall_time_s": self.wall(),
+            "compile_time_s": self.compile_time,
+            "tokens_per_s": tps,
+            "mfu": accounting.mfu(tps, s.flops.exact, self.peak),
+            "mfu_peak_precision": self.peak_precision,
+            "parallel": s.driver.kind,
+            "device_kind": s.driver.devices[0].device_kind,
+            "device_platform": s.driver.devices[0].platform,
+            "device_count": s.driver.n_devices,
+            "process_count": jax.process_count(),
+            "jax_version": jax.__version__,
+            "python_version": platform.python_version(),
+            "corpus_fingerprint": s.data.fingerprint,
+            "data": s.data.describe(),
+            "git_commit": git_commit(),
+        }
+
+
 def train(cfg: Config, run_dir: str | Path, *, progress_position: int = 0,
           stop_after_steps: int | None = None) -> dict:
     """Train (or resume, or just return) the run of `cfg` in `run_dir`.
 
     `stop_after_steps` ends the process's work after that many steps of this call,
-    leaving a checkpoint and no result (for tests of resumption).
+    leaving a checkpoint and no result (for tests of resumption). Raises `Interrupted`
+    after a checkpoint when SIGTERM or SIGINT arrives, `RunFolderBusy` when another
+    process trains in the folder, ConfigError for bad input (nothing written then).
     """
     run_dir = Path(run_dir)
     done = read_result(run_dir)
     if done is not None:
         return done
     initialize_distributed()
-    primary = jax.process_index() == 0
-    config_path = run_dir / CONFIG_FILE
-    if config_path.exists():
-        if from_dict(json.loads(config_path.read_text())).semantic_dict() != cfg.semantic_dict():
-            raise ConfigError(
-                f"{run_dir} holds a run of a different config; nothing is overwritten. "
-                "Use another run folder."
-            )
-
-    # ---- everything that can fail on bad input, before anything is written or compiled --
-    t, m = cfg.train, cfg.model
-    driver = make_driver(t.parallel)
-    check_batch(t.batch_size, t.micro_batches, driver.n_devices)
-    data = load_corpus(cfg.data, m.seq_len)
-    if data.vocab_size > m.vocab_size:
-        raise ConfigError(
-            f"model.vocab_size = {m.vocab_size} is smaller than the tokenizer's vocabulary "
-            f"({data.vocab_size}); set model.vocab_size >= {data.vocab_size}"
-        )
-    counts = accounting.param_counts(m)
-    flops = accounting.flops_per_token(m)
-    tokens_per_step = t.batch_size * m.seq_len
-    trainer = Trainer(cfg)
+    s = _prepare(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if primary and not config_path.exists():
-        config_path.write_text(cfg.to_json())
+    # Process 0 holds the folder's lock; the other processes of a multi-process run share it.
+    with run_lock(run_dir) if s.primary else contextlib.nullcontext():
+        done = read_result(run_dir)  # finished by another process while we prepared
+        if done is not None:
+            return done
+        if s.primary and not (run_dir / CONFIG_FILE).exists():
+            atomic_write_text(run_dir / CONFIG_FILE, cfg.to_json())
+        return _train_locked(s, progress_position, stop_after_steps)
 
-    # ---- state: fresh or restored ------------------------------------------------------
-    ckpt = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints)
-    restored = ckpt.restore_latest(trainer.abstract_state())
-    if restored is not None:
-        host_state, meta = restored
-        start_step = int(meta["step"])
-        prior_wall = float(meta.get("wall_time_s", 0.0))
-        log.info("resuming %s from step %d", run_dir, start_step)
-    else:
-        host_state = jax.device_get(trainer.init_state())
-        start_step, prior_wall = 0, 0.0
-    state = driver.place_state(host_state)
-    del host_state
 
-    # ---- compile (timed apart from training) -------------------------------------------
-    shard = driver.batch_shard
-    first_batch = driver.place_batch(data.train_batch(start_step, t.batch_size, t.batch_seed, shard))
-    key = _compile_key(cfg, driver)
-    t0 = time.perf_counter()
-    if key in _COMPILED:
-        step_fn, eval_fn = _COMPILED[key]
-    else:
-        step_fn = driver.compile(trainer.train_step_body, state, first_batch, donate=True)
-        eval_fn = driver.compile(lambda p, b, axis_name: trainer.eval_step_body(p, b, axis_name),
-                                 state.params, first_batch, donate=False)
-        _COMPILED[key] = (step_fn, eval_fn)
-    compile_time = time.perf_counter() - t0
-    xla_step_flops = accounting.xla_flops(step_fn)
-    if xla_step_flops is not None:
-        xla_step_flops *= driver.devices_flops_factor()
-    device = driver.devices[0]
-    peak = accounting.peak_flops(device, m.compute_dtype) * driver.n_devices
-
-    def evaluate(params) -> float:
-        losses = []
-        for i in range(t.eval_batches):
-            batch = data.val_batch(i, t.batch_size)
-            index, count = shard
-            rows = batch.shape[0] // count
-            local = batch[index * rows:(index + 1) * rows]
-            losses.append(driver.fetch_metrics(eval_fn(params, driver.place_batch(local)))["eval_loss"])
-        return float(np.mean(losses))
-
-    # ---- the loop ---------------------------------------------------------------------
-    metrics_log = _MetricsLog(run_dir / METRICS_FILE, start_step, enabled=primary)
-    bar = None
-    if t.progress and primary:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=t.steps, initial=start_step, desc=cfg.name, position=progress_position,
-                   leave=progress_position == 0, dynamic_ncols=True, file=sys.stderr)
-
-    history = read_metrics(run_dir)
-    evals = [r for r in history if "eval_loss" in r]
-    logged = [r for r in history if "loss" in r]
-    initial_loss = logged[0]["loss"] if logged else None
-    status = "done"
-    excluded = 0.0  # seconds spent in evaluation and checkpointing, kept out of tokens/s
-    loop_start = time.perf_counter()
-    window = [loop_start, start_step]  # progress-bar throughput window: (time, step)
-    pending = None  # (step, metrics) of the newest step, read after the next is dispatched
-    batch = first_batch
-
-    def read_pending() -> None:
-        nonlocal pending, initial_loss, status
-        if pending is None:
-            return
-        done_step, fut = pending
-        pending = None
-        mt = driver.fetch_metrics(fut)
-        if initial_loss is None:
-            initial_loss = mt["loss"]
-        if done_step % t.log_every == 0 or done_step in (1, t.steps):
-            tokens = done_step * tokens_per_step
-            row = {"step": done_step, "tokens": tokens,
-                   "flops": 6.0 * counts.non_embedding * tokens, **mt}
-            elapsed = time.perf_counter() - loop_start - excluded
-            if done_step > start_step and elapsed > 0:
-                row["tokens_per_s"] = (done_step - start_step) * tokens_per_step / elapsed
-                row["mfu"] = accounting.mfu(row["tokens_per_s"], flops.exact, peak)
-            logged.append(row)
-            metrics_log.write(row)
-            if bar is not None:
-                now = time.perf_counter()
-                post = {"loss": f"{mt['loss']:.3f}",
-                        "tok/s": f"{(done_step - window[1]) * tokens_per_step / (now - window[0]):.0f}"}
-                if evals:
-                    post["eval"] = f"{evals[-1]['eval_loss']:.3f}"
-                bar.set_postfix(post, refresh=False)
-                bar.update(done_step - window[1])
-                window[:] = [now, done_step]
-        if not math.isfinite(mt["loss"]) or mt["loss"] > t.divergence_factor * initial_loss:
-            status = "diverged"
-            raise Diverged(f"loss {mt['loss']} at step {done_step} (initial {initial_loss})")
-
-    step = start_step
-
-    def checkpoint_current() -> int | None:
-        try:
-            jax.block_until_ready(state)
-            _save(ckpt, driver, state, step, data, cfg, prior_wall + time.perf_counter() - loop_start)
-            return step
-        except Exception as e:  # donated buffers mid-step, or a save already running
-            log.warning("could not checkpoint on request at step %d: %s", step, e)
-            return None
-
+def _train_locked(s: _Setup, progress_position: int, stop_after_steps: int | None) -> dict:
     global _SAVE_NOW
-    _SAVE_NOW = checkpoint_current
+    t = s.cfg.train
+    ckpt = Checkpointer(s.run_dir / "checkpoints", keep=t.keep_checkpoints)
     try:
-        while step < t.steps:
-            state, fut = step_fn(state, batch)
-            step += 1
-            read_pending()  # the previous step's metrics, read while this step runs
-            pending = (step, fut)
-            is_last = step == t.steps
-            stop_now = stop_after_steps is not None and step - start_step >= stop_after_steps
-            if not is_last:
-                batch = driver.place_batch(data.train_batch(step, t.batch_size, t.batch_seed, shard))
-            if (t.eval_every and step % t.eval_every == 0) or is_last:
-                t0 = time.perf_counter()
-                read_pending()
-                row = {"step": step, "tokens": step * tokens_per_step,
-                       "flops": 6.0 * counts.non_embedding * step * tokens_per_step,
-                       "eval_loss": evaluate(state.params)}
-                evals.append(row)
-                metrics_log.write(row)
-                excluded += time.perf_counter() - t0
-            if (t.checkpoint_every and step % t.checkpoint_every == 0 and not is_last) or (
-                    stop_now and not is_last):
-                t0 = time.perf_counter()
-                read_pending()
-                _save(ckpt, driver, state, step, data, cfg,
-                      prior_wall + time.perf_counter() - loop_start)
-                excluded += time.perf_counter() - t0
-            if stop_now and not is_last:
-                ckpt.close()
-                return {"status": "stopped", "step": step}
-        read_pending()
-        jax.block_until_ready(state)
-    except Diverged as e:
-        log.warning("%s diverged: %s", cfg.name, e)
+        state, start_step, prior_wall, branch = _restore_or_init(s, ckpt)
+        first = s.driver.place_batch(s.data.train_batch(start_step, t.batch_size, t.batch_seed,
+                                                        s.driver.batch_shard))
+        step_fn, eval_fn, compile_time = _compile(s, state, first)
+        run = _Run(s, ckpt, state, start_step, prior_wall, branch, step_fn, eval_fn,
+                   compile_time, progress_position)
+        _SAVE_NOW = run.checkpoint_on_request
+        try:
+            with _StopSignals() as signals:
+                stopped = run.loop(stop_after_steps, signals)
+        finally:
+            _SAVE_NOW = None
+            run.close()
+        if stopped is not None:
+            return stopped
+        result = run.result()
     finally:
-        _SAVE_NOW = None
-        if bar is not None:
-            bar.close()
-        metrics_log.close()
-    train_time = time.perf_counter() - loop_start - excluded
-    wall = prior_wall + time.perf_counter() - loop_start
-    if status == "done":
-        _save(ckpt, driver, state, step, data, cfg, wall)
-    ckpt.close()
-
-    tokens = step * tokens_per_step
-    tps = (step - start_step) * tokens_per_step / train_time if step > start_step else float("nan")
-    # Train loss averaged over the logged steps of the last 5 % of training.
-    tail = [r["loss"] for r in logged if r["step"] > 0.95 * step] or [logged[-1]["loss"]]
-    result = {
-        "status": status,
-        "name": cfg.name,
-        "N": counts.non_embedding,
-        "N_total": counts.total,
-        "D": tokens,
-        "C": 6.0 * counts.non_embedding * tokens,
-        "C_exact": flops.exact * tokens,
-        "C_kaplan": flops.kaplan * tokens,
-        "C_xla": (xla_step_flops * step) if xla_step_flops is not None else float("nan"),
-        "final_train_loss": float(np.mean(tail)),
-        "final_eval_loss": evals[-1]["eval_loss"] if evals and status == "done" else float("nan"),
-        "best_eval_loss": min((e["eval_loss"] for e in evals), default=float("nan")),
-        "steps": step,
-        "steps_planned": t.steps,
-        "batch_size": t.batch_size,
-        "seq_len": m.seq_len,
-        "n_layer": m.n_layer,
-        "d_model": m.d_model,
-        "n_head": m.n_head,
-        "d_ff": m.ff,
-        "vocab_size": m.vocab_size,
-        "pos_encoding": m.pos_encoding,
-        "compute_dtype": m.compute_dtype,
-        "optimizer": cfg.optim.name,
-        "lr": cfg.optim.lr,
-        "schedule": cfg.optim.schedule,
-        "warmup_steps": cfg.optim.warmup_steps,
-        "weight_decay": cfg.optim.weight_decay,
-        "seed": t.seed,
-        "tokens_per_param": tokens / counts.non_embedding,
-        "resumed_from_step": start_step,
-        "wall_time_s": wall,
-        "compile_time_s": compile_time,
-        "tokens_per_s": tps,
-        "mfu": accounting.mfu(tps, flops.exact, peak),
-        "parallel": driver.kind,
-        "device_kind": device.device_kind,
-        "device_platform": device.platform,
-        "device_count": driver.n_devices,
-        "process_count": jax.process_count(),
-        "jax_version": jax.__version__,
-        "python_version": platform.python_version(),
-        "corpus_fingerprint": data.fingerprint,
-        "data": data.describe(),
-        "git_commit": git_commit(),
-    }
-    if primary:
-        write_json_atomic(run_dir / RESULT_FILE, result)
+        ckpt.close()
+    if s.primary:
+        write_json_atomic(s.run_dir / RESULT_FILE, result)
     return result
-
-
-def _save(ckpt: Checkpointer, driver: Driver, state, step: int, data, cfg: Config,
-          wall: float) -> None:
-    if step in ckpt.steps():  # resumed from the final checkpoint: nothing new to save
-        return
-    host_state = driver.fetch_state(state)
-    meta = {"step": step, "wall_time_s": wall, "config": cfg.to_dict(),
-            "data_position": data.position(step, cfg.train.batch_size)}
-    ckpt.save(step, host_state, meta)

@@ -15,7 +15,8 @@ Parameter tree (the optimizer's weight-decay mask relies on these names):
     token_embed/embedding [V, D]         pos_embed/embedding [T, D] (learned only)
     blocks/{ln_1,ln_2}/{scale,bias}      blocks/attn/{qkv,proj}/{kernel,bias}
     blocks/mlp/{fc,proj}/{kernel,bias}   ln_f/{scale,bias}
-    unembed/kernel [D, V]                (untied head only)
+    unembed/kernel [D, V]                (untied head only; a weight matrix, decayed
+                                          like the blocks' kernels, not an embedding)
 With `cfg.scan_layers` the block parameters carry a leading axis of size L under
 `blocks`; otherwise they live under `block_0` ... `block_{L-1}`.
 
@@ -361,6 +362,26 @@ class Block(nn.Module):
         return x_BxTxD, None
 
 
+class Unembed(nn.Module):
+    """Untied output head: kernel [D, V]; logits accumulated and returned in float32.
+
+    Inputs and kernel are in the compute dtype (bf16 operands on the tensor cores), but
+    the product is accumulated in and returned as float32, like the tied head, so a
+    bf16 run still gets float32 logits (nn.Dense would round them to bf16).
+    """
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD):
+        cfg = self.cfg
+        cdt, pdt = dtype_of(cfg.compute_dtype), dtype_of(cfg.param_dtype)
+        kernel_DxV = self.param("kernel", nn.initializers.normal(cfg.init_std),
+                                (cfg.d_model, cfg.vocab_size), pdt)
+        return jnp.einsum("btd,dv->btv", x_BxTxD.astype(cdt), kernel_DxV.astype(cdt),
+                          preferred_element_type=jnp.float32)
+
+
 class Transformer(nn.Module):
     """Decoder-only LM: tokens [B, T] int -> logits [B, T, V] float32.
 
@@ -414,8 +435,7 @@ class Transformer(nn.Module):
             logits_BxTxV = jnp.einsum("btd,vd->btv", x_BxTxD, emb_VxD,
                                       preferred_element_type=jnp.float32)
         else:
-            logits_BxTxV = nn.Dense(cfg.vocab_size, use_bias=False, kernel_init=init,
-                                    dtype=cdt, param_dtype=pdt, name="unembed")(x_BxTxD)
+            logits_BxTxV = Unembed(cfg, name="unembed")(x_BxTxD)
         return logits_BxTxV.astype(jnp.float32)
 
 

@@ -141,6 +141,12 @@ class Driver:
             metrics = jax.tree.map(lambda x: x.addressable_shards[0].data.reshape(()), metrics)
         return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
+    def fetch_array(self, x: Any) -> np.ndarray:
+        """Host copy of an array every device holds whole (e.g. gathered eval losses)."""
+        if self.kind == "pmap":
+            return np.asarray(x.addressable_shards[0].data).reshape(x.shape[1:])
+        return np.asarray(x.addressable_data(0))
+
     # ---- batches -------------------------------------------------------------------
     def place_batch(self, local_batch: np.ndarray) -> Any:
         """This process's rows of the global batch -> the array the step takes."""

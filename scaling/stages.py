@@ -1,4 +1,8 @@
-"""The learning-rate follow-up of a sweep: widen edge optima, then more seeds at the best.
+"""Follow-up stages of a sweep: IsoFLOP bracketing; widen edge learning rates, then seeds.
+
+IsoFLOP bracketing (`followup.bracket = { max_extra = 4 }`): while a budget's best size is
+the smallest or largest tried, the next size outwards is planned and run, up to stated
+limits; the rule is in scaling.sweep.bracket, the driver is `run_bracket`.
 
 A fair optimizer comparison tunes the learning rate of every (optimizer, size) pair and
 then re-runs each pair's best rate with more seeds. A spec asks for this with
@@ -7,6 +11,9 @@ then re-runs each pair's best rate with more seeds. A spec asks for this with
     seeds = [1, 2]          # extra seeds at each pair's best learning rate
     metric = "val_loss"     # what "best" minimises: val_loss (final eval) or train_loss
     widen = 2               # up to this many extra grid values past an edge optimum
+
+(seeds and widen default to [1, 2] and 2, unless the table gives only `bracket`: then
+this stage is off.)
 
 After the spec's points have run, for each pair the best learning rate is read off the
 results (a diverged or failed run counts as infinitely bad). If it lies on the edge of the
@@ -30,7 +37,7 @@ from typing import Callable
 
 import pandas as pd
 
-from scaling.sweep import Point, SweepSpec, point_id, seed_followup
+from scaling.sweep import Point, SweepSpec, bracket, point_id, seed_followup
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +108,20 @@ def widen(decisions: dict, limit: int, widened: dict[tuple, int]) -> list[Point]
     return new
 
 
-def run_followup(spec: SweepSpec, sweep_dir: Path, execute: Callable[[list[Point]], pd.DataFrame]) -> dict:
-    """Run the [followup] stage; `execute(points)` runs points and returns the results table.
+def wanted(spec: SweepSpec) -> bool:
+    """Whether the spec asks for a follow-up stage (learning rates, seeds or bracketing)."""
+    fu = spec.followup
+    return bool(fu.get("seeds") or fu.get("widen") or fu.get("bracket"))
 
-    Writes followup.json in the sweep folder: per pair the best rate, the rates tried,
-    and whether the optimum is still on an edge.
+
+def run_followup(spec: SweepSpec, sweep_dir: Path,
+                 execute: Callable[[list[Point]], pd.DataFrame]) -> dict:
+    """Run the [followup] stages; `execute(points)` runs points and returns the results table.
+
+    First the IsoFLOP bracketing (`followup.bracket`, `run_bracket`), then the
+    learning-rate stage (`widen`, `seeds`). Writes followup.json in the sweep folder: per
+    pair the best rate, the rates tried, and whether the optimum is still on an edge; per
+    budget the sizes tried, the best, and the points added and why (key "bracket").
     """
     fu = spec.followup
     metric = fu.get("metric", "val_loss")
@@ -113,10 +129,57 @@ def run_followup(spec: SweepSpec, sweep_dir: Path, execute: Callable[[list[Point
         from scaling.sweep import SpecError
 
         raise SpecError(f"followup.metric = {metric!r}: allowed: {', '.join(METRICS)}")
+    results = execute([])
+    report: dict = {}
+    if fu.get("bracket"):
+        report["bracket"], results = run_bracket(spec, execute, results, metric)
+    if fu.get("seeds") or fu.get("widen"):
+        report.update(_lr_stage(spec, execute, results, metric))
+    (sweep_dir / "followup.json").write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+def run_bracket(spec: SweepSpec, execute: Callable[[list[Point]], pd.DataFrame],
+                results: pd.DataFrame, metric: str = "val_loss") -> tuple[dict, pd.DataFrame]:
+    """Add sizes outwards until every IsoFLOP budget's minimum is bracketed or a limit is hit.
+
+    The rule and its limits are in scaling.sweep.bracket. Each round proposes at most one
+    size per budget series from the results so far, runs the new points and looks again.
+    Returns (report, the results table after the last round).
+    """
+    max_extra = spec.followup["bracket"]["max_extra"]
+    pool = [p for p in spec.points if p.compute_budget is not None]
+    added: dict[str, int] = {}
+    extra: list[Point] = []
+    while True:
+        new, decisions = bracket.propose(spec, pool, results, max_extra, added,
+                                         METRICS[metric])
+        known = {p.point_id for p in pool}
+        new = [p for p in new if p.point_id not in known]
+        if not new:
+            break
+        for p in new:
+            log.info("%s: adding %s (%s)", spec.name, p.label, p.requested["bracket"])
+        pool += new
+        extra += new
+        results = execute(new)
+    for d in decisions:
+        if not d["bracketed"]:
+            log.warning("budget %s (C = %.3g): minimum not bracketed (best %s): %s", d["group"],
+                        d["budget"], d["best"], d["limit"])
+    report = {"max_extra": max_extra, "metric": metric, "budgets": decisions,
+              "added_points": [{"id": p.point_id, "label": p.label, "why": p.requested["bracket"]}
+                               for p in extra]}
+    return report, results
+
+
+def _lr_stage(spec: SweepSpec, execute: Callable[[list[Point]], pd.DataFrame],
+              results: pd.DataFrame, metric: str) -> dict:
+    """Widen edge learning rates, then seeds at each pair's best (module docstring)."""
+    fu = spec.followup
     limit = int(fu.get("widen", 2))
     stage1 = [p for p in spec.points if p.group != "seeds"]
     widened: dict[tuple, int] = {}
-    results = execute([])
     while True:
         decisions = best_rates(stage1, results, metric)
         new = [p for p in widen(decisions, limit, widened)
@@ -147,5 +210,4 @@ def run_followup(spec: SweepSpec, sweep_dir: Path, execute: Callable[[list[Point
     for r in edges:
         log.warning("best lr of %s at N=%d is still on the %s edge of %s", r["optimizer"], r["N"],
                     r["on_edge"], r["tried"])
-    (sweep_dir / "followup.json").write_text(json.dumps(report, indent=2, default=str))
     return report

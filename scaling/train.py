@@ -6,6 +6,14 @@ metrics with `lax.pmean` over `axis_name` when one is bound (the data-parallel
 drivers in `scaling.parallel` bind "data"), and applies the optimizer update. The
 same function runs under plain `jit` on one device, under `jax.pmap` and under
 `jax.jit(jax.shard_map(...))`, so the three drivers cannot drift apart.
+
+What the compiled step depends on (`compile_key`): the model, the optimizer's kind and
+constants (name, betas, momentum, weight decay and its masks, clipping...), the batch
+size and micro-batching. The peak learning rate and the whole schedule (total steps,
+warm-up, decay start, final ratio, decay shape) are values in the TrainState, read by
+the step at run time, so one compiled step serves every point of a sweep that shares a
+model shape, optimizer and batch -- different D, warm-up or lr included -- and the
+persistent compilation cache serves later processes.
 """
 
 from __future__ import annotations
@@ -18,11 +26,13 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from scaling.config import Config
+from scaling.config import Config, ModelConfig, OptimConfig
 from scaling.model import Transformer, init_params
-from scaling.optim import make_optimizer
+from scaling.optim import (RUNTIME_OPTIM_FIELDS, ScheduleParams, make_runtime_optimizer,
+                           schedule_multiplier, schedule_params)
 
 
 class TrainState(NamedTuple):
@@ -30,12 +40,11 @@ class TrainState(NamedTuple):
     params: Any
     opt_state: Any
     lr: jax.Array  # float32 scalar: the peak learning rate (optim.lr), a value, not a constant
+    schedule: ScheduleParams  # the schedule's values (warm-up, total, decay start, ...)
 
 
-# Every optimizer here is linear in its peak learning rate: the update is the unit-lr
-# update (schedule shape included) times optim.lr. Carrying the peak rate in the state
-# rather than baking it into the program lets a learning-rate sweep compile its step
-# once per shape, not once per point.
+# The learning rate of update k is lr * schedule_multiplier(k, schedule), computed inside
+# the step from the state, and handed to the optimizer where its algorithm applies it.
 
 
 def next_token_loss(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
@@ -48,46 +57,102 @@ def _mean_over(axis_name: str | None, tree):
     return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
 
-@functools.lru_cache(maxsize=64)
-def _state_initializer(model_cfg, unit_optim_cfg, steps: int) -> Callable:
-    """Jitted (rng, peak lr) -> fresh TrainState; compiled once per shape, not per point."""
-    optimizer, _ = make_optimizer(unit_optim_cfg, steps)
+def _step_optim(optim: OptimConfig) -> OptimConfig:
+    """`optim` with every runtime field (RUNTIME_OPTIM_FIELDS) at its default: the part of
+    the optimizer config the compiled step is built from."""
+    defaults = OptimConfig()
+    names = {f.name for f in dataclasses.fields(OptimConfig)}
+    return dataclasses.replace(
+        optim, **{k: getattr(defaults, k) for k in RUNTIME_OPTIM_FIELDS if k in names})
 
-    def init(rng, lr):
+
+def _step_model(model: ModelConfig) -> ModelConfig:
+    """`model` without its preset name (the resolved fields define the shape)."""
+    return dataclasses.replace(model, preset="")
+
+
+def compile_key(cfg: Config) -> str:
+    """What the compiled train/eval step of `cfg` depends on, as a string: equal keys
+    mean one compiled step serves both configs (on the same driver and devices, which
+    the caller adds). Model (preset name dropped), optimizer without its runtime fields
+    (lr and schedule), batch size and micro-batches; not train.steps, seeds, data."""
+    optim = _step_optim(cfg.optim)
+    parts = {
+        "model": dataclasses.asdict(_step_model(cfg.model)),
+        "optim": {k: v for k, v in dataclasses.asdict(optim).items()
+                  if k not in RUNTIME_OPTIM_FIELDS},
+        "batch": cfg.train.batch_size,
+        "micro": cfg.train.micro_batches,
+    }
+    return repr(parts)
+
+
+def runtime_values(cfg: Config) -> tuple[np.float32, ScheduleParams]:
+    """(peak lr, schedule values) of `cfg`: what TrainState.lr and .schedule hold."""
+    return np.float32(cfg.optim.lr), schedule_params(cfg.optim, cfg.train.steps)
+
+
+@functools.lru_cache(maxsize=64)
+def _state_initializer(model_cfg: ModelConfig, step_optim: OptimConfig) -> Callable:
+    """Jitted (rng, peak lr, schedule) -> fresh TrainState; compiled once per model shape
+    and optimizer, not per point."""
+    optimizer = make_runtime_optimizer(step_optim)
+
+    def init(rng, lr, sched):
         params = init_params(model_cfg, rng)
-        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), lr)
+        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), lr, sched)
 
     return jax.jit(init)
 
 
 @dataclass(frozen=True)
 class Trainer:
-    """Model, optimizer and the pure step functions for one configuration."""
+    """Model, optimizer and the pure step functions for one configuration.
+
+    Everything compiled is built from `compile_key`'s fields only (`model_config`,
+    `step_optim`, the batch); the run's lr and schedule enter through the state.
+    """
 
     config: Config
 
     @property
-    def model(self) -> Transformer:
-        return Transformer(self.config.model)
+    def model_config(self) -> ModelConfig:
+        return _step_model(self.config.model)
 
     @property
-    def optimizer_and_schedule(self) -> tuple[optax.GradientTransformation, Callable]:
-        """The optimizer and schedule at unit peak learning rate (see TrainState.lr)."""
-        unit = dataclasses.replace(self.config.optim, lr=1.0)
-        return make_optimizer(unit, self.config.train.steps)
+    def step_optim(self) -> OptimConfig:
+        return _step_optim(self.config.optim)
+
+    @property
+    def model(self) -> Transformer:
+        return Transformer(self.model_config)
+
+    @property
+    def optimizer(self) -> optax.GradientTransformationExtraArgs:
+        """The optimizer without a schedule: `update(..., lr=...)` (see scaling.optim)."""
+        return make_runtime_optimizer(self.step_optim)
+
+    def _initializer(self) -> Callable:
+        return _state_initializer(self.model_config, self.step_optim)
 
     def init_state(self, seed: int | None = None) -> TrainState:
         """A fresh state on the default device (params from `seed`, default train.seed)."""
         seed = self.config.train.seed if seed is None else seed
-        init = _state_initializer(self.config.model, dataclasses.replace(self.config.optim, lr=1.0),
-                                  self.config.train.steps)
-        return init(jax.random.key(seed), jnp.float32(self.config.optim.lr))
+        lr, sched = runtime_values(self.config)
+        return self._initializer()(jax.random.key(seed), lr, sched)
 
     def abstract_state(self) -> TrainState:
         """Shapes and dtypes of the state, without allocating it."""
-        init = _state_initializer(self.config.model, dataclasses.replace(self.config.optim, lr=1.0),
-                                  self.config.train.steps)
-        return jax.eval_shape(init, jax.random.key(0), jnp.float32(0))
+        lr, sched = runtime_values(self.config)
+        return jax.eval_shape(self._initializer(), jax.random.key(0), lr, sched)
+
+    def reschedule(self, state: TrainState) -> TrainState:
+        """`state` with this config's peak lr and schedule values (e.g. a checkpoint of
+        another run of the same shape, continued under a different schedule)."""
+        lr, sched = runtime_values(self.config)
+        like = lambda new, old: np.asarray(new, np.asarray(old).dtype)  # noqa: E731
+        return state._replace(lr=like(lr, state.lr),
+                              schedule=ScheduleParams(*map(like, sched, state.schedule)))
 
     def loss(self, params, batch_BxT1: jax.Array) -> jax.Array:
         inputs_BxT, targets_BxT = batch_BxT1[:, :-1], batch_BxT1[:, 1:]
@@ -98,7 +163,7 @@ class Trainer:
         self, state: TrainState, batch_BxT1: jax.Array, axis_name: str | None = None
     ) -> tuple[TrainState, dict[str, jax.Array]]:
         """One optimizer update on this device's batch; pmean over `axis_name` if bound."""
-        optimizer, schedule = self.optimizer_and_schedule
+        optimizer = self.optimizer
         micro = self.config.train.micro_batches
         grad_fn = jax.value_and_grad(self.loss)
 
@@ -124,23 +189,45 @@ class Trainer:
             grads = jax.tree.map(lambda g, p: (g / micro).astype(p.dtype), grads, state.params)
 
         loss, grads = _mean_over(axis_name, (loss, grads))
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        updates = jax.tree.map(lambda u: (u * state.lr).astype(u.dtype), updates)
+        lr = schedule_multiplier(state.step, state.schedule) * state.lr
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params, lr=lr)
         params = optax.apply_updates(state.params, updates)
         metrics = {
             "loss": loss,
             "grad_norm": optax.tree.norm(grads),
             "param_norm": optax.tree.norm(params),
             "update_norm": optax.tree.norm(updates),
-            "lr": jnp.asarray(schedule(state.step), jnp.float32) * state.lr,
+            "lr": lr,
         }
-        return TrainState(state.step + 1, params, opt_state, state.lr), metrics
+        return TrainState(state.step + 1, params, opt_state, state.lr, state.schedule), metrics
 
     def eval_step_body(
         self, params, batch_BxT1: jax.Array, axis_name: str | None = None
-    ) -> dict[str, jax.Array]:
-        return {"eval_loss": _mean_over(axis_name, self.loss(params, batch_BxT1))}
+    ) -> jax.Array:
+        """float32[B]: the mean next-token loss of every window (row) of the batch, gathered
+        over `axis_name` when bound, so every device returns the global batch's losses
+        (the eval set's standard error needs them per window, not averaged)."""
+        logits_BxTxV = self.model.apply({"params": params}, batch_BxT1[:, :-1])
+        ce_BxT = optax.softmax_cross_entropy_with_integer_labels(
+            logits_BxTxV.astype(jnp.float32), batch_BxT1[:, 1:])
+        losses_B = ce_BxT.mean(axis=1)
+        if axis_name is None:
+            return losses_B
+        # Each device writes its rows into the global vector; the sum is then replicated
+        # (an all_gather's result is not inferred replicated under shard_map).
+        b = losses_B.shape[0]
+        full = jnp.zeros((jax.lax.axis_size(axis_name) * b,), losses_B.dtype)
+        full = jax.lax.dynamic_update_slice(full, losses_B, (jax.lax.axis_index(axis_name) * b,))
+        return jax.lax.psum(full, axis_name)
 
     def compile_step(self) -> Callable:
-        """The single-device step, jitted with the state donated (the `none` driver)."""
-        return jax.jit(partial(self.train_step_body, axis_name=None), donate_argnums=0)
+        """The single-device step, jitted with the state donated (the `none` driver);
+        one jitted function per compile_key (shared by every config with that key)."""
+        return _jitted_step(self.model_config, self.step_optim, self.config.train.micro_batches)
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_step(model_cfg: ModelConfig, step_optim: OptimConfig, micro_batches: int):
+    cfg = Config(model=model_cfg, optim=step_optim,
+                 train=dataclasses.replace(Config().train, micro_batches=micro_batches))
+    return jax.jit(partial(Trainer(cfg).train_step_body, axis_name=None), donate_argnums=0)

@@ -3,6 +3,7 @@
 import dataclasses
 import itertools
 import math
+import types
 
 import jax
 import jax.numpy as jnp
@@ -150,3 +151,64 @@ def test_cpu_peak_measured_and_cached(monkeypatch, tmp_path):
 def test_mfu():
     assert mfu(1000.0, 1e9, 1e13) == pytest.approx(0.1)
     assert math.isclose(mfu(0.0, 1e9, 1e12), 0.0)
+
+
+# --------------------------------------------------------------------------------------
+# The peak of the precision that really runs (issue 10 section 3)
+# --------------------------------------------------------------------------------------
+
+H100 = types.SimpleNamespace(platform="gpu", device_kind="NVIDIA H100 80GB HBM3")
+A100 = types.SimpleNamespace(platform="gpu", device_kind="NVIDIA A100-SXM4-80GB")
+TPU4 = types.SimpleNamespace(platform="tpu", device_kind="TPU v4")
+
+
+@pytest.mark.parametrize("device,dtype,setting,label,want", [
+    # float32 at jax's default precision runs on the tensor cores as TF32
+    (H100, "float32", None, "tf32", 494.7e12),
+    (A100, "float32", None, "tf32", 156e12),
+    (H100, "float32", "default", "tf32", 494.7e12),
+    (H100, "float32", "high", "tf32", 494.7e12),
+    (H100, "float32", "tensorfloat32", "tf32", 494.7e12),
+    # highest / float32: true FP32 on the CUDA cores
+    (H100, "float32", "highest", "fp32", 66.9e12),
+    (A100, "float32", "float32", "fp32", 19.5e12),
+    # dot-algorithm presets name the arithmetic (and passes) themselves
+    (H100, "float32", "F32_F32_F32", "fp32", 66.9e12),
+    (H100, "float32", "TF32_TF32_F32_X3", "tf32_x3", 494.7e12 / 3),
+    (H100, "float32", "BF16_BF16_F32", "bf16", 989.4e12),
+    # bfloat16 compute is unaffected by the float32 precision setting
+    (H100, "bfloat16", "highest", "bf16", 989.4e12),
+    (H100, "bfloat16", None, "bf16", 989.4e12),
+    (H100, "tfloat32", "highest", "tf32", 494.7e12),
+    # TPU: one bf16 pass by default, 3 for high, 6 for highest
+    (TPU4, "float32", None, "bf16", 275e12),
+    (TPU4, "float32", "high", "bf16_x3", 275e12 / 3),
+    (TPU4, "float32", "highest", "bf16_x6", 275e12 / 6),
+])
+def test_peak_follows_the_matmul_precision(device, dtype, setting, label, want):
+    with jax.default_matmul_precision(setting):
+        assert accounting.peak_precision(device, dtype) == label
+        assert peak_flops(device, dtype) == pytest.approx(want, rel=1e-12)
+
+
+def test_peak_precision_reads_the_global_setting():
+    prior = jax.config.jax_default_matmul_precision
+    try:
+        jax.config.update("jax_default_matmul_precision", "highest")
+        assert accounting.peak_precision(H100, "float32") == "fp32"
+        assert peak_flops(H100, "float32") == pytest.approx(66.9e12)
+    finally:
+        jax.config.update("jax_default_matmul_precision", prior)
+    assert accounting.peak_precision(H100, "float32") == "tf32"
+
+
+def test_peak_precision_cpu_and_errors(monkeypatch):
+    cpu = jax.devices("cpu")[0]
+    monkeypatch.setenv("SCALINGLAB_CPU_PEAK_FLOPS", "1.5e11")
+    assert accounting.peak_precision(cpu, "float32") == "cpu-configured"
+    monkeypatch.delenv("SCALINGLAB_CPU_PEAK_FLOPS")
+    assert accounting.peak_precision(cpu, "bfloat16") == "cpu-measured"
+    with jax.default_matmul_precision("ANY_F8_ANY_F8_F32"), pytest.raises(ValueError, match="F8"):
+        accounting.peak_precision(H100, "float32")
+    with pytest.raises(KeyError, match="PEAK_TABLE"):
+        peak_flops(types.SimpleNamespace(platform="gpu", device_kind="Some GPU 9000"), "float32")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -40,7 +41,7 @@ def test_analyze_scaling_sweep(tmp_path):
     _figures_ok(out, ["learning_curves", "loss_vs_size", "isoflop", "optimal_allocation", "residuals"])
     _tables_ok(out, ["parameters", "predictions", "isoflop_budgets"])
     summary = (out / "summary.md").read_text()
-    for phrase in ("Approach 3", "Approach 2 (IsoFLOP, 5 budgets)", "frontier", "Approach 1",
+    for phrase in ("Approach 3", "Approach 2 (IsoFLOP, 5 of 5 budgets bracket", "frontier", "Approach 1",
                    "## Skipped", "optimizer comparison", "failed: 1", "running: 1"):
         assert phrase in summary, phrase
     fits = json.loads((out / "fits.json").read_text())
@@ -110,6 +111,12 @@ def test_cli_isoflop_power_and_frontier(tmp_path):
                           "--n-boot", "50", "--json"))
     assert 0.3 < res["params"]["a"] < 0.6 and len(res["budgets"]) == 5
     assert res["params"]["a"] + res["params"]["b"] == pytest.approx(1.0)
+    # the default estimator stays at params.a / ci.a; the others under their own key
+    assert res["estimator"] == "parabola" and res["ci"]["a"][0] < res["params"]["a"] < res["ci"]["a"][1]
+    assert res["estimators"]["parabola"]["a"] == res["params"]["a"]
+    assert {"akima", "local"} <= set(res["estimators"]) and "a" in res["estimators"]["akima"]
+    assert res["info"]["bootstrap"] == "noise" and res["n_boot_failed"] == 0
+    assert res["info"]["noise_source"].startswith("assumed 0.5 % relative noise")
     res = json.loads(_cli("fit", "--law", "power", str(sweep / "results.csv"), "--x", "C",
                           "--envelope", "--n-boot", "30", "--json"))
     assert res["x"] == "C" and 0.05 < res["params"]["alpha"] < 0.5
@@ -125,3 +132,78 @@ def test_cli_bad_column_is_a_clear_error():
                         "--n-col", "Model Sise", "--json"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2
     assert "Model Size" in json.loads(r.stdout)["error"]
+
+
+def _cli_rc(*args, cwd=ROOT):
+    r = subprocess.run([sys.executable, "-m", "analysis", *args], cwd=cwd, capture_output=True,
+                       text=True, timeout=120)
+    return r.returncode, r.stdout, r.stderr
+
+
+def test_cli_bad_input_one_error_line_exit_2(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    pd.DataFrame({"N": [1e6, 2e6], "D": [1e9, 1e9]}).to_csv(tmp_path / "noloss.csv", index=False)
+    pd.DataFrame({"N": [1e6, 2e6, 3e6], "loss": ["abc", "inf", -1]}).to_csv(tmp_path / "bad.csv", index=False)
+    pd.DataFrame({"N": [1e6, 2e6, 3e6], "loss": [3.0, 2.9, 2.8]}).to_csv(tmp_path / "nod.csv", index=False)
+    cases = [
+        (("analyze", str(tmp_path / "empty.csv")), "empty"),
+        (("analyze", str(tmp_path / "noloss.csv")), "no loss column"),
+        (("analyze", str(tmp_path / "nope.csv")), "no such file"),
+        (("fit", "--law", "power", str(tmp_path / "empty.csv")), "empty"),
+        (("fit", "--law", "power", str(tmp_path / "bad.csv")), "loss (loss): non-numeric in 1 row"),
+        (("fit", "--law", "chinchilla", str(tmp_path / "nod.csv")), "needs column D"),
+        (("analyze", str(tmp_path / "bad.csv")), "no row can be fitted"),
+    ]
+    for args, phrase in cases:
+        rc, out, err = _cli_rc(*args)
+        assert rc == 2, (args, err)
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:") and phrase in lines[0], (args, err)
+    assert not (tmp_path / "empty_report").exists()  # nothing written for bad input
+    assert not (tmp_path / "bad_report").exists()
+
+
+def test_analyze_rebuilds_deleted_tables_and_selects_accounting(tmp_path):
+    sweep = make_scaling_sweep(tmp_path / "s", seed=3, curves=False, extra_failed=False)
+    df = pd.read_csv(sweep / "results.csv")
+    pts = sweep / "points"
+    for r in df.to_dict("records"):
+        d = pts / r["point_id"]
+        d.mkdir(parents=True)
+        plan = {k: r[k] for k in ("N", "N_total", "D", "C", "C_exact", "compute_budget")}
+        plan.update(accounting="kaplan", C_6ND=r["C"])
+        (d / "point.json").write_text(json.dumps(plan))
+        (d / "result.json").write_text(json.dumps({"status": "done", "final_eval_loss": r["final_eval_loss"],
+                                                   "eval_loss_stderr": 0.005 * r["final_eval_loss"]}))
+    for name in ("results.csv", "results.parquet"):
+        (sweep / name).unlink()
+    out = analyze(sweep, n_boot=20)
+    summary = (out / "summary.md").read_text()
+    assert "rebuilt from the point folders" in summary
+    assert "accounting kaplan" in summary and "eval_loss_stderr" in summary
+    fits = json.loads((out / "fits.json").read_text())
+    iso = fits["Approach 2 (IsoFLOP)"]
+    assert iso["kind"] == "isoflop" and iso["info"]["n_budgets_used"] == 5
+    assert len(iso["ci"]["a"]) == 2 and "akima" in iso["estimators"]
+    # the other accounting: the kaplan budget labels are dropped, never mixed into an IsoFLOP fit
+    out2 = analyze(sweep, tmp_path / "r2", n_boot=0, accounting="total")
+    s2 = (out2 / "summary.md").read_text()
+    assert "accounting total" in s2 and "budget labels are dropped" in s2
+    assert "Approach 2 (IsoFLOP)" not in json.loads((out2 / "fits.json").read_text())
+
+
+def test_curves_follow_the_chosen_accounting():
+    """The loop logs 6 N_non-embedding tokens; under total accounting a curve's compute is
+    tokens x C_exact / D of its run, so the frontier never mixes the two."""
+    from analysis.load import prepare_curves
+
+    res = pd.DataFrame({"point_id": ["a", "b"], "N": [1e6, 2e6], "D": [1e9, 1e9], "C": [9e15, 1.5e16]})
+    res.attrs["accounting"] = "total"
+    cv = pd.DataFrame({"point_id": ["a"] * 4 + ["b"] * 4, "step": [1, 2, 3, 4] * 2,
+                       "tokens": [1e8, 2e8, 5e8, 1e9] * 2, "flops": [0.0] * 8,
+                       "eval_loss": [4.0, 3.5, 3.2, 3.0, 3.9, 3.4, 3.1, 2.9]})
+    out = prepare_curves(cv, results=res)
+    assert np.allclose(out.loc[out["point_id"] == "a", "flops"], [9e14, 1.8e15, 4.5e15, 9e15])
+    assert np.allclose(out.loc[out["point_id"] == "b", "flops"].iloc[-1], 1.5e16)
+    res.attrs["accounting"] = None  # a table without accounting: the logged flops stay
+    assert (prepare_curves(cv, results=res)["flops"] == 0).all()

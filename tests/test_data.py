@@ -362,10 +362,6 @@ def test_batches_are_a_pure_function_of_seed_and_step(stdlib_cfg, stdlib_data):
     late = fresh.train_batch(10_000, 16, seed=3)
     fresh.train_batch(2, 16, seed=3)
     assert np.array_equal(late, fresh.train_batch(10_000, 16, seed=3))
-    v = fresh.val_batch(0, 8)
-    assert v.shape == (8, 65) and v.dtype == np.int32
-    assert np.array_equal(v, stdlib_data.val_batch(0, 8))
-    assert not np.array_equal(v, fresh.val_batch(1, 8))
 
 
 def test_eval_set_is_fixed_and_spread(stdlib_cfg, stdlib_data):
@@ -449,14 +445,6 @@ def test_window_permutation_is_fixed():
 
 
 PINNED_PERMUTATION = [0, 3, 5, 7, 6, 2, 1, 4]
-
-
-def test_val_batches_cycle():
-    data = synthetic(1000, 8, n_val=8 * 5 + 1)
-    assert data.n_val_windows == 5
-    a = data.val_batch(0, 4)
-    assert a[:, 0].tolist() == [1000, 1008, 1016, 1024]
-    assert data.val_batch(1, 4)[:, 0].tolist() == [1032, 1000, 1008, 1016]
 
 
 def test_corpus_too_small_is_a_clear_error(tmp_path):

@@ -1,6 +1,7 @@
 """The training loop: loss falls, tokens are exact, resume is exact, nothing is clobbered."""
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -19,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = [
     "model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.seq_len=32",
     "data.max_corpus_bytes=1000000", "train.batch_size=8", "train.steps=30",
-    "train.log_every=1", "train.eval_every=10", "train.eval_batches=2",
+    "train.log_every=1", "train.eval_every=10", "train.eval_tokens=2048",
+    "train.curve_eval_tokens=1024",
     "train.checkpoint_every=10", "train.progress=false", "optim.warmup_steps=3",
 ]
 
@@ -48,7 +50,13 @@ def test_token_accounting_is_exact(tmp_path):
     cfg = tiny("train.steps=12", "train.batch_size=4", "train.micro_batches=2")
     r = train(cfg, tmp_path / "run")
     assert r["D"] == 12 * 4 * 32
-    assert r["C"] == 6 * r["N"] * r["D"]
+    assert r["C"] == r["C_6ND"] == 6 * r["N"] * r["D"]
+    assert r["C_exact"] > r["C_6ND"]  # embeddings, head and attention count too
+    assert r["eval_tokens"] == 2048 and r["eval_windows"] == 64 and r["curve_eval_tokens"] == 1024
+    assert r["eval_documents"] >= 5 and 0 < r["eval_loss_stderr"] < 0.2 * r["final_eval_loss"]
+    evals = [row for row in read_metrics(tmp_path / "run") if "eval_loss" in row]
+    assert [e["eval_tokens"] for e in evals] == [1024, 2048]  # curve eval, then the final one
+    assert evals[-1]["eval_final"] and evals[-1]["eval_loss"] == r["final_eval_loss"]
     assert r["tokens_per_param"] == pytest.approx(r["D"] / r["N"])
     rows = read_metrics(tmp_path / "run")
     assert all(row["tokens"] == row["step"] * 4 * 32 for row in rows)
@@ -114,15 +122,17 @@ def test_a_different_config_is_never_written_into_a_run_folder(tmp_path):
     assert r["status"] == "done"
 
 
-def test_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path):
+def test_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
     run_dir = tmp_path / "run"
     train(tiny(), run_dir, stop_after_steps=20)  # checkpoints at 10 and 20
     newest = run_dir / "checkpoints" / "20"
     for f in newest.rglob("*"):
         if f.is_file() and f.stat().st_size > 0 and "state" in str(f):
             f.write_bytes(b"garbage")
-    with pytest.warns(UserWarning, match="step 20"):
+    with caplog.at_level(logging.WARNING, logger="scaling.checkpoint"):
         r = train(tiny(), run_dir)
+    said = [x.getMessage() for x in caplog.records if x.name == "scaling.checkpoint"]
+    assert len(said) == 1 and "step 20" in said[0] and "cannot be restored" in said[0]
     assert r["resumed_from_step"] == 10 and r["status"] == "done"
     assert losses(run_dir) == losses(_fresh(tmp_path))
 
@@ -146,20 +156,24 @@ def test_every_optimizer_and_schedule_trains_without_nan(tmp_path):
         assert np.isfinite(curve).all() and curve[-1] < curve[0], (opt, sched, curve)
 
 
-def test_learning_rate_sweep_compiles_once_per_shape(tmp_path):
-    """The peak lr lives in the train state, so points that differ only in lr share one
-    compiled step; their updates still scale with their own lr."""
+def test_one_compile_per_shape_whatever_lr_steps_and_warmup(tmp_path):
+    """The peak lr and the whole schedule live in the train state, so points of one shape
+    that differ in lr, D (steps) and warm-up share one compiled step; each still follows its
+    own learning rate."""
     import scaling.loop
 
-    before = len(scaling.loop._COMPILED)
+    scaling.loop._COMPILED.clear()
     a = train(tiny("train.steps=6", "optim.lr=1e-3", "train.eval_every=0"), tmp_path / "a")
-    b = train(tiny("train.steps=6", "optim.lr=3e-3", "train.eval_every=0"), tmp_path / "b")
-    assert len(scaling.loop._COMPILED) == before + 1
+    b = train(tiny("train.steps=9", "optim.lr=3e-3", "optim.warmup_steps=5", "train.eval_every=0"),
+              tmp_path / "b")
+    assert len(scaling.loop._COMPILED) == 1
     assert b["compile_time_s"] < 0.1
     lr_a = [r["lr"] for r in read_metrics(tmp_path / "a") if "lr" in r]
     lr_b = [r["lr"] for r in read_metrics(tmp_path / "b") if "lr" in r]
-    np.testing.assert_allclose(np.array(lr_b), 3 * np.array(lr_a), rtol=1e-6)
-    assert a["final_train_loss"] != b["final_train_loss"]
+    # The third update (state step 2) is in each run's own linear warm-up.
+    assert lr_a[2] == pytest.approx(1e-3 * 2 / 3, rel=1e-5)  # warm-up of 3 steps
+    assert lr_b[2] == pytest.approx(3e-3 * 2 / 5, rel=1e-5)  # warm-up of 5 steps
+    assert len(lr_b) == 9 and a["final_train_loss"] != b["final_train_loss"]
 
 
 def test_a_corpus_too_small_stops_before_anything_is_written(tmp_path):
@@ -168,3 +182,138 @@ def test_a_corpus_too_small_stops_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match="data.corpus|model.seq_len"):
         train(tiny(f"data.corpus={json.dumps(str(corpus))}"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+# ---- divergence --------------------------------------------------------------------------
+
+
+def _monitor(steps=200, log_every=1, rise=0.25):
+    from scaling.loop import _DivergenceMonitor
+
+    return _DivergenceMonitor(tiny(f"train.steps={steps}", f"train.log_every={log_every}",
+                                   f"train.divergence_rise={rise}"))
+
+
+def test_a_loss_that_blows_up_to_a_plateau_is_diverged():
+    m = _monitor()
+    curve = list(np.linspace(5.5, 2.0, 100)) + [3.5] * 100  # falls, then jumps to a plateau
+    reasons = [m.observe(i + 1, x, logged=True) for i, x in enumerate(curve)]
+    first = next(i for i, r in enumerate(reasons) if r)
+    assert 100 < first <= 100 + m.patience + 10
+    assert "running minimum" in reasons[first] and "2" in reasons[first]
+
+
+def test_a_noisy_falling_loss_is_not_diverged():
+    m = _monitor()
+    rng = np.random.default_rng(0)
+    curve = np.linspace(5.5, 2.0, 200) * (1 + 0.05 * rng.standard_normal(200))
+    assert all(m.observe(i + 1, float(x), logged=True) is None for i, x in enumerate(curve))
+    assert m.check_final_eval(2.1, best_curve=2.0) is None
+    assert "final eval loss" in m.check_final_eval(2.8, best_curve=2.0)
+
+
+def test_nan_and_factor_rules_name_the_step():
+    m = _monitor()
+    m.observe(1, 5.0, logged=True)
+    assert "exceeds 3 x" in m.observe(2, 16.0, logged=False)
+    m = _monitor()
+    m.observe(1, 5.0, logged=True)
+    assert "nan at step 2" in m.observe(2, float("nan"), logged=False)
+
+
+def test_divergence_reason_is_recorded(tmp_path):
+    cfg = tiny("optim.name=sgd", "optim.lr=1e4", "optim.clip_norm=0", "optim.warmup_steps=0",
+               "optim.schedule=constant")
+    r = train(cfg, tmp_path / "run")
+    assert r["status"] == "diverged" and r["divergence_reason"]
+    assert read_result(tmp_path / "run")["divergence_reason"] == r["divergence_reason"]
+
+
+# ---- signals, locks, bad run folders ------------------------------------------------------
+
+
+LONG = [*TINY, "train.steps=2000", "train.checkpoint_every=1000", "train.eval_every=0"]
+
+
+def _cli_train(run_dir):
+    return [sys.executable, "run_sweep.py", "train", "experiments/tiny.toml", "--run-dir",
+            str(run_dir), *LONG]
+
+
+def _same_as_cli():
+    return load_config(ROOT / "experiments" / "tiny.toml", LONG)
+
+
+def _wait_for_steps(run_dir, n, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        if len(losses(run_dir)) >= n:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the run did not start in time")
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_ctrl_c_checkpoint_then_exit(tmp_path, sig, code):
+    """The current step finishes, a checkpoint is saved, one line, the conventional status;
+    the rerun resumes from that checkpoint."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(_cli_train(run_dir), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for_steps(run_dir, 20, proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    assert "Traceback" not in err
+    stopped = [line for line in err.splitlines() if line.startswith("stopped:")]
+    assert len(stopped) == 1 and "checkpoint" in stopped[0], err[-2000:]
+    assert read_result(run_dir) is None
+    saved = [int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()]
+    assert saved and max(saved) >= 20
+    last_logged = losses(run_dir)[-1][0]
+    assert max(saved) == last_logged  # nothing trained after the checkpoint went unsaved
+    r = train(_same_as_cli(), run_dir, stop_after_steps=5)
+    assert r == {"status": "stopped", "step": max(saved) + 5}
+
+
+def test_a_second_train_on_the_same_folder_is_refused(tmp_path):
+    from scaling.runfiles import RunFolderBusy
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(_cli_train(run_dir), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_steps(run_dir, 5, proc)
+        with pytest.raises(RunFolderBusy, match=f"pid {proc.pid}"):
+            train(_same_as_cli(), run_dir)
+    finally:
+        proc.kill()
+        proc.wait()
+    # The lock of a killed process is no obstacle.
+    r = train(_same_as_cli(), run_dir, stop_after_steps=2)
+    assert r["status"] == "stopped"
+
+
+def test_resume_on_a_different_corpus_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    train(tiny(), run_dir, stop_after_steps=10)
+    metas = [p for p in (run_dir / "checkpoints" / "10").rglob("*") if p.is_file()
+             and "corpus_fingerprint" in p.read_text(errors="ignore")]
+    assert metas
+    for p in metas:
+        meta = json.loads(p.read_text())
+        meta["corpus_fingerprint"] = "0" * 64
+        p.write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="different corpus"):
+        train(tiny(), run_dir)
+    assert read_result(run_dir) is None
+
+
+def test_garbage_config_json_is_a_clear_error(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="config.json is corrupt"):
+        train(tiny(), run_dir)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json"]

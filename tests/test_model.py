@@ -208,3 +208,26 @@ def test_cross_entropy_matches_log_softmax():
     tgt = jnp.asarray(rng.integers(0, 11, (2, 5)))
     want = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tgt[..., None], -1))
     np.testing.assert_allclose(cross_entropy(logits, tgt), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_bf16_compute_gives_float32_logits(tie):
+    """The head accumulates in float32 and returns it, tied or untied (the untied head
+    once returned bf16-rounded logits)."""
+    cfg = dataclasses.replace(TINY, tie_embeddings=tie, compute_dtype="bfloat16")
+    params = init_params(cfg, jax.random.key(0))
+    toks = tokens(cfg)
+    logits, state = Transformer(cfg).apply({"params": params}, toks,
+                                           capture_intermediates=True)
+    assert logits.dtype == jnp.float32
+    got = np.asarray(logits)
+    # values bf16 cannot represent: the logits were not rounded to bf16 anywhere
+    rounded = np.asarray(jnp.asarray(got, jnp.bfloat16).astype(jnp.float32))
+    assert np.mean(got != rounded) > 0.5
+    # and they are the float32-accumulated product of the bf16 final hidden state and head
+    h_BxTxD = state["intermediates"]["ln_f"]["__call__"][0]
+    assert h_BxTxD.dtype == jnp.bfloat16
+    head_DxV = (params["token_embed"]["embedding"].T if tie else params["unembed"]["kernel"])
+    want = np.asarray(h_BxTxD.astype(jnp.float32)) @ np.asarray(
+        head_DxV.astype(jnp.bfloat16).astype(jnp.float32))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -17,8 +17,11 @@ from scaling.optim import (
     decay_mask,
     describe_optimizer,
     make_optimizer,
+    make_runtime_optimizer,
     param_kind,
     schedule,
+    schedule_multiplier,
+    schedule_params,
     trust_ratio_mask,
 )
 
@@ -309,7 +312,8 @@ def test_mask_on_flax_params_and_frozendict():
     ("final_norm", "gain", (8,), "norm_or_bias"),
     ("Dense_3", "bias", (4, 8), "norm_or_bias"),
     ("embed_ln", "scale", (8,), "norm_or_bias"),  # a norm inside an embedding stays a norm
-    ("unembed", "kernel", (8, 11), "embedding"),
+    ("unembed", "kernel", (8, 11), "matrix"),  # the untied output head is a weight matrix
+    ("Unembed_0", "kernel", (8, 11), "matrix"),
     ("token_embed", "embedding", (11, 8), "embedding"),
     ("token_embedding", "weight", (11, 8), "embedding"),
     ("kernel_linear", "kernel", (4, 8, 8), "matrix"),
@@ -414,3 +418,277 @@ def test_describe_optimizer_is_one_line(name):
     text = describe_optimizer(OptimConfig(name=name, schedule="wsd", warmup_steps=10,
                                           weight_decay=0.0 if name == "adam" else 0.1))
     assert text.startswith(name + " ") and "\n" not in text and "wsd" in text
+
+
+# --------------------------------------------------------------------------------------
+# The real model's parameter tree (tied and untied head, scanned and unrolled blocks)
+# --------------------------------------------------------------------------------------
+
+
+def real_model_params(tie: bool, scan: bool):
+    from scaling.config import ModelConfig
+    from scaling.model import init_params
+
+    cfg = ModelConfig(n_layer=2, d_model=16, n_head=2, vocab_size=24, seq_len=8,
+                      tie_embeddings=tie, scan_layers=scan)
+    return init_params(cfg, jax.random.key(0))
+
+
+def real_model_kernels(tie: bool, scan: bool) -> set[str]:
+    blocks = ["blocks"] if scan else ["block_0", "block_1"]
+    kernels = {f"{b}/{m}/kernel" for b in blocks
+               for m in ("attn/qkv", "attn/proj", "mlp/fc", "mlp/proj")}
+    return kernels if tie else kernels | {"unembed/kernel"}
+
+
+@pytest.mark.parametrize("scan", [True, False])
+@pytest.mark.parametrize("tie", [True, False])
+def test_default_mask_on_the_real_model(tie, scan):
+    params = real_model_params(tie, scan)
+    kernels = real_model_kernels(tie, scan)
+    assert decayed_paths(params) == kernels  # the untied head decays like every kernel
+    embeddings = {"token_embed/embedding", "pos_embed/embedding"}
+    assert decayed_paths(params, decay_embeddings=True) == kernels | embeddings
+    assert {k for k, v in flat(trust_ratio_mask(params)).items() if v} == kernels | embeddings
+
+
+@pytest.mark.parametrize("name", EXACT_DECOUPLED)
+def test_untied_head_is_weight_decayed(name):
+    params = real_model_params(tie=False, scan=True)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    cfg = OptimConfig(name=name, lr=0.1, schedule="constant", weight_decay=0.1, clip_norm=0.0)
+    new = one_update(cfg, params, zeros)
+    np.testing.assert_allclose(np.asarray(new["unembed"]["kernel"]),
+                               np.asarray(params["unembed"]["kernel"]) * (1 - 0.1 * 0.1),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(new["token_embed"]["embedding"]),
+                                  np.asarray(params["token_embed"]["embedding"]))
+
+
+# --------------------------------------------------------------------------------------
+# Runtime schedules: the same values as the optax-built schedules they replace
+# --------------------------------------------------------------------------------------
+
+
+def optax_reference(cfg: OptimConfig, total_steps: int):
+    """The project's schedule as it was built from optax schedules (before the schedule
+    became runtime values): the reference the runtime formula must reproduce."""
+    steps = total_steps - cfg.warmup_steps
+    if cfg.schedule == "constant":
+        main = optax.constant_schedule(cfg.lr)
+    elif cfg.schedule == "cosine":
+        main = optax.cosine_decay_schedule(cfg.lr, decay_steps=steps, alpha=cfg.final_lr_ratio)
+    elif cfg.schedule == "linear":
+        main = optax.linear_schedule(cfg.lr, cfg.lr * cfg.final_lr_ratio, transition_steps=steps)
+    else:
+        decay = min(max(int(round(cfg.decay_fraction * total_steps)), 1), steps)
+        ramp = optax.linear_schedule(cfg.lr, cfg.lr * cfg.final_lr_ratio, transition_steps=decay)
+        main = ramp if steps == decay else optax.join_schedules(
+            [optax.constant_schedule(cfg.lr), ramp], [steps - decay])
+    if cfg.warmup_steps == 0:
+        return main
+    warm = optax.linear_schedule(0.0, cfg.lr, transition_steps=cfg.warmup_steps)
+    return optax.join_schedules([warm, main], [cfg.warmup_steps])
+
+
+SCHEDULE_CASES = [  # (total steps, warm-up, final ratio, wsd decay fraction)
+    (100, 0, 0.1, 0.2), (100, 10, 0.1, 0.2), (37, 5, 0.0, 0.5), (1544, 77, 0.1, 0.2),
+    (20, 19, 0.3, 0.2), (500, 25, 0.05, 1.0), (7, 0, 1.0, 0.1),
+]
+
+
+@pytest.mark.parametrize("case", SCHEDULE_CASES)
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_runtime_schedule_equals_the_optax_schedule(name, case):
+    total, warmup, ratio, frac = case
+    steps = jnp.arange(total + 20, dtype=jnp.int32)
+    for lr in (1.0, 3e-3, 2.5):
+        cfg = OptimConfig(lr=lr, schedule=name, warmup_steps=warmup, final_lr_ratio=ratio,
+                          decay_fraction=frac)
+        want = np.asarray(jax.jit(jax.vmap(optax_reference(cfg, total)))(steps), np.float32)
+        got = np.asarray(jax.jit(jax.vmap(schedule(cfg, total)))(steps))
+        if lr == 1.0:  # the unit schedule the train step uses: bit for bit
+            np.testing.assert_array_equal(got, want)
+        else:  # peak x unit schedule vs optax's lr-scaled arithmetic: within 2 ulp
+            np.testing.assert_allclose(got, want, rtol=2.5e-7, atol=0)
+        # and with every schedule value traced, as in the train step
+        sp = schedule_params(cfg, total)
+        traced = jax.jit(jax.vmap(schedule_multiplier, in_axes=(0, None)))(steps, sp)
+        np.testing.assert_array_equal(np.asarray(traced) * np.float32(lr), got)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapedOptim(OptimConfig):
+    """OptimConfig with the proposed `decay_shape` field (read with getattr by optim)."""
+
+    decay_shape: str = "linear"
+
+
+@pytest.mark.parametrize("shape", ["linear", "cosine", "1-sqrt"])
+def test_wsd_decay_shapes(shape):
+    # lr 2, warm-up 10 of 100, final ratio 0.1, decay over the last 20 steps (80..100)
+    f = {"linear": lambda x: 1 - x,
+         "cosine": lambda x: (1 + math.cos(math.pi * x)) / 2,
+         "1-sqrt": lambda x: 1 - math.sqrt(x)}[shape]
+    lr_at = schedule(ShapedOptim(**{**SCHED_BASE, "schedule": "wsd"}, decay_shape=shape), 100)
+    points = (0, 5, 10, 50, 79, 80, 85, 90, 95, 99, 100, 130)
+    want = [2.0 * s / 10 if s < 10 else 2.0 if s < 80
+            else 2.0 * (0.1 + 0.9 * f(min(s - 80, 20) / 20)) for s in points]
+    got = [float(lr_at(s)) for s in points]
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)
+    assert got[points.index(100)] == pytest.approx(0.2)  # every shape ends at r * lr
+
+
+def test_decay_shapes_differ_and_default_is_linear():
+    cfgs = {s: ShapedOptim(**{**SCHED_BASE, "schedule": "wsd"}, decay_shape=s)
+            for s in ("linear", "cosine", "1-sqrt")}
+    mid = {s: float(schedule(c, 100)(90)) for s, c in cfgs.items()}
+    # at the middle of the cooldown: 1-sqrt is lowest, linear and cosine meet at the midpoint
+    assert mid["1-sqrt"] < mid["linear"] == pytest.approx(mid["cosine"])
+    assert float(schedule(cfgs["cosine"], 100)(85)) > float(schedule(cfgs["linear"], 100)(85))
+    plain = schedule(OptimConfig(**{**SCHED_BASE, "schedule": "wsd"}), 100)
+    lin = schedule(cfgs["linear"], 100)
+    assert all(float(plain(s)) == float(lin(s)) for s in range(0, 110, 3))
+    with pytest.raises(ConfigError, match="optim.decay_shape"):
+        schedule(ShapedOptim(**{**SCHED_BASE, "schedule": "wsd"}, decay_shape="exp"), 100)
+
+
+SCHED_BASE = dict(lr=2.0, warmup_steps=10, final_lr_ratio=0.1, decay_fraction=0.2)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_runtime_optimizer_matches_the_scheduled_one(name):
+    """make_runtime_optimizer with lr = lr_at(k) gives make_optimizer's updates."""
+    params = real_model_params(tie=False, scan=True)
+    rng = np.random.default_rng(1)
+    cfg = OptimConfig(name=name, lr=0.3, schedule="cosine", warmup_steps=2,
+                      weight_decay=0.0 if name == "adam" else 0.1, trust_coefficient=0.01)
+    tx, lr_at = make_optimizer(cfg, 6)
+    rt = make_runtime_optimizer(cfg)
+    s1, s2 = tx.init(params), rt.init(params)
+    p1 = p2 = params
+    for k in range(5):
+        g = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape) * 0.05, x.dtype), params)
+        u1, s1 = tx.update(g, s1, p1)
+        u2, s2 = rt.update(g, s2, p2, lr=lr_at(k))
+        p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+# --------------------------------------------------------------------------------------
+# LARS and LAMB against hand computations (numpy, float64)
+# --------------------------------------------------------------------------------------
+
+
+def np_leaves(tree) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v, np.float64) for k, v in flat(tree).items()}
+
+
+def hand_kind(path: str, w: np.ndarray) -> tuple[bool, bool, bool]:
+    """(decayed by default, trust-adapted, stacked per layer), written out for the model:
+    kernels decay and adapt, embeddings adapt only, the rest (biases, LayerNorms) neither;
+    under 'blocks/' the leading axis indexes layers."""
+    leaf = path.rsplit("/", 1)[-1]
+    return leaf == "kernel", leaf in ("kernel", "embedding"), \
+        path.startswith("blocks/") and w.ndim >= 2
+
+
+def norms(x: np.ndarray, stacked: bool) -> np.ndarray:
+    if stacked:
+        return np.sqrt((x.reshape(x.shape[0], -1) ** 2).sum(1)).reshape(
+            (-1,) + (1,) * (x.ndim - 1))
+    return np.sqrt((x ** 2).sum())
+
+
+def random_grads(params, rng, scale=0.05):
+    return jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape) * scale, x.dtype),
+                        params)
+
+
+def run_runtime(cfg, params, grads_seq, lrs):
+    tx = make_runtime_optimizer(cfg)
+    state = tx.init(params)
+    for g, lr in zip(grads_seq, lrs):
+        updates, state = tx.update(g, state, params, lr=jnp.float32(lr))
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+def test_lars_update_by_hand():
+    eta, wd, m = 0.02, 0.1, 0.9
+    cfg = OptimConfig(name="lars", trust_coefficient=eta, weight_decay=wd, momentum=m,
+                      clip_norm=0.0)
+    params = real_model_params(tie=False, scan=True)
+    rng = np.random.default_rng(0)
+    grads_seq = [random_grads(params, rng) for _ in range(2)]
+    lrs = (2.0, 0.7)  # the global rate changes between the steps: it sits inside momentum
+    got = np_leaves(run_runtime(cfg, params, grads_seq, lrs))
+
+    w = np_leaves(params)
+    v = {k: np.zeros_like(x) for k, x in w.items()}
+    for grads, lr in zip(grads_seq, lrs):
+        g_all = np_leaves(grads)
+        for k in w:
+            decayed, adapted, stacked = hand_kind(k, w[k])
+            beta = wd if decayed else 0.0
+            if adapted:
+                wn, gn = norms(w[k], stacked), norms(g_all[k], stacked)
+                local = eta * wn / (gn + beta * wn)  # You et al. 2017, per layer
+            else:
+                local = eta  # biases and LayerNorm parameters: eta as their local rate
+            v[k] = m * v[k] + lr * local * (g_all[k] + beta * w[k])
+            w[k] = w[k] - v[k]
+    assert set(got) == set(w)
+    for k in w:
+        np.testing.assert_allclose(got[k], w[k], rtol=2e-5, atol=1e-7, err_msg=k)
+    # the stacked kernels really got one ratio per layer (not one for the stack)
+    assert any(hand_kind(k, w[k])[2] and hand_kind(k, w[k])[1] for k in w)
+
+
+def test_lamb_update_by_hand():
+    b1, b2, eps, wd = 0.9, 0.95, 1e-8, 0.1
+    cfg = OptimConfig(name="lamb", b1=b1, b2=b2, eps=eps, weight_decay=wd, clip_norm=0.0)
+    params = real_model_params(tie=False, scan=True)
+    rng = np.random.default_rng(2)
+    grads_seq = [random_grads(params, rng) for _ in range(2)]
+    lrs = (0.01, 0.004)
+    got = np_leaves(run_runtime(cfg, params, grads_seq, lrs))
+
+    w = np_leaves(params)
+    mu = {k: np.zeros_like(x) for k, x in w.items()}
+    nu = {k: np.zeros_like(x) for k, x in w.items()}
+    for t, (grads, lr) in enumerate(zip(grads_seq, lrs), start=1):
+        g_all = np_leaves(grads)
+        for k in w:
+            decayed, adapted, stacked = hand_kind(k, w[k])
+            g = g_all[k]
+            mu[k] = b1 * mu[k] + (1 - b1) * g
+            nu[k] = b2 * nu[k] + (1 - b2) * g * g
+            r = (mu[k] / (1 - b1 ** t)) / (np.sqrt(nu[k] / (1 - b2 ** t)) + eps)
+            u = r + (wd * w[k] if decayed else 0.0)
+            ratio = norms(w[k], stacked) / norms(u, stacked) if adapted else 1.0
+            w[k] = w[k] - lr * ratio * u
+    for k in w:
+        np.testing.assert_allclose(got[k], w[k], rtol=2e-5, atol=1e-7, err_msg=k)
+
+
+@pytest.mark.parametrize("name", ["lars", "lamb"])
+def test_layerwise_ratio_is_the_same_scanned_or_unrolled(name):
+    cfg = OptimConfig(name=name, weight_decay=0.1, trust_coefficient=0.01, clip_norm=0.0)
+    scanned = real_model_params(tie=True, scan=True)
+    # the same numbers in both layouts: layer i of the stack is block_i
+    unrolled = {k: v for k, v in scanned.items() if k != "blocks"}
+    for i in range(2):
+        unrolled[f"block_{i}"] = jax.tree.map(lambda x: x[i], scanned["blocks"])
+    rng = np.random.default_rng(3)
+    g_scan = random_grads(scanned, rng)
+    g_unrolled = {k: v for k, v in g_scan.items() if k != "blocks"}
+    for i in range(2):
+        g_unrolled[f"block_{i}"] = jax.tree.map(lambda x: x[i], g_scan["blocks"])
+    a = run_runtime(cfg, scanned, [g_scan], [0.5])
+    b = run_runtime(cfg, unrolled, [g_unrolled], [0.5])
+    for i in range(2):
+        for x, y in zip(jax.tree.leaves(jax.tree.map(lambda x: x[i], a["blocks"])),
+                        jax.tree.leaves(b[f"block_{i}"])):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-8)

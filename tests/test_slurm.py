@@ -213,7 +213,7 @@ def write_spec(path: Path, name: str, *, steps: int, seeds=(0,), checkpoint_ever
         batch_size = {BATCH}
         log_every = {log_every}
         eval_every = {eval_every}
-        eval_batches = 2
+        eval_tokens = 2048
         checkpoint_every = {checkpoint_every}
         [sweep]
         seeds = {list(seeds)}

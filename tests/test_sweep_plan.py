@@ -37,6 +37,7 @@ EXP = ROOT / "experiments"
 
 EXPECTED_COUNTS = {
     "tiny.toml": 1,
+    "cooldown.toml": 15,  # 3 trunks + 6 branches + the same 6 points as separate cosine runs
     "demo.toml": 14,  # 3 IsoFLOP budgets x 4-5 of six sizes
     "isoflop.toml": 20,  # 4 budgets x 5 sizes
     "optimizers.toml": 144,  # 6 optimizers x 6 lrs x 4 sizes
@@ -567,7 +568,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 JSON_KEYS = {"id", "label", "group", "accounting", "N", "N_total", "D", "steps", "budget",
-             "C", "C_6ND", "C_exact", "tokens_per_param", "lr", "warmup_steps"}
+             "C", "C_6ND", "C_exact", "tokens_per_param", "lr", "warmup_steps", "role", "trunk",
+             "branched_at_step", "C_spent"}
 
 
 @pytest.mark.parametrize("accounting", ["total", "kaplan"])

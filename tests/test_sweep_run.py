@@ -29,7 +29,7 @@ max_corpus_bytes = 1_000_000
 lr = 3e-3
 [train]
 batch_size = 8
-eval_batches = 2
+eval_tokens = 2048
 log_every = 5
 checkpoint_every = 20
 [sweep]

@@ -18,8 +18,11 @@ with those sections merged over it) plus the tables that make it a sweep:
 
     [sweep]
     seeds = [0]                       # axis "seed" (train.seed)
-    warmup_fraction = 0.05            # every point: optim.warmup_steps = round(f * steps)
+    warmup_fraction = 0.05            # every point: optim.warmup_steps = round(f * steps), or
+    # warmup_tokens = "N"             #   round(m * N / tokens per step) for "N", "2N", ... (N:
+    #                                 #   the accounting's N) or a number of tokens; >= 1 step
     evals_per_run = 8                 # every point: train.eval_every = ceil(steps / 8)
+    # lr_law = { lr = 3e-3, n_ref = 1e5, exponent = -0.25 }  # optim.lr = lr (N / n_ref)^exponent
     zip = [["model", "optim.lr"]]     # axes zipped together; all others: product
     [sweep.model]                     # axis "model": the size ladder, one of
     presets = ["n25k", "n100k"]       #   named presets (scaling/presets.py), or
@@ -34,6 +37,9 @@ with those sections merged over it) plus the tables that make it a sweep:
     tokens_per_param = [5, 20, 80]    #   the shape with D/N nearest r at C (kaplan: N =
                                       #   sqrt(C / (6 r)) snapped by the shape rule), or the
                                       #   [sweep.model] ladder (tokens_per_param_range = [lo, hi])
+    [sweep.cooldown]                  # with [sweep.data] or [sweep.compute]: per size one
+    fraction = 0.2                    #   constant-lr trunk, branched into wsd cooldowns (last
+    shape = "1-sqrt"                  #   20 %, 1-sqrt) at each D (scaling/sweep/cooldown.py)
     [sweep.axes]                      # any config field "section.key" = [values]
     "optim.name" = ["sgd", "adamw"]
     [sweep.axes."optim.lr"]           # values that depend on another axis: a table keyed
@@ -46,12 +52,14 @@ with those sections merged over it) plus the tables that make it a sweep:
     [[point]]                         # explicit extra points (base + set, then overrides,
     set = { "model.preset" = "n800k" }  # which never change the keys of `set`)
     tokens_per_param = 40             # or tokens = ...; neither: train.steps as given
-    group = "extra"                   # (warmup_fraction, evals_per_run: as the 1st [sweep])
+    group = "extra"                   # (warm-up, evals_per_run, lr_law: as the 1st [sweep])
 
     [slurm]                           # for executor = "slurm" (keys in SLURM_KEYS)
     partition = "gpu"
     [followup]                        # the seed stage: seed_followup(spec, best_lr)
     seeds = [1, 2]
+    bracket = { max_extra = 4 }       # IsoFLOP: add sizes outwards until each budget's minimum
+                                      #   is bracketed (scaling/sweep/bracket.py)
     [variants.large]                  # load_spec(path, variant="large") deep-merges this
     sweep.model.n = [1e6, 3e6]
 
@@ -59,7 +67,9 @@ Axes are named "model", "data", "compute", "seed" and "section.key"; the grid is
 product, except the axes of each `zip` group, which advance together. Several grids: write
 `[[sweep]]` tables instead of one `[sweep]`; the spec is their union (each table complete
 in itself). Per point, in order: base config (+ command-line overrides) -> axis values ->
-matching [[override]] tables -> steps from D -> warm-up and eval interval -> from_dict.
+matching [[override]] tables -> steps from D -> warm-up, eval interval and lr law ->
+from_dict -> (tables with [sweep.cooldown]) trunks and branches. An lr law does not replace
+an optim.lr set by an [[override]] or a [[point]]'s set; it refuses an optim.lr axis.
 Merging (`extends`, `base`, variants): tables merge key by key, other values replace.
 
 A plain run config (no sweep tables, e.g. experiments/tiny.toml) is a spec with one point.
@@ -72,11 +82,23 @@ N non-embedding. The accounting's N is what tokens_per_param, tokens_per_param_r
 Point.tokens_per_param mean; model.n targets and size labels are always non-embedding N.
 Every point carries both C_6ND and C_exact; `Point.flops` is the accounting's.
 
+Cooldown branches (`cooldown.py`): points of a table that differ only in D share one
+constant-lr trunk; each is a branch (`Point.role` "branch", `Point.depends_on` its trunk's
+id, train.init_from / init_step the trunk's folder and step k) whose config is that of a
+separate wsd run, so its id is too. `Point.flops_spent` (C_spent) counts a branch's
+cooldown steps only; `plan` prints the spec's compute spent beside separate runs'.
+
 Points: D = steps * batch_size * seq_len exactly, where steps = round(D_requested /
 (batch_size * seq_len)) (half up); C_6ND and C_exact are computed from that D. What was
-asked and the rounding are kept in `Point.requested`. Warm-up: with `warmup_fraction`, every point gets
-warmup_steps = min(steps - 1, round(f * steps)), replacing optim.warmup_steps; without
-it, optim.warmup_steps must be smaller than every derived step count.
+asked and the rounding are kept in `Point.requested`. Warm-up: with `warmup_fraction`,
+every point gets warmup_steps = min(steps - 1, round(f * steps)); with `warmup_tokens`
+(Porian et al. 2024: a warm-up of about N tokens), min(steps - 1, max(1, round(m * N /
+tokens per step))) with N the accounting's N (N_total under "total"); either replaces
+optim.warmup_steps and they are exclusive; without them, optim.warmup_steps must be
+smaller than every derived step count. `lr_law` sets optim.lr = lr * (N / n_ref)^exponent
+with the accounting's N, to 4 significant digits, shown in the derivation. A [[point]]
+takes warmup_fraction / warmup_tokens / evals_per_run / lr_law from the first [sweep]
+unless it gives its own (its set's optim.lr always wins).
 
 Point ids: the first 12 hex digits of sha256 over the canonical JSON (sorted keys, floats
 as Python's shortest round-trip repr) of the resolved config less the keys that do not
@@ -88,7 +110,8 @@ id) are dropped with a warning; the first one is kept.
 Where the code is: `spec.py` reads, merges and validates the TOML; `plan.py` builds the
 axes, applies overrides and derives each point; `ladder.py` snaps target sizes to shapes;
 `points.py` holds Point, SweepSpec and point ids; `display.py` the plan table and time
-estimates; `followup.py` the seed stage.
+estimates; `followup.py` the seed stage; `cooldown.py` trunks and branches; `bracket.py`
+the decisions of the IsoFLOP bracketing stage (driven by scaling.stages).
 """
 
 from __future__ import annotations

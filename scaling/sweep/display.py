@@ -74,22 +74,27 @@ def estimate_seconds(point: Point, device: Any = None) -> float:
     assumed MFU (ASSUMED_MFU; peak from scaling.accounting, else a fallback table;
     SCALINGLAB_ACHIEVED_FLOPS overrides both). Small models on a CPU run far below
     peak; expect a factor 2 either way until the runner's measured throughput is used.
+    A cooldown branch is charged only the steps it trains itself (`Point.spent_steps`).
     """
     cfg = point.config
     fam = _family(device)
     thr, _ = achieved_flops(device, cfg.model.compute_dtype)
     fpt = train_flops_per_token(cfg.model)
     tr = cfg.train
-    n_evals = (tr.steps // tr.eval_every if tr.eval_every else 0) + 1
-    eval_tokens = n_evals * tr.eval_batches * tr.batch_size * cfg.model.seq_len
-    flops = fpt * point.tokens + fpt / 3.0 * eval_tokens
-    return RUN_OVERHEAD_S[fam] + STEP_OVERHEAD_S[fam] * tr.steps + flops / thr
+    steps = point.spent_steps
+    n_curve = steps // tr.eval_every if tr.eval_every else 0
+    eval_tokens = n_curve * (tr.curve_eval_tokens or tr.eval_tokens) + tr.eval_tokens
+    flops = fpt * point.tokens * point.spent_fraction + fpt / 3.0 * eval_tokens
+    return RUN_OVERHEAD_S[fam] + STEP_OVERHEAD_S[fam] * steps + flops / thr
 
 
 def format_plan(spec: SweepSpec, tokens_per_s: Callable[[Point], float | None] | None = None,
                 device: Any = None) -> str:
-    """The plan as a table: id, label, group, N, N_tot, D, C_6ND, C_exact, steps, D/N,
-    warm-up, est. time, derivation; a line says which accounting the budgets and D/N use.
+    """The plan as a table: id, label, group, role, N, N_tot, D, C_6ND, C_exact, steps, D/N,
+    warm-up, lr, est. time, derivation; a line says which accounting the budgets and D/N
+    use, lines say the cooldown and bracketing rules where the spec has them, and the
+    totals are the compute actually spent (with cooldown branches: trunks once plus each
+    branch's cooldown, beside what separate runs would cost).
 
     `tokens_per_s(point)` (e.g. the runner's measured throughput record) gives the time
     as D / tokens_per_s plus the run overhead; where it returns None, or without it,
@@ -101,7 +106,7 @@ def format_plan(spec: SweepSpec, tokens_per_s: Callable[[Point], float | None] |
     for p in spec.points:
         tps = tokens_per_s(p) if tokens_per_s is not None else None
         if tps:
-            secs = RUN_OVERHEAD_S[_family(device)] + p.tokens / tps
+            secs = RUN_OVERHEAD_S[_family(device)] + p.tokens * p.spent_fraction / tps
             measured_any = True
             mark = ""
         else:
@@ -109,14 +114,14 @@ def format_plan(spec: SweepSpec, tokens_per_s: Callable[[Point], float | None] |
             mark = "~"
         total_s += secs
         cfg = p.config
-        rows.append([p.point_id, cfg.name, p.group or "-", _si(p.n_params), _si(p.n_params_total),
-                     _si(p.tokens), f"{p.flops_6nd:.3g}", f"{p.flops_exact:.3g}",
-                     str(cfg.train.steps), f"{p.tokens_per_param:.1f}",
-                     str(cfg.optim.warmup_steps), mark + _hms(secs),
+        rows.append([p.point_id, cfg.name, p.group or "-", _role(p), _si(p.n_params),
+                     _si(p.n_params_total), _si(p.tokens), f"{p.flops_6nd:.3g}",
+                     f"{p.flops_exact:.3g}", str(cfg.train.steps), f"{p.tokens_per_param:.1f}",
+                     str(cfg.optim.warmup_steps), f"{cfg.optim.lr:.3g}", mark + _hms(secs),
                      p.requested.get("derivation", "")])
-    head = ["id", "label", "group", "N", "N_tot", "D", "C_6ND", "C_exact", "steps",
-            "D/" + ("N_tot" if spec.accounting == "total" else "N"), "warmup", "est.time",
-            "derivation"]
+    head = ["id", "label", "group", "role", "N", "N_tot", "D", "C_6ND", "C_exact", "steps",
+            "D/" + ("N_tot" if spec.accounting == "total" else "N"), "warmup", "lr",
+            "est.time", "derivation"]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head) - 1)]
     lines = [f"sweep {spec.name}: {len(spec.points)} points, executor {spec.executor}"
              + (f", variant {spec.variant}" if spec.variant else "")
@@ -124,15 +129,27 @@ def format_plan(spec: SweepSpec, tokens_per_s: Callable[[Point], float | None] |
     if spec.description:
         lines.append(spec.description.strip())
     lines.append(ACCOUNTING_LINE[spec.accounting])
+    lines += rule_lines(spec)
     lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)) + "  " + head[-1])
     for r in rows:
-        cells = [c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        cells = [c.rjust(w) if i >= 4 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
         lines.append("  ".join(cells) + "  " + r[-1])
-    total_6nd = sum(p.flops_6nd for p in spec.points)
-    total_exact = sum(p.flops_exact for p in spec.points)
-    total_d = sum(p.tokens for p in spec.points)
-    lines.append(f"total: C_exact = {total_exact:.3g} FLOPs, C_6ND = {total_6nd:.3g}, "
-                 f"D = {_si(total_d)} tokens, est. time {_hms(total_s)} run one after another")
+    spent = compute_spent(spec.points)
+    lines.append(f"total: C_exact = {spent['C_exact']:.3g} FLOPs, C_6ND = {spent['C_6ND']:.3g}, "
+                 f"D = {_si(spent['D'])} tokens trained, est. time {_hms(total_s)} run one "
+                 "after another")
+    branched = [p for p in spec.points if p.role in ("trunk", "branch")]
+    if branched:
+        mine = compute_spent(branched)
+        sep = compute_spent(branched, separate=True)
+        lines.append(
+            f"cooldown branches ({sum(p.role == 'trunk' for p in branched)} trunks, "
+            f"{sum(p.role == 'branch' for p in branched)} branches): spent (trunks once + each "
+            f"branch's cooldown) C_exact = {mine['C_exact']:.3g}, C_6ND = {mine['C_6ND']:.3g}; "
+            f"as separate runs (every branch from step 0, no trunks) C_exact = "
+            f"{sep['C_exact']:.3g}, C_6ND = {sep['C_6ND']:.3g}: "
+            f"{mine['C_exact'] / sep['C_exact']:.2f}x (C_exact), "
+            f"{mine['C_6ND'] / sep['C_6ND']:.2f}x (C_6ND)")
     if not measured_any or any(r[head.index("est.time")].startswith("~") for r in rows):
         dtype = spec.points[0].config.model.compute_dtype if spec.points else "float32"
         _, how = achieved_flops(device, dtype)
@@ -141,6 +158,49 @@ def format_plan(spec: SweepSpec, tokens_per_s: Callable[[Point], float | None] |
     for note in spec.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines)
+
+
+def _role(p: Point) -> str:
+    if p.role == "branch":
+        return f"branch@{p.branched_at_step}"
+    return p.role if p.role == "trunk" else "-"
+
+
+def compute_spent(points, separate: bool = False) -> dict[str, float]:
+    """Totals {"C_exact", "C_6ND", "D"} the points train.
+
+    Default: what is actually spent, a trunk once and each cooldown branch only its
+    cooldown (steps - k). `separate=True`: what separate runs of the same configs would
+    spend instead: every point from step 0, trunks not run at all.
+    """
+    out = {"C_exact": 0.0, "C_6ND": 0.0, "D": 0.0}
+    for p in points:
+        if separate and p.role == "trunk":
+            continue
+        frac = 1.0 if separate else p.spent_fraction
+        out["C_exact"] += p.flops_exact * frac
+        out["C_6ND"] += p.flops_6nd * frac
+        out["D"] += p.tokens * frac
+    return out
+
+
+def rule_lines(spec: SweepSpec) -> list[str]:
+    """Header lines stating the cooldown and bracketing rules a spec uses."""
+    lines = []
+    for cd in spec.cooldown:
+        lines.append(
+            f"cooldown: per size one constant-lr trunk, branched at k = S - "
+            f"round({cd['fraction']:g}·S) into a wsd {cd['shape']} cooldown to each length S (warm-up: the shortest "
+            "branch's; a branch's C_spent is its cooldown only)")
+    bracket = spec.followup.get("bracket")
+    if bracket:
+        lines.append(
+            f"follow-up: bracket each budget's minimum: while a budget's best size (lowest "
+            f"final eval loss) is its smallest or largest, add the next size outwards (next "
+            f"preset, or the ladder's step snapped by the shape rule; same budget, same "
+            f"accounting) up to max_extra = {bracket['max_extra']} per budget, within the "
+            "ladder and tokens_per_param_range")
+    return lines
 
 
 ACCOUNTING_LINE = {
@@ -157,7 +217,10 @@ def plan_records(spec: SweepSpec) -> list[dict[str, Any]]:
 
     Keys: id, label, group, accounting, N (non-embedding), N_total, D, steps, budget (the
     IsoFLOP budget, None off IsoFLOP axes), C (compute under the accounting), C_6ND,
-    C_exact, tokens_per_param (D over the accounting's N), lr, warmup_steps.
+    C_exact, tokens_per_param (D over the accounting's N), lr, warmup_steps, role
+    ("trunk", "branch" or "run"), trunk (a branch's or trunk's trunk id, else None),
+    branched_at_step (a branch's k, else None), C_spent (the compute the point itself
+    spends under the accounting: a branch only its cooldown steps).
     """
     return [{
         "id": p.point_id, "label": p.label, "group": p.group, "accounting": p.accounting,
@@ -165,6 +228,8 @@ def plan_records(spec: SweepSpec) -> list[dict[str, Any]]:
         "budget": p.compute_budget, "C": p.flops, "C_6ND": p.flops_6nd,
         "C_exact": p.flops_exact, "tokens_per_param": p.tokens_per_param,
         "lr": p.config.optim.lr, "warmup_steps": p.config.optim.warmup_steps,
+        "role": p.role, "trunk": p.requested.get("trunk"),
+        "branched_at_step": p.branched_at_step, "C_spent": p.flops_spent,
     } for p in spec.points]
 
 

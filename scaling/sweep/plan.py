@@ -32,6 +32,7 @@ from scaling.config import (
     preset_values,
     split_key,
 )
+from scaling.sweep.cooldown import apply_cooldown
 from scaling.sweep.ladder import ladder_shape
 from scaling.sweep.points import (
     Point,
@@ -52,7 +53,9 @@ from scaling.sweep.spec import (
     MODEL_AXIS_KEYS,
     POINT_KEYS,
     SWEEP_KEYS,
+    Schedule,
     SpecError,
+    check_cooldown,
     _check_followup,
     _check_keys,
     _check_overrides,
@@ -85,7 +88,8 @@ class _Draft:
     label: list[str] = field(default_factory=list)
     size_label: str = ""
     protected: tuple[str, ...] = ()  # keys [[override]] may not change ([[point]] set)
-    schedule: tuple = (None, None)  # (warmup_fraction, evals_per_run)
+    schedule: Schedule = Schedule()  # warm-up, evaluations, lr law of its table
+    table: int = -1  # index of its [sweep] table; -1 for [[point]] tables
 
 
 def plan_spec(path: Path, raw: dict, base_over: dict, variant: str | None) -> SweepSpec:
@@ -93,8 +97,10 @@ def plan_spec(path: Path, raw: dict, base_over: dict, variant: str | None) -> Sw
 
     Checks the spec-level keys (name, executor, accounting, slurm, followup), builds each
     [sweep] grid and the [[point]] tables into drafts, resolves every draft into a Point,
-    drops IsoFLOP sizes that do not fit their budget (noted; an empty budget is an error)
-    and drops duplicate points with one warning line each.
+    drops IsoFLOP sizes that do not fit their budget (noted; an empty budget is an error),
+    turns the points of tables with [sweep.cooldown] into trunks and branches, keeps for
+    every IsoFLOP point a resizer (the bracketing stage's `SweepSpec.resize`) and drops
+    duplicate points with one warning line each.
     """
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not name or "/" in name:
@@ -117,12 +123,16 @@ def plan_spec(path: Path, raw: dict, base_over: dict, variant: str | None) -> Sw
     grids = raw.get("sweep", {})
     grids = grids if isinstance(grids, list) else [grids]  # [sweep] or several [[sweep]]
     drafts: list[_Draft] = []
-    first_schedule: tuple = (None, None)
+    first_schedule = Schedule()
+    cooldowns: dict[int, dict] = {}
     for i, sweep in enumerate(grids):
         where = "sweep" if len(grids) == 1 else f"sweep[{i}]"
         try:
             _check_keys(sweep, SWEEP_KEYS, "sweep", path)
             schedule = _schedule_keys(path, sweep, "sweep")
+            _check_table_rules(path, sweep, schedule)
+            if "cooldown" in sweep:
+                cooldowns[i] = check_cooldown(path, sweep["cooldown"], "sweep")
             grid = _grid(path, sweep, base, notes, acc)
         except SpecError as e:
             if where == "sweep":
@@ -131,21 +141,26 @@ def plan_spec(path: Path, raw: dict, base_over: dict, variant: str | None) -> Sw
         if i == 0:
             first_schedule = schedule
         for d in grid:
-            d.schedule = schedule
+            d.schedule, d.table = schedule, i
         drafts += grid
     drafts += _explicit_points(path, raw.get("point", []), first_schedule)
+    if followup.get("bracket") and not any(d.budget is not None for d in drafts):
+        raise SpecError(f"{path}: followup.bracket brackets IsoFLOP budgets: it needs a "
+                        "[sweep.compute] axis")
 
-    points: list[Point] = []
+    resolved: list[tuple[_Draft, Point]] = []
     dropped: dict[tuple[str, float], list[str]] = {}
     for draft in drafts:
         point = _resolve(path, base, draft, rules, dropped, acc)
         if point is not None:
-            points.append(point)
+            resolved.append((draft, point))
     for (gname, budget), reasons in dropped.items():
-        if not any(p.group == gname and p.compute_budget == budget for p in points):
+        if not any(p.group == gname and p.compute_budget == budget for _, p in resolved):
             raise SpecError(f"{path}: sweep.compute.budgets: budget {gname} (C = {budget:.3g}, "
                             f"accounting {acc!r}) fits no model size: {'; '.join(reasons)}")
         notes.append(f"budget {gname}: dropped {'; '.join(reasons)}")
+    points, resizers = _cooldown_tables(path, resolved, cooldowns, base, rules, acc,
+                                        len(grids))
 
     unique: dict[str, Point] = {}
     for p in points:
@@ -161,7 +176,91 @@ def plan_spec(path: Path, raw: dict, base_over: dict, variant: str | None) -> Sw
     return SweepSpec(name=name, path=path, executor=executor, slurm=slurm,
                      points=tuple(unique.values()), raw=raw, description=description,
                      variant=variant, followup=followup, notes=tuple(notes),
-                     accounting=acc)
+                     accounting=acc, resizers=resizers,
+                     cooldown=tuple(cooldowns[i] for i in sorted(cooldowns)))
+
+
+def _check_table_rules(path: Path, sweep: dict, schedule: Schedule) -> None:
+    """Keys of one [sweep] table that would contradict its lr law or its cooldown rule."""
+    axes = _axis_keys(sweep.get("axes", {})) if isinstance(sweep.get("axes"), dict) else {}
+    if schedule.lr_law is not None and "optim.lr" in axes:
+        raise SpecError(f"{path}: sweep.lr_law sets optim.lr per size; it cannot be combined "
+                        "with an optim.lr axis in [sweep.axes]")
+    if "cooldown" in sweep:
+        if "data" not in sweep and "compute" not in sweep:
+            raise SpecError(f"{path}: [sweep.cooldown] branches one trunk per size at several "
+                            "D: it needs a [sweep.data] or [sweep.compute] axis")
+        clash = [a for a in axes if a in ("optim.schedule", "optim.decay_fraction",
+                                          "optim.decay_shape", "optim.warmup_steps")]
+        if clash:
+            raise SpecError(f"{path}: axis {clash[0]!r} conflicts with [sweep.cooldown], which "
+                            "sets the schedule of its trunks and branches")
+
+
+def _cooldown_tables(path: Path, resolved: list[tuple[_Draft, Point]], cooldowns: dict,
+                     base: dict, rules: list, acc: str, n_tables: int
+                     ) -> tuple[list[Point], dict]:
+    """Apply each [sweep.cooldown] to its table's points; the resizers of IsoFLOP points.
+
+    Returns (points in plan order, {point id: resize callable}); a table with a cooldown
+    rule is replaced, in place, by its trunks and branches (`scaling.sweep.cooldown`).
+    """
+    out: list[Point] = []
+    resizers: dict = {}
+    done_tables: set[int] = set()
+    for draft, point in resolved:
+        cd = cooldowns.get(draft.table)
+        if cd is None:
+            out.append(point)
+            became = {point.point_id: point}
+        elif draft.table in done_tables:
+            continue
+        else:
+            done_tables.add(draft.table)
+            where = "sweep" if n_tables == 1 else f"sweep[{draft.table}]"
+            table_points = [p for d, p in resolved if d.table == draft.table]
+            made, became = apply_cooldown(path, table_points, cd, draft.schedule.evals, where)
+            out += made
+        for d, p in ([(draft, point)] if cd is None else
+                     [(d, p) for d, p in resolved if d.table == draft.table]):
+            if d.budget is not None:
+                resizers[became[p.point_id].point_id] = functools.partial(
+                    _resize, path, base, d, rules, acc, cooldowns.get(d.table))
+    return out, resizers
+
+
+def _resize(path: Path, base: dict, draft: _Draft, rules: list, acc: str, cooldown: dict | None,
+            *, preset: str | None = None, n_target: float | None = None
+            ) -> tuple[Point | None, str, Any]:
+    """The draft's point at another size (a preset or a target N snapped by its shape rule).
+
+    Everything else is planned as for the original point; under a cooldown rule the new
+    point, a single length of its size, is a plain wsd run (`scaling.sweep.cooldown`).
+    Returns (point, "", the new point's own resizer), or (None, the planner's reason,
+    None) where the size does not fit the budget.
+    """
+    requested = {k: v for k, v in draft.requested.items()
+                 if k not in ("preset", "n_target", "tokens_per_param_target")}
+    if preset is not None:
+        shape = preset_values(preset)
+        sets = {"model.preset": preset, **{f"model.{k}": v for k, v in shape.items()}}
+        size_label, requested["preset"] = preset, preset
+    else:
+        rule = {"aspect_ratio": None, "n_layer": None, "head_dim": None, "n_head": None,
+                "d_multiple": None, **draft.requested.get("shape_rule", {})}
+        shape = ladder_shape(n_target, _base_model(base), **rule)
+        sets = {"model.preset": "", **{f"model.{k}": v for k, v in shape.items()}}
+        size_label, requested["n_target"] = "", n_target
+    new = dataclasses.replace(draft, sets=_apply(draft.sets, sets), size_label=size_label,
+                              requested=requested)
+    dropped: dict = {}
+    point = _resolve(path, base, new, rules, dropped, acc)
+    if point is None:
+        return None, "; ".join(r for rs in dropped.values() for r in rs), None
+    if cooldown is not None:
+        made, _ = apply_cooldown(path, [point], cooldown, draft.schedule.evals)
+        point = made[0]
+    return point, "", functools.partial(_resize, path, base, new, rules, acc, cooldown)
 
 
 def _base_dict(raw: dict, base_over: dict, path: Path) -> dict:
@@ -544,15 +643,14 @@ def _target_for_ratio(c: float, r: float, bm: ModelConfig, rule: dict, acc: str)
     return best[1]
 
 
-def _explicit_points(path: Path, pts: Any, schedule: tuple) -> list[_Draft]:
+def _explicit_points(path: Path, pts: Any, schedule: Schedule) -> list[_Draft]:
     if not isinstance(pts, list):
         raise SpecError(f"{path}: point must be an array of tables: [[point]]")
     out = []
     for i, p in enumerate(pts):
         where = f"point[{i}]"
         _check_keys(p, POINT_KEYS, where, path)
-        own = _schedule_keys(path, p, where)
-        sched = tuple(o if o is not None else s for o, s in zip(own, schedule))
+        sched = _schedule_keys(path, p, where).under(schedule)
         sets = _dotted_table(path, f"{where}.set", p.get("set", {}))
         if "tokens" in p and "tokens_per_param" in p:
             raise SpecError(f"{path}: {where}: give tokens or tokens_per_param, not both")
@@ -582,7 +680,7 @@ def _resolve(path: Path, base: dict, draft: _Draft, rules: list, dropped: dict,
     and the charge counted by `acc` (module docstring); steps = round(D / tokens per
     step), and D, C_6ND, C_exact are then what those steps really train.
     """
-    warmup_fraction, evals = draft.schedule
+    sched = draft.schedule
     sets = _apply(base, draft.sets)
     where_label = "_".join([draft.size_label, *draft.label]).strip("_") or "(base)"
     try:
@@ -596,11 +694,14 @@ def _resolve(path: Path, base: dict, draft: _Draft, rules: list, dropped: dict,
     flat_before = {**_defaults_flat(), **sets, "group": draft.group, "n_params": n,
                    "size": size_label}
     applied = []
+    # an lr law does not replace an lr set by a [[point]]'s set or an [[override]]
+    lr_given = "optim.lr" in draft.protected
     for conds, new, i in rules:
         if all(_matches(c, flat_before.get(k)) for k, c in conds.items()):
             new = {k: v for k, v in new.items() if k not in draft.protected}
             sets = _apply(sets, new)
             applied.append(i)
+            lr_given = lr_given or "optim.lr" in new
     try:
         model = _model_of(sets)
     except ConfigError as e:
@@ -655,8 +756,13 @@ def _resolve(path: Path, base: dict, draft: _Draft, rules: list, dropped: dict,
                 f"tokens_per_param_range {window})")
             return None
     sets["train.steps"] = steps
-    if warmup_fraction is not None:
-        sets["optim.warmup_steps"] = min(steps - 1, math.floor(warmup_fraction * steps + 0.5))
+    if sched.warmup_fraction is not None:
+        sets["optim.warmup_steps"] = min(steps - 1,
+                                         math.floor(sched.warmup_fraction * steps + 0.5))
+    elif sched.warmup_tokens is not None:
+        sets["optim.warmup_steps"], how_wu = _warmup_from_tokens(
+            sched.warmup_tokens, n_acc, n_name, per_step, steps)
+        deriv += f"; {how_wu}"
     else:
         wu = sets.get("optim.warmup_steps", 0)
         if wu >= steps and draft.data is not None:
@@ -666,8 +772,12 @@ def _resolve(path: Path, base: dict, draft: _Draft, rules: list, dropped: dict,
                 return None
             raise SpecError(f"{path}: point {where_label} {msg}; give sweep.warmup_fraction "
                             "(warm-up as a fraction of each point's steps) instead")
-    if evals is not None:
-        sets["train.eval_every"] = max(1, math.ceil(steps / evals))
+    if sched.evals is not None:
+        sets["train.eval_every"] = max(1, math.ceil(steps / sched.evals))
+    if sched.lr_law is not None and not lr_given:
+        sets["optim.lr"], how_lr = _lr_from_law(sched.lr_law, n_acc, n_name)
+        deriv += f"; {how_lr}"
+        req["lr_law"] = dict(sched.lr_law)
 
     tokens = steps * per_step
     flops_6nd = 6.0 * n * tokens
@@ -695,6 +805,29 @@ def _resolve(path: Path, base: dict, draft: _Draft, rules: list, dropped: dict,
                  compute_budget=draft.budget, n_params=n, n_params_total=n_total,
                  tokens=tokens, flops=flops, accounting=acc, flops_6nd=flops_6nd,
                  flops_exact=flops_exact, tokens_per_param=tokens / n_acc, requested=req)
+
+
+def _warmup_from_tokens(rule: tuple[str, float], n_acc: int, n_name: str, per_step: int,
+                        steps: int) -> tuple[int, str]:
+    """warmup_steps = round(m x N / tokens per step) (or round(x / tokens per step)).
+
+    N is the accounting's N (N_total under "total", non-embedding under "kaplan"), after
+    Porian et al. 2024 (a warm-up of about N tokens); capped at steps - 1 and at least 1.
+    """
+    kind, x = rule
+    tokens = x * n_acc if kind == "N" else x
+    exact = tokens / per_step
+    steps_wu = min(steps - 1, max(1, math.floor(exact + 0.5)))
+    what = (f"{_num(x)}·{n_name} = {_si(tokens)}" if kind == "N" else f"{_si(tokens)} (given)")
+    return steps_wu, f"warm-up {what} tok = {exact:.1f} -> {steps_wu} steps"
+
+
+def _lr_from_law(law: dict, n_acc: int, n_name: str) -> tuple[float, str]:
+    """optim.lr = lr x (N / n_ref)^exponent, N the accounting's N; 4 significant digits."""
+    lr = law["lr"] * (n_acc / law["n_ref"]) ** law["exponent"]
+    lr = float(f"{lr:.4g}")
+    return lr, (f"lr = {_num(law['lr'])}·({n_name}/{_num(law['n_ref'])})^{law['exponent']:g}"
+                f" = {lr:.4g}")
 
 
 @functools.lru_cache(maxsize=1)

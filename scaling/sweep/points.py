@@ -46,6 +46,36 @@ class Point:
         return self.config.train.steps
 
     @property
+    def role(self) -> str:
+        """"trunk" or "branch" (cooldown branches, scaling.sweep.cooldown), else "run"."""
+        return self.requested.get("role", "run")
+
+    @property
+    def depends_on(self) -> str | None:
+        """The id of the trunk whose checkpoint a branch starts from; None for other points."""
+        return self.requested.get("trunk") if self.role == "branch" else None
+
+    @property
+    def branched_at_step(self) -> int | None:
+        """The trunk step a branch starts from (k); None for other points."""
+        return self.requested.get("branched_at_step") if self.role == "branch" else None
+
+    @property
+    def spent_steps(self) -> int:
+        """Steps this point itself trains: a branch only its cooldown (steps - k)."""
+        k = self.branched_at_step
+        return self.steps - k if k is not None else self.steps
+
+    @property
+    def spent_fraction(self) -> float:
+        return self.spent_steps / self.steps
+
+    @property
+    def flops_spent(self) -> float:
+        """C_spent: the compute this point itself spends, under its accounting."""
+        return self.flops * self.spent_fraction
+
+    @property
     def label(self) -> str:
         return self.config.name
 
@@ -63,6 +93,24 @@ class SweepSpec:
     followup: dict = field(default_factory=dict)
     notes: tuple[str, ...] = ()  # dropped sizes, de-duplicated points, ...
     accounting: str = "total"  # how every point's C and D/N are counted (ACCOUNTINGS)
+    # point id -> resize(size) for IsoFLOP points: the same point planned at another size
+    # (scaling.sweep.plan._resize; used by the bracketing stage)
+    resizers: dict = field(default_factory=dict, compare=False, repr=False)
+    cooldown: tuple[dict, ...] = ()  # the [sweep.cooldown] tables in use
+
+    def resize(self, point: Point, *, preset: str | None = None,
+               n_target: float | None = None) -> tuple[Point | None, str]:
+        """`point` planned at another size by its own [sweep] table's rules, or (None, why not).
+
+        Same budget, accounting, axes, [[override]] tables, warm-up, lr law and cooldown
+        rule; the size is a preset or a target N snapped by the table's shape rule.
+        """
+        if point.point_id not in self.resizers:
+            return None, f"point {point.label} is not an IsoFLOP point of this spec's [sweep]"
+        new, why_not, resizer = self.resizers[point.point_id](preset=preset, n_target=n_target)
+        if new is not None:  # a point added this way can be resized in turn
+            self.resizers.setdefault(new.point_id, resizer)
+        return new, why_not
 
 
 # Keys that do not change what a point computes (beyond scaling.config.NON_SEMANTIC).

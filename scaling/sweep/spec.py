@@ -30,15 +30,19 @@ EXECUTORS = ("local", "slurm")
 TOP_KEYS = ("name", "description", "executor", "accounting", "base", "extends", *SECTIONS,
             "sweep", "override", "point", "slurm", "followup", "variants")
 SWEEP_KEYS = ("seeds", "model", "data", "compute", "axes", "zip", "warmup_fraction",
-              "evals_per_run", "accounting")
+              "warmup_tokens", "evals_per_run", "lr_law", "cooldown", "accounting")
 MODEL_AXIS_KEYS = ("presets", "n", "aspect_ratio", "n_layer", "head_dim", "n_head",
                    "d_multiple")
 DATA_AXIS_KEYS = ("tokens", "tokens_per_param")
 COMPUTE_KEYS = ("budgets", "tokens_per_param", "tokens_per_param_range")
 OVERRIDE_KEYS = ("where", "set")
 POINT_KEYS = ("set", "tokens", "tokens_per_param", "group", "warmup_fraction",
-              "evals_per_run")
-FOLLOWUP_KEYS = ("seeds", "metric", "widen")
+              "warmup_tokens", "evals_per_run")
+FOLLOWUP_KEYS = ("seeds", "metric", "widen", "bracket")
+BRACKET_KEYS = ("max_extra",)
+LR_LAW_KEYS = ("lr", "n_ref", "exponent")
+COOLDOWN_KEYS = ("fraction", "shape")
+DECAY_SHAPES = ("linear", "cosine", "1-sqrt")
 # key: (type(s), check, what is allowed)
 SLURM_KEYS: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
     "partition": ((str,), bool, "a non-empty string"),
@@ -176,13 +180,22 @@ def _deep_merge(lower: dict, upper: dict, where: str) -> dict:
 
 
 def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    """raw[a][b]... = value; through an array of tables ([[sweep]]) it sets every table."""
     parts = dotted.split(".")
-    node = raw
+    nodes = [raw]
     for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise SpecError(f"override {dotted!r}: {p!r} is not a table")
-    node[parts[-1]] = value
+        nxt = []
+        for node in nodes:
+            child = node.setdefault(p, {})
+            if isinstance(child, list) and child and all(isinstance(c, dict) for c in child):
+                nxt += child
+            elif isinstance(child, dict):
+                nxt.append(child)
+            else:
+                raise SpecError(f"override {dotted!r}: {p!r} is not a table")
+        nodes = nxt
+    for node in nodes:
+        node[parts[-1]] = value
 
 
 def _check_keys(table: Any, allowed: tuple[str, ...], where: str, path: Path | str) -> None:
@@ -205,18 +218,107 @@ def _suggest(word: str, options: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _schedule_keys(path: Path, tbl: dict, where: str) -> tuple[float | None, int | None]:
-    """(warmup_fraction, evals_per_run) of a [sweep] or [[point]] table, checked."""
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Per-point rules of a [sweep] (or [[point]]) table that depend on the point's steps or N.
+
+    warmup_fraction: warm-up = round(f x steps); warmup_tokens: ("N", m) for m x N tokens
+    (N = the accounting's N) or ("tokens", x) for x tokens; evals: evaluations per run;
+    lr_law: {"lr", "n_ref", "exponent"} for optim.lr = lr x (N / n_ref)^exponent.
+    """
+
+    warmup_fraction: float | None = None
+    warmup_tokens: tuple[str, float] | None = None
+    evals: int | None = None
+    lr_law: dict | None = None
+
+    def under(self, lower: "Schedule") -> "Schedule":
+        """This table's own keys over `lower`'s (a [[point]] over the first [sweep]).
+
+        The two warm-up keys go together: a table that gives either replaces both.
+        """
+        own_warmup = self.warmup_fraction is not None or self.warmup_tokens is not None
+        return Schedule(
+            warmup_fraction=self.warmup_fraction if own_warmup else lower.warmup_fraction,
+            warmup_tokens=self.warmup_tokens if own_warmup else lower.warmup_tokens,
+            evals=self.evals if self.evals is not None else lower.evals,
+            lr_law=self.lr_law if self.lr_law is not None else lower.lr_law)
+
+
+_WARMUP_N = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)?\s*\*?\s*N\s*$")
+
+
+def _schedule_keys(path: Path, tbl: dict, where: str) -> Schedule:
+    """The Schedule of a [sweep] or [[point]] table, checked (lr_law only in [sweep])."""
     warmup_fraction = tbl.get("warmup_fraction")
     if warmup_fraction is not None and (
             isinstance(warmup_fraction, bool) or not isinstance(warmup_fraction, (int, float))
             or not 0 <= warmup_fraction < 1):
         raise SpecError(f"{path}: {where}.warmup_fraction = {warmup_fraction!r}: "
                         "must be a number in [0, 1)")
+    warmup_tokens = _warmup_tokens(path, tbl, where)
+    if warmup_fraction is not None and warmup_tokens is not None:
+        raise SpecError(f"{path}: {where}.warmup_fraction and {where}.warmup_tokens are "
+                        "exclusive: give the warm-up as a fraction of each point's steps, or "
+                        "in tokens (\"N\", \"2N\" or a number), not both")
     evals = tbl.get("evals_per_run")
     if evals is not None and (not _is_int(evals) or evals < 1):
         raise SpecError(f"{path}: {where}.evals_per_run = {evals!r}: must be an integer >= 1")
-    return warmup_fraction, evals
+    lr_law = _check_lr_law(path, tbl["lr_law"], where) if "lr_law" in tbl else None
+    return Schedule(warmup_fraction, warmup_tokens, evals, lr_law)
+
+
+def _warmup_tokens(path: Path, tbl: dict, where: str) -> tuple[str, float] | None:
+    """warmup_tokens = "N" | "<m>N" (m x the accounting's N) | a number of tokens > 0."""
+    value = tbl.get("warmup_tokens")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        m = _WARMUP_N.match(value)
+        if m is not None:
+            mult = float(m.group(1)) if m.group(1) else 1.0
+            if mult > 0:
+                return ("N", mult)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return ("tokens", float(value))
+    raise SpecError(f"{path}: {where}.warmup_tokens = {value!r}: expected \"N\" (warm-up of "
+                    "N tokens, N as the accounting counts it), a multiple such as \"2N\" or "
+                    "\"0.5N\", or a number of tokens > 0")
+
+
+def _check_lr_law(path: Path, law: Any, where: str) -> dict:
+    """lr_law = { lr = 3e-3, n_ref = 1e5, exponent = -0.25 }: all three numbers, lr, n_ref > 0."""
+    if not isinstance(law, dict):
+        raise SpecError(f"{path}: {where}.lr_law must be a table {{ lr = .., n_ref = .., "
+                        "exponent = .. }}")
+    _check_keys(law, LR_LAW_KEYS, f"{where}.lr_law", path)
+    for key in LR_LAW_KEYS:
+        v = law.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise SpecError(f"{path}: {where}.lr_law.{key} = {v!r}: expected a number "
+                            "(lr_law needs lr, n_ref and exponent)")
+        if key != "exponent" and not v > 0:
+            raise SpecError(f"{path}: {where}.lr_law.{key} = {v!r}: must be > 0")
+    return {k: float(law[k]) for k in LR_LAW_KEYS}
+
+
+def check_cooldown(path: Path, tbl: Any, where: str) -> dict:
+    """[sweep.cooldown]: fraction in (0, 1) (default 0.2), shape in DECAY_SHAPES (1-sqrt)."""
+    if not isinstance(tbl, dict):
+        raise SpecError(f"{path}: [{where}.cooldown] must be a table: fraction = 0.2, "
+                        "shape = \"1-sqrt\"")
+    _check_keys(tbl, COOLDOWN_KEYS, f"{where}.cooldown", path)
+    fraction = tbl.get("fraction", 0.2)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+            or not 0 < fraction < 1:
+        raise SpecError(f"{path}: {where}.cooldown.fraction = {fraction!r}: must be a number "
+                        "in (0, 1) (the part of each branch's steps spent cooling down)")
+    shape = tbl.get("shape", "1-sqrt")
+    if shape not in DECAY_SHAPES:
+        raise SpecError(f"{path}: {where}.cooldown.shape = {shape!r}: unknown decay shape"
+                        f"{_suggest(str(shape), list(DECAY_SHAPES))}; allowed: "
+                        + ", ".join(repr(x) for x in DECAY_SHAPES))
+    return {"fraction": float(fraction), "shape": shape}
 
 
 def _check_slurm(slurm: Any, path: Path) -> dict:
@@ -229,18 +331,43 @@ def _check_slurm(slurm: Any, path: Path) -> dict:
 
 
 def _check_followup(fu: Any, path: Path) -> dict:
+    """[followup]: the learning-rate stage (seeds, metric, widen) and IsoFLOP bracketing.
+
+    Without `bracket` the learning-rate stage's defaults hold (seeds [1, 2], widen 2);
+    with `bracket` and neither seeds nor widen given, the learning-rate stage is off
+    (seeds [], widen 0): a self-bracketing IsoFLOP spec does not ask for extra seeds.
+    """
     _check_keys(fu, FOLLOWUP_KEYS, "followup", path)
-    seeds = fu.get("seeds", [1, 2])
+    lr_stage = "bracket" not in fu or "seeds" in fu or "widen" in fu
+    seeds = fu.get("seeds", [1, 2] if lr_stage else [])
     if not isinstance(seeds, list) or not all(_is_int(s) and s >= 0 for s in seeds):
         raise SpecError(f"{path}: followup.seeds = {seeds!r}: expected a list of integers >= 0")
     metric = fu.get("metric", "val_loss")
     if metric not in ("val_loss", "eval_loss", "train_loss"):
         raise SpecError(f"{path}: followup.metric = {metric!r}: allowed: 'val_loss', "
                         "'eval_loss', 'train_loss'")
-    widen = fu.get("widen", 2)
+    widen = fu.get("widen", 2 if lr_stage else 0)
     if not _is_int(widen) or widen < 0:
         raise SpecError(f"{path}: followup.widen = {widen!r}: expected an integer >= 0")
-    return {"seeds": list(seeds), "metric": metric, "widen": int(widen)}
+    out = {"seeds": list(seeds), "metric": metric, "widen": int(widen)}
+    if "bracket" in fu:
+        out["bracket"] = _check_bracket(fu["bracket"], path)
+    return out
+
+
+def _check_bracket(tbl: Any, path: Path) -> dict:
+    """followup.bracket = { max_extra = 4 }: extra sizes per budget (an integer >= 1)."""
+    if tbl is True:
+        tbl = {}
+    if not isinstance(tbl, dict):
+        raise SpecError(f"{path}: followup.bracket = {tbl!r}: expected a table "
+                        "{ max_extra = 4 } (or true for the defaults)")
+    _check_keys(tbl, BRACKET_KEYS, "followup.bracket", path)
+    max_extra = tbl.get("max_extra", 4)
+    if not _is_int(max_extra) or max_extra < 1:
+        raise SpecError(f"{path}: followup.bracket.max_extra = {max_extra!r}: expected an "
+                        "integer >= 1 (extra sizes per budget)")
+    return {"max_extra": int(max_extra)}
 
 
 def _number_list(path: Path, where: str, values: Any, *, positive: bool = True) -> list[float]:

@@ -19,7 +19,7 @@ from scaling.runfiles import read_metrics  # noqa: E402
 BASE = [
     "model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.seq_len=32",
     "data.max_corpus_bytes=1000000", "train.batch_size=16", "train.steps=20",
-    "train.log_every=1", "train.eval_every=10", "train.eval_batches=2",
+    "train.log_every=1", "train.eval_every=10", "train.eval_tokens=1024",
     "train.checkpoint_every=0", "train.progress=false", "optim.warmup_steps=2",
 ]
 
