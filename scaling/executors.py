@@ -132,8 +132,7 @@ def preflight(spec) -> None:
 # median [range] of 3-4 rounds): 2.19 [2.07, 2.43] at 5.7e7 FLOPs/step, 2.19 [1.45, 2.86]
 # at 4.9e8, 1.45-1.66 at 1.2e9, 1.22 [1.20, 1.36] at 2.8e9, 1.16 [1.06, 1.39] at 5.4e9,
 # 0.85 [0.53, 2.08] and 1.08 [0.90, 1.68] (two runs) at 1.2e10, 1.01 [0.83, 1.18] at
-# 9.2e10: small steps leave a core
-# idle, large ones use both. End to end (the demo's first two budgets, 9 points, empty
+# 9.2e10: small steps leave a core idle, large ones use both. End to end (the demo's first two budgets, 9 points, empty
 # compile cache): new/old wall time 0.86 median, [0.77, 1.18] over 6 repeats.
 SIDE_BY_SIDE_MAX_STEP_FLOPS = 6e9
 WORKER_MEMORY_BYTES = 1.5 * 2**30  # a CPU worker's resident peak on the demo's sizes, rounded up
