@@ -280,7 +280,9 @@ def side_by_side_plan(sweep_dir: Path, point_ids: list[str], workers: int | None
     side, "workers": k, "cores_each": c} (see SIDE_BY_SIDE_MAX_STEP_FLOPS).
 
     `workers`: None = the rule; 1 = everything one at a time (the old rule); k > 1 = k
-    side-by-side workers for every point. $SCALINGLAB_SIDE_BY_SIDE=0 turns the rule off,
+    side-by-side workers for every point. A side-by-side point always gets the same
+    share of the cores (cores // k, k from the sweep's side-by-side points, done or not),
+    even when it is the last one left. $SCALINGLAB_SIDE_BY_SIDE=0 turns the rule off,
     =k forces k workers. Never more workers than cores, nor than memory allows.
     """
     env = os.environ.get("SCALINGLAB_SIDE_BY_SIDE")
@@ -297,12 +299,15 @@ def side_by_side_plan(sweep_dir: Path, point_ids: list[str], workers: int | None
                  if step_flops(pdir / pid) <= SIDE_BY_SIDE_MAX_STEP_FLOPS]
     else:
         small = list(point_ids) if workers > 1 else []
-    left = sum(point_state(pdir / pid) not in FINISHED for pid in small)
-    k = min(workers or len(cores), len(cores), by_memory, left)
+    k = min(workers or len(cores), len(cores), by_memory, len(small))
     if k < 2:
         return {"big": list(point_ids), "small": [], "workers": 1, "cores_each": len(cores)}
+    # The share of cores depends on the sweep, not on how many points are left, so that
+    # a point computes with the same thread count whether or not it was resumed.
+    left = sum(point_state(pdir / pid) not in FINISHED for pid in small)
     big = [pid for pid in point_ids if pid not in set(small)]
-    return {"big": big, "small": small, "workers": k, "cores_each": len(cores) // k}
+    return {"big": big, "small": small, "workers": max(1, min(k, left)),
+            "cores_each": len(cores) // k}
 
 
 def run_local(sweep_dir: Path, point_ids: list[str], *, progress: bool = True,

@@ -159,8 +159,10 @@ def test_side_by_side_rule(sweep, monkeypatch):
     assert executors.side_by_side_plan(sweep, ids, None)["small"] == []
     monkeypatch.setattr(executors, "_available_memory", lambda: 64 * 2**30)
     for pid in ("a", "b"):
-        finish(sweep / "points" / pid)  # one small point left: nothing to pair it with
-    assert executors.side_by_side_plan(sweep, ids, None)["small"] == []
+        finish(sweep / "points" / pid)  # one small point left: still one core, as before
+    last = executors.side_by_side_plan(sweep, ids, None)
+    assert (last["workers"], last["cores_each"]) == (1, 1) and "c" in last["small"]
+    assert executors.side_by_side_plan(sweep, ["c"], None)["small"] == []  # alone in its sweep
     monkeypatch.setenv("SCALINGLAB_SIDE_BY_SIDE", "two")
     with pytest.raises(Exception, match="SCALINGLAB_SIDE_BY_SIDE"):
         executors.side_by_side_plan(sweep, ids, None)
