@@ -684,5 +684,5 @@ def wait_for(sweep_dir: str | Path, point_ids: list[str], *, progress: bool = Tr
     return True
 
 
-__all__ = ["run_slurm", "refresh", "wait_for", "submit", "submit_with_trunks", "query_states", "sbatch_parameters",
-           "slurm_available", "PointJob", "PointFailed", "SLURM_DIR"]
+__all__ = ["run_slurm", "refresh", "wait_for", "submit", "submit_with_trunks", "query_states",
+           "sbatch_parameters", "slurm_available", "PointJob", "PointFailed", "SLURM_DIR"]
