@@ -311,8 +311,8 @@ def watch_summary(sweep_dir: str | Path) -> tuple[str, bool]:
                              "diverged", "pending")}
     for st in states.values():
         counts[st] = counts.get(st, 0) + 1
-    shown = ", ".join(f"{k} {v}" for k, v in counts.items() if v or k in ("done", "running",
-                                                                           "failed", "pending"))
+    always = ("done", "running", "failed", "corrupt", "pending")
+    shown = ", ".join(f"{k} {v}" for k, v in counts.items() if v or k in always)
     lines = [f"sweep {sweep_dir.name}: {len(dirs)} points at {time.strftime('%H:%M:%S')}",
              f"  {shown}"]
     running = [d for d, st in states.items() if st == "running"]

@@ -228,7 +228,7 @@ def test_watch_shows_running_points_and_ctrl_c_exits_0(sweep):
     key = acquire_run_lock(d)
     try:
         text, active = watch_summary(sweep)
-        assert active and "running 1" in text and "pending 1" in text
+        assert active and "running 1" in text and "pending 1" in text and "corrupt 0" in text
         row = next(line for line in text.splitlines() if line.startswith("r "))
         assert "10/20" in row and "4.2500" in row
         proc = subprocess.Popen([sys.executable, "run_sweep.py", "status", str(sweep), "--watch",
