@@ -133,7 +133,8 @@ def preflight(spec) -> None:
 # at 4.9e8, 1.45-1.66 at 1.2e9, 1.22 [1.20, 1.36] at 2.8e9, 1.16 [1.06, 1.39] at 5.4e9,
 # 0.85 [0.53, 2.08] and 1.08 [0.90, 1.68] (two runs) at 1.2e10, 1.01 [0.83, 1.18] at
 # 9.2e10: small steps leave a core idle, large ones use both. End to end (the demo's first two budgets, 9 points, empty
-# compile cache): new/old wall time 0.86 median, [0.77, 1.18] over 6 repeats.
+# compile cache): new/old wall time 0.86 median, [0.77, 1.18] over 6 repeats; the whole
+# demo (14 points, one repeat, load ~8 from other users): 338 s old, 252 s new (0.75).
 SIDE_BY_SIDE_MAX_STEP_FLOPS = 6e9
 WORKER_MEMORY_BYTES = 1.5 * 2**30  # a CPU worker's resident peak on the demo's sizes, rounded up
 
