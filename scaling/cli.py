@@ -4,7 +4,7 @@
     python run_sweep.py sample runs/tiny --prompt "def " --temperature 0.8 --top-k 40
     python run_sweep.py plan experiments/demo.toml [--json]
     python run_sweep.py run experiments/demo.toml [--executor local|slurm] [--out sweeps/]
-    python run_sweep.py status sweeps/demo
+    python run_sweep.py status sweeps/demo [--watch [--interval 5]]
     python run_sweep.py analyze sweeps/demo            # or any results CSV
 """
 
@@ -52,11 +52,18 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--executor", choices=["local", "slurm"], help="override the spec's executor")
     r.add_argument("--analyze", action="store_true", help="write the analysis report at the end")
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--workers", type=int,
+                   help="local: points run at once (default: small points side by side, one "
+                        "core each; 1: one at a time in this process; GPUs: one per GPU)")
     r.add_argument("--no-wait", action="store_true",
                    help="slurm: submit and return; run again later to collect and resubmit")
 
     st = sub.add_parser("status", help="table of a sweep's points and their states")
     st.add_argument("sweep_dir")
+    st.add_argument("--watch", action="store_true",
+                    help="refresh every few seconds (counts, running points' step and loss) "
+                         "until no point is running, queued or pending; Ctrl-C stops")
+    st.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes")
 
     a = sub.add_parser("analyze", help="fit the laws and write a report")
     a.add_argument("source", help="a sweep folder or a results CSV")
@@ -139,9 +146,11 @@ def cmd_plan(args) -> int:
 def cmd_run(args) -> int:
     from scaling.executors import run_sweep
 
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers = {args.workers}: expected an integer >= 1")
     summary = run_sweep(args.spec, args.overrides, out=args.out, executor=args.executor,
                         variant=args.variant, progress=not args.no_progress,
-                        wait=False if args.no_wait else None)
+                        workers=args.workers, wait=False if args.no_wait else None)
     print(json.dumps(summary["counts"]))
     failed = summary["counts"].get("failed", 0)
     if args.analyze:
@@ -155,12 +164,43 @@ def cmd_status(args) -> int:
     from scaling.results import check_sweep_dir, format_status
 
     check_sweep_dir(args.sweep_dir)  # before SLURM is asked anything
-    if (Path(args.sweep_dir) / "slurm").exists():  # ask SLURM for the jobs' states first
-        from scaling.slurm import refresh
-
-        refresh(args.sweep_dir)
+    if args.watch:
+        return _watch(args.sweep_dir, args.interval)
+    _refresh_slurm(args.sweep_dir)
     print(format_status(args.sweep_dir))
     return 0
+
+
+def _refresh_slurm(sweep_dir: str) -> None:
+    if (Path(sweep_dir) / "slurm").exists():  # ask SLURM for the jobs' states first
+        from scaling.slurm import refresh
+
+        refresh(sweep_dir)
+
+
+def _watch(sweep_dir: str, interval: float) -> int:
+    """Reprint the sweep's summary every `interval` s until nothing is running, queued or
+    pending (then the full status table once); Ctrl-C ends it quietly with status 0."""
+    import math
+    import time
+
+    from scaling.results import format_status, watch_summary
+
+    if not math.isfinite(interval) or interval <= 0:
+        raise ConfigError(f"--interval = {interval}: expected a number of seconds > 0")
+    clear = "\033[2J\033[H" if sys.stdout.isatty() else ""
+    try:
+        while True:
+            _refresh_slurm(sweep_dir)
+            text, active = watch_summary(sweep_dir)
+            print(clear + text, flush=True)
+            if not active:
+                print("\n" + format_status(sweep_dir), flush=True)
+                return 0
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        print("", flush=True)
+        return 0
 
 
 def cmd_analyze(args) -> int:

@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from scaling.config import ConfigError
-from scaling.points import FINISHED, run_point
-from scaling.results import POINT_FILE, point_state, points_dir, write_tables
+from scaling.points import FINISHED, point_config, run_point
+from scaling.results import (POINT_FILE, blocked_by, point_state, points_dir,
+                             running_progress, trunk_of, write_tables)
 from scaling.runfiles import (CorruptRunFile, atomic_write_text, clean_stale_temps, read_json,
                               write_json_atomic)
 
@@ -73,10 +76,23 @@ def add_points(sweep_dir: Path, sweep: str, points) -> None:
 
 
 def point_meta(sweep: str, p) -> dict:
+    """point.json: what the planner said of the point.
+
+    "C" is the compute under the point's accounting; "C_6ND" and "C_exact" are both
+    conventions. "role" ("run" | "trunk" | "branch"), "trunk" (a branch's trunk point id)
+    and "branched_at_step" come from the plan's `requested` record where it has them
+    (cooldown branches); a plain point is a "run" without a trunk.
+    """
+    req = p.requested or {}
+    role = req.get("role", "run")
+    branch = role == "branch"
     return {
         "sweep": sweep, "point_id": p.point_id, "label": p.config.name, "group": p.group,
         "compute_budget": p.compute_budget, "N": p.n_params, "N_total": p.n_params_total,
-        "D": p.tokens, "C": p.flops, "tokens_per_param": p.tokens_per_param,
+        "D": p.tokens, "accounting": p.accounting, "C": p.flops,
+        "C_6ND": p.flops_6nd, "C_exact": p.flops_exact, "tokens_per_param": p.tokens_per_param,
+        "role": role, "trunk": req.get("trunk") if branch else None,
+        "branched_at_step": req.get("branched_at_step") if branch else None,
         "requested": p.requested, "config": p.config.to_dict(),
     }
 
@@ -108,6 +124,20 @@ def preflight(spec) -> None:
 # Local executor
 # --------------------------------------------------------------------------------------
 
+# Side by side (issue 15 §2). A point whose training step costs at most this many FLOPs
+# (exact training FLOPs per token x batch x seq_len) runs in a worker process pinned to one
+# core, as many at once as there are cores; larger points run one at a time with every
+# core. Measured on a 2-core machine shared with other work (benchmarks/sweep_speed.py
+# --steps: aggregate step rate of one pinned process per core over one process alone,
+# median [range] of 3-4 rounds): 2.19 [2.07, 2.43] at 5.7e7 FLOPs/step, 2.19 [1.45, 2.86]
+# at 4.9e8, 1.45-1.66 at 1.2e9, 1.22 [1.20, 1.36] at 2.8e9, 1.16 [1.06, 1.39] at 5.4e9,
+# 0.85 [0.53, 2.08] and 1.08 [0.90, 1.68] (two runs) at 1.2e10, 1.01 [0.83, 1.18] at
+# 9.2e10: small steps leave a core idle, large ones use both. End to end (the demo's first two budgets, 9 points, empty
+# compile cache): new/old wall time 0.86 median, [0.77, 1.18] over 6 repeats; the whole
+# demo (14 points, one repeat, load ~8 from other users): 338 s old, 252 s new (0.75).
+SIDE_BY_SIDE_MAX_STEP_FLOPS = 6e9
+WORKER_MEMORY_BYTES = 1.5 * 2**30  # a CPU worker's resident peak on the demo's sizes, rounded up
+
 
 def _gpu_count() -> int:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -120,29 +150,229 @@ def _gpu_count() -> int:
         return 0
 
 
+def _cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        list(range(os.cpu_count() or 1))
+
+
+def _available_memory() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return math.inf
+
+
+def step_flops(point_dir: Path) -> float:
+    """Exact training FLOPs of one optimizer step of the point (0.0 if unreadable)."""
+    from scaling.accounting import flops_per_token
+
+    try:
+        cfg = point_config(point_dir)
+    except (CorruptRunFile, ConfigError, OSError):
+        return 0.0
+    return float(flops_per_token(cfg.model).exact) * cfg.train.batch_size * cfg.model.seq_len
+
+
+def _steps(point_dir: Path) -> int:
+    try:
+        return point_config(point_dir).train.steps
+    except (CorruptRunFile, ConfigError, OSError):
+        return 0
+
+
+def order_points(sweep_dir: Path, point_ids: list[str], *, largest_first: bool,
+                 seconds: dict[str, float] | None = None) -> list[str]:
+    """The order to run points in: every trunk before its branches.
+
+    `largest_first`: the longest-running first (by `seconds`, the planner's estimates,
+    else by training FLOPs: FLOPs per step x steps), so that side-by-side workers finish
+    together (longest-processing-time-first scheduling); otherwise the plan's order.
+    Either way a branch is moved after its trunk.
+    """
+    pdir = points_dir(sweep_dir)
+    ids = list(point_ids)
+    if largest_first:
+        seconds = seconds or {}
+
+        def work(pid: str) -> tuple[float, float]:
+            return (seconds.get(pid, 0.0), step_flops(pdir / pid) * _steps(pdir / pid))
+
+        cost = {pid: work(pid) for pid in ids}
+        ids.sort(key=lambda pid: cost[pid], reverse=True)  # stable: plan order among ties
+    placed: list[str] = []
+    seen: set[str] = set()
+
+    def place(pid: str, chain: tuple = ()) -> None:
+        if pid in seen or pid in chain:
+            return
+        trunk = trunk_of(pdir / pid)
+        if trunk in ids:
+            place(trunk, chain + (pid,))
+        seen.add(pid)
+        placed.append(pid)
+
+    for pid in ids:
+        place(pid)
+    return placed
+
+
+class Queue:
+    """Points left to run in this call, handed out in order once their trunk is done.
+
+    `take()` returns the next runnable point, or None when none is runnable now. A
+    branch is runnable once its trunk's result says done; while the trunk is still to
+    run here (queued or being run), the branch is skipped and comes back later. A branch
+    whose trunk ended otherwise (failed, diverged, corrupt) or is not this call's and
+    not done is dropped as blocked, with the reason logged (status shows it too).
+    """
+
+    def __init__(self, sweep_dir: Path, ordered: list[str]):
+        self.pdir = points_dir(sweep_dir)
+        self.todo = [pid for pid in ordered if point_state(self.pdir / pid) not in FINISHED]
+        self.active: set[str] = set()  # handed out, not yet returned by `finished`
+        self.blocked: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def _trunk_pending(self, trunk: str) -> bool:
+        return trunk in self.todo or trunk in self.active or \
+            point_state(self.pdir / trunk) in ("running", "queued")
+
+    def take(self) -> str | None:
+        for pid in list(self.todo):
+            if point_state(self.pdir / pid) in FINISHED:  # another process finished it
+                self.todo.remove(pid)
+                continue
+            trunk = trunk_of(self.pdir / pid)
+            if trunk is None or point_state(self.pdir / trunk) == "done":
+                self.todo.remove(pid)
+                self.active.add(pid)
+                return pid
+            if not self._trunk_pending(trunk):
+                self._block(pid, blocked_by(self.pdir / pid) or f"trunk {trunk} is not done")
+        return None
+
+    def waits_elsewhere(self) -> bool:
+        """Whether a point left waits for a trunk that another process is running."""
+        return any(point_state(self.pdir / t) in ("running", "queued")
+                   for pid in self.todo if (t := trunk_of(self.pdir / pid)) is not None)
+
+    def give_up(self) -> None:
+        """Nothing runs and nothing can start: the points left are blocked."""
+        for pid in list(self.todo):
+            self._block(pid, blocked_by(self.pdir / pid) or "its trunk cannot run first")
+
+    def _block(self, pid: str, why: str) -> None:
+        self.todo.remove(pid)
+        self.blocked[pid] = why
+        log.warning("point %s not run: %s", pid, why)
+
+    def finished(self, pid: str) -> None:
+        self.active.discard(pid)
+
+
+
+def side_by_side_plan(sweep_dir: Path, point_ids: list[str], workers: int | None) -> dict:
+    """How to run the points: {"big": ids one at a time in-process, "small": ids side by
+    side, "workers": k, "cores_each": c} (see SIDE_BY_SIDE_MAX_STEP_FLOPS).
+
+    `workers`: None = the rule; 1 = everything one at a time (the old rule); k > 1 = k
+    side-by-side workers for every point. A side-by-side point always gets the same
+    share of the cores (cores // k, k from the sweep's side-by-side points, done or not),
+    even when it is the last one left. $SCALINGLAB_SIDE_BY_SIDE=0 turns the rule off,
+    =k forces k workers. Never more workers than cores, nor than memory allows.
+    """
+    env = os.environ.get("SCALINGLAB_SIDE_BY_SIDE")
+    if workers is None and env is not None:
+        try:
+            workers = max(1, int(env))
+        except ValueError:
+            raise ConfigError(f"SCALINGLAB_SIDE_BY_SIDE = {env!r}: expected an integer >= 0")
+    cores = _cores()
+    by_memory = max(1, int(_available_memory() // WORKER_MEMORY_BYTES))
+    pdir = points_dir(sweep_dir)
+    if workers is None:
+        small = [pid for pid in point_ids
+                 if step_flops(pdir / pid) <= SIDE_BY_SIDE_MAX_STEP_FLOPS]
+    else:
+        small = list(point_ids) if workers > 1 else []
+    k = min(workers or len(cores), len(cores), by_memory, len(small))
+    if k < 2:
+        return {"big": list(point_ids), "small": [], "workers": 1, "cores_each": len(cores)}
+    # The share of cores depends on the sweep, not on how many points are left, so that
+    # a point computes with the same thread count whether or not it was resumed.
+    left = sum(point_state(pdir / pid) not in FINISHED for pid in small)
+    big = [pid for pid in point_ids if pid not in set(small)]
+    return {"big": big, "small": small, "workers": max(1, min(k, left)),
+            "cores_each": len(cores) // k}
+
+
 def run_local(sweep_dir: Path, point_ids: list[str], *, progress: bool = True,
               workers: int | None = None, estimates: dict[str, float] | None = None) -> None:
-    workers = workers if workers is not None else max(1, _gpu_count())
-    if workers > 1:
-        _run_workers(sweep_dir, point_ids, workers)
+    """Run the points here, each exactly once, trunks before their branches.
+
+    With several GPUs (or `workers` > 1 with GPUs), one worker process per GPU. On CPUs,
+    `side_by_side_plan` decides: points too large to gain from it run one after another
+    in this process (reusing the compiled step across points of one shape), first; then
+    the small ones side by side in worker processes pinned to their share of the cores.
+    """
+    sweep_dir = Path(sweep_dir)
+    gpus = _gpu_count()
+    if gpus:  # one process per GPU; never CPU side-by-side next to a GPU
+        k = min(workers or gpus, gpus)
+        if k < 2:
+            _run_in_process(sweep_dir, point_ids, progress=progress, estimates=estimates or {})
+            return
+        slots = [{"env": {"CUDA_VISIBLE_DEVICES": str(w)}, "cores": None} for w in range(k)]
+        _run_pool(sweep_dir, point_ids, slots, progress=progress, seconds=estimates)
         return
-    estimates = estimates or {}
-    todo = [pid for pid in point_ids if point_state(points_dir(sweep_dir) / pid) not in FINISHED]
+    plan = side_by_side_plan(sweep_dir, point_ids, workers)
+    if plan["big"]:
+        _run_in_process(sweep_dir, plan["big"], progress=progress, estimates=estimates or {})
+    if plan["small"]:
+        cores, c = _cores(), plan["cores_each"]  # k workers x c cores <= the cores we have
+        slots = [{"env": _thread_env(c), "cores": cores[w * c:(w + 1) * c]}
+                 for w in range(plan["workers"])]
+        log.info("running %d small point(s) side by side: %d workers, %d core(s) each",
+                 len(plan["small"]), len(slots), c)
+        _run_pool(sweep_dir, plan["small"], slots, progress=progress, seconds=estimates)
+
+
+def _thread_env(cores: int) -> dict[str, str]:
+    """Thread counts of a worker given `cores` cores, for the libraries that read them.
+
+    XLA's CPU client sizes its thread pool from the process's CPU affinity, which the
+    worker sets before importing jax (measured: 15 threads instead of 21, at most one
+    core busy, when pinned to one core); these variables bound OpenMP/BLAS pools.
+    """
+    n = str(cores)
+    return {"OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+
+
+def _run_in_process(sweep_dir: Path, point_ids: list[str], *, progress: bool,
+                    estimates: dict[str, float]) -> None:
+    """One point after another in this process (the compiled step is reused per shape)."""
+    queue = Queue(sweep_dir, order_points(sweep_dir, point_ids, largest_first=False))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(point_ids), initial=len(point_ids) - len(todo), position=0,
+        bar = tqdm(total=len(point_ids), initial=len(point_ids) - len(queue), position=0,
                    desc=f"sweep {sweep_dir.name}", unit="pt", dynamic_ncols=True, file=sys.stderr)
     spent, estimated_done = 0.0, 0.0
     try:
-        for i, pid in enumerate(todo):
+        while (pid := queue.take()) is not None:
             if bar is not None:
-                remaining = sum(estimates.get(q, 0.0) for q in todo[i:])
+                remaining = sum(estimates.get(q, 0.0) for q in [pid, *queue.todo])
                 ratio = spent / estimated_done if estimated_done else 1.0
                 bar.set_postfix_str(f"{point_label(sweep_dir, pid)}  eta {_hms(remaining * ratio)}")
             t0 = time.perf_counter()
             run_point(sweep_dir, pid, progress_position=1, progress=progress)
+            queue.finished(pid)
             spent += time.perf_counter() - t0
             estimated_done += estimates.get(pid, 0.0)
             write_tables(sweep_dir)
@@ -153,32 +383,176 @@ def run_local(sweep_dir: Path, point_ids: list[str], *, progress: bool = True,
             bar.close()
 
 
-def _run_workers(sweep_dir: Path, point_ids: list[str], workers: int) -> None:
-    """One worker process per device; each claims points through their locks."""
-    ids_file = sweep_dir / ".worker_points.json"
-    write_json_atomic(ids_file, point_ids)
-    procs = []
-    for w in range(workers):
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(w))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "scaling.executors", "worker", str(sweep_dir), str(ids_file)],
-            env=env))
-    codes = [p.wait() for p in procs]
+def _run_pool(sweep_dir: Path, point_ids: list[str], slots: list[dict], *,
+              progress: bool = True, poll_s: float = 0.5,
+              seconds: dict[str, float] | None = None) -> None:
+    """Run the points in one long-lived worker process per slot, largest first.
+
+    This process hands each idle worker the next runnable point (`Queue`) over its stdin
+    and reads "<status> <point id>" back when the point ends; the workers keep their
+    compiled steps between points. A worker dies with this process (PR_SET_PDEATHSIG),
+    so after a kill -9 no orphan trains on, and the point locks (run_point) guarantee
+    that a point is trained by one process at a time, whoever runs the sweep again.
+    """
+    queue = Queue(sweep_dir, order_points(sweep_dir, point_ids, largest_first=True,
+                                          seconds=seconds))
+    workers = [_Worker(sweep_dir, slot, i) for i, slot in enumerate(slots[:max(1, len(queue))])]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(point_ids), initial=len(point_ids) - len(queue), position=0,
+                   desc=f"sweep {sweep_dir.name} x{len(workers)}", unit="pt",
+                   dynamic_ncols=True, file=sys.stderr)
+    try:
+        while True:
+            for w in workers:
+                if w.point is None and w.alive():
+                    pid = queue.take()
+                    if pid is not None and not w.start(pid):
+                        queue.finished(pid)  # left pending for the next run
+            busy = [w for w in workers if w.point is not None]
+            if not busy:
+                if not len(queue):
+                    break
+                if not queue.waits_elsewhere():
+                    queue.give_up()
+                    break
+                time.sleep(poll_s)  # a trunk runs in another process: wait for it
+            for w in busy:
+                ended = w.poll(poll_s / len(busy))
+                if ended is None:
+                    continue
+                pid, status = ended
+                queue.finished(pid)  # "busy": another process holds it and runs it
+                if status != "busy":
+                    write_tables(sweep_dir)
+                if bar is not None and status != "busy":
+                    bar.update(1)
+            if not any(w.alive() for w in workers):
+                log.error("every worker process died; %d point(s) left for the next run",
+                          len(queue))
+                break
+            if bar is not None:
+                bar.set_postfix_str(" | ".join(w.describe() for w in workers), refresh=True)
+    finally:
+        for w in workers:
+            w.close()
+        if bar is not None:
+            bar.close()
     write_tables(sweep_dir)
-    if any(codes):
-        log.warning("worker exit codes: %s", codes)
 
 
-def _worker_main(sweep_dir: str, ids_file: str) -> None:
-    from scaling.runtime import enable_compilation_cache, setup_logging
+class _Worker:
+    """A worker process on one slot (a set of cores, or one GPU), fed point ids one by one."""
 
+    def __init__(self, sweep_dir: Path, slot: dict, index: int):
+        self.index, self.point, self.label = index, None, ""
+        self.sweep_dir = sweep_dir
+        env = dict(os.environ, **slot["env"])
+        if slot.get("cores"):
+            env["SCALINGLAB_WORKER_CORES"] = ",".join(map(str, slot["cores"]))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "scaling.executors", "worker", str(sweep_dir)],
+            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self._buffer = ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def start(self, pid: str) -> bool:
+        """Hand the worker a point; False if it has died (the point stays pending)."""
+        try:
+            self.proc.stdin.write(pid + "\n")
+            self.proc.stdin.flush()
+        except OSError:
+            return False
+        self.point, self.label = pid, point_label(self.sweep_dir, pid)
+        return True
+
+    def poll(self, timeout: float) -> tuple[str, str] | None:
+        """(point id, status) once the current point ended, else None after `timeout`."""
+        import select
+
+        fd = self.proc.stdout.fileno()
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if ready:
+            try:
+                self._buffer += os.read(fd, 1 << 16).decode(errors="replace")
+            except BlockingIOError:
+                pass
+        while "\n" in self._buffer:
+            line, self._buffer = self._buffer.split("\n", 1)
+            status, _, pid = line.strip().partition(" ")
+            if pid == self.point:
+                self.point = None
+                return pid, status
+        if self.point is not None and not self.alive():  # died mid-point (killed, OOM)
+            pid, self.point = self.point, None
+            log.error("worker %d died (exit %s) while running point %s", self.index,
+                      self.proc.returncode, pid)
+            return pid, "died"
+        return None
+
+    def describe(self) -> str:
+        if self.point is None:
+            return f"w{self.index} idle"
+        step, loss = running_progress(points_dir(self.sweep_dir) / self.point)
+        shown = f" step {step}" if step is not None else " starting"
+        shown += f" loss {loss:.3f}" if loss is not None else ""
+        return f"w{self.index} {self.label[:24]}{shown}"
+
+    def close(self) -> None:
+        if self.proc.stdin and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()  # end of input: the worker exits
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this process when its parent dies, so that a kill -9
+    of the sweep takes its workers with it, as it takes a point run in-process."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the parent died before the call above
+        os._exit(1)
+
+
+def _worker_main(sweep_dir: str) -> None:
+    """Read point ids from stdin, run each, write "<status> <id>" to the original stdout.
+
+    Pins itself to $SCALINGLAB_WORKER_CORES before jax starts, so that XLA's thread
+    pool is sized to those cores. Everything else the run prints goes to stderr.
+    """
+    _die_with_parent()
+    cores = os.environ.get("SCALINGLAB_WORKER_CORES")
+    if cores:
+        os.sched_setaffinity(0, {int(c) for c in cores.split(",")})
+    reply = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # stray prints must not corrupt the replies
+    from scaling.runtime import enable_compilation_cache, setup_logging, tune_host_runtime
+
+    tune_host_runtime()
     setup_logging()
     enable_compilation_cache()
-    for pid in json.loads(Path(ids_file).read_text()):
-        if point_state(points_dir(sweep_dir) / pid) in FINISHED:
+    for line in sys.stdin:
+        pid = line.strip()
+        if not pid:
             continue
-        if run_point(sweep_dir, pid, progress=False) is not None:
-            write_tables(sweep_dir)
+        result = run_point(sweep_dir, pid, progress=False)
+        status = "busy" if result is None else str(result.get("status", "done"))
+        reply.write(f"{status} {pid}\n")
 
 
 def _estimate(point) -> float:
@@ -254,7 +628,7 @@ def run_sweep(spec_path: str | Path, overrides: list[str] | None = None, *, out:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "worker":
-        _worker_main(sys.argv[2], sys.argv[3])
+    if len(sys.argv) == 3 and sys.argv[1] == "worker":
+        _worker_main(sys.argv[2])
     else:
-        sys.exit("usage: python -m scaling.executors worker SWEEP_DIR IDS_FILE")
+        sys.exit("usage: python -m scaling.executors worker SWEEP_DIR  (point ids on stdin)")

@@ -13,14 +13,17 @@ A point's state comes from its folder alone: `done` or `diverged` (result.json),
 `corrupt` (a result.json that cannot be read: the next run sets it aside and rebuilds
 the result from the final checkpoint, or retrains), `running` (its lock is held, see
 scaling.runfiles.run_lock), `queued` (a SLURM job waits for it), `failed` (failed.json),
-else `pending`. The tables are rebuilt from the folders, written atomically, whenever a
-point ends; deleting them loses nothing.
+`blocked` (a cooldown branch whose trunk point failed, diverged or is corrupt: it is not
+run until a rerun of the sweep finishes the trunk), else `pending`. The tables are
+rebuilt from the folders, written atomically, whenever a point ends; deleting them
+loses nothing.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -46,7 +49,7 @@ RESULT_COLUMNS = [
     "optimizer", "lr", "schedule", "warmup_steps", "weight_decay", "seed",
     "wall_time_s", "compile_time_s", "tokens_per_s", "mfu",
     "device_kind", "device_count", "jax_version", "corpus_fingerprint", "git_commit",
-    "resumed_from_step", "divergence_reason", "error",
+    "resumed_from_step", "divergence_reason", "role", "trunk", "branched_at_step", "error",
 ]
 CURVE_COLUMNS = ["point_id", "step", "tokens", "flops", "train_loss", "eval_loss",
                  "eval_loss_stderr", "lr"]
@@ -88,6 +91,9 @@ def read_result_checked(point_dir: Path) -> tuple[dict | None, CorruptRunFile | 
         return None, e
 
 
+ENDED = ("done", "diverged", "failed", "corrupt", "blocked")  # nothing more happens unless rerun
+
+
 def point_state(point_dir: str | Path) -> str:
     point_dir = Path(point_dir)
     result, corrupt = read_result_checked(point_dir)
@@ -102,7 +108,41 @@ def point_state(point_dir: str | Path) -> str:
         return "queued" if slurm["state"] != "RUNNING" else "running"
     if (point_dir / FAILED_FILE).exists():
         return "failed"
+    if blocked_by(point_dir) is not None:
+        return "blocked"
     return "pending"
+
+
+def trunk_of(point_dir: str | Path) -> str | None:
+    """The trunk point id of a cooldown branch (point.json "trunk"), else None."""
+    meta = _read_json(Path(point_dir) / POINT_FILE) or {}
+    trunk = meta.get("trunk")
+    return trunk if isinstance(trunk, str) and trunk else None
+
+
+def blocked_by(point_dir: str | Path) -> str | None:
+    """Why a branch cannot run ("trunk <id> failed: ..."), or None if it is not blocked.
+
+    A branch starts from its trunk's checkpoint, so a trunk that failed, diverged, has a
+    corrupt result or is itself blocked blocks it. A trunk that is pending, queued or
+    running does not: the branch waits for it.
+    """
+    trunk = trunk_of(point_dir)
+    tdir = Path(point_dir).parent / (trunk or "")
+    if trunk is None or trunk == Path(point_dir).name or not tdir.is_dir():
+        return None  # not a branch, or the trunk's folder is not written yet: wait
+    state = point_state(tdir)
+    if state == "failed":
+        err = (_read_json(tdir / FAILED_FILE) or {}).get("error", "")
+        return f"trunk {trunk} failed" + (f": {err}" if err else "")
+    if state == "diverged":
+        why = (_read_json(tdir / RESULT_FILE) or {}).get("divergence_reason")
+        return f"trunk {trunk} diverged" + (f" ({why})" if why else "")
+    if state == "corrupt":
+        return f"trunk {trunk} has a corrupt result.json"
+    if state == "blocked":
+        return f"trunk {trunk} is blocked ({blocked_by(tdir)})"
+    return None
 
 
 def _read_json(path: Path) -> dict | None:
@@ -130,6 +170,8 @@ def point_row(sweep: str, point_dir: Path) -> dict:
         "D_planned": meta.get("D"),  # a diverged run's D is what it trained before it stopped
         "accounting": meta.get("accounting"), "C": meta.get("C"), "C_6ND": meta.get("C_6ND"),
         "tokens_per_param": meta.get("tokens_per_param"),
+        "role": meta.get("role"), "trunk": meta.get("trunk"),
+        "branched_at_step": meta.get("branched_at_step"),
     })
     if config:
         m, o, t = config.get("model", {}), config.get("optim", {}), config.get("train", {})
@@ -140,7 +182,7 @@ def point_row(sweep: str, point_dir: Path) -> dict:
             "warmup_steps": o.get("warmup_steps"), "weight_decay": o.get("weight_decay"),
             "seed": t.get("seed"),
         })
-    from_meta = {"C"} if meta.get("C") is not None else set()
+    from_meta = {k for k in ("C", "role", "trunk", "branched_at_step") if meta.get(k) is not None}
     row.update({k: v for k, v in result.items() if k in RESULT_COLUMNS and k not in from_meta})
     row["status"] = point_state(point_dir)
     if row["status"] == "failed":
@@ -148,6 +190,8 @@ def point_row(sweep: str, point_dir: Path) -> dict:
         row["error"] = failed.get("error", "")
     elif row["status"] == "corrupt" and corrupt is not None:
         row["error"] = str(corrupt)
+    elif row["status"] == "blocked":
+        row["error"] = blocked_by(point_dir) or ""
     return row
 
 
@@ -229,12 +273,60 @@ def format_status(sweep_dir: str | Path) -> str:
             f"{_fmt(r['D']):>10s} {_fmt(r['C']):>9s} {steps:>6s} "
             f"{_fmt(r['final_eval_loss'], '.4f'):>9s} {_fmt(r['wall_time_s'], '.0f'):>7s}  {job}"
         )
+    blocked = results[results["status"] == "blocked"]
+    if len(blocked):
+        lines += ["", f"{len(blocked)} blocked branch(es), not run until their trunk is done "
+                      "(running the sweep again retries a failed trunk):"]
+        lines += [f"  {pid}: {why}" for pid, why in zip(blocked["point_id"], blocked["error"])]
     corrupt = results[results["status"] == "corrupt"]
     if len(corrupt):
         lines += ["", f"{len(corrupt)} corrupt result file(s); running the sweep again sets "
                       "them aside and rebuilds each from its final checkpoint (or retrains):"]
         lines += [f"  {e}" for e in corrupt["error"]]
     return "\n".join(lines)
+
+
+ACTIVE = ("running", "queued", "pending")  # states that `status --watch` waits on
+
+
+def running_progress(point_dir: Path) -> tuple[int | None, float | None]:
+    """(last logged step, last train loss) from the point's metrics.jsonl, or Nones."""
+    step, loss = None, None
+    for row in read_metrics(point_dir):
+        if "step" in row:
+            step = row["step"]
+        if "loss" in row:
+            loss = row["loss"]
+    return step, loss
+
+
+def watch_summary(sweep_dir: str | Path) -> tuple[str, bool]:
+    """(the text `status --watch` shows, whether any point is still running, queued or
+    pending). The text: counts per state, then one row per running point with its step
+    out of its steps and its latest train loss (from metrics.jsonl)."""
+    sweep_dir = check_sweep_dir(sweep_dir)
+    dirs = sorted(p for p in points_dir(sweep_dir).glob("*") if p.is_dir())
+    states = {d: point_state(d) for d in dirs}
+    counts = {k: 0 for k in ("done", "running", "queued", "failed", "corrupt", "blocked",
+                             "diverged", "pending")}
+    for st in states.values():
+        counts[st] = counts.get(st, 0) + 1
+    always = ("done", "running", "failed", "corrupt", "pending")
+    shown = ", ".join(f"{k} {v}" for k, v in counts.items() if v or k in always)
+    lines = [f"sweep {sweep_dir.name}: {len(dirs)} points at {time.strftime('%H:%M:%S')}",
+             f"  {shown}"]
+    running = [d for d, st in states.items() if st == "running"]
+    if running:
+        header = f"{'point':12s} {'label':34s} {'step':>13s} {'loss':>8s}"
+        lines += ["", header, "-" * len(header)]
+    for d in running:
+        meta = _read_json(d / POINT_FILE) or {}
+        total = (meta.get("config") or {}).get("train", {}).get("steps")
+        step, loss = running_progress(d)
+        at = "compiling" if step is None else f"{step}/{total}" if total else str(step)
+        lines.append(f"{d.name:12s} {str(meta.get('label', ''))[:34]:34s} {at:>13s} "
+                     f"{_fmt(loss, '.4f'):>8s}")
+    return "\n".join(lines), any(st in ACTIVE for st in states.values())
 
 
 def _done_steps(point_dir: Path) -> str:

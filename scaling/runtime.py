@@ -20,13 +20,15 @@ def enable_compilation_cache() -> Path | None:
 
     A sweep of many small models otherwise pays several seconds of XLA compilation per
     point and per process; with the cache, a shape compiled once loads in milliseconds.
-    Set SCALINGLAB_NO_COMPILE_CACHE=1 to turn it off.
+    Set SCALINGLAB_NO_COMPILE_CACHE=1 to turn it off, SCALINGLAB_COMPILE_CACHE=DIR to
+    keep it elsewhere (benchmarks/sweep_speed.py starts each timing from an empty one).
     """
     if os.environ.get("SCALINGLAB_NO_COMPILE_CACHE"):
         return None
     import jax
 
-    path = cache_dir() / "xla"
+    configured = os.environ.get("SCALINGLAB_COMPILE_CACHE")
+    path = Path(configured).expanduser() if configured else cache_dir() / "xla"
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

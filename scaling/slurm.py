@@ -11,7 +11,8 @@ Each call
      failed.json naming its state and the tail of its log; a cancelled job leaves its
      point pending;
   2. submits every point that is neither done nor queued/running as one task of a new
-     job array, with the resources of the spec's [slurm] table;
+     job array, with the resources of the spec's [slurm] table; a cooldown branch goes
+     in an array that depends on its trunk's job (afterok, `submit_with_trunks`);
   3. unless `wait=False`, waits for all of the sweep's jobs with a progress bar,
      rebuilding the tables as points end. Ctrl-C stops waiting, never the jobs: run
      the sweep again to pick them up.
@@ -64,8 +65,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from scaling.config import ConfigError
-from scaling.results import (FAILED_FILE, SLURM_FILE, point_state, points_dir,
-                             read_result_checked, write_tables)
+from scaling.results import (FAILED_FILE, SLURM_FILE, blocked_by, point_state, points_dir,
+                             read_result_checked, trunk_of, write_tables)
 from scaling.runfiles import write_json_atomic
 
 try:  # submitit is an optional dependency (extras "slurm" and "dev")
@@ -485,11 +486,53 @@ def _executor(sweep_dir: Path, spec):
     return ex
 
 
-def submit(spec, sweep_dir: Path, point_ids: list[str]) -> dict[str, dict]:
-    """Submit the points as one job array (a plain job for one point); write their records."""
+def submit_with_trunks(spec, sweep_dir: Path, point_ids: list[str]) -> dict[str, dict]:
+    """Submit the points; a cooldown branch's job waits for its trunk's job.
+
+    Points without a trunk, and branches whose trunk is done, go in one job array.
+    The other branches go in one array per trunk job, submitted with
+    `--dependency=afterok:<trunk job>` (so a branch never starts before its trunk has
+    finished and saved its checkpoints) and `--kill-on-invalid-dep=yes` (a trunk that
+    fails gets its branches cancelled by SLURM; they are then blocked, as `status`
+    shows, and submitted again with the trunk on the next run). A branch whose trunk is
+    neither done, nor submitted here, nor queued or running already is not submitted.
+    Returns {point id: record} of what was submitted.
+    """
+    pdir = points_dir(sweep_dir)
+    free, waiting = [], {}
+    for pid in point_ids:
+        trunk = trunk_of(pdir / pid)
+        if trunk is None or point_state(pdir / trunk) == "done":
+            free.append(pid)
+        else:
+            waiting.setdefault(trunk, []).append(pid)
+    records = submit(spec, sweep_dir, free)
+    for trunk, branches in waiting.items():
+        rec = records.get(trunk) or read_record(pdir / trunk)
+        if trunk not in records and not (is_active(rec) and point_state(pdir / trunk) in
+                                         ("queued", "running")):
+            log.warning("point(s) %s not submitted: %s", ", ".join(branches),
+                        blocked_by(pdir / branches[0]) or f"trunk {trunk} is not done, "
+                        "queued or running (run the sweep with the trunk's point)")
+            continue
+        records.update(submit(spec, sweep_dir, branches, after=rec["job_id"]))
+    return records
+
+
+def submit(spec, sweep_dir: Path, point_ids: list[str], *, after: str | None = None
+           ) -> dict[str, dict]:
+    """Submit the points as one job array (a plain job for one point); write their records.
+
+    `after`: a job id ("123" or "123_4") the jobs wait for (afterok), see
+    `submit_with_trunks`.
+    """
     if not point_ids:
         return {}
     ex = _executor(sweep_dir, spec)
+    if after is not None:
+        extra = dict(ex.parameters.get("additional_parameters") or {})
+        extra["kill-on-invalid-dep"] = "yes"
+        ex.update_parameters(dependency=f"afterok:{after}", additional_parameters=extra)
     fn = PointJob(str(sweep_dir.resolve()))
     jobs = []
     for i in range(0, len(point_ids), MAX_ARRAY):  # SLURM's MaxArraySize is 1001 by default
@@ -519,6 +562,7 @@ def submit(spec, sweep_dir: Path, point_ids: list[str]) -> dict[str, dict]:
             "submitted_ts": now, "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
             "folder": str(sweep_dir / SLURM_DIR), "tasks": job.num_tasks,
             "attempt": int(old.get("attempt", 0)) + 1, "history": history,
+            "after": after,
         }
         _write_record(pdir, rec)
         records[pid] = rec
@@ -562,12 +606,14 @@ def run_slurm(spec, sweep_dir: str | Path, point_ids: list[str], *, wait: bool |
     with _launcher_lock(sweep_dir):
         refresh(sweep_dir, point_ids)
         states = {pid: point_state(pdir / pid) for pid in point_ids}
-        todo = [pid for pid in point_ids if states[pid] in ("pending", "failed", "corrupt")]
+        todo = [pid for pid in point_ids
+                if states[pid] in ("pending", "failed", "corrupt", "blocked")]
         left = [pid for pid in point_ids if states[pid] in ("queued", "running")]
         done = [pid for pid in point_ids if states[pid] in ("done", "diverged")]
         if left:
             log.info("%d point(s) already queued or running on SLURM: left alone", len(left))
-        submit(spec, sweep_dir, todo)
+        submitted = submit_with_trunks(spec, sweep_dir, todo)
+    todo = [pid for pid in todo if pid in submitted]
     write_tables(sweep_dir)
     summary = {"submitted": todo, "left_running": left, "done": done}
     if wait:
@@ -638,5 +684,5 @@ def wait_for(sweep_dir: str | Path, point_ids: list[str], *, progress: bool = Tr
     return True
 
 
-__all__ = ["run_slurm", "refresh", "wait_for", "submit", "query_states", "sbatch_parameters",
-           "slurm_available", "PointJob", "PointFailed", "SLURM_DIR"]
+__all__ = ["run_slurm", "refresh", "wait_for", "submit", "submit_with_trunks", "query_states",
+           "sbatch_parameters", "slurm_available", "PointJob", "PointFailed", "SLURM_DIR"]

@@ -269,8 +269,8 @@ def test_corrupt_result_is_shown_and_rebuilt_and_the_sweep_goes_on(tmp_path, cap
     assert status.returncode == 0 and "Traceback" not in status.stderr
     assert str(rebuilt / "result.json") in status.stdout
 
-    with caplog.at_level(logging.WARNING):
-        again = executors.run_sweep(spec, out=tmp_path / "sw", progress=False)
+    with caplog.at_level(logging.WARNING):  # workers=1: the warnings are logged here
+        again = executors.run_sweep(spec, out=tmp_path / "sw", progress=False, workers=1)
     assert again["counts"] == {"done": 2}
     for d in (rebuilt, retrained):
         assert any(str(d / "result.json") in r.getMessage() for r in caplog.records)

@@ -70,6 +70,64 @@ def test_sbatch_script_has_the_flags():
     assert submitit
 
 
+def test_branches_are_submitted_after_their_trunk_job(tmp_path, monkeypatch):
+    """A branch's job depends (afterok) on its trunk's job, new or already queued; a branch
+    whose trunk is done goes with the free points; one whose trunk failed and is not
+    resubmitted is not submitted. No cluster: submitit's executor is replaced."""
+    from scaling import slurm
+
+    pdir = tmp_path / "sw" / "points"
+    trunks = {"b1": "t", "b3": "t2", "b4": "t4", "b5": "t5"}
+    for pid in ("t", "x", "t2", "t4", "t5", *trunks):
+        (pdir / pid).mkdir(parents=True)
+        (pdir / pid / "point.json").write_text(json.dumps({"label": pid, "trunk": trunks.get(pid)}))
+    (pdir / "t2" / "result.json").write_text('{"status": "done"}')
+    (pdir / "t4" / "failed.json").write_text('{"error": "OOM"}')
+    (pdir / "t5" / "slurm.json").write_text('{"job_id": "77_3", "state": "PENDING"}')
+    submissions = []
+
+    class Job:
+        def __init__(self, job_id):
+            self.job_id, self.num_tasks = job_id, 1
+            self.paths = type("P", (), {"stdout": tmp_path / "o", "stderr": tmp_path / "e"})
+
+    class Executor:
+        def __init__(self):
+            self.parameters = {"additional_parameters": {"constraint": "cpu"}}
+
+        def update_parameters(self, **kw):
+            self.parameters.update(kw)
+
+        def map_array(self, fn, ids):
+            n = 100 + len(submissions)
+            submissions.append((dict(self.parameters), list(ids)))
+            return [Job(f"{n}_{i}") for i in range(len(ids))]
+
+    monkeypatch.setattr(slurm, "_executor", lambda sweep_dir, spec: Executor())
+    spec = type("Spec", (), {"name": "sw"})
+    records = slurm.submit_with_trunks(spec, tmp_path / "sw", ["b1", "t", "x", "b3", "b4", "b5"])
+    assert [ids for _, ids in submissions] == [["t", "x", "b3"], ["b1"], ["b5"]]
+    free, after_new, after_queued = (params for params, _ in submissions)
+    assert "dependency" not in free
+    trunk_job = records["t"]["job_id"]
+    assert trunk_job == "100_0" and after_new["dependency"] == f"afterok:{trunk_job}"
+    assert after_queued["dependency"] == "afterok:77_3"
+    assert after_new["additional_parameters"] == {"constraint": "cpu", "kill-on-invalid-dep": "yes"}
+    assert records["b1"]["after"] == trunk_job and "b4" not in records
+    assert read_record(pdir / "b1")["after"] == trunk_job
+
+
+def test_sbatch_script_of_a_branch_has_the_dependency():
+    pytest.importorskip("submitit")
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    text = _make_sbatch_string(command="true", folder="/tmp/x", job_name="s",
+                               dependency="afterok:12_3",
+                               additional_parameters={"kill-on-invalid-dep": "yes"})
+    assert "#SBATCH --dependency=afterok:12_3" in text
+    assert "#SBATCH --kill-on-invalid-dep=yes" in text
+
+
 def test_parse_squeue_and_sacct_lines():
     assert _expand("12") == ["12"] and _expand("12_3") == ["12_3"]
     assert _expand("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"]

@@ -116,7 +116,8 @@ def test_failure_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
 
     monkeypatch.setattr(scaling.loop, "train", flaky)
     spec = write_spec(tmp_path, tokens="5_120")
-    summary = executors.run_sweep(spec, out=tmp_path / "sw", progress=False)
+    # workers=1: in this process, where the patched train() is seen
+    summary = executors.run_sweep(spec, out=tmp_path / "sw", progress=False, workers=1)
     assert summary["counts"] == {"done": 1, "failed": 1}
     table = results(summary["sweep_dir"])
     bad = table[table["status"] == "failed"].iloc[0]
@@ -125,7 +126,7 @@ def test_failure_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     assert "Traceback" in failed["traceback"] and "boom in point" in failed["traceback"]
     # Fixed, the rerun retries only the failed point.
     monkeypatch.setattr(scaling.loop, "train", real_train)
-    summary = executors.run_sweep(spec, out=tmp_path / "sw", progress=False)
+    summary = executors.run_sweep(spec, out=tmp_path / "sw", progress=False, workers=1)
     assert summary["counts"] == {"done": 2}
     assert not (summary["sweep_dir"] / "points" / bad["point_id"] / "failed.json").exists()
 
