@@ -6,7 +6,7 @@ The `local` executor runs points one after another in this process (reusing the
 compiled step across points of the same shape), or, with `workers > 1` (default: one
 per local GPU), in worker processes that each claim points through the points' file
 locks. The `slurm` executor (scaling.slurm) submits points as SLURM jobs. Whatever
-runs a point calls `scaling.points.run_point`, which trains or resumes it in its
+runs a point calls `scaling.point_runner.run_point`, which trains or resumes it in its
 folder and records a failure, with its traceback, instead of stopping the sweep.
 Temporary files that killed writers left in the sweep folder are removed when the
 sweep is prepared again.
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from scaling.config import ConfigError
-from scaling.points import FINISHED, point_config, run_point
+from scaling.point_runner import FINISHED, point_config, run_point
 from scaling.results import (POINT_FILE, blocked_by, point_state, points_dir,
                              running_progress, trunk_of, write_tables)
 from scaling.runfiles import (CorruptRunFile, atomic_write_text, clean_stale_temps, read_json,
@@ -615,12 +615,12 @@ def run_sweep(spec_path: str | Path, overrides: list[str] | None = None, *, out:
 
     execute(list(spec.points))
     waiting = kind == "local" or (wait is not False and not os.environ.get("SCALINGLAB_SLURM_NO_WAIT"))
-    if (spec.followup.get("seeds") or spec.followup.get("widen")) and not waiting:
+    from scaling.stages import run_followup, wanted
+
+    if wanted(spec) and not waiting:
         log.warning("the [followup] stage needs the first stage's results: run the sweep "
                     "again once its jobs have finished")
-    elif spec.followup.get("seeds") or spec.followup.get("widen"):
-        from scaling.stages import run_followup
-
+    elif wanted(spec):
         run_followup(spec, sweep_dir, execute)
     results = write_tables(sweep_dir)
     mine = results[results["point_id"].isin(ran)]

@@ -17,7 +17,7 @@ Each call
      rebuilding the tables as points end. Ctrl-C stops waiting, never the jobs: run
      the sweep again to pick them up.
 
-Inside a job, `PointJob` calls `scaling.points.run_point`. It is a submitit
+Inside a job, `PointJob` calls `scaling.point_runner.run_point`. It is a submitit
 Checkpointable: on the time-limit or preemption signal (USR2, sbatch `--signal`),
 it checkpoints the run at its current step (`scaling.loop.save_now`) and submitit
 requeues the job, which resumes from that checkpoint. A job with several tasks
@@ -111,7 +111,7 @@ class PointJob(_JobBase):
         self.sweep_dir = str(sweep_dir)
 
     def __call__(self, point_id: str) -> dict:
-        from scaling.points import run_point
+        from scaling.point_runner import run_point
         from scaling.runtime import enable_compilation_cache, setup_logging
 
         setup_logging()

@@ -332,7 +332,7 @@ def test_corrupt_checkpoint_gives_one_warning_line(tmp_path, what, step, words):
 
 def test_slurm_and_executors_do_not_import_each_other():
     code = ("import sys, scaling.slurm; assert 'scaling.executors' not in sys.modules; "
-            "import scaling.executors as e, scaling.points as p; assert e.run_point is p.run_point")
+            "import scaling.executors as e, scaling.point_runner as p; assert e.run_point is p.run_point")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
