@@ -57,6 +57,7 @@ class ModelConfig:
     # µP equals SP except the attention scale (mup_attn_mult / head_dim).
     parametrization: Literal["sp", "mup"] = "sp"
     mup_base_width: int = 0  # d_model of the base model where µP equals SP; required for mup
+    # (the mup_* keys are ignored under sp, so a sweep axis can switch model.parametrization)
     mup_zero_readout: bool = False  # mup: output head initialised to zero (untied head only)
     mup_output_mult: float = 1.0  # mup: logits = mup_output_mult * base/width * (h . W_out)
     mup_attn_mult: float = 1.0  # mup: attention scores q.k * mup_attn_mult / head_dim
@@ -99,22 +100,17 @@ class ModelConfig:
         if self.parametrization not in ("sp", "mup"):
             raise ConfigError(
                 f"model.parametrization = {self.parametrization!r}: allowed: 'sp', 'mup'")
-        if self.parametrization == "sp":
-            changed = [k for k in ("mup_base_width", "mup_zero_readout", "mup_output_mult",
-                                   "mup_attn_mult")
-                       if getattr(self, k) != getattr(ModelConfig, k)]
-            if changed:
-                raise ConfigError(
-                    f"model.{changed[0]} is set but model.parametrization = 'sp'; the mup_* "
-                    "keys apply only to model.parametrization = 'mup'")
-            return
-        if self.mup_base_width <= 0:
-            raise ConfigError(
-                f"model.mup_base_width = {self.mup_base_width}: model.parametrization = 'mup' "
-                "needs the d_model of the base model (> 0) where µP equals SP")
         for key in ("mup_output_mult", "mup_attn_mult"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"model.{key} = {getattr(self, key)}: must be > 0")
+        if self.mup_base_width < 0:
+            raise ConfigError(f"model.mup_base_width = {self.mup_base_width}: must be >= 0")
+        if self.parametrization == "sp":
+            return  # the mup_* keys have no effect under SP, so one key switches a config
+        if self.mup_base_width == 0:
+            raise ConfigError(
+                f"model.mup_base_width = {self.mup_base_width}: model.parametrization = 'mup' "
+                "needs the d_model of the base model (> 0) where µP equals SP")
         if self.mup_zero_readout and self.tie_embeddings:
             raise ConfigError(
                 "model.mup_zero_readout = true needs an untied output head: a zero readout "
