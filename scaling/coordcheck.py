@@ -233,7 +233,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     cmap = plt.get_cmap("viridis")
     for t, ax in enumerate(axes[0]):
         for k, m in enumerate(modules):
-            ys = [max(result["l1"][w][t][m], 1e-12) for w in widths]
+            ys = [result["l1"][w][t][m] or np.nan for w in widths]  # exact 0: not drawn
             ax.plot(widths, ys, marker="o", ms=3, color=cmap(k / max(1, len(modules) - 1)),
                     label=m)
         ax.set_xscale("log", base=2)
