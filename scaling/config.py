@@ -50,6 +50,17 @@ class ModelConfig:
     scan_layers: bool = True  # nn.scan over the block stack: compile time flat in depth
     remat: bool = False  # rematerialise each block in the backward pass
     init_std: float = 0.02
+    # µP (Yang et al. 2022, Tensor Programs V): "sp" is the standard parametrisation
+    # above; "mup" rescales inits, the output logits, the attention scale and the per-layer
+    # learning rates with width (see scaling/model.py and scaling/optim.py `mup_lr_multipliers`)
+    # so that a learning rate tuned at one width transfers. At d_model = mup_base_width,
+    # µP equals SP except the attention scale (mup_attn_mult / head_dim).
+    parametrization: Literal["sp", "mup"] = "sp"
+    mup_base_width: int = 0  # d_model of the base model where µP equals SP; required for mup
+    # (the mup_* keys are ignored under sp, so a sweep axis can switch model.parametrization)
+    mup_zero_readout: bool = False  # mup: output head initialised to zero (untied head only)
+    mup_output_mult: float = 1.0  # mup: logits = mup_output_mult * base/width * (h . W_out)
+    mup_attn_mult: float = 1.0  # mup: attention scores q.k * mup_attn_mult / head_dim
 
     @property
     def ff(self) -> int:
@@ -76,6 +87,35 @@ class ModelConfig:
             )
         if not self.init_std > 0:
             raise ConfigError(f"model.init_std = {self.init_std}: must be > 0")
+        self._validate_mup()
+
+    @property
+    def width_mult(self) -> float:
+        """µP's width multiplier d_model / mup_base_width (1.0 under SP)."""
+        if self.parametrization != "mup":
+            return 1.0
+        return self.d_model / self.mup_base_width
+
+    def _validate_mup(self) -> None:
+        if self.parametrization not in ("sp", "mup"):
+            raise ConfigError(
+                f"model.parametrization = {self.parametrization!r}: allowed: 'sp', 'mup'")
+        for key in ("mup_output_mult", "mup_attn_mult"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"model.{key} = {getattr(self, key)}: must be > 0")
+        if self.mup_base_width < 0:
+            raise ConfigError(f"model.mup_base_width = {self.mup_base_width}: must be >= 0")
+        if self.parametrization == "sp":
+            return  # the mup_* keys have no effect under SP, so one key switches a config
+        if self.mup_base_width == 0:
+            raise ConfigError(
+                f"model.mup_base_width = {self.mup_base_width}: model.parametrization = 'mup' "
+                "needs the d_model of the base model (> 0) where µP equals SP")
+        if self.mup_zero_readout and self.tie_embeddings:
+            raise ConfigError(
+                "model.mup_zero_readout = true needs an untied output head: a zero readout "
+                "tied to the input embedding would zero the embedding too; set "
+                "model.tie_embeddings = false")
 
 
 @dataclass(frozen=True)
@@ -145,6 +185,22 @@ class DataConfig:
 
 
 TRACKERS = ("jsonl", "tensorboard", "wandb")
+
+# Optimizers for which µP defines per-layer learning-rate rules (Yang et al. 2022, Table 3:
+# the Adam rule and the SGD rule; momentum/Nesterov follow SGD's).
+MUP_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
+
+
+def check_mup_optimizer(model: "ModelConfig", optim: "OptimConfig") -> None:
+    """Refuse µP with an optimizer for which µP defines no rule (LARS, LAMB)."""
+    if model.parametrization == "mup" and optim.name not in MUP_OPTIMIZERS:
+        raise ConfigError(
+            f"model.parametrization = 'mup' with optim.name = {optim.name!r}: µP defines "
+            f"per-layer learning rates only for {', '.join(MUP_OPTIMIZERS)}. LARS and LAMB "
+            "already normalise each layer's step by its trust ratio ||w|| / ||update||, which "
+            "replaces the per-layer width scaling µP would apply; use model.parametrization = "
+            "'sp' with them")
+
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lars", "lamb")
 SCHEDULES = ("constant", "cosine", "linear", "wsd")
@@ -310,6 +366,7 @@ class Config:
         for section in SECTIONS:
             _check_finite(getattr(self, section), section)
             getattr(self, section).validate()
+        check_mup_optimizer(self.model, self.optim)
         if self.optim.warmup_steps >= self.train.steps:
             raise ConfigError(
                 f"optim.warmup_steps = {self.optim.warmup_steps} must be smaller than "

@@ -102,11 +102,14 @@ def apply_rotary(x_BxTxHxK: jax.Array, positions_T=None) -> jax.Array:
 # --------------------------------------------------------------------------------------
 
 
-def causal_attention_reference(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK):
-    """Plain causal softmax attention, float32 softmax; the definition the others match."""
+def causal_attention_reference(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, scale: float | None = None):
+    """Plain causal softmax attention, float32 softmax; the definition the others match.
+
+    Scores are q.k / sqrt(K) (scale None, SP) or q.k * scale (µP: mup_attn_mult / K)."""
     K = q_BxTxHxK.shape[-1]
     s_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK,
-                           preferred_element_type=jnp.float32) / math.sqrt(K)
+                           preferred_element_type=jnp.float32)
+    s_BxHxTxS = s_BxHxTxS / math.sqrt(K) if scale is None else s_BxHxTxS * scale
     T, S = s_BxHxTxS.shape[-2:]
     mask_TxS = jnp.tril(jnp.ones((T, S), dtype=bool))
     s_BxHxTxS = jnp.where(mask_TxS, s_BxHxTxS, -jnp.inf)
@@ -128,7 +131,12 @@ def _query_blocks(T: int, S: int, n_blocks: int):
     return [(i * bq, (i + 1) * bq, (i + 1) * bq + (S - T)) for i in range(n_blocks)]
 
 
-def _chunk_fwd(q_CxTxHxK, k_CxSxHxK, v_CxSxHxK, n_blocks):
+def _score_scale(K: int, scale: float) -> float:
+    """The factor on q.k: 1/sqrt(K) when `scale` is 0 (SP), else `scale` (µP)."""
+    return scale if scale else 1.0 / math.sqrt(K)
+
+
+def _chunk_fwd(q_CxTxHxK, k_CxSxHxK, v_CxSxHxK, n_blocks, scale=0.0):
     """Attention of a chunk of sequences: output and row log-sum-exp [C, H, T].
 
     Query rows are taken in `n_blocks` blocks, each against only the keys it can see,
@@ -140,7 +148,7 @@ def _chunk_fwd(q_CxTxHxK, k_CxSxHxK, v_CxSxHxK, n_blocks):
     outs, lses = [], []
     for t0, t1, s1 in _query_blocks(T, S, n_blocks):
         s_CxHxTxS = jnp.einsum("cthk,cshk->chts", q_CxTxHxK[:, t0:t1], k_CxSxHxK[:, :s1],
-                               preferred_element_type=jnp.float32) * (1.0 / math.sqrt(K))
+                               preferred_element_type=jnp.float32) * _score_scale(K, scale)
         s_CxHxTxS = jnp.where(_block_mask(T, S, t0, t1, s1), s_CxHxTxS, -jnp.inf)
         m_CxHxT = jnp.max(s_CxHxTxS, axis=-1)
         e_CxHxTxS = jnp.exp(s_CxHxTxS - m_CxHxT[..., None])
@@ -154,11 +162,12 @@ def _chunk_fwd(q_CxTxHxK, k_CxSxHxK, v_CxSxHxK, n_blocks):
     return jnp.concatenate(outs, axis=1), jnp.concatenate(lses, axis=2)
 
 
-def _chunk_bwd(q_CxTxHxK, k_CxSxHxK, v_CxSxHxK, o_CxTxHxK, lse_CxHxT, do_CxTxHxK, n_blocks):
+def _chunk_bwd(q_CxTxHxK, k_CxSxHxK, v_CxSxHxK, o_CxTxHxK, lse_CxHxT, do_CxTxHxK, n_blocks,
+               scale=0.0):
     K = q_CxTxHxK.shape[-1]
     T, S = q_CxTxHxK.shape[1], k_CxSxHxK.shape[1]
     cdt = q_CxTxHxK.dtype
-    scale = 1.0 / math.sqrt(K)
+    scale = _score_scale(K, scale)
     delta_CxHxT = jnp.swapaxes(jnp.sum(do_CxTxHxK.astype(jnp.float32)
                                        * o_CxTxHxK.astype(jnp.float32), axis=-1), 1, 2)
     dqs = []
@@ -211,8 +220,9 @@ def _auto_blocks(T: int) -> int:
     return max(1, min(4, T // 64))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def causal_attention_packed(qkv_BxTx3xHxK, chunk: int = 0, n_blocks: int = 0):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def causal_attention_packed(qkv_BxTx3xHxK, chunk: int = 0, n_blocks: int = 0,
+                            scale: float = 0.0):
     """Causal attention of packed q, k, v [B, T, 3, H, K] -> [B, T, H, K] (CPU kernel).
 
     Same math as `causal_attention_reference`, organised for XLA's CPU backend:
@@ -224,24 +234,26 @@ def causal_attention_packed(qkv_BxTx3xHxK, chunk: int = 0, n_blocks: int = 0):
     - the backward pass recomputes the probabilities from the saved row log-sum-exp
       (flash-attention style), so only q, k, v, the output and [B, H, T] log-sum-exps
       are kept for it, and dQ, dK, dV come back packed like the input.
+    `scale`: the factor on q.k; 0 means 1/sqrt(K) (SP), µP passes mup_attn_mult / K.
     """
-    return _packed_fwd(qkv_BxTx3xHxK, chunk, n_blocks)[0]
+    return _packed_fwd(qkv_BxTx3xHxK, chunk, n_blocks, scale)[0]
 
 
-def _packed_fwd(qkv_BxTx3xHxK, chunk, n_blocks):
+def _packed_fwd(qkv_BxTx3xHxK, chunk, n_blocks, scale=0.0):
     B, T, _, H, _ = qkv_BxTx3xHxK.shape
     c = chunk if chunk and B % chunk == 0 else _pick_chunk(B, T, H, T)
     nb = n_blocks or _auto_blocks(T)
 
     def one(x_CxTx3xHxK):
-        return _chunk_fwd(x_CxTx3xHxK[:, :, 0], x_CxTx3xHxK[:, :, 1], x_CxTx3xHxK[:, :, 2], nb)
+        return _chunk_fwd(x_CxTx3xHxK[:, :, 0], x_CxTx3xHxK[:, :, 1], x_CxTx3xHxK[:, :, 2], nb,
+                          scale)
 
     o, lse = jax.lax.map(one, _split(qkv_BxTx3xHxK, c))
     o_BxTxHxK = _merge(o)
     return o_BxTxHxK, (qkv_BxTx3xHxK, o, lse)
 
 
-def _packed_bwd(chunk, n_blocks, res, do_BxTxHxK):
+def _packed_bwd(chunk, n_blocks, scale, res, do_BxTxHxK):
     qkv_BxTx3xHxK, o, lse = res
     B, T, _, H, _ = qkv_BxTx3xHxK.shape
     c = chunk if chunk and B % chunk == 0 else _pick_chunk(B, T, H, T)
@@ -249,7 +261,8 @@ def _packed_bwd(chunk, n_blocks, res, do_BxTxHxK):
 
     def one(args):
         x, o_c, lse_c, do_c = args
-        dq, dk, dv = _chunk_bwd(x[:, :, 0], x[:, :, 1], x[:, :, 2], o_c, lse_c, do_c, nb)
+        dq, dk, dv = _chunk_bwd(x[:, :, 0], x[:, :, 1], x[:, :, 2], o_c, lse_c, do_c, nb,
+                                scale)
         return jnp.stack([dq, dk, dv], axis=2)
 
     dqkv = jax.lax.map(one, (_split(qkv_BxTx3xHxK, c), o, lse,
@@ -260,8 +273,10 @@ def _packed_bwd(chunk, n_blocks, res, do_BxTxHxK):
 causal_attention_packed.defvjp(_packed_fwd, _packed_bwd)
 
 
-def attention_packed(qkv_BxTx3xHxK, impl: str = "auto"):
+def attention_packed(qkv_BxTx3xHxK, impl: str = "auto", scale: float | None = None):
     """Causal attention of packed q, k, v [B, T, 3, H, K] -> [B, T, H, K].
+
+    scale: the factor on q.k; None means 1/sqrt(K) (SP), µP passes mup_attn_mult / K.
 
     impl "auto": the CPU kernel `causal_attention_packed` on CPU, else
     jax.nn.dot_product_attention (cuDNN's fused kernel on GPUs). "packed[<c>x<blocks>]"
@@ -271,33 +286,78 @@ def attention_packed(qkv_BxTx3xHxK, impl: str = "auto"):
         impl = "packed" if jax.default_backend() == "cpu" else "dpa"
     if impl.startswith("packed"):
         chunk, _, nb = impl[len("packed"):].partition("x")
-        return causal_attention_packed(qkv_BxTx3xHxK, int(chunk or 0), int(nb or 0))
+        return causal_attention_packed(qkv_BxTx3xHxK, int(chunk or 0), int(nb or 0),
+                                       float(scale or 0.0))
     if impl not in ("dpa", "xla", "reference"):
         raise ValueError(f"unknown attention impl {impl!r}")
     q, k, v = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
-    return attention(q, k, v, impl)
+    return attention(q, k, v, impl, scale)
 
 
-def attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, impl: str = "auto"):
+def attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, impl: str = "auto",
+              scale: float | None = None):
     """Causal multi-head attention, [B, T, H, K] in and out.
 
     impl: "auto" (the CPU kernel on CPU, else "dpa"), "dpa" (jax.nn.dot_product_attention,
     the fused cuDNN kernel on GPUs), "xla" (dot_product_attention's XLA formulation),
-    "reference", or "packed[<chunk>x<blocks>]" (the CPU kernel).
+    "reference", or "packed[<chunk>x<blocks>]" (the CPU kernel). scale: the factor on
+    q.k, None for 1/sqrt(K).
     """
     if impl == "auto":
         impl = "packed" if jax.default_backend() == "cpu" else "dpa"
     if impl == "dpa":
-        return jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, is_causal=True)
+        return jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, is_causal=True,
+                                            scale=scale)
     if impl == "xla":
         return jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, is_causal=True,
-                                            implementation="xla")
+                                            implementation="xla", scale=scale)
     if impl == "reference":
-        return causal_attention_reference(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK)
+        return causal_attention_reference(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, scale)
     if impl.startswith("packed"):
         qkv = jnp.stack([q_BxTxHxK, k_BxSxHxK, v_BxSxHxK], axis=2)
-        return attention_packed(qkv, impl)
+        return attention_packed(qkv, impl, scale)
     raise ValueError(f"unknown attention impl {impl!r}")
+
+
+# --------------------------------------------------------------------------------------
+# Parametrisation: SP or µP (Yang et al. 2022, Tensor Programs V)
+# --------------------------------------------------------------------------------------
+#
+# With m = d_model / mup_base_width (`ModelConfig.width_mult`), µP differs from SP in:
+#   hidden matrices (qkv, attn proj, fc, mlp proj)  init std  init_std / sqrt(m)
+#       (variance ~ 1/fan_in, equal to SP's at the base width; d_ff is taken to scale
+#       with d_model); their learning rates are set by scaling.optim.mup_lr_multipliers
+#   embeddings, norms, biases                       unchanged
+#   output logits                                   (mup_output_mult / m) * (h . W_out),
+#       W_out initialised like SP (std init_std) or to zero (mup_zero_readout); the
+#       multiplier makes the effective readout std ~ 1/width (µP's 1/fan_in^2 variance)
+#       while W_out's Adam step stays unscaled (microsoft/mup's MuReadout form)
+#   attention scores                                q.k * mup_attn_mult / head_dim
+#       instead of q.k / sqrt(head_dim) (q and k become correlated in training, so their
+#       dot product grows like head_dim, not sqrt(head_dim))
+# At the base width every factor is exactly 1 and µP equals SP, except the attention
+# scale, which equals SP's when mup_attn_mult = sqrt(head_dim).
+
+
+def hidden_init_std(cfg: ModelConfig, std: float) -> float:
+    """Init std of a hidden matrix whose SP std is `std`: std / sqrt(width_mult) under µP."""
+    if cfg.parametrization != "mup":
+        return std
+    return std / math.sqrt(cfg.width_mult)
+
+
+def attention_scale(cfg: ModelConfig) -> float | None:
+    """The factor on q.k: None (meaning 1/sqrt(head_dim), SP) or mup_attn_mult / head_dim."""
+    if cfg.parametrization != "mup":
+        return None
+    return cfg.mup_attn_mult / cfg.head_dim
+
+
+def output_multiplier(cfg: ModelConfig) -> float | None:
+    """µP's factor on the logits, mup_output_mult / width_mult (None under SP)."""
+    if cfg.parametrization != "mup":
+        return None
+    return cfg.mup_output_mult / cfg.width_mult
 
 
 # --------------------------------------------------------------------------------------
@@ -314,8 +374,9 @@ class Attention(nn.Module):
         cfg = self.cfg
         D, H, K = cfg.d_model, cfg.n_head, cfg.head_dim
         cdt, pdt = dtype_of(cfg.compute_dtype), dtype_of(cfg.param_dtype)
-        init = nn.initializers.normal(cfg.init_std)
-        out_init = nn.initializers.normal(cfg.init_std / math.sqrt(2 * cfg.n_layer))
+        init = nn.initializers.normal(hidden_init_std(cfg, cfg.init_std))
+        out_init = nn.initializers.normal(
+            hidden_init_std(cfg, cfg.init_std / math.sqrt(2 * cfg.n_layer)))
         qkv_BxTx3D = nn.Dense(3 * D, kernel_init=init, dtype=cdt, param_dtype=pdt,
                               name="qkv")(x_BxTxD)
         B, T = x_BxTxD.shape[:2]
@@ -323,7 +384,7 @@ class Attention(nn.Module):
         if cfg.pos_encoding == "rotary":
             qk_BxTx2xHxK = apply_rotary(qkv_BxTx3xHxK[:, :, :2])
             qkv_BxTx3xHxK = jnp.concatenate([qk_BxTx2xHxK, qkv_BxTx3xHxK[:, :, 2:]], axis=2)
-        o_BxTxHxK = attention_packed(qkv_BxTx3xHxK, self.attn_impl)
+        o_BxTxHxK = attention_packed(qkv_BxTx3xHxK, self.attn_impl, attention_scale(cfg))
         o_BxTxD = o_BxTxHxK.reshape(B, T, D)
         return nn.Dense(D, kernel_init=out_init, dtype=cdt, param_dtype=pdt,
                         name="proj")(o_BxTxD)
@@ -336,8 +397,9 @@ class Mlp(nn.Module):
     def __call__(self, x_BxTxD):
         cfg = self.cfg
         cdt, pdt = dtype_of(cfg.compute_dtype), dtype_of(cfg.param_dtype)
-        init = nn.initializers.normal(cfg.init_std)
-        out_init = nn.initializers.normal(cfg.init_std / math.sqrt(2 * cfg.n_layer))
+        init = nn.initializers.normal(hidden_init_std(cfg, cfg.init_std))
+        out_init = nn.initializers.normal(
+            hidden_init_std(cfg, cfg.init_std / math.sqrt(2 * cfg.n_layer)))
         h_BxTxF = nn.Dense(cfg.ff, kernel_init=init, dtype=cdt, param_dtype=pdt,
                            name="fc")(x_BxTxD)
         h_BxTxF = nn.gelu(h_BxTxF, approximate=True)
@@ -365,6 +427,9 @@ class Block(nn.Module):
 class Unembed(nn.Module):
     """Untied output head: kernel [D, V]; logits accumulated and returned in float32.
 
+    Under µP the kernel starts at zero with mup_zero_readout, and the logits are
+    multiplied by `output_multiplier(cfg)`.
+
     Inputs and kernel are in the compute dtype (bf16 operands on the tensor cores), but
     the product is accumulated in and returned as float32, like the tied head, so a
     bf16 run still gets float32 logits (nn.Dense would round them to bf16).
@@ -376,10 +441,14 @@ class Unembed(nn.Module):
     def __call__(self, x_BxTxD):
         cfg = self.cfg
         cdt, pdt = dtype_of(cfg.compute_dtype), dtype_of(cfg.param_dtype)
-        kernel_DxV = self.param("kernel", nn.initializers.normal(cfg.init_std),
-                                (cfg.d_model, cfg.vocab_size), pdt)
-        return jnp.einsum("btd,dv->btv", x_BxTxD.astype(cdt), kernel_DxV.astype(cdt),
-                          preferred_element_type=jnp.float32)
+        init = nn.initializers.normal(cfg.init_std)
+        if cfg.parametrization == "mup" and cfg.mup_zero_readout:
+            init = nn.initializers.zeros
+        kernel_DxV = self.param("kernel", init, (cfg.d_model, cfg.vocab_size), pdt)
+        logits_BxTxV = jnp.einsum("btd,dv->btv", x_BxTxD.astype(cdt), kernel_DxV.astype(cdt),
+                                  preferred_element_type=jnp.float32)
+        mult = output_multiplier(cfg)
+        return logits_BxTxV if mult is None else logits_BxTxV * jnp.float32(mult)
 
 
 class Transformer(nn.Module):
@@ -434,6 +503,9 @@ class Transformer(nn.Module):
             emb_VxD = tok_embed.embedding.astype(cdt)
             logits_BxTxV = jnp.einsum("btd,vd->btv", x_BxTxD, emb_VxD,
                                       preferred_element_type=jnp.float32)
+            mult = output_multiplier(cfg)
+            if mult is not None:
+                logits_BxTxV = logits_BxTxV * jnp.float32(mult)
         else:
             logits_BxTxV = Unembed(cfg, name="unembed")(x_BxTxD)
         return logits_BxTxV.astype(jnp.float32)

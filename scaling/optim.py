@@ -78,7 +78,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from scaling.config import OPTIMIZERS, SCHEDULES, ConfigError, OptimConfig
+from scaling.config import (OPTIMIZERS, SCHEDULES, ConfigError, ModelConfig, OptimConfig,
+                            check_mup_optimizer)
 
 Schedule = Callable[[Any], jax.Array]
 Mask = Callable[[Any], Any]
@@ -96,6 +97,8 @@ __all__ = [
     "trust_ratio_mask",
     "stacked_layers_mask",
     "param_kind",
+    "mup_role",
+    "mup_lr_multipliers",
     "lars",
     "lamb",
     "describe_optimizer",
@@ -204,6 +207,74 @@ def _layer_norm(x: jax.Array, stacked: bool) -> jax.Array:
     if stacked:
         return jnp.sqrt(jnp.sum(x * x, axis=tuple(range(1, x.ndim)), keepdims=True))
     return jnp.sqrt(jnp.sum(x * x))
+
+
+# --------------------------------------------------------------------------------------
+# µP's per-layer learning rates (Yang et al. 2022, Tensor Programs V, Table 3)
+# --------------------------------------------------------------------------------------
+#
+# With m = d_model / mup_base_width, the learning rate of each parameter is lr x:
+#
+#                         Adam family (adam, adamw)    SGD family (sgd, momentum, nesterov)
+#   hidden matrices       1 / m                        1
+#   embeddings, norms,    1                            m
+#     biases, vectors
+#   readout W_out         1                            m
+#
+# "hidden" = param_kind 'matrix' except the output head. The readout row is for the
+# multiplier form of scaling.model (logits = (mult / m) h . W_out, W_out at SP's init):
+# there W_out behaves like an input weight (one width-sized dimension), which is why
+# microsoft/mup's MuAdam leaves its rate alone and MuSGD scales it by m. A tied head is
+# the embedding, whose rule is the same. The multiplier scales the whole step of the
+# chain, the decoupled weight decay included (w <- w - lr m_l (direction + wd w)), as
+# per-group learning rates do in torch's AdamW. LARS and LAMB are refused under µP
+# (scaling.config.check_mup_optimizer): their trust ratios already set each layer's
+# step relative to its weights. At the base width (m = 1) every multiplier is 1 and the
+# update is SP's bit for bit (a multiplier of exactly 1 is not applied at all).
+
+ADAM_FAMILY = ("adam", "adamw")
+SGD_FAMILY = ("sgd", "momentum", "nesterov")
+
+
+def mup_role(path: tuple, leaf: Any) -> str:
+    """'readout' (the untied output head, a module named 'unembed...'), 'hidden' (other
+    weight matrices) or 'vector' (embeddings, norms, biases, other vectors)."""
+    names = [_key_name(k).lower() for k in path]
+    if any(n.startswith("unembed") for n in names[:-1]):
+        return "readout"
+    return "hidden" if param_kind(path, leaf) == "matrix" else "vector"
+
+
+def _mup_multiplier(role: str, optimizer: str, width_mult: float) -> float:
+    if optimizer in ADAM_FAMILY:
+        return 1.0 / width_mult if role == "hidden" else 1.0
+    if optimizer in SGD_FAMILY:
+        return 1.0 if role == "hidden" else width_mult
+    raise ConfigError(f"optim.name = {optimizer!r}: µP defines no learning-rate rule for it")
+
+
+def mup_lr_multipliers(params: Any, model: ModelConfig | None, optimizer: str) -> Any:
+    """Pytree of python floats shaped like `params`: each parameter's learning-rate
+    multiplier (all 1.0 under SP or without a model config; see the table above)."""
+    if model is None or model.parametrization != "mup":
+        return jax.tree.map(lambda _: 1.0, params)
+    m = model.width_mult
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: _mup_multiplier(mup_role(path, leaf), optimizer, m), params)
+
+
+def scale_by_mup(model: ModelConfig, optimizer: str) -> optax.GradientTransformation:
+    """Multiply each leaf of the update by its µP learning-rate multiplier (static
+    floats from the tree's paths and the model config; 1.0 leaves are left untouched)."""
+
+    def update(updates, state, params=None):
+        del params
+        mults = mup_lr_multipliers(updates, model, optimizer)
+        scaled = jax.tree.map(lambda u, k: u if k == 1.0 else (u * k).astype(u.dtype),
+                              updates, mults)
+        return scaled, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 # --------------------------------------------------------------------------------------
@@ -517,11 +588,15 @@ OPTIMIZER_BUILDERS: dict[str, Callable[[OptimConfig, optax.GradientTransformatio
 assert set(OPTIMIZER_BUILDERS) == set(OPTIMIZERS), "registry out of sync with config"
 
 
-def _build(cfg: OptimConfig, lr: optax.GradientTransformation) -> optax.GradientTransformation:
+def _build(cfg: OptimConfig, lr: optax.GradientTransformation,
+           model: ModelConfig | None = None) -> optax.GradientTransformation:
     if cfg.name not in OPTIMIZER_BUILDERS:
         raise ConfigError(
             f"optim.name = {cfg.name!r}: unknown; allowed: {', '.join(OPTIMIZER_BUILDERS)}"
         )
+    if model is not None and model.parametrization == "mup":
+        check_mup_optimizer(model, cfg)
+        lr = optax.chain(lr, scale_by_mup(model, cfg.name))  # per-layer lr = lr x multiplier
 
     def mask(tree):
         return decay_mask(tree, cfg)
@@ -532,9 +607,13 @@ def _build(cfg: OptimConfig, lr: optax.GradientTransformation) -> optax.Gradient
     return tx
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int
+def make_optimizer(cfg: OptimConfig, total_steps: int, model: ModelConfig | None = None
                    ) -> tuple[optax.GradientTransformation, Schedule]:
     """(transformation, lr schedule) for `cfg` over `total_steps` updates.
+
+    `model`: the model config; under model.parametrization = 'mup' each parameter's
+    learning rate is multiplied by its µP multiplier (`mup_lr_multipliers`). None or
+    an SP model: one learning rate for all.
 
     `transformation.update(grads, state, params)` needs `params` (weight decay, LARS/LAMB
     trust ratios); the schedule is read at the optimizer's own update count.
@@ -544,15 +623,17 @@ def make_optimizer(cfg: OptimConfig, total_steps: int
             f"optim.name = {cfg.name!r}: unknown; allowed: {', '.join(OPTIMIZER_BUILDERS)}"
         )
     lr_at = schedule(cfg, total_steps)
-    return _build(cfg, optax.scale_by_learning_rate(lr_at)), lr_at
+    return _build(cfg, optax.scale_by_learning_rate(lr_at), model), lr_at
 
 
-def make_runtime_optimizer(cfg: OptimConfig) -> optax.GradientTransformationExtraArgs:
+def make_runtime_optimizer(cfg: OptimConfig, model: ModelConfig | None = None
+                           ) -> optax.GradientTransformationExtraArgs:
     """The transformation of `cfg` without a schedule: `update(grads, state, params, lr=x)`
-    applies learning rate x (a traced scalar) where the algorithm puts it. Depends on no
-    field of RUNTIME_OPTIM_FIELDS."""
+    applies learning rate x (a traced scalar) where the algorithm puts it, times each
+    parameter's µP multiplier when `model` is a µP config. Depends on no field of
+    RUNTIME_OPTIM_FIELDS."""
     _decay_shape(cfg)
-    return _build(cfg, scale_by_lr_argument())
+    return _build(cfg, scale_by_lr_argument(), model)
 
 
 def describe_optimizer(cfg: OptimConfig) -> str:
