@@ -96,7 +96,7 @@ def runtime_values(cfg: Config) -> tuple[np.float32, ScheduleParams]:
 def _state_initializer(model_cfg: ModelConfig, step_optim: OptimConfig) -> Callable:
     """Jitted (rng, peak lr, schedule) -> fresh TrainState; compiled once per model shape
     and optimizer, not per point."""
-    optimizer = make_runtime_optimizer(step_optim)
+    optimizer = make_runtime_optimizer(step_optim, model_cfg)
 
     def init(rng, lr, sched):
         params = init_params(model_cfg, rng)
@@ -130,7 +130,7 @@ class Trainer:
     @property
     def optimizer(self) -> optax.GradientTransformationExtraArgs:
         """The optimizer without a schedule: `update(..., lr=...)` (see scaling.optim)."""
-        return make_runtime_optimizer(self.step_optim)
+        return make_runtime_optimizer(self.step_optim, self.model_config)
 
     def _initializer(self) -> Callable:
         return _state_initializer(self.model_config, self.step_optim)
