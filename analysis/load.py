@@ -165,6 +165,17 @@ def results_path(path: str | Path) -> Path:
     return p
 
 
+def _separate_parametrizations(df: pd.DataFrame) -> None:
+    """Runs of one optimizer under another parametrization (µP) are another arm of every
+    optimizer comparison: their `optimizer` label gains it ("adamw+mup"), in place."""
+    if "parametrization" not in df.columns or "optimizer" not in df.columns:
+        return
+    other = df["parametrization"].notna() & (df["parametrization"].astype(str) != "sp")
+    if other.any():
+        df.loc[other, "optimizer"] = (df.loc[other, "optimizer"].astype(str) + "+"
+                                      + df.loc[other, "parametrization"].astype(str))
+
+
 def load_results(
     path: str | Path,
     *,
@@ -186,6 +197,7 @@ def load_results(
     if df.empty or len(df.columns) == 0:
         raise ValueError(f"{src}: the table is empty (no rows)")
     df = df.copy()
+    _separate_parametrizations(df)
     acc_notes: list[str] = []
     acc = _apply_accounting(df, accounting, n_col, c_col, acc_notes)
     if acc is not None:

@@ -46,7 +46,7 @@ RESULT_COLUMNS = [
     "final_train_loss", "final_eval_loss", "eval_loss_stderr", "best_eval_loss",
     "eval_tokens", "eval_documents",
     "steps", "batch_size", "seq_len", "n_layer", "d_model", "n_head",
-    "optimizer", "lr", "schedule", "warmup_steps", "weight_decay", "seed",
+    "optimizer", "parametrization", "lr", "schedule", "warmup_steps", "weight_decay", "seed",
     "wall_time_s", "compile_time_s", "tokens_per_s", "mfu",
     "device_kind", "device_count", "jax_version", "corpus_fingerprint", "git_commit",
     "resumed_from_step", "divergence_reason", "role", "trunk", "branched_at_step", "error",
@@ -178,7 +178,8 @@ def point_row(sweep: str, point_dir: Path) -> dict:
         row.update({
             "steps": t.get("steps"), "batch_size": t.get("batch_size"), "seq_len": m.get("seq_len"),
             "n_layer": m.get("n_layer"), "d_model": m.get("d_model"), "n_head": m.get("n_head"),
-            "optimizer": o.get("name"), "lr": o.get("lr"), "schedule": o.get("schedule"),
+            "optimizer": o.get("name"), "parametrization": m.get("parametrization", "sp"),
+            "lr": o.get("lr"), "schedule": o.get("schedule"),
             "warmup_steps": o.get("warmup_steps"), "weight_decay": o.get("weight_decay"),
             "seed": t.get("seed"),
         })
