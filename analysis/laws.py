@@ -89,13 +89,13 @@ class Law:
         return np.asarray(th, dtype=np.float64)
 
 
-class ChinchillaLaw(Law):
-    """log L = LSE(a - alpha log N, b - beta log D, e)  (Hoffmann et al. 2022, Approach 3).
+class _LawInNAndD(Law):
+    """Shared by the L(N, D) laws: log N and log D centred, so that the internal a and b
+    are the terms' values at the data's centre (a well-conditioned fit). Columns 0 and 1
+    are a and b; `ALPHA` and `BETA` are the columns of the exponents."""
 
-    External parameters (a, b, e, alpha, beta): A = exp(a), B = exp(b), E = exp(e).
-    """
-
-    names = ("a", "b", "e", "alpha", "beta")
+    ALPHA: int
+    BETA: int
 
     def __init__(self, log_n: np.ndarray, log_d: np.ndarray):
         self.u1, self.mu1 = _center(log_n)
@@ -105,16 +105,26 @@ class ChinchillaLaw(Law):
     def to_internal(self, ext):
         ext = np.array(ext, dtype=np.float64, ndmin=2)
         th = ext.copy()
-        th[:, 0] = ext[:, 0] - ext[:, 3] * self.mu1
-        th[:, 1] = ext[:, 1] - ext[:, 4] * self.mu2
+        th[:, 0] = ext[:, 0] - ext[:, self.ALPHA] * self.mu1
+        th[:, 1] = ext[:, 1] - ext[:, self.BETA] * self.mu2
         return th
 
     def to_external(self, th):
         th = np.array(th, dtype=np.float64, ndmin=2)
         ext = th.copy()
-        ext[:, 0] = th[:, 0] + th[:, 3] * self.mu1
-        ext[:, 1] = th[:, 1] + th[:, 4] * self.mu2
+        ext[:, 0] = th[:, 0] + th[:, self.ALPHA] * self.mu1
+        ext[:, 1] = th[:, 1] + th[:, self.BETA] * self.mu2
         return ext
+
+
+class ChinchillaLaw(_LawInNAndD):
+    """log L = LSE(a - alpha log N, b - beta log D, e)  (Hoffmann et al. 2022, Approach 3).
+
+    External parameters (a, b, e, alpha, beta): A = exp(a), B = exp(b), E = exp(e).
+    """
+
+    names = ("a", "b", "e", "alpha", "beta")
+    ALPHA, BETA = 3, 4
 
     def forward(self, th):
         a, b, e, al, be = (th[:, i : i + 1] for i in range(5))
@@ -137,7 +147,7 @@ class ChinchillaLaw(Law):
         return g
 
 
-class ChinchillaNoELaw(Law):
+class ChinchillaNoELaw(_LawInNAndD):
     """The reduced Approach 3 model without an irreducible term (E = 0):
     log L = LSE(a - alpha log N, b - beta log D). External parameters (a, b, alpha, beta).
 
@@ -146,25 +156,7 @@ class ChinchillaNoELaw(Law):
     """
 
     names = ("a", "b", "alpha", "beta")
-
-    def __init__(self, log_n: np.ndarray, log_d: np.ndarray):
-        self.u1, self.mu1 = _center(log_n)
-        self.u2, self.mu2 = _center(log_d)
-        self.n_rows = self.u1.size
-
-    def to_internal(self, ext):
-        ext = np.array(ext, dtype=np.float64, ndmin=2)
-        th = ext.copy()
-        th[:, 0] = ext[:, 0] - ext[:, 2] * self.mu1
-        th[:, 1] = ext[:, 1] - ext[:, 3] * self.mu2
-        return th
-
-    def to_external(self, th):
-        th = np.array(th, dtype=np.float64, ndmin=2)
-        ext = th.copy()
-        ext[:, 0] = th[:, 0] + th[:, 2] * self.mu1
-        ext[:, 1] = th[:, 1] + th[:, 3] * self.mu2
-        return ext
+    ALPHA, BETA = 2, 3
 
     def forward(self, th):
         a, b, al, be = (th[:, i : i + 1] for i in range(4))
