@@ -50,7 +50,8 @@ def test_edge_optimum_is_widened_then_seeded(tmp_path, monkeypatch):
     monkeypatch.setattr(scaling.loop, "train", fake_train)
     spec = tmp_path / "lrs.toml"
     spec.write_text(SPEC)
-    summary = executors.run_sweep(spec, out=tmp_path / "sw", progress=False)
+    # workers=1: points train in this process, where the fake train is patched in
+    summary = executors.run_sweep(spec, out=tmp_path / "sw", progress=False, workers=1)
     sweep_dir = summary["sweep_dir"]
     table = pd.read_csv(sweep_dir / "results.csv")
     report = json.loads((sweep_dir / "followup.json").read_text())
@@ -67,6 +68,6 @@ def test_edge_optimum_is_widened_then_seeded(tmp_path, monkeypatch):
     assert set(zip(seeds["optimizer"], seeds["lr"])) == {("sgd", 10.0), ("adamw", 1.0)}
     assert (table["status"] == "done").all()
     # A rerun recomputes the same decisions and trains nothing new.
-    executors.run_sweep(spec, out=tmp_path / "sw", progress=False)
+    executors.run_sweep(spec, out=tmp_path / "sw", progress=False, workers=1)
     assert len(pd.read_csv(sweep_dir / "results.csv")) == len(table)
     assert json.loads((sweep_dir / "followup.json").read_text()) == report
