@@ -40,6 +40,12 @@ def _loglog(ax, minor_y: bool = True, plain_x: bool = False):
         axis.set_minor_formatter(NullFormatter())
 
 
+def n_axis_label(df: pd.DataFrame) -> str:
+    """The N axis's label, saying which parameters are counted (the table's accounting)."""
+    return {"total": "N (all parameters)", "kaplan": "N (non-embedding parameters)"}.get(
+        getattr(df, "attrs", {}).get("accounting"), "N (parameters)")
+
+
 def _plain_formatter():
     from matplotlib.ticker import FuncFormatter
 
@@ -179,6 +185,10 @@ def isoflop(rows: pd.DataFrame, fit):
             sub = rows[np.isclose(rows["budget"], b.C, rtol=1e-9)]
             ax.scatter(sub["N"], sub["loss"], s=12, color=col, lw=0, zorder=3)
             if not getattr(b, "used", False) and not math.isfinite(getattr(b, "N_opt", math.nan)):
+                if len(sub):  # no curve to draw: ring its best run, the edge it sits on
+                    best = sub.loc[sub["loss"].idxmin()]
+                    ax.scatter([best["N"]], [best["loss"]], s=70, facecolors="none", edgecolors=col,
+                               lw=1.0, zorder=4, label="minimum not bracketed (budget excluded)")
                 continue
             from .isoflop import profile_curve
 
@@ -202,10 +212,16 @@ def isoflop(rows: pd.DataFrame, fit):
                 best = sub.loc[sub["loss"].idxmin()]
                 ax.scatter([best["N"]], [best["loss"]], s=70, facecolors="none", edgecolors=col,
                            lw=1.0, zorder=4, label="minimum not bracketed (budget excluded)")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=7, frameon=False)
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:  # one entry, however many budgets are excluded
+            keep = dict(zip(labels, handles))
+            ax.legend(keep.values(), keep.keys(), loc="upper center", bbox_to_anchor=(0.5, -0.2),
+                      fontsize=7, frameon=False)
         ax.set_xscale("log")
-        ax.set_xlabel("N (parameters)")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(_plain_formatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(n_axis_label(rows))
         ax.set_ylabel("loss")
         est = fit.info.get("estimator", "parabola")
         ax.set_title(f"IsoFLOP profiles (★ {est} minimum, 95% CI)")
