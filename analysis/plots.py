@@ -38,6 +38,12 @@ def _loglog(ax, minor_y: bool = True, plain_x: bool = False):
             axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
         axis.set_major_formatter(_plain_formatter())
         axis.set_minor_formatter(NullFormatter())
+    if not plain_x:  # decades labelled (with 3x between them on a short axis), minor ticks bare
+        lo, hi = ax.get_xlim()
+        subs = (1.0,) if lo > 0 and hi / lo >= 1e3 else (1.0, 3.0)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
+        ax.xaxis.set_minor_locator(LogLocator(base=10, subs=np.arange(2, 10)))
+        ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def n_axis_label(df: pd.DataFrame) -> str:
