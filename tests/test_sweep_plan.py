@@ -38,10 +38,11 @@ EXP = ROOT / "experiments"
 EXPECTED_COUNTS = {
     "tiny.toml": 1,
     "cooldown.toml": 15,  # 3 trunks + 6 branches + the same 6 points as separate cosine runs
-    "demo.toml": 32,  # 3 IsoFLOP budgets x 4-5 of six sizes
+    "demo.toml": 32,  # 5 IsoFLOP budgets x 4-6 of seven sizes: 6 trunks, 25 branches, 1 run
     "isoflop.toml": 20,  # 4 budgets x 5 sizes
     "optimizers.toml": 144,  # 6 optimizers x 6 lrs x 4 sizes
     "optimizers_large.toml": 144,
+    "mup_transfer.toml": 56,  # SP and muP x 4 widths x 7 learning rates
 }
 
 
