@@ -38,12 +38,24 @@ def _loglog(ax, minor_y: bool = True, plain_x: bool = False):
             axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
         axis.set_major_formatter(_plain_formatter())
         axis.set_minor_formatter(NullFormatter())
-    if not plain_x:  # decades labelled (with 3x between them on a short axis), minor ticks bare
-        lo, hi = ax.get_xlim()
-        subs = (1.0,) if lo > 0 and hi / lo >= 1e3 else (1.0, 3.0)
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
-        ax.xaxis.set_minor_locator(LogLocator(base=10, subs=np.arange(2, 10)))
-        ax.xaxis.set_minor_formatter(NullFormatter())
+    if not plain_x:
+        _log_ticks(ax.xaxis)
+
+
+def _log_ticks(axis) -> None:
+    """A log axis labelled at decades (with 3x between them on a short axis), minor ticks
+    bare, so that labels never overlap."""
+    from matplotlib.ticker import FuncFormatter
+
+    lo, hi = sorted(axis.get_view_interval())
+    span = hi / lo if lo > 0 else math.inf
+    subs = (1.0,) if span >= 1e3 else (1.0, 3.0) if span >= 10 else (1.0, 2.0, 5.0)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_minor_locator(LogLocator(base=10, subs=np.arange(2, 10)))
+    axis.set_minor_formatter(NullFormatter())
+    if span < 10:  # within a decade: short labels ("2e11"), which never collide
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0e}".replace("e+0", "e")
+                                               .replace("e+", "e")))
 
 
 def n_axis_label(df: pd.DataFrame) -> str:
@@ -331,6 +343,7 @@ def residuals(fit, N, D, L, *, C=None, c_label: str = "compute C = 6 N D (FLOPs)
                     cmap=SEQ_CMAP, s=10, lw=0)
         ax2.axhline(0, color="black", lw=0.8)
         ax2.set_xscale("log")
+        _log_ticks(ax2.xaxis)
         ax2.set_xlabel(c_label)
         ax2.set_ylabel("log(observed / fitted)")
         mad = float(np.median(np.abs(r)))

@@ -274,6 +274,10 @@ def _params_table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+class _Skipped(Exception):
+    """A fit the design cannot support; the report already says why."""
+
+
 def analyze(
     source: str | Path,
     out_dir: str | Path | None = None,
@@ -536,30 +540,45 @@ def analyze(
             ids = done["point_id"] if ref is None else done.loc[done["optimizer"] == ref, "point_id"]
             curves = curves[curves["point_id"].isin(set(ids))]
         sizes = dict(zip(done["point_id"], done["N"])) if "point_id" in done else {}
+        if curves["point_id"].nunique() >= 2 and n_trunks:
+            rep.skip("frontier and Approach 1",
+                     "a cooldown design: each branch's own curve begins at its trunk's step and "
+                     "the trunks run at a constant learning rate, so no curve here traces the "
+                     "lowest loss reachable at each compute; Approaches 2 and 3 use the branches' "
+                     "final losses")
         if curves["point_id"].nunique() >= 2:
             try:
+                if n_trunks:
+                    raise _Skipped
                 frontier = fit_frontier(fit_curves(curves, roles), sizes=sizes, n_boot=n_boot, seed=seed, loss_fn=pl_loss)
                 rep.add_params("Frontier L(C) = E + (C_c/C)^α", frontier.law, ["E", "x_c", "alpha"])
                 rep.findings.append(
                     f"Compute-efficient frontier of the learning curves ({frontier.info['n_runs']} runs): "
                     f"L(C) = E + (C_c/C)^α with α = {value_ci(frontier.law['alpha'], *frontier.law.interval('alpha'), 3)}, "
                     f"E = {value_ci(frontier.law['E'], *frontier.law.interval('E'), 3)}.")
+            except _Skipped:
+                pass
             except Exception as exc:
                 rep.skip("frontier", f"{type(exc).__name__}: {exc}")
             try:
+                if n_trunks:
+                    raise _Skipped
                 a1 = fit_approach1(fit_curves(curves, roles), sizes, n_boot=n_boot, seed=seed)
                 rep.add_params("Approach 1 (frontier)", a1, ["a", "b", "k_N", "k_D"])
                 rep.findings.append(
                     f"Approach 1 (sizes on the frontier): a = {value_ci(a1['a'], *a1.interval('a'), 3)}, "
                     f"b = {value_ci(a1['b'], *a1.interval('b'), 3)} "
                     f"({a1.info['n_sizes_on_frontier']} sizes attain the frontier).")
+            except _Skipped:
+                pass
             except Exception as exc:
                 rep.skip("Approach 1", f"{type(exc).__name__}: {exc}")
             tsizes = {pid: n for pid, n in zip(trunk_rows["point_id"], trunk_rows["N"])} \
                 if len(trunk_curves) else {}
             rep.figure("learning_curves", "Learning curves against tokens and FLOPs (log-log), "
-                       "coloured by N, with the compute-efficient frontier and its power-law fit "
-                       "(95% band, bootstrap over runs)"
+                       "coloured by N"
+                       + (", with the compute-efficient frontier and its power-law fit "
+                          "(95% band, bootstrap over runs)" if frontier is not None else "")
                        + ("; cooldown trunks (constant lr) dashed, drawn once, each branch from "
                           "its branch step on; trunks are not fitted" if len(trunk_curves) else "")
                        + ".",
@@ -573,10 +592,13 @@ def analyze(
 
     iso_ok = iso if (iso is not None and iso.determined) else None
     if iso_ok is not None or a1 is not None or a3 is not None:
-        rep.figure("optimal_allocation", "Compute-optimal N and D against compute: per-budget "
-                   "minima (Approach 2), frontier sizes (Approach 1), and the fitted power laws "
-                   "with 95% bands, including Approach 3's closed form (which assumes C = 6 N D "
-                   "with the fitted N).",
+        shown = ", ".join(x for x, fit in (("per-budget minima (Approach 2)", iso_ok),
+                                           ("frontier sizes (Approach 1)", a1)) if fit is not None)
+        rep.figure("optimal_allocation", "Compute-optimal N and D against compute: "
+                   + (shown + ", and " if shown else "")
+                   + "the fitted power laws with 95% bands"
+                   + (", including Approach 3's closed form (which assumes C = 6 N D with the "
+                      "fitted N)" if a3 is not None else "") + ".",
                    lambda: plots.optimal_allocation(iso=iso_ok, a1=a1, a3=a3, runs=rows,
                                                     C_range=[rows["C"].min(), rows["C"].max()],
                                                     c_label=_c_label(df)),
