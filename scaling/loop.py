@@ -630,6 +630,7 @@ class _Run:
         """Train to train.steps; returns a `stopped` record if told to stop early."""
         s, t = self.s, self.s.cfg.train
         shard = s.driver.batch_shard
+        kept = set(t.kept_steps)  # parsed once, not on every step
         batch = s.driver.place_batch(s.data.train_batch(self.step, t.batch_size, t.batch_seed, shard))
         try:
             while self.step < t.steps:
@@ -644,7 +645,7 @@ class _Run:
                 if not is_last:
                     batch = s.driver.place_batch(s.data.train_batch(self.step, t.batch_size,
                                                                     t.batch_seed, shard))
-                if self.step in t.kept_steps:
+                if self.step in kept:
                     self.read_pending()
                     self._counted(lambda: _keep(s, self.state, self.step, self.wall()))
                 if t.eval_every and self.step % t.eval_every == 0 and not is_last:
