@@ -100,7 +100,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -611,40 +611,21 @@ def _load_cached(bin_path: Path, meta_path: Path, verify: bool) -> tuple[np.memm
         return None
 
 
-def _build_cache(corpus: Corpus, tokenizer: Tokenizer, bin_path: Path, meta_path: Path,
-                 key: str) -> None:
-    dtype = token_dtype(tokenizer.vocab_size)
-    eot = np.array([tokenizer.eot_id], dtype=dtype)
+def write_token_file(bin_path: Path, dtype: np.dtype, fill: Callable[[BinaryIO], int]) -> str:
+    """The token cache file, written safely: `fill(f)` writes the training then the
+    validation tokens into an open temporary file beside `bin_path` and returns how many
+    training tokens it wrote; the file is synced, fingerprinted (`stream_fingerprint`) and
+    renamed over `bin_path`, or removed if anything fails. Returns the fingerprint."""
     bin_path.parent.mkdir(parents=True, exist_ok=True)
-    counts: dict[str, dict[str, int]] = {}
-    doc_tokens: list[int] = []
-    t0 = time.perf_counter()
     fd, tmp = tempfile.mkstemp(dir=bin_path.parent, prefix=f".{bin_path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            for split, val in (("train", False), ("val", True)):
-                docs = corpus.ordered(val)
-                n_tok = n_bytes = 0
-                lengths: list[int] = []
-                for chunk in _chunks(docs, _ENCODE_CHUNK_BYTES):
-                    texts = [d.text for d in chunk]
-                    n_bytes += sum(len(t.encode("utf-8")) for t in texts)
-                    parts = []
-                    for ids in tokenizer.encode_batch(texts):
-                        parts += [ids.astype(dtype, copy=False), eot]
-                        lengths.append(len(ids) + 1)
-                    arr = np.concatenate(parts)
-                    f.write(arr.tobytes())
-                    n_tok += len(arr)
-                counts[split] = {"tokens": n_tok, "documents": len(docs), "bytes": n_bytes}
-                if val:
-                    doc_tokens = lengths
+            n_train = fill(f)
             f.flush()
             os.fsync(f.fileno())
-        n = counts["train"]["tokens"] + counts["val"]["tokens"]
+        n = os.path.getsize(tmp) // np.dtype(dtype).itemsize
         mm = np.memmap(tmp, dtype=dtype, mode="r", shape=(n,))
-        fingerprint = stream_fingerprint(mm[:counts["train"]["tokens"]],
-                                         mm[counts["train"]["tokens"]:])
+        fingerprint = stream_fingerprint(mm[:n_train], mm[n_train:])
         del mm
         os.replace(tmp, bin_path)
     except BaseException:
@@ -653,6 +634,39 @@ def _build_cache(corpus: Corpus, tokenizer: Tokenizer, bin_path: Path, meta_path
         except FileNotFoundError:
             pass
         raise
+    return fingerprint
+
+
+def _build_cache(corpus: Corpus, tokenizer: Tokenizer, bin_path: Path, meta_path: Path,
+                 key: str) -> None:
+    dtype = token_dtype(tokenizer.vocab_size)
+    eot = np.array([tokenizer.eot_id], dtype=dtype)
+    counts: dict[str, dict[str, int]] = {}
+    doc_tokens: list[int] = []
+    t0 = time.perf_counter()
+
+    def fill(f) -> int:
+        nonlocal doc_tokens
+        for split, val in (("train", False), ("val", True)):
+            docs = corpus.ordered(val)
+            n_tok = n_bytes = 0
+            lengths: list[int] = []
+            for chunk in _chunks(docs, _ENCODE_CHUNK_BYTES):
+                texts = [d.text for d in chunk]
+                n_bytes += sum(len(t.encode("utf-8")) for t in texts)
+                parts = []
+                for ids in tokenizer.encode_batch(texts):
+                    parts += [ids.astype(dtype, copy=False), eot]
+                    lengths.append(len(ids) + 1)
+                arr = np.concatenate(parts)
+                f.write(arr.tobytes())
+                n_tok += len(arr)
+            counts[split] = {"tokens": n_tok, "documents": len(docs), "bytes": n_bytes}
+            if val:
+                doc_tokens = lengths
+        return counts["train"]["tokens"]
+
+    fingerprint = write_token_file(bin_path, dtype, fill)
     meta = {
         "format": FORMAT_VERSION,
         "key": key,

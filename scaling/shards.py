@@ -34,8 +34,6 @@ from __future__ import annotations
 import glob as globlib
 import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,7 +219,7 @@ def load_token_shards(data_cfg: "DataConfig", seq_len: int, *, verify: bool = Tr
 
 def _build(shards: list[Shard], spec: str, vocab: int, eot: int, val_fraction: float,
            dtype: np.dtype, bin_path: Path, meta_path: Path, key: str, fmt: int) -> None:
-    from scaling.data import (_ORDER_SALT, _name_hash, split_documents, stream_fingerprint)
+    from scaling.data import _ORDER_SALT, _name_hash, split_documents, write_token_file
     from scaling.runfiles import atomic_write_text
 
     t0 = time.perf_counter()
@@ -235,30 +233,19 @@ def _build(shards: list[Shard], spec: str, vocab: int, eot: int, val_fraction: f
     arrays = [sh.tokens() for sh in shards]
     counts: dict[str, dict[str, int]] = {}
     val_doc_tokens: list[int] = []
-    bin_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=bin_path.parent, prefix=f".{bin_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for split, val in (("train", False), ("val", True)):
-                chosen = sorted((d for d, v in zip(docs, is_val) if bool(v) == val),
-                                key=lambda d: _name_hash(_ORDER_SALT, d.name))
-                lengths = _write_docs(f, chosen, arrays, dtype)
-                counts[split] = {"tokens": int(sum(lengths)), "documents": len(chosen)}
-                if val:
-                    val_doc_tokens = lengths
-            f.flush()
-            os.fsync(f.fileno())
-        n_train = counts["train"]["tokens"]
-        mm = np.memmap(tmp, dtype=dtype, mode="r", shape=(n_train + counts["val"]["tokens"],))
-        fingerprint = stream_fingerprint(mm[:n_train], mm[n_train:])
-        del mm
-        os.replace(tmp, bin_path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+
+    def fill(f) -> int:
+        nonlocal val_doc_tokens
+        for split, val in (("train", False), ("val", True)):
+            chosen = sorted((d for d, v in zip(docs, is_val) if bool(v) == val),
+                            key=lambda d: _name_hash(_ORDER_SALT, d.name))
+            lengths = _write_docs(f, chosen, arrays, dtype)
+            counts[split] = {"tokens": int(sum(lengths)), "documents": len(chosen)}
+            if val:
+                val_doc_tokens = lengths
+        return counts["train"]["tokens"]
+
+    fingerprint = write_token_file(bin_path, dtype, fill)
     groups = {d.group for d in docs}
     val_groups = {d.group for d, v in zip(docs, is_val) if v}
     meta = {
