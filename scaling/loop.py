@@ -47,7 +47,6 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from scaling import accounting, tracking
 from scaling.checkpoint import Checkpointer
