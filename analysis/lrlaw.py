@@ -118,7 +118,7 @@ def _fit_one(opt, b: pd.DataFrame, cells: pd.DataFrame, n_boot: int, rng, level:
            "bounds": bounds, "single_lr_sizes": single}
     if len(interior) < 2:
         res["error"] = (f"{len(interior)} size(s) with an interior best learning rate (need 2)"
-                        + (f"; at the grid's edge (bounds, not optima): "
+                        + ("; at the grid's edge (bounds, not optima): "
                            + ", ".join(f"N = {x['N']:.4g}: {x['bound']}" for x in bounds) if bounds else "")
                         + (f"; run at a single lr: {len(single)} size(s)" if single else ""))
         return res
