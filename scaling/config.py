@@ -441,19 +441,26 @@ SECTIONS: dict[str, type] = {
 # --------------------------------------------------------------------------------------
 
 
+def read_config_file(path: str | Path, error: type[ConfigError] = ConfigError,
+                     what: str = "config file") -> dict[str, Any]:
+    """The raw tables of a TOML (or .json) file; `error` (naming the file) if it is missing
+    or does not parse. Shared by configs, sweep specs and the coordinate check."""
+    path = Path(path)
+    if not path.exists():
+        raise error(f"{what} {str(path)!r} does not exist")
+    text = path.read_text()
+    try:
+        return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path}: cannot parse: {e}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
     """Config from a TOML (or JSON) file, with `section.key=value` overrides applied."""
     raw: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        text = path.read_text()
-        try:
-            raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path}: cannot parse: {e}") from None
-        raw.setdefault("name", path.stem)
+        raw = read_config_file(path)
+        raw.setdefault("name", Path(path).stem)
     return from_dict(raw, overrides)
 
 

@@ -40,13 +40,12 @@ import argparse
 import dataclasses
 import json
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from scaling.config import Config, ConfigError, from_dict
+from scaling.config import Config, ConfigError, from_dict, read_config_file
 
 DEFAULT_WIDTHS = (64, 128, 256)  # 4x; width 32 (2 heads of 16) is too narrow: its
 #                                  finite-width deviations alone reach ~1.4 by t = 3
@@ -64,12 +63,7 @@ def load_check_config(path: str | Path, overrides: Sequence[str] = ()) -> Config
     [train]) are used as the config, its sweep tables ignored. `base`/`extends` are not
     followed: give a self-contained file."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: cannot parse: {e}") from None
+    raw = read_config_file(path)
     if "base" in raw or "extends" in raw:
         raise ConfigError(f"{path}: 'base'/'extends' are not followed by the coordinate "
                           "check; give a self-contained config")

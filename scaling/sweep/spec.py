@@ -18,7 +18,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Callable
 
-from scaling.config import SECTIONS, ConfigError, build_section, parse_overrides, split_key
+from scaling.config import (SECTIONS, ConfigError, build_section, parse_overrides, read_config_file,
+                            split_key)
 from scaling.sweep.points import ACCOUNTINGS
 
 
@@ -127,12 +128,7 @@ def spec_accounting(raw: dict, path: Path | str) -> str:
 
 
 def _read_spec(path: Path, seen: tuple[Path, ...]) -> dict:
-    if not path.exists():
-        raise SpecError(f"spec file {str(path)!r} does not exist")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{path}: cannot parse: {e}") from None
+    raw = read_config_file(path, SpecError, "spec file")
     _check_keys(raw, TOP_KEYS, "", path)
     raw.setdefault("name", path.stem)
     if "extends" in raw:
