@@ -470,15 +470,15 @@ class _StopSignals:
 
 
 class _MetricsLog:
-    """metrics.jsonl, truncated to the resumed step so the curve has no duplicates."""
+    """metrics.jsonl, rewritten to the rows of the curve so far (`kept`: the run's own rows
+    up to the resumed step, or a fresh branch's trunk rows), so the curve has no duplicates."""
 
-    def __init__(self, path: Path, resume_step: int, enabled: bool):
+    def __init__(self, path: Path, kept: list[dict], enabled: bool):
         self.path, self.enabled = path, enabled
         if not enabled:
             self.f = None
             return
-        kept = [r for r in read_metrics(path.parent) if r.get("step", 0) <= resume_step]
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+        atomic_write_text(path, "".join(json.dumps(r, default=json_default) + "\n" for r in kept))
         self.f = open(path, "a", buffering=1)
 
     def write(self, row: dict) -> None:
@@ -490,14 +490,14 @@ class _MetricsLog:
             self.f.close()
 
 
-def _copy_trunk_curve(trunk: Path, run_dir: Path, step: int, primary: bool) -> None:
-    """A fresh branch's metrics.jsonl starts with its trunk's rows up to the branch step,
-    so its learning curve is whole (rows marked "trunk": true)."""
-    if not primary:
-        return
-    rows = [dict(r, trunk=True) for r in read_metrics(trunk) if r.get("step", 0) <= step]
-    atomic_write_text(run_dir / METRICS_FILE,
-                      "".join(json.dumps(r, default=json_default) + "\n" for r in rows))
+def _curve_so_far(s: _Setup, start_step: int, branch: dict | None) -> list[dict]:
+    """The metrics rows a run starts from: its own up to the resumed step, or, for a branch
+    starting at its branch step, its trunk's rows up to there (marked "trunk": true), so
+    its learning curve is whole."""
+    fresh_branch = branch is not None and start_step == branch["branched_at_step"]
+    source = Path(branch["trunk_dir"]) if fresh_branch else s.run_dir
+    rows = [r for r in read_metrics(source) if r.get("step", 0) <= start_step]
+    return [dict(r, trunk=True) for r in rows] if fresh_branch else rows
 
 
 class _Run:
@@ -515,12 +515,10 @@ class _Run:
         self.peak_precision = accounting.peak_precision(s.driver.devices[0], cfg.model.compute_dtype)
         xla = accounting.xla_flops(step_fn)
         self.xla_step_flops = None if xla is None else xla * s.driver.devices_flops_factor()
-        if branch is not None and start_step == branch["branched_at_step"]:
-            _copy_trunk_curve(Path(branch["trunk_dir"]), s.run_dir, start_step, s.primary)
-        history = read_metrics(s.run_dir)
-        self.evals = [r for r in history if "eval_loss" in r and not r.get("eval_final")
-                      and r["step"] <= start_step]  # curve evals (a trunk's final one is not)
-        self.logged = [r for r in history if "loss" in r and r["step"] <= start_step]
+        history = _curve_so_far(s, start_step, branch)
+        self.evals = [r for r in history if "eval_loss" in r
+                      and not r.get("eval_final")]  # curve evals (a trunk's final one is not)
+        self.logged = [r for r in history if "loss" in r]
         self.monitor = _DivergenceMonitor(cfg)
         for r in self.logged:  # rebuild the monitor's state exactly as it was
             self.monitor.observe(r["step"], r["loss"], logged=True)
@@ -531,7 +529,7 @@ class _Run:
             {k: final[-1][k] for k in final[-1] if k.startswith("eval_")} if final else None)
         self.excluded = 0.0  # seconds in evaluation and checkpointing, kept out of tokens/s
         self.pending = None  # (step, metrics) of the newest step, read after the next is dispatched
-        self.metrics_log = _MetricsLog(s.run_dir / METRICS_FILE, start_step, enabled=s.primary)
+        self.metrics_log = _MetricsLog(s.run_dir / METRICS_FILE, history, enabled=s.primary)
         self.trackers = tracking.Trackers(cfg, s.run_dir, start_step, s.primary)
         self.profiler = tracking.Profiler(cfg, s.run_dir)
         self.bar = None
