@@ -150,11 +150,12 @@ def learning_curves(curves: pd.DataFrame, sizes: dict, frontier=None,
 # --------------------------------------------------------------------------------------
 
 
-def loss_vs_size(done: pd.DataFrame, fits: dict, envelopes: dict):
+def loss_vs_size(done: pd.DataFrame, fits: dict, envelopes: dict, labels: dict | None = None):
     """L(N) and L(D): all runs (grey), the per-value best runs used for the fit (black),
     and the fitted power laws with their exponents in the legend.
 
-    ``fits``/``envelopes``: keyed "N" and/or "D" -> PowerLawFit / DataFrame(x, loss)."""
+    ``fits``/``envelopes``: keyed "N", "D" and/or "C" -> PowerLawFit / DataFrame(x, loss);
+    ``labels``: axis labels that say the table's convention (e.g. which N, which C)."""
     keys = [k for k in ("N", "D", "C") if k in fits]
     with paper_style():
         fig, axes = new_figure(len(keys), width=min(3.5 * len(keys), 10.5), height=3.0)
@@ -176,7 +177,8 @@ def loss_vs_size(done: pd.DataFrame, fits: dict, envelopes: dict):
             lv = lv[np.isfinite(lv) & (lv > 0)]
             ax.set_ylim(lv.min() / 1.08, lv.max() * 1.12)
             _loglog(ax)
-            ax.set_xlabel({"N": "N (parameters)", "D": "D (tokens)", "C": "C (FLOPs)"}[k])
+            ax.set_xlabel({"N": "N (parameters)", "D": "D (tokens)", "C": "C (FLOPs)",
+                           **(labels or {})}[k])
             ax.set_ylabel("loss")
             ax.set_title(f"L({k})")
             ax.legend(loc="best", frameon=True, facecolor="white", edgecolor="none", framealpha=0.85)

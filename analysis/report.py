@@ -408,7 +408,9 @@ def analyze(
         if pl_fits:
             rep.figure("loss_vs_size", "L(N), L(D) and L(C) on the Pareto front of the runs (grey: all runs), with power-law fits "
                        "(E + (x_c/x)^α) and 95% bootstrap bands; exponents in the legends.",
-                       lambda: plots.loss_vs_size(rows, pl_fits, pl_env), fit=list(pl_fits.values()))
+                       lambda: plots.loss_vs_size(rows, pl_fits, pl_env,
+                                                  labels={"N": plots.n_axis_label(df),
+                                                          "C": _c_label(df)}), fit=list(pl_fits.values()))
 
     # ---------------------------------------------------------------- Approach 3
     a3 = None
