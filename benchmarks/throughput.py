@@ -78,7 +78,7 @@ def make_jax_step(cfg: Config):
         step = trainer.compile_step()
     else:  # equivalent stand-in: value_and_grad of the loss + optax.adamw
         import optax
-        from scaling.model import init_params, loss_fn
+        from scaling.models.transformer import init_params, loss_fn
 
         opt = optax.chain(optax.clip_by_global_norm(1.0),
                           optax.adamw(1e-3, b1=0.9, b2=0.95, weight_decay=0.1))

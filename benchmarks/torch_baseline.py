@@ -1,4 +1,4 @@
-"""A straightforward PyTorch (eager) version of scaling.model's transformer and train step.
+"""A straightforward PyTorch (eager) version of scaling.models.transformer's transformer and train step.
 
 Only a yardstick for benchmarks/throughput.py: same shapes, same math (pre-LayerNorm,
 fused causal attention through F.scaled_dot_product_attention, tanh-GELU MLP, tied

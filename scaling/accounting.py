@@ -1,29 +1,20 @@
 """Parameter counts, FLOPs per token, device peak FLOP/s and MFU.
 
-N (non-embedding parameters) follows Kaplan et al. (2020): every parameter except the
-token and positional embeddings. With an untied output layer, its [D, V] matrix is a
-second vocabulary embedding (the "unembedding") and is counted as embedding as well, so
-N does not depend on `tie_embeddings`; it does include every weight, bias and layer-norm
-parameter of the blocks and the final layer norm.
-
-    N = n_layer * (4 D^2 + 2 D F + 9 D + F) + 2 D        (F = d_ff, biases and norms in)
-    embedding = V D  (+ T D learned positions)  (+ D V untied unembedding)
-
-Training FLOPs per token (3 x forward: the backward costs two forwards):
-    kaplan = 6 N + 12 L T D     (6N plus the QK^T and AV products counted as 2 x 2 L T D
-                                 per forward, the common "6N + 12 L T d" form; Kaplan et
-                                 al.'s Table 1 writes the attention term 2 L T d_attn)
-    exact  = 3 x (every matmul in the forward, multiply-add = 2 FLOPs): QKV, attention
-             output, MLP, QK^T and AV over all T keys (the dense kernels compute the full
-             T x T square, masked or not), and the output layer 2 D V. No biases, norms,
-             softmax or optimizer, which are O(N) or O(T) and small.
+The counts are each model family's own closed forms, kept beside the family in
+`scaling/models/<family>_accounting.py` (the transformer's: Kaplan's N and the exact matmul
+count); `param_counts` and `flops_per_token` here dispatch on `model.arch`. Every family
+uses the same conventions:
+    N (non_embedding)  every parameter except the token/positional embeddings and an
+                       untied unembedding (Kaplan et al. 2020); N_total = all of them
+    kaplan             6 N + the family's context term, the "6ND" accounting
+    exact              3 x every matmul of the forward pass (multiply-add = 2 FLOPs),
+                       output layer included: the C_exact accounting
 
 Also `xla_flops` (XLA's own count from a compiled executable), a table of dense peak
 FLOP/s for accelerators and a measured peak for CPUs. MFU is measured against the peak
 of the arithmetic the matmuls really run in (`peak_precision`: TF32 for float32 on
 GPUs at jax's default precision), which the run records beside the MFU.
 """
-
 from __future__ import annotations
 
 import json
@@ -33,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from scaling import models
 from scaling.config import ModelConfig
 
 
@@ -52,25 +44,9 @@ class FlopCounts(NamedTuple):
 # --------------------------------------------------------------------------------------
 
 
-def block_params(cfg: ModelConfig) -> int:
-    """Parameters of one block: QKV and output projections, MLP, two layer norms."""
-    D, F = cfg.d_model, cfg.ff
-    attn = (D * 3 * D + 3 * D) + (D * D + D)
-    mlp = (D * F + F) + (F * D + D)
-    norms = 2 * 2 * D
-    return attn + mlp + norms
-
-
 def param_counts(cfg: ModelConfig) -> ParamCounts:
-    """Closed-form parameter counts of scaling.model.Transformer(cfg)."""
-    D, V = cfg.d_model, cfg.vocab_size
-    non_embedding = cfg.n_layer * block_params(cfg) + 2 * D  # + final layer norm
-    embedding = V * D
-    if cfg.pos_encoding == "learned":
-        embedding += cfg.seq_len * D
-    if not cfg.tie_embeddings:
-        embedding += D * V
-    return ParamCounts(non_embedding, embedding, non_embedding + embedding)
+    """Closed-form parameter counts of the model `cfg` describes (its family's formula)."""
+    return ParamCounts(*models.accounting_of(cfg).param_counts(cfg))
 
 
 def count_tree(params: Any) -> ParamCounts:
@@ -94,19 +70,9 @@ def count_tree(params: Any) -> ParamCounts:
 # --------------------------------------------------------------------------------------
 
 
-def forward_matmul_flops(cfg: ModelConfig, seq_len: int | None = None) -> float:
-    """Forward matmul FLOPs per token (2 per multiply-add)."""
-    D, F, V, L = cfg.d_model, cfg.ff, cfg.vocab_size, cfg.n_layer
-    T = seq_len or cfg.seq_len
-    per_layer = 2 * D * 3 * D + 2 * D * D + 2 * 2 * D * F + 2 * 2 * T * D
-    return float(L * per_layer + 2 * D * V)
-
-
 def flops_per_token(cfg: ModelConfig) -> FlopCounts:
-    """Training FLOPs per token: Kaplan's 6N + 12 L T D and the exact matmul count."""
-    N = param_counts(cfg).non_embedding
-    kaplan = 6.0 * N + 12.0 * cfg.n_layer * cfg.seq_len * cfg.d_model
-    return FlopCounts(kaplan, 3.0 * forward_matmul_flops(cfg))
+    """Training FLOPs per token of the model `cfg` describes: (kaplan, exact)."""
+    return FlopCounts(*models.accounting_of(cfg).flops_per_token(cfg))
 
 
 def xla_flops(compiled: Any) -> float | None:

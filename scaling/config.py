@@ -34,8 +34,9 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Decoder-only transformer shape and numerics."""
+    """The model: its family (`arch`), shape and numerics."""
 
+    arch: Literal["transformer"] = "transformer"  # the family: a module of scaling.models
     preset: str = ""  # a name from scaling.presets.PRESETS; explicit keys override it
     n_layer: int = 2
     d_model: int = 128
@@ -52,7 +53,7 @@ class ModelConfig:
     init_std: float = 0.02
     # µP (Yang et al. 2022, Tensor Programs V): "sp" is the standard parametrisation
     # above; "mup" rescales inits, the output logits, the attention scale and the per-layer
-    # learning rates with width (see scaling/model.py and scaling/optim.py `mup_lr_multipliers`)
+    # learning rates with width (see scaling/models/transformer.py and scaling/optim.py `mup_lr_multipliers`)
     # so that a learning rate tuned at one width transfers. At d_model = mup_base_width,
     # µP equals SP except the attention scale (mup_attn_mult / head_dim).
     parametrization: Literal["sp", "mup"] = "sp"
@@ -412,6 +413,10 @@ class Config:
                 d[section].pop(key, None)
             else:
                 d.pop(section, None)
+        for dotted, default in IDENTITY_DEFAULTS.items():
+            section, key = dotted.split(".")
+            if d.get(section, {}).get(key, default) == default:
+                d.get(section, {}).pop(key, None)
         return d
 
     def replace(self, overrides: dict[str, Any] | list[str] | None = None) -> "Config":
@@ -427,6 +432,10 @@ NON_SEMANTIC = ("name", "train.progress", "train.parallel", "train.log_every",
                 "train.init_from", "train.init_step", "train.save_steps",
                 # trackers and the profiler watch a run; they do not change it
                 "train.trackers", "train.wandb_project", "train.profile_steps")
+
+# Keys added after sweeps already existed: at these values they are left out of a point's
+# identity, so a sweep started before the key existed resumes into the same folders.
+IDENTITY_DEFAULTS: dict[str, Any] = {"model.arch": "transformer"}
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,

@@ -113,11 +113,11 @@ def measure_width(cfg: Config, batches: Sequence[np.ndarray]) -> list[dict[str, 
     import jax.numpy as jnp
     import optax
 
-    from scaling.model import Transformer, init_params
+    from scaling.models import build, init_params
     from scaling.optim import make_runtime_optimizer
     from scaling.train import next_token_loss
 
-    model = Transformer(cfg.model)
+    model = build(cfg.model)
     optimizer = make_runtime_optimizer(cfg.optim, cfg.model)
     lr = jnp.float32(cfg.optim.lr)
 

@@ -143,7 +143,7 @@ def param_kind(path: tuple, leaf: Any) -> str:
       - otherwise ndim >= 2                                   -> 'matrix'
       - otherwise                                             -> 'vector' (decays with
         norms and biases)
-    The untied output head (`unembed/kernel` in scaling.model) is a weight matrix like
+    The untied output head (`unembed/kernel` in scaling.models.transformer) is a weight matrix like
     any other projection: it is decayed by default (it is a lookup table only for the
     parameter count's Kaplan convention, see scaling.accounting, not for the optimizer).
     """
@@ -183,7 +183,7 @@ def trust_ratio_mask(params: Any) -> Any:
     )
 
 
-# scaling.model's nn.scan module: every parameter under it carries a leading layer axis.
+# scaling.models.transformer's nn.scan module: every parameter under it carries a leading layer axis.
 STACKED_MODULE = "blocks"
 
 
@@ -222,7 +222,7 @@ def _layer_norm(x: jax.Array, stacked: bool) -> jax.Array:
 #   readout W_out         1                            m
 #
 # "hidden" = param_kind 'matrix' except the output head. The readout row is for the
-# multiplier form of scaling.model (logits = (mult / m) h . W_out, W_out at SP's init):
+# multiplier form of scaling.models.transformer (logits = (mult / m) h . W_out, W_out at SP's init):
 # there W_out behaves like an input weight (one width-sized dimension), which is why
 # microsoft/mup's MuAdam leaves its rate alone and MuSGD scales it by m. A tied head is
 # the embedding, whose rule is the same. The multiplier scales the whole step of the

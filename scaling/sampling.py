@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scaling.config import ModelConfig
-from scaling.model import Transformer
+from scaling import models
 
 
 def filter_logits(logits_V: jax.Array, temperature, top_k: int) -> jax.Array:
@@ -37,7 +37,7 @@ def filter_logits(logits_V: jax.Array, temperature, top_k: int) -> jax.Array:
 def _step(params, buf_1xT, pos, key, temperature, *, cfg: ModelConfig, top_k: int,
           greedy: bool):
     """Next token after position `pos` of the window buffer."""
-    logits_1xTxV = Transformer(cfg).apply({"params": params}, buf_1xT)
+    logits_1xTxV = models.build(cfg).apply({"params": params}, buf_1xT)
     logits_V = jax.lax.dynamic_index_in_dim(logits_1xTxV[0], pos, axis=0, keepdims=False)
     if greedy:
         return jnp.argmax(logits_V).astype(jnp.int32)

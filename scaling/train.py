@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from scaling.config import Config, ModelConfig, OptimConfig
-from scaling.model import Transformer, init_params
+from scaling import models
 from scaling.optim import (RUNTIME_OPTIM_FIELDS, ScheduleParams, make_runtime_optimizer,
                            schedule_multiplier, schedule_params)
 
@@ -99,7 +99,7 @@ def _state_initializer(model_cfg: ModelConfig, step_optim: OptimConfig) -> Calla
     optimizer = make_runtime_optimizer(step_optim, model_cfg)
 
     def init(rng, lr, sched):
-        params = init_params(model_cfg, rng)
+        params = models.init_params(model_cfg, rng)
         return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), lr, sched)
 
     return jax.jit(init)
@@ -124,8 +124,8 @@ class Trainer:
         return _step_optim(self.config.optim)
 
     @property
-    def model(self) -> Transformer:
-        return Transformer(self.model_config)
+    def model(self):
+        return models.build(self.model_config)
 
     @property
     def optimizer(self) -> optax.GradientTransformationExtraArgs:

@@ -14,7 +14,7 @@ from scaling import accounting
 from scaling.accounting import (FlopCounts, ParamCounts, count_tree, flops_per_token,
                                 lookup_peak, mfu, param_counts, peak_flops, xla_flops)
 from scaling.config import ModelConfig
-from scaling.model import loss_fn, param_shapes
+from scaling.models.transformer import loss_fn, param_shapes
 from scaling.presets import PRESETS
 
 SHAPES = [

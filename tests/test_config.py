@@ -159,3 +159,12 @@ def test_cli_non_finite_value_stops_before_training(tmp_path, override, key):
     assert key in out.stderr and "finite" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_keys_added_later_leave_point_identity_alone_at_their_defaults():
+    from scaling.config import IDENTITY_DEFAULTS, Config
+
+    d = Config().semantic_dict()
+    for dotted in IDENTITY_DEFAULTS:
+        section, key = dotted.split(".")
+        assert key not in d[section], dotted

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from scaling.config import ModelConfig
-from scaling.model import (Transformer, attention, attention_packed, cross_entropy,
+from scaling.models.transformer import (Transformer, attention, attention_packed, cross_entropy,
                            init_params, loss_fn)
 
 TINY = ModelConfig(n_layer=2, d_model=32, n_head=4, vocab_size=64, seq_len=16)
@@ -184,7 +184,7 @@ def test_scan_unroll_does_not_change_results():
 
 
 def test_rotary_scores_are_relative():
-    from scaling.model import apply_rotary
+    from scaling.models.transformer import apply_rotary
     rng = np.random.default_rng(0)
     q, k = (jnp.asarray(rng.standard_normal((1, 10, 2, 8)), jnp.float32) for _ in range(2))
     pos = jnp.arange(10)

@@ -15,7 +15,7 @@ import pytest
 
 from scaling.config import MUP_OPTIMIZERS, OPTIMIZERS, ConfigError, from_dict
 from scaling.coordcheck import coord_check, main as coordcheck_main, within
-from scaling.model import init_params, loss_fn
+from scaling.models.transformer import init_params, loss_fn
 from scaling.optim import make_runtime_optimizer, mup_lr_multipliers, mup_role
 from scaling.train import Trainer
 
@@ -129,7 +129,7 @@ def test_mup_init_scales_with_width():
 
 def test_mup_output_multiplier_scales_logits():
     """Same params, µP at width_mult 4 and output mult 2: logits = SP logits * 2 / 4."""
-    from scaling.model import Transformer
+    from scaling.models.transformer import Transformer
     sp = config(128, "sp", tie=False)
     mup = config(128, "mup", tie=False, mup_output_mult=2.0, mup_attn_mult=math.sqrt(16))
     params = init_params(sp.model, 0)
@@ -142,7 +142,7 @@ def test_mup_output_multiplier_scales_logits():
 
 def test_mup_attention_scale_is_attn_mult_over_head_dim():
     """Doubling mup_attn_mult at a fixed head size changes the logits (the scale is used)."""
-    from scaling.model import Transformer
+    from scaling.models.transformer import Transformer
     a = config(64, "mup", mup_attn_mult=4.0)
     b = config(64, "mup", mup_attn_mult=8.0)
     params = init_params(a.model, 0)

@@ -512,8 +512,12 @@ class Transformer(nn.Module):
 
 
 # --------------------------------------------------------------------------------------
-# Functional helpers
+# Functional helpers (the family interface of scaling.models)
 # --------------------------------------------------------------------------------------
+
+
+def build(cfg: ModelConfig, attn_impl: str = "auto") -> Transformer:
+    return Transformer(cfg, attn_impl)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
