@@ -297,6 +297,10 @@ def test_each_family_resumes_bit_identically(family, tmp_path):
     assert last < first - 0.5  # it learns
     if family == "encoder":  # scored tokens: 15 % of each window's 32 positions
         assert full["eval_tokens"] == full["eval_windows"] * n_selected(32)
+    from scaling.results import point_row
+
+    row = point_row("s", tmp_path / "full")  # the results table's columns
+    assert (row["arch"], row["objective"]) == (family, full["objective"])
 
 
 def test_bad_combinations_fail_before_training(tmp_path):
@@ -419,3 +423,17 @@ def test_lstm_samples_left_to_right():
     a = generate(params, cfg, [1, 2, 3], 10, temperature=0)
     assert len(a) == 10 and all(0 <= t < 40 for t in a)
     assert generate(params, cfg, [1, 2, 3], 10, temperature=0) == a  # deterministic
+
+
+def test_analysis_tables_carry_the_family(tmp_path):
+    import pandas as pd
+
+    from analysis.load import load_results
+
+    rows = [dict(point_id="a", N=1e4, D=1e6, C=6e10, final_eval_loss=3.0, status="done"),
+            dict(point_id="b", N=2e4, D=1e6, C=1.2e11, final_eval_loss=2.9, status="done",
+                 arch="lstm", objective="next_token")]
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    df = load_results(tmp_path / "results.csv")
+    assert df["arch"].tolist() == ["transformer", "lstm"]  # a row from before the column
+    assert df["objective"].tolist() == ["next_token", "next_token"]
