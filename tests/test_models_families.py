@@ -377,10 +377,10 @@ def test_plan_sizes_each_family_by_its_own_ladder(tmp_path):
         assert abs(p.n_params / p.requested["n_target"] - 1) < 0.25
 
 
-@pytest.mark.slow  # ~30-45 s: four fresh processes
+@pytest.mark.slow  # ~45-60 s: three fresh processes per family
 @pytest.mark.multidevice
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_shard_map_on_two_devices_matches_one_device(family, tmp_path):
+def test_shard_map_and_pmap_on_two_devices_match_one_device(family, tmp_path):
     worker = ROOT / "tests" / "multidevice" / "worker.py"
     extra = FAMILIES[family] + (["model.n_head=4"] if family == "lstm" else [])
 
@@ -395,10 +395,11 @@ def test_shard_map_on_two_devices_matches_one_device(family, tmp_path):
         return json.loads(line[len("RESULT "):])
 
     one = run("one", 1, "parallel=none")
-    two = run("two", 2, "parallel=shard_map")
-    assert two["device_count"] == 2 and two["D"] == one["D"]
-    np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)
-    np.testing.assert_allclose(two["evals"], one["evals"], rtol=1e-5)
+    for driver in ("shard_map", "pmap"):
+        two = run(driver, 2, f"parallel={driver}")
+        assert two["device_count"] == 2 and two["D"] == one["D"] and two["parallel"] == driver
+        np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)
+        np.testing.assert_allclose(two["evals"], one["evals"], rtol=1e-5)
 
 
 def test_masked_lm_step_with_micro_batches_matches_one_pass():
