@@ -224,7 +224,8 @@ class Trainer:
     def eval_step_body(
         self, params, batch_BxT1: jax.Array, axis_name: str | None = None
     ) -> jax.Array:
-        """float32[B]: the mean next-token loss of every window (row) of the batch, gathered
+        """float32[B]: the mean next-token loss of every window (row) of the batch (masked
+        LM: the mean over the window's selected positions), gathered
         over `axis_name` when bound, so every device returns the global batch's losses
         (the eval set's standard error needs them per window, not averaged)."""
         if self.masked_lm:  # per window: mean over its selected positions
