@@ -52,6 +52,7 @@ from scaling import accounting, tracking
 from scaling.checkpoint import Checkpointer
 from scaling.config import Config, ConfigError, from_dict
 from scaling.data import TokenData, load_corpus
+from scaling.masking import MaskedTokenData
 from scaling.parallel import Driver, check_batch, initialize_distributed, make_driver
 from scaling.runfiles import (CONFIG_FILE, METRICS_FILE, RESULT_FILE, atomic_write_text,
                               json_default, read_json, read_metrics, read_result, run_lock,
@@ -160,6 +161,8 @@ def _prepare(cfg: Config, run_dir: Path) -> _Setup:
             f"model.vocab_size = {m.vocab_size} is smaller than the tokenizer's vocabulary "
             f"({data.vocab_size}); set model.vocab_size >= {data.vocab_size}"
         )
+    if cfg.data.objective == "mlm":  # masked batches and eval set; [MASK] = model.vocab_size
+        data = MaskedTokenData(data, mask_id=m.vocab_size)
     if t.init_from:
         _trunk_config(cfg, run_dir)
     tracking.check_available(cfg)
@@ -521,6 +524,8 @@ class _Run:
         self.peak_precision = accounting.peak_precision(s.driver.devices[0], cfg.model.compute_dtype)
         xla = accounting.xla_flops(step_fn)
         self.xla_step_flops = None if xla is None else xla * s.driver.devices_flops_factor()
+        if cfg.model.arch == "lstm":  # XLA counts a loop body once: not the T steps of time
+            self.xla_step_flops = None
         history = _curve_so_far(s, start_step, branch)
         self.evals = [r for r in history if "eval_loss" in r
                       and not r.get("eval_final")]  # curve evals (a trunk's final one is not)
@@ -722,12 +727,14 @@ class _Run:
             "steps_planned": t.steps,
             "batch_size": t.batch_size,
             "seq_len": m.seq_len,
+            "arch": m.arch,
+            "objective": cfg.data.objective,
             "n_layer": m.n_layer,
             "d_model": m.d_model,
-            "n_head": m.n_head,
-            "d_ff": m.ff,
+            "n_head": m.n_head if m.arch != "lstm" else None,  # (no attention, no MLP)
+            "d_ff": m.ff if m.arch != "lstm" else None,
             "vocab_size": m.vocab_size,
-            "pos_encoding": m.pos_encoding,
+            "pos_encoding": m.pos_encoding if m.arch != "lstm" else None,
             "compute_dtype": m.compute_dtype,
             "optimizer": cfg.optim.name,
             "lr": cfg.optim.lr,
