@@ -14,8 +14,9 @@ the share of identical lines: `encodings/cp1254.py` vs `cp1252.py` has 0.96 of i
 in common and Jaccard 0.96 (16-byte shingles: 0.93; vs `iso8859_9.py`: lines 0.89,
 8 bytes 0.86, 16 bytes 0.79), while unrelated modules stay far below 0.8.
 
-Speed: the standard library (31 MB, 1,800 files, 17M shingles) is shingled in ~2 s
-and its ~150 held-out documents compared with all documents in ~1 s (one CPU core).
+Speed: the standard library (31 MB, 1,800 files, 17M shingles) is shingled in ~1 s
+and its ~590 held-out documents (val_fraction 0.3) compared with all documents in ~1.5 s
+(one CPU core; 2.6-4 s in all, once per corpus and split, then cached).
 Everything is a pure function of the texts.
 """
 
@@ -62,8 +63,15 @@ def shingles(text: str, k: int = SHINGLE_BYTES) -> np.ndarray:
         h = h[:n]  # then the remaining k - m bytes (k need not be a power of two)
         for j in range(m, k):
             h = h * _P + b[j:j + n]
-        h = np.sort(_mix64(h + np.uint64(k)))
-    return h[np.concatenate(([True], h[1:] != h[:-1]))]  # unique (faster than np.unique)
+        h = _mix64(h + np.uint64(k))
+    return _sorted_unique(h)
+
+
+def _sorted_unique(h: np.ndarray) -> np.ndarray:
+    """np.unique by sort and compare: 3-4x faster than numpy 2's hash-based unique on
+    millions of uint64 hashes."""
+    h = np.sort(h)
+    return h[np.concatenate(([True], h[1:] != h[:-1]))] if h.size else h
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -80,7 +88,7 @@ def intersections(queries: list[np.ndarray], docs: list[np.ndarray]):
     those before the product; each set must be sorted and unique (as `shingles` gives)."""
     import scipy.sparse as sp
 
-    vocab = np.unique(np.concatenate(queries)) if queries else np.zeros(0, np.uint64)
+    vocab = _sorted_unique(np.concatenate(queries)) if queries else np.zeros(0, np.uint64)
 
     bitmap = np.zeros(1 << 24, dtype=bool)
     bitmap[(vocab & _LOW24).astype(np.intp)] = True
