@@ -78,7 +78,8 @@ def make_jax_step(cfg: Config):
         step = trainer.compile_step()
     else:  # equivalent stand-in: value_and_grad of the loss + optax.adamw
         import optax
-        from scaling.models.transformer import init_params, loss_fn
+        from scaling.models import init_params
+        from scaling.models.transformer import loss_fn
 
         opt = optax.chain(optax.clip_by_global_norm(1.0),
                           optax.adamw(1e-3, b1=0.9, b2=0.95, weight_decay=0.1))

@@ -14,7 +14,8 @@ from scaling import accounting
 from scaling.accounting import (FlopCounts, ParamCounts, count_tree, flops_per_token,
                                 lookup_peak, mfu, param_counts, peak_flops, xla_flops)
 from scaling.config import ModelConfig
-from scaling.models.transformer import loss_fn, param_shapes
+from scaling.models import param_shapes
+from scaling.models.transformer import loss_fn
 from scaling.presets import PRESETS
 
 SHAPES = [

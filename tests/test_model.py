@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from scaling.config import ModelConfig
+from scaling.models import init_params
 from scaling.models.transformer import (Transformer, attention, attention_packed, cross_entropy,
-                           init_params, loss_fn)
+                                        loss_fn)
 
 TINY = ModelConfig(n_layer=2, d_model=32, n_head=4, vocab_size=64, seq_len=16)
 

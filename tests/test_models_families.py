@@ -22,7 +22,7 @@ from scaling.evalset import build_eval_set
 from scaling.loop import train
 from scaling.masking import (IGNORE, MaskedEvalSet, MaskedTokenData, mask_windows, n_selected,
                              train_keys)
-from scaling.models import encoder, lstm, transformer
+from scaling.models import encoder, lstm
 from scaling.presets import LSTM_PRESETS
 from scaling.runfiles import read_metrics, read_result
 from scaling.train import masked_lm_losses
@@ -41,7 +41,7 @@ def test_lstm_gradient_matches_central_finite_differences(monkeypatch):
     cfg = ModelConfig(arch="lstm", n_layer=2, d_model=8, vocab_size=11, seq_len=7)
     with jax.enable_x64(True):
         monkeypatch.setattr(lstm, "dtype_of", lambda name: jnp.float64)
-        params = jax.tree.map(lambda x: np.asarray(x, np.float64), lstm.init_params(cfg, 0))
+        params = jax.tree.map(lambda x: np.asarray(x, np.float64), models.init_params(cfg, 0))
         params = jax.tree.map(jnp.asarray, params)
         rng = np.random.default_rng(0)
         batch = jnp.asarray(rng.integers(0, 11, (3, 8)), jnp.int32)
@@ -177,7 +177,7 @@ def test_only_the_encoder_sees_later_tokens(arch):
 
 def test_encoder_attention_impls_agree():
     cfg = ModelConfig(arch="encoder", n_layer=1, d_model=32, n_head=4, vocab_size=50, seq_len=16)
-    params = encoder.init_params(cfg, 0)
+    params = models.init_params(cfg, 0)
     tokens = np.random.default_rng(5).integers(0, 51, (2, 16)).astype(np.int32)  # 50 = [MASK]
     ref = encoder.Encoder(cfg, "reference").apply({"params": params}, tokens)
     for impl in ("auto", "xla"):
@@ -238,7 +238,7 @@ def test_lstm_flops_match_xla_within_20_percent():
         return optax.softmax_cross_entropy_with_integer_labels(logits, b[:, 1:]).mean()
 
     batch = jax.ShapeDtypeStruct((B, cfg.seq_len + 1), jnp.int32)
-    got = xla_flops(jax.jit(jax.value_and_grad(loss)).lower(lstm.param_shapes(cfg), batch).compile())
+    got = xla_flops(jax.jit(jax.value_and_grad(loss)).lower(models.param_shapes(cfg), batch).compile())
     ratio = got / (flops_per_token(cfg).exact * B * cfg.seq_len)
     assert 1.0 <= ratio < 1.2, ratio
 
@@ -254,7 +254,7 @@ def test_encoder_flops_match_xla_within_10_percent():
         return total.sum() / count.sum()
 
     batch = jax.ShapeDtypeStruct((B, 2, cfg.seq_len), jnp.int32)
-    got = xla_flops(jax.jit(jax.value_and_grad(loss)).lower(encoder.param_shapes(cfg), batch).compile())
+    got = xla_flops(jax.jit(jax.value_and_grad(loss)).lower(models.param_shapes(cfg), batch).compile())
     ratio = got / (flops_per_token(cfg).exact * B * cfg.seq_len)
     assert 0.95 < ratio < 1.1, ratio
 

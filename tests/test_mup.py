@@ -15,7 +15,8 @@ import pytest
 
 from scaling.config import MUP_OPTIMIZERS, OPTIMIZERS, ConfigError, from_dict
 from scaling.coordcheck import coord_check, main as coordcheck_main, within
-from scaling.models.transformer import init_params, loss_fn
+from scaling.models import init_params
+from scaling.models.transformer import loss_fn
 from scaling.optim import make_runtime_optimizer, mup_lr_multipliers, mup_role
 from scaling.train import Trainer
 

@@ -427,7 +427,7 @@ def test_describe_optimizer_is_one_line(name):
 
 def real_model_params(tie: bool, scan: bool):
     from scaling.config import ModelConfig
-    from scaling.models.transformer import init_params
+    from scaling.models import init_params
 
     cfg = ModelConfig(n_layer=2, d_model=16, n_head=2, vocab_size=24, seq_len=8,
                       tie_embeddings=tie, scan_layers=scan)

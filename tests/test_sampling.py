@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from scaling.config import ModelConfig
-from scaling.models.transformer import Transformer, init_params
+from scaling.models import init_params
+from scaling.models.transformer import Transformer
 from scaling.sampling import filter_logits, generate
 
 CFG = ModelConfig(n_layer=1, d_model=32, n_head=2, vocab_size=48, seq_len=12, init_std=0.5)

@@ -11,7 +11,11 @@
 so training, sampling and the coordinate check do not care which one runs:
 
     build(cfg, attn_impl="auto") -> linen module; apply({"params": p}, tokens_BxT) -> logits
-    init_params(cfg, rng) -> params        param_shapes(cfg) -> ShapeDtypeStruct tree
+    init_module(cfg) -> the module whose init gives the parameter tree (any attention impl
+                        gives the same tree; the cheapest to trace is used)
+
+from which this registry makes `init_params(cfg, rng)` (jitted, once per config) and
+`param_shapes(cfg)` (ShapeDtypeStructs, nothing allocated) for every family,
 
 and every accounting module `param_counts(cfg) -> (non_embedding, embedding, total)` and
 `flops_per_token(cfg) -> (kaplan, exact)`. The accounting modules import no jax, so a
@@ -20,6 +24,7 @@ sweep is planned without it; the networks are imported on first use.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from types import ModuleType
 
@@ -50,8 +55,32 @@ def build(cfg: ModelConfig, attn_impl: str = "auto"):
 
 
 def init_params(cfg: ModelConfig, rng):
-    return network_of(cfg).init_params(cfg, rng)
+    """Parameters of `cfg`'s model (`rng` a key or an int seed)."""
+    import jax
+
+    if isinstance(rng, int):
+        rng = jax.random.key(rng)
+    return _jitted_init()(cfg, rng)
 
 
 def param_shapes(cfg: ModelConfig):
-    return network_of(cfg).param_shapes(cfg)
+    """The parameter tree as ShapeDtypeStructs, without allocating anything."""
+    import jax
+    import jax.numpy as jnp
+
+    tokens = jax.ShapeDtypeStruct((1, cfg.seq_len), jnp.int32)
+    out = jax.eval_shape(lambda r, t: network_of(cfg).init_module(cfg).init(r, t),
+                         jax.random.key(0), tokens)
+    return out["params"]
+
+
+@functools.cache
+def _jitted_init():
+    import jax
+    import jax.numpy as jnp
+
+    def init(cfg: ModelConfig, rng):
+        tokens = jnp.zeros((1, cfg.seq_len), jnp.int32)
+        return network_of(cfg).init_module(cfg).init(rng, tokens)["params"]
+
+    return jax.jit(init, static_argnums=0)

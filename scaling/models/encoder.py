@@ -23,7 +23,6 @@ Parameter tree: as the transformer's (token_embed/embedding is [V + 1, D]):
 
 from __future__ import annotations
 
-import functools
 
 import flax.linen as nn
 import jax
@@ -95,20 +94,5 @@ def build(cfg: ModelConfig, attn_impl: str = "auto") -> Encoder:
     return Encoder(cfg, attn_impl)
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _init(cfg: ModelConfig, rng):
-    tokens = jnp.zeros((1, cfg.seq_len), jnp.int32)
-    return Encoder(cfg, "reference", scan_unroll=1).init(rng, tokens)["params"]
-
-
-def init_params(cfg: ModelConfig, rng) -> dict:
-    if isinstance(rng, int):
-        rng = jax.random.key(rng)
-    return _init(cfg, rng)
-
-
-def param_shapes(cfg: ModelConfig) -> dict:
-    tokens = jax.ShapeDtypeStruct((1, cfg.seq_len), jnp.int32)
-    out = jax.eval_shape(lambda r, t: Encoder(cfg, "reference", 1).init(r, t),
-                         jax.random.key(0), tokens)
-    return out["params"]
+def init_module(cfg: ModelConfig) -> Encoder:
+    return Encoder(cfg, "reference", scan_unroll=1)

@@ -33,7 +33,6 @@ refused by scaling.config when set away from their defaults.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import flax.linen as nn
@@ -156,18 +155,5 @@ def build(cfg: ModelConfig, attn_impl: str = "auto") -> LSTM:
     return LSTM(cfg)
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _init(cfg: ModelConfig, rng):
-    tokens = jnp.zeros((1, cfg.seq_len), jnp.int32)
-    return LSTM(cfg).init(rng, tokens)["params"]
-
-
-def init_params(cfg: ModelConfig, rng) -> dict:
-    if isinstance(rng, int):
-        rng = jax.random.key(rng)
-    return _init(cfg, rng)
-
-
-def param_shapes(cfg: ModelConfig) -> dict:
-    tokens = jax.ShapeDtypeStruct((1, cfg.seq_len), jnp.int32)
-    return jax.eval_shape(lambda r, t: LSTM(cfg).init(r, t), jax.random.key(0), tokens)["params"]
+def init_module(cfg: ModelConfig) -> LSTM:
+    return LSTM(cfg)

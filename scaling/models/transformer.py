@@ -549,25 +549,8 @@ def build(cfg: ModelConfig, attn_impl: str = "auto") -> Transformer:
     return Transformer(cfg, attn_impl)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2))
-def _init(cfg: ModelConfig, rng, attn_impl: str = "auto"):
-    tokens = jnp.zeros((1, cfg.seq_len), jnp.int32)
-    return Transformer(cfg, attn_impl, scan_unroll=1).init(rng, tokens)["params"]
-
-
-def init_params(cfg: ModelConfig, rng) -> dict:
-    """Parameters for `cfg` (jitted init; the attention impl does not change the tree)."""
-    if isinstance(rng, int):
-        rng = jax.random.key(rng)
-    return _init(cfg, rng, "reference")
-
-
-def param_shapes(cfg: ModelConfig) -> dict:
-    """The parameter pytree as ShapeDtypeStructs, without allocating anything."""
-    tokens = jax.ShapeDtypeStruct((1, cfg.seq_len), jnp.int32)
-    out = jax.eval_shape(lambda r, t: Transformer(cfg, "reference", 1).init(r, t),
-                         jax.random.key(0), tokens)
-    return out["params"]
+def init_module(cfg: ModelConfig) -> Transformer:
+    return Transformer(cfg, "reference", scan_unroll=1)
 
 
 def cross_entropy(logits_BxTxV, targets_BxT) -> jax.Array:
