@@ -230,16 +230,6 @@ def eval_windows(eval_set, chunk: int = 2048):
         yield batch[weights > 0]
 
 
-def position_summary(losses_WxT: np.ndarray, documents: np.ndarray) -> dict[str, list[float]]:
-    """Mean loss at each position of the window and its cluster-robust stderr (by document)."""
-    from scaling.evalset import cluster_robust_stderr
-
-    L = np.asarray(losses_WxT, dtype=np.float64)
-    return {"eval_loss_by_position": [float(v) for v in L.mean(axis=0)],
-            "eval_loss_by_position_stderr": [cluster_robust_stderr(L[:, t], documents)
-                                             for t in range(L.shape[1])]}
-
-
 def default_run_dir(spec, order: int) -> Path:
     """<sweeps>/<name>/ngram/order<K> for a sweep spec, runs/<name>-ngram<K> for a config."""
     if "sweep" in spec.raw:
@@ -289,7 +279,7 @@ def run_ngram(cfg, order: int, run_dir: str | Path) -> dict:
         "N_meaning": "distinct n-grams stored, orders 1..K (not a parameter count)",
         "D": int(data.unique_tokens), "C": None,
         "final_eval_loss": summary["eval_loss"], **summary,
-        **position_summary(losses, es.documents),
+        **es.summarize_positions(losses),
         "discounts_raw": [t.discounts.tolist() for t in model.raw_tables],
         "discounts_continuation": [t.discounts.tolist() for t in model.cont_tables],
         "seq_len": T, "vocab_size": data.vocab_size,
