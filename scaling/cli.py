@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--out", help="report folder")
     a.add_argument("--accounting", choices=("total", "kaplan"),
                    help="compute accounting to fit under (default: the table's own)")
+    a.add_argument("--ngram", action="append",
+                   help="an n-gram result folder or result.json to draw as a reference line "
+                        "(default: the sweep folder's ngram/*/); repeatable")
 
     ng = sub.add_parser("ngram", help="Kneser-Ney n-gram baseline on a config's tokens and eval set")
     ng.add_argument("config", help="a run config or sweep spec (TOML): its [data], seq_len, eval_tokens")
@@ -212,15 +215,15 @@ def _watch(sweep_dir: str, interval: float) -> int:
 
 
 def cmd_analyze(args) -> int:
-    return _analyze(args.source, args.out, accounting=args.accounting)
+    return _analyze(args.source, args.out, accounting=args.accounting, ngram=args.ngram)
 
 
-def _analyze(source, out=None, *, accounting: str | None = None) -> int:
+def _analyze(source, out=None, *, accounting: str | None = None, ngram=None) -> int:
     """Write the report; bad or unusable input is one `error:` line and exit 2."""
     from analysis.report import analyze
 
     try:
-        print(f"report: {analyze(source, out, accounting=accounting)}")
+        print(f"report: {analyze(source, out, accounting=accounting, ngram=ngram)}")
     except (KeyError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
