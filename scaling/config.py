@@ -36,7 +36,9 @@ class ConfigError(ValueError):
 class ModelConfig:
     """The model: its family (`arch`), shape and numerics."""
 
-    arch: Literal["transformer"] = "transformer"  # the family: a module of scaling.models
+    # the family, a module of scaling.models: "transformer" (decoder, next-token), "lstm"
+    # (recurrent, next-token), "encoder" (bidirectional, masked-LM: data.objective = "mlm")
+    arch: Literal["transformer", "lstm", "encoder"] = "transformer"
     preset: str = ""  # a name from scaling.presets.PRESETS; explicit keys override it
     n_layer: int = 2
     d_model: int = 128
@@ -73,6 +75,9 @@ class ModelConfig:
 
     def validate(self) -> None:
         _positive(self, "n_layer", "d_model", "n_head", "vocab_size", "seq_len")
+        if self.arch == "lstm":
+            self._validate_lstm()
+            return
         if self.d_ff < 0:
             raise ConfigError(f"model.d_ff = {self.d_ff}: must be > 0, or 0 for 4 * d_model")
         if self.d_model % self.n_head:
@@ -89,6 +94,24 @@ class ModelConfig:
         if not self.init_std > 0:
             raise ConfigError(f"model.init_std = {self.init_std}: must be > 0")
         self._validate_mup()
+
+    # Keys of the attention families that an LSTM has no use for: refused when set away
+    # from their defaults (at the default they are inert, so a transformer config or
+    # preset switches family with one key).
+    LSTM_INERT = ("n_head", "d_ff", "pos_encoding", "parametrization")
+
+    def _validate_lstm(self) -> None:
+        defaults = ModelConfig()
+        bad = [k for k in self.LSTM_INERT if getattr(self, k) != getattr(defaults, k)]
+        if bad:
+            what = ", ".join(f"model.{k} = {getattr(self, k)!r}" for k in bad)
+            allowed = ", ".join(f"model.{k} = {getattr(defaults, k)!r}" for k in bad)
+            raise ConfigError(
+                f"{what}: does not apply to model.arch = 'lstm' (no attention, no "
+                f"feed-forward block, no positional encoding, no µP rules); leave it at its "
+                f"default ({allowed}) or use model.arch = 'transformer'")
+        if not self.init_std > 0:
+            raise ConfigError(f"model.init_std = {self.init_std}: must be > 0")
 
     @property
     def width_mult(self) -> float:
@@ -129,6 +152,10 @@ class DataConfig:
     # or "tokens:<path>": pre-tokenized llm.c/nanoGPT .bin shards (a file, a folder of
     # .bin files or a glob; scaling.shards), which need tokens_vocab_size.
     corpus: str = "stdlib"
+    # "next_token" (causal LM: transformer, lstm) | "mlm" (BERT's masked LM: 15 % of each
+    # window's positions selected, 80/10/10 mask/random/unchanged; model.arch = "encoder";
+    # scaling.masking)
+    objective: Literal["next_token", "mlm"] = "next_token"
     tokenizer: Literal["byte", "bpe"] = "byte"
     bpe_vocab_size: int = 512  # only for tokenizer = "bpe"
     text_field: str = "text"  # for .jsonl and Hugging Face datasets
@@ -201,6 +228,18 @@ def check_mup_optimizer(model: "ModelConfig", optim: "OptimConfig") -> None:
             "already normalise each layer's step by its trust ratio ||w|| / ||update||, which "
             "replaces the per-layer width scaling µP would apply; use model.parametrization = "
             "'sp' with them")
+
+
+def check_objective(model: "ModelConfig", data: "DataConfig") -> None:
+    """The encoder trains only on the masked-LM objective, and the masked-LM objective only
+    trains the encoder (a causal model would see no useful signal from it, and the
+    encoder would see its targets under the next-token objective)."""
+    if (model.arch == "encoder") != (data.objective == "mlm"):
+        raise ConfigError(
+            f"model.arch = {model.arch!r} with data.objective = {data.objective!r}: the "
+            "masked-LM objective goes with the bidirectional encoder only; use "
+            "model.arch = 'encoder' with data.objective = 'mlm', or model.arch = "
+            "'transformer' / 'lstm' with data.objective = 'next_token'")
 
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lars", "lamb")
@@ -371,6 +410,11 @@ class Config:
             _check_finite(getattr(self, section), section)
             getattr(self, section).validate()
         check_mup_optimizer(self.model, self.optim)
+        check_objective(self.model, self.data)
+        if self.train.eval_per_position and self.data.objective != "next_token":
+            raise ConfigError(
+                f"train.eval_per_position = true with data.objective = {self.data.objective!r}: "
+                "the loss by window position is defined for next-token prediction only")
         if self.optim.warmup_steps >= self.train.steps:
             raise ConfigError(
                 f"optim.warmup_steps = {self.optim.warmup_steps} must be smaller than "
@@ -439,6 +483,7 @@ NON_SEMANTIC = ("name", "train.progress", "train.parallel", "train.log_every",
 # Keys added after sweeps already existed: at these values they are left out of a point's
 # identity, so a sweep started before the key existed resumes into the same folders.
 IDENTITY_DEFAULTS: dict[str, Any] = {"model.arch": "transformer",
+                                     "data.objective": "next_token",
                                      "train.eval_per_position": False}
 
 SECTIONS: dict[str, type] = {
@@ -498,7 +543,8 @@ def from_dict(raw: dict[str, Any], overrides: list[str] | dict | None = None) ->
         if not isinstance(values, dict):
             raise ConfigError(f"[{section}] must be a table of key = value, got {values!r}")
         if section == "model" and values.get("preset"):
-            values = {**preset_values(values["preset"]), **values}
+            values = {**preset_values(values["preset"], values.get("arch", "transformer")),
+                      **values}
         sections[section] = build_section(cls, section, values)
     name = raw.get("name", "run")
     if not isinstance(name, str) or not name:
@@ -506,9 +552,12 @@ def from_dict(raw: dict[str, Any], overrides: list[str] | dict | None = None) ->
     return Config(name=name, **sections).validate()
 
 
-def preset_values(name: Any) -> dict[str, Any]:
-    from scaling.presets import PRESETS
+def preset_values(name: Any, arch: Any = "transformer") -> dict[str, Any]:
+    """The shape keys of preset `name` for the family `arch` (scaling.presets: one size
+    ladder per family, the same names for the same nominal N)."""
+    from scaling.presets import presets_of
 
+    PRESETS = presets_of(arch)
     if name not in PRESETS:
         raise ConfigError(
             f"model.preset = {name!r}: unknown{_suggest(str(name), list(PRESETS))}; "

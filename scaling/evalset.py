@@ -65,17 +65,24 @@ def round_robin_order(docs: np.ndarray) -> np.ndarray:
     return np.lexsort((docs, rank)).astype(np.int64)
 
 
-def cluster_robust_stderr(losses: np.ndarray, clusters: np.ndarray) -> float:
-    """CR1 standard error of the mean of `losses`, clustered by `clusters` (module doc)."""
+def cluster_robust_stderr(losses: np.ndarray, clusters: np.ndarray,
+                          weights: np.ndarray | None = None) -> float:
+    """CR1 standard error of the mean of `losses`, clustered by `clusters` (module doc).
+
+    With `weights` (w_i, e.g. tokens scored per window), of the weighted mean
+    L = sum w_i L_i / W: SE^2 = G/(G-1) sum_g (sum_{i in g} w_i (L_i - L))^2 / W^2, which
+    is the unweighted formula when all weights are equal."""
     losses = np.asarray(losses, dtype=np.float64)
     clusters = np.asarray(clusters)
+    w = np.ones_like(losses) if weights is None else np.asarray(weights, dtype=np.float64)
     n = losses.size
     _, inverse = np.unique(clusters, return_inverse=True)
     g = int(inverse.max()) + 1 if n else 0
     if g < 2:
         return float("nan")
-    resid_sums = np.bincount(inverse, weights=losses - losses.mean(), minlength=g)
-    return float(np.sqrt(g / (g - 1) * np.sum(resid_sums ** 2)) / n)
+    mean = losses.mean() if weights is None else np.sum(w * losses) / np.sum(w)
+    resid_sums = np.bincount(inverse, weights=w * (losses - mean), minlength=g)
+    return float(np.sqrt(g / (g - 1) * np.sum(resid_sums ** 2)) / np.sum(w))
 
 
 class EvalSet:
@@ -128,15 +135,21 @@ class EvalSet:
             raise ValueError(f"prefix({k}): need 1 <= k <= n_windows = {self.n_windows}")
         return EvalSet(self._val, self.starts[:k], self.documents[:k], self.seq_len)
 
-    def summarize(self, window_losses: np.ndarray) -> dict[str, float | int]:
-        """Mean loss (token-weighted = window mean), its cluster-robust stderr, sizes."""
+    def summarize(self, window_losses: np.ndarray,
+                  weights: np.ndarray | None = None) -> dict[str, float | int]:
+        """Mean loss (token-weighted = window mean), its cluster-robust stderr, sizes.
+
+        `weights`: tokens scored per window when windows score different numbers of
+        tokens (the masked-LM eval, scaling.masking); the mean is then weighted by them."""
         losses = np.asarray(window_losses, dtype=np.float64).reshape(-1)
         if losses.size != self.n_windows:
             raise ValueError(f"summarize: got {losses.size} window losses for "
                              f"{self.n_windows} windows")
+        w = np.ones_like(losses) if weights is None else np.asarray(weights, np.float64)
         return {
-            "eval_loss": float(losses.mean()),
-            "eval_loss_stderr": cluster_robust_stderr(losses, self.documents),
+            "eval_loss": float(losses.mean() if weights is None
+                               else np.sum(w * losses) / np.sum(w)),
+            "eval_loss_stderr": cluster_robust_stderr(losses, self.documents, w),
             "eval_tokens": self.tokens,
             "eval_documents": self.n_documents,
             "eval_windows": self.n_windows,

@@ -52,6 +52,7 @@ from scaling import accounting, tracking
 from scaling.checkpoint import Checkpointer
 from scaling.config import Config, ConfigError, from_dict
 from scaling.data import TokenData, load_corpus
+from scaling.masking import MaskedTokenData
 from scaling.parallel import Driver, check_batch, initialize_distributed, make_driver
 from scaling.runfiles import (CONFIG_FILE, METRICS_FILE, RESULT_FILE, atomic_write_text,
                               json_default, read_json, read_metrics, read_result, run_lock,
@@ -160,6 +161,8 @@ def _prepare(cfg: Config, run_dir: Path) -> _Setup:
             f"model.vocab_size = {m.vocab_size} is smaller than the tokenizer's vocabulary "
             f"({data.vocab_size}); set model.vocab_size >= {data.vocab_size}"
         )
+    if cfg.data.objective == "mlm":  # masked batches and eval set; [MASK] = model.vocab_size
+        data = MaskedTokenData(data, mask_id=m.vocab_size)
     if t.init_from:
         _trunk_config(cfg, run_dir)
     tracking.check_available(cfg)
@@ -724,6 +727,8 @@ class _Run:
             "steps_planned": t.steps,
             "batch_size": t.batch_size,
             "seq_len": m.seq_len,
+            "arch": m.arch,
+            "objective": cfg.data.objective,
             "n_layer": m.n_layer,
             "d_model": m.d_model,
             "n_head": m.n_head,

@@ -260,6 +260,9 @@ def run_ngram(cfg, order: int, run_dir: str | Path) -> dict:
 
     if int(order) < 1:
         raise ConfigError(f"--order = {order}: expected an integer >= 1")
+    if cfg.data.objective != "next_token":
+        raise ConfigError(f"data.objective = {cfg.data.objective!r}: the n-gram baseline scores "
+                          "next-token prediction only")
     t0 = time.perf_counter()
     T = cfg.model.seq_len
     data = load_corpus(cfg.data, T)

@@ -1,4 +1,4 @@
-"""Named model shapes forming a size ladder.
+"""Named model shapes forming a size ladder, one per model family (the same names).
 
 Names say the non-embedding parameter count N (Kaplan et al.'s definition,
 12 * n_layer * d_model^2 for d_ff = 4 d, biases and norms aside), so a sweep over
@@ -25,3 +25,33 @@ PRESETS: dict[str, dict] = {
     "n50m":   dict(n_layer=12, d_model=576, n_head=9),  # 47.8M     47,866,752
     "n85m":   dict(n_layer=12, d_model=768, n_head=12), # 84.9M     85,056,000 (GPT-2 small)
 }
+
+# The LSTM's ladder under the same names (same nominal non-embedding N; exact N =
+# n_layer (8 d^2 + 4 d) + 2 d, scaling.models.lstm_accounting, within 4 % of the name).
+# Depth grows slowly with size (1 layer at 25k, 2 up to 800k, 3 to 6M, 4 above), as in
+# the stacked LSTMs of Kaplan et al. (2020, Fig. 7); d_model a multiple of 8.
+LSTM_PRESETS: dict[str, dict] = {
+    # name:        n_layer, d_model         exact N
+    "n25k":   dict(n_layer=1, d_model=56),    # 25,424
+    "n100k":  dict(n_layer=2, d_model=80),    # 103,200
+    "n200k":  dict(n_layer=2, d_model=112),   # 201,824
+    "n400k":  dict(n_layer=2, d_model=160),   # 411,200
+    "n800k":  dict(n_layer=2, d_model=224),   # 805,056
+    "n1.6m":  dict(n_layer=3, d_model=256),   # 1,576,448
+    "n3m":    dict(n_layer=3, d_model=352),   # 2,978,624
+    "n6m":    dict(n_layer=3, d_model=496),   # 5,911,328
+    "n14m":   dict(n_layer=4, d_model=664),   # 14,120,624
+    "n25m":   dict(n_layer=4, d_model=880),   # 24,796,640
+    "n50m":   dict(n_layer=4, d_model=1248),  # 49,862,592
+    "n85m":   dict(n_layer=4, d_model=1632),  # 85,258,944
+}
+
+# The encoder has the transformer's blocks, so it uses the transformer's ladder.
+FAMILY_PRESETS: dict[str, dict[str, dict]] = {
+    "transformer": PRESETS, "encoder": PRESETS, "lstm": LSTM_PRESETS}
+
+
+def presets_of(arch: str) -> dict[str, dict]:
+    """The preset table of the family `arch` (the transformer's for an unknown name, whose
+    own check reports it)."""
+    return FAMILY_PRESETS.get(arch, PRESETS)

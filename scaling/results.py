@@ -45,7 +45,7 @@ RESULT_COLUMNS = [
     "tokens_per_param",
     "final_train_loss", "final_eval_loss", "eval_loss_stderr", "best_eval_loss",
     "eval_tokens", "eval_documents",
-    "steps", "batch_size", "seq_len", "n_layer", "d_model", "n_head",
+    "arch", "objective", "steps", "batch_size", "seq_len", "n_layer", "d_model", "n_head",
     "optimizer", "parametrization", "lr", "schedule", "warmup_steps", "weight_decay", "seed",
     "wall_time_s", "compile_time_s", "tokens_per_s", "mfu",
     "device_kind", "device_count", "jax_version", "corpus_fingerprint", "git_commit",
@@ -177,6 +177,8 @@ def point_row(sweep: str, point_dir: Path) -> dict:
         m, o, t = config.get("model", {}), config.get("optim", {}), config.get("train", {})
         row.update({
             "steps": t.get("steps"), "batch_size": t.get("batch_size"), "seq_len": m.get("seq_len"),
+            "arch": m.get("arch", "transformer"),
+            "objective": config.get("data", {}).get("objective", "next_token"),
             "n_layer": m.get("n_layer"), "d_model": m.get("d_model"), "n_head": m.get("n_head"),
             "optimizer": o.get("name"), "parametrization": m.get("parametrization", "sp"),
             "lr": o.get("lr"), "schedule": o.get("schedule"),

@@ -64,6 +64,18 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int, *,
             raise ConfigError(f"{name} = {value}: must be an integer {allowed}")
 
 
+def check_samplable(cfg: ModelConfig) -> None:
+    """ConfigError for a model that cannot generate left to right: the masked-LM encoder
+    (bidirectional, trained to fill in masked positions, not to continue a text)."""
+    from scaling.config import ConfigError
+
+    if cfg.arch == "encoder":
+        raise ConfigError(
+            "model.arch = 'encoder': a masked-LM encoder attends both ways and predicts "
+            "masked positions, not the next token, so it cannot sample text; sample from a "
+            "run of model.arch = 'transformer' or 'lstm'")
+
+
 def generate(params, cfg: ModelConfig, prompt_ids: Sequence[int], max_new_tokens: int, *,
              temperature: float = 1.0, top_k: int = 0, seed: int = 0) -> list[int]:
     """The `max_new_tokens` tokens generated after the prompt (the prompt not included).
@@ -72,6 +84,7 @@ def generate(params, cfg: ModelConfig, prompt_ids: Sequence[int], max_new_tokens
     likely tokens; `seed` makes sampling reproducible. Bad arguments raise ConfigError
     (a ValueError) naming the argument.
     """
+    check_samplable(cfg)
     check_sampling(max_new_tokens, temperature, top_k)
     ids = [int(t) for t in prompt_ids]
     if not ids:
@@ -121,6 +134,7 @@ def sample_from_run(run_dir, prompt: str = "", *, max_new_tokens: int = 200,
     if raw is None:
         raise ConfigError(f"{run_dir} is not a run folder (no {CONFIG_FILE})")
     cfg = from_dict(raw)
+    check_samplable(cfg.model)
     folder = run_dir / "checkpoints"
     if not folder.is_dir():  # never create it: sampling writes nothing
         raise ConfigError(f"{run_dir} has no checkpoint to sample from yet")

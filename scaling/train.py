@@ -53,6 +53,16 @@ def next_token_loss(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Arra
     return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT).mean()
 
 
+def masked_lm_losses(logits_BxTxV: jax.Array, labels_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(loss sum, scored count) per row, float32 [B] each: cross-entropy of the labels at
+    the positions the masking selected (labels >= 0; scaling.masking), in float32."""
+    scored_BxT = labels_BxT >= 0
+    ce_BxT = optax.softmax_cross_entropy_with_integer_labels(
+        logits_BxTxV.astype(jnp.float32), jnp.where(scored_BxT, labels_BxT, 0))
+    scored_BxT = scored_BxT.astype(jnp.float32)
+    return (ce_BxT * scored_BxT).sum(axis=1), scored_BxT.sum(axis=1)
+
+
 def _mean_over(axis_name: str | None, tree):
     return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
@@ -83,6 +93,7 @@ def compile_key(cfg: Config) -> str:
                   if k not in RUNTIME_OPTIM_FIELDS},
         "batch": cfg.train.batch_size,
         "micro": cfg.train.micro_batches,
+        "objective": cfg.data.objective,
     }
     return repr(parts)
 
@@ -154,7 +165,16 @@ class Trainer:
         return state._replace(lr=like(lr, state.lr),
                               schedule=ScheduleParams(*map(like, sched, state.schedule)))
 
+    @property
+    def masked_lm(self) -> bool:
+        """data.objective = "mlm": batches are int32 [B, 2, T] (inputs, labels; scaling.masking)."""
+        return self.config.data.objective == "mlm"
+
     def loss(self, params, batch_BxT1: jax.Array) -> jax.Array:
+        if self.masked_lm:  # mean over the selected positions of the batch
+            logits_BxTxV = self.model.apply({"params": params}, batch_BxT1[:, 0])
+            loss_B, count_B = masked_lm_losses(logits_BxTxV, batch_BxT1[:, 1])
+            return loss_B.sum() / jnp.maximum(count_B.sum(), 1.0)
         inputs_BxT, targets_BxT = batch_BxT1[:, :-1], batch_BxT1[:, 1:]
         logits_BxTxV = self.model.apply({"params": params}, inputs_BxT)
         return next_token_loss(logits_BxTxV, targets_BxT)
@@ -172,7 +192,7 @@ class Trainer:
         else:
             # Gradient accumulation: scan over micro-batches, summing in float32.
             b = batch_BxT1.shape[0]
-            micro_MxBxT1 = batch_BxT1.reshape(micro, b // micro, batch_BxT1.shape[1])
+            micro_MxBxT1 = batch_BxT1.reshape(micro, b // micro, *batch_BxT1.shape[1:])
 
             def accumulate(carry, mb_BxT1):
                 loss_sum, grad_sum = carry
@@ -208,7 +228,12 @@ class Trainer:
         """float32[B]: the mean next-token loss of every window (row) of the batch, gathered
         over `axis_name` when bound, so every device returns the global batch's losses
         (the eval set's standard error needs them per window, not averaged).
-        `per_position`: (that, float32[B, T] the loss at every position of every window)."""
+        `per_position` (next-token objective only): (that, float32[B, T] the loss at every
+        position of every window)."""
+        if self.masked_lm:  # per window: mean over its selected positions
+            loss_B, count_B = masked_lm_losses(
+                self.model.apply({"params": params}, batch_BxT1[:, 0]), batch_BxT1[:, 1])
+            return _gather_rows(loss_B / jnp.maximum(count_B, 1.0), axis_name)
         logits_BxTxV = self.model.apply({"params": params}, batch_BxT1[:, :-1])
         ce_BxT = optax.softmax_cross_entropy_with_integer_labels(
             logits_BxTxV.astype(jnp.float32), batch_BxT1[:, 1:])
@@ -220,7 +245,8 @@ class Trainer:
     def compile_step(self) -> Callable:
         """The single-device step, jitted with the state donated (the `none` driver);
         one jitted function per compile_key (shared by every config with that key)."""
-        return _jitted_step(self.model_config, self.step_optim, self.config.train.micro_batches)
+        return _jitted_step(self.model_config, self.step_optim, self.config.train.micro_batches,
+                            self.config.data.objective)
 
 
 def _gather_rows(x: jax.Array, axis_name: str | None) -> jax.Array:
@@ -236,7 +262,9 @@ def _gather_rows(x: jax.Array, axis_name: str | None) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=64)
-def _jitted_step(model_cfg: ModelConfig, step_optim: OptimConfig, micro_batches: int):
+def _jitted_step(model_cfg: ModelConfig, step_optim: OptimConfig, micro_batches: int,
+                 objective: str = "next_token"):
     cfg = Config(model=model_cfg, optim=step_optim,
+                 data=dataclasses.replace(Config().data, objective=objective),
                  train=dataclasses.replace(Config().train, micro_batches=micro_batches))
     return jax.jit(partial(Trainer(cfg).train_step_body, axis_name=None), donate_argnums=0)

@@ -69,3 +69,11 @@ def test_per_position_is_the_same_under_pmap_and_shard_map(tmp_path):
         assert got["devices"] == 2 and len(got["by_position"]) == 32
         np.testing.assert_allclose(got["by_position"], ref["by_position"], rtol=1e-4)
         assert np.mean(got["by_position"]) == pytest.approx(got["eval_loss"], rel=1e-5)
+
+
+def test_per_position_is_refused_for_the_masked_lm():
+    from scaling.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.eval_per_position"):
+        load_config(None, ["model.arch=encoder", "data.objective=mlm",
+                           "train.eval_per_position=true"])

@@ -2,6 +2,10 @@
 
     transformer.py             decoder-only transformer (GPT)
     transformer_accounting.py  its N and FLOPs per token
+    lstm.py                    stacked LSTM language model (next-token)
+    lstm_accounting.py
+    encoder.py                 bidirectional masked-LM encoder (BERT; data.objective = "mlm")
+    encoder_accounting.py
 
 `model.arch` picks the family. Every family's network module offers the same functions,
 so training, sampling and the coordinate check do not care which one runs:
@@ -21,7 +25,7 @@ from types import ModuleType
 
 from scaling.config import ModelConfig
 
-ARCHS = ("transformer",)
+ARCHS = ("transformer", "lstm", "encoder")
 
 
 def _family(arch: str) -> str:

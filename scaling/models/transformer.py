@@ -294,6 +294,29 @@ def attention_packed(qkv_BxTx3xHxK, impl: str = "auto", scale: float | None = No
     return attention(q, k, v, impl, scale)
 
 
+def bidirectional_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, impl: str = "auto",
+                            scale: float | None = None):
+    """Unmasked (encoder) multi-head attention, [B, T, H, K] in and out: every position
+    sees every other. impl "auto" or "dpa": jax.nn.dot_product_attention (its XLA form on
+    CPU, the fused kernel on GPUs); "xla": its XLA form; "reference": einsum + softmax.
+    The CPU kernel `causal_attention_packed` is causal only and is not used here."""
+    if impl == "auto":
+        impl = "xla" if jax.default_backend() == "cpu" else "dpa"
+    if impl in ("dpa", "xla"):
+        return jax.nn.dot_product_attention(
+            q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, is_causal=False, scale=scale,
+            implementation="xla" if impl == "xla" else None)
+    if impl == "reference":
+        s_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK,
+                               preferred_element_type=jnp.float32)
+        K = q_BxTxHxK.shape[-1]
+        s_BxHxTxS = s_BxHxTxS / math.sqrt(K) if scale is None else s_BxHxTxS * scale
+        p_BxHxTxS = jax.nn.softmax(s_BxHxTxS, axis=-1).astype(v_BxSxHxK.dtype)
+        return jnp.einsum("bhts,bshk->bthk", p_BxHxTxS, v_BxSxHxK)
+    raise ValueError(f"unknown bidirectional attention impl {impl!r}: allowed 'auto', "
+                     "'dpa', 'xla', 'reference' (the packed CPU kernel is causal only)")
+
+
 def attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, impl: str = "auto",
               scale: float | None = None):
     """Causal multi-head attention, [B, T, H, K] in and out.
@@ -368,6 +391,7 @@ def output_multiplier(cfg: ModelConfig) -> float | None:
 class Attention(nn.Module):
     cfg: ModelConfig
     attn_impl: str = "auto"
+    causal: bool = True  # False: the encoder's bidirectional attention (scaling.models.encoder)
 
     @nn.compact
     def __call__(self, x_BxTxD):
@@ -384,7 +408,11 @@ class Attention(nn.Module):
         if cfg.pos_encoding == "rotary":
             qk_BxTx2xHxK = apply_rotary(qkv_BxTx3xHxK[:, :, :2])
             qkv_BxTx3xHxK = jnp.concatenate([qk_BxTx2xHxK, qkv_BxTx3xHxK[:, :, 2:]], axis=2)
-        o_BxTxHxK = attention_packed(qkv_BxTx3xHxK, self.attn_impl, attention_scale(cfg))
+        if self.causal:
+            o_BxTxHxK = attention_packed(qkv_BxTx3xHxK, self.attn_impl, attention_scale(cfg))
+        else:
+            o_BxTxHxK = bidirectional_attention(*(qkv_BxTx3xHxK[:, :, i] for i in range(3)),
+                                                self.attn_impl, attention_scale(cfg))
         o_BxTxD = o_BxTxHxK.reshape(B, T, D)
         return nn.Dense(D, kernel_init=out_init, dtype=cdt, param_dtype=pdt,
                         name="proj")(o_BxTxD)
@@ -412,13 +440,14 @@ class Block(nn.Module):
 
     cfg: ModelConfig
     attn_impl: str = "auto"
+    causal: bool = True
 
     @nn.compact
     def __call__(self, x_BxTxD, _=None):
         cfg = self.cfg
         cdt, pdt = dtype_of(cfg.compute_dtype), dtype_of(cfg.param_dtype)
         h = nn.LayerNorm(dtype=cdt, param_dtype=pdt, name="ln_1")(x_BxTxD)
-        x_BxTxD = x_BxTxD + Attention(cfg, self.attn_impl, name="attn")(h)
+        x_BxTxD = x_BxTxD + Attention(cfg, self.attn_impl, self.causal, name="attn")(h)
         h = nn.LayerNorm(dtype=cdt, param_dtype=pdt, name="ln_2")(x_BxTxD)
         x_BxTxD = x_BxTxD + Mlp(cfg, name="mlp")(h)
         return x_BxTxD, None
