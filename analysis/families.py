@@ -56,6 +56,15 @@ def n_families(df: pd.DataFrame) -> int:
     return int(arch_series(df).nunique()) if len(df) else 0
 
 
+def reference_family(done: pd.DataFrame) -> str | None:
+    """The family whose runs the single-family fits use when a table holds several: the
+    transformer if present, else the most common; None with one family."""
+    arch = arch_series(done)
+    if arch.nunique() < 2:
+        return None
+    return DEFAULT_ARCH if (arch == DEFAULT_ARCH).any() else str(arch.value_counts().index[0])
+
+
 def _sig(v: float, digits: int = 3) -> str:
     return f"{float(v):.{digits}g}"
 

@@ -515,7 +515,7 @@ def families_loss_vs_n(rows_by: dict, fits: dict, ngrams: pd.DataFrame | None = 
         ax.set_xlabel(n_label)
         ax.set_ylabel("eval loss (nats/token)")
         ax.set_title("L(N) by model family")
-        ax.legend(loc="best", fontsize="small", frameon=True, facecolor="white", edgecolor="none",
+        ax.legend(loc="upper right", fontsize="small", frameon=True, facecolor="white", edgecolor="none",
                   framealpha=0.85)
     return fig
 

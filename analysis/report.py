@@ -111,9 +111,9 @@ def scaling_rows(done: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """One row per (N, D) cell for the scaling-law fits; see the module docstring."""
     d = done.copy()
     notes = []
-    arch = fam.arch_series(d)
-    if arch.nunique() > 1:  # laws of one family; the families are compared in their own section
-        keep = fam.DEFAULT_ARCH if (arch == fam.DEFAULT_ARCH).any() else arch.value_counts().index[0]
+    keep = fam.reference_family(d)
+    if keep is not None:  # laws of one family; the families are compared in their own section
+        arch = fam.arch_series(d)
         notes.append(f"scaling-law fits use model family `{keep}` only ({int((arch == keep).sum())} "
                      f"of {len(d)} done runs; the families are compared in their own section)")
         d = d[arch == keep]
@@ -544,11 +544,15 @@ def analyze(
         if not any(w == "learning curves" for w, _ in rep.skipped):
             rep.skip("frontier, Approach 1, learning-curve figure", "no curves.parquet / curves.csv")
     elif len(curves):
+        family = fam.reference_family(done)
         curves, trunk_curves = split_curves(curves, roles)
         if "point_id" in done:
             # the frontier is an envelope: every done run of the reference optimizer may enter
             ref = reference_optimizer(done)
-            ids = done["point_id"] if ref is None else done.loc[done["optimizer"] == ref, "point_id"]
+            pick = (done["optimizer"] == ref) if ref is not None else pd.Series(True, index=done.index)
+            if family is not None:  # one model family's curves (as the scaling-law rows)
+                pick &= fam.arch_series(done) == family
+            ids = done.loc[pick, "point_id"]
             curves = curves[curves["point_id"].isin(set(ids))]
         sizes = dict(zip(done["point_id"], done["N"])) if "point_id" in done else {}
         if curves["point_id"].nunique() >= 2 and n_trunks:
@@ -587,7 +591,7 @@ def analyze(
             tsizes = {pid: n for pid, n in zip(trunk_rows["point_id"], trunk_rows["N"])} \
                 if len(trunk_curves) else {}
             rep.figure("learning_curves", "Learning curves against tokens and FLOPs (log-log), "
-                       "coloured by N"
+                       "coloured by N" + (f", {family} runs only" if family else "")
                        + (", with the compute-efficient frontier and its power-law fit "
                           "(95% band, bootstrap over runs)" if frontier is not None else "")
                        + ("; cooldown trunks (constant lr) dashed, drawn once, each branch from "

@@ -116,3 +116,11 @@ def test_read_ngrams_ignores_other_files(tmp_path):
     (tmp_path / "ngram" / "y").mkdir()
     (tmp_path / "ngram" / "y" / "result.json").write_text("{not json")
     assert fam.read_ngrams(tmp_path).empty
+
+
+def test_reference_family_is_the_transformer_else_the_most_common():
+    done = _table(np.random.default_rng(5))
+    assert fam.reference_family(done) == "transformer"
+    assert fam.reference_family(done[done["arch"] == "lstm"]) is None
+    other = done.assign(arch=["lstm"] * 7 + ["rnn"] * (len(done) - 7))
+    assert fam.reference_family(other) == "lstm"
