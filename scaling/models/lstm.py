@@ -50,23 +50,32 @@ def _forget_bias_init(key, shape, dtype=jnp.float32):
     return jnp.zeros(shape, dtype).at[..., d:2 * d].set(1.0)
 
 
+def _accum(dtype):
+    """Gates, cell state and logits: float32, or float64 when the compute dtype is (the
+    tests' finite-difference check runs the model in float64)."""
+    return jnp.promote_types(jnp.float32, dtype)
+
+
 def lstm_scan(xw_BxTx4D: jax.Array, w_hh_Dx4D: jax.Array, unroll: int | bool = 1) -> jax.Array:
     """The recurrence over time given the input projections (x W_x + b) of every
     position: h [B, T, D] (in the dtype of w_hh), states starting at zero."""
     B, T, D4 = xw_BxTx4D.shape
     D = D4 // 4
     cdt = w_hh_Dx4D.dtype
+    acc = _accum(cdt)
 
     def step(carry, xw_Bx4D):
         h_BxD, c_BxD = carry
-        z_Bx4D = xw_Bx4D.astype(jnp.float32) + jnp.dot(
-            h_BxD.astype(cdt), w_hh_Dx4D, preferred_element_type=jnp.float32)
+        z_Bx4D = xw_Bx4D.astype(acc) + jnp.dot(
+            h_BxD.astype(cdt), w_hh_Dx4D, preferred_element_type=acc)
         i, f, g, o = jnp.split(z_Bx4D, 4, axis=-1)
         c_BxD = jax.nn.sigmoid(f) * c_BxD + jax.nn.sigmoid(i) * jnp.tanh(g)
         h_BxD = jax.nn.sigmoid(o) * jnp.tanh(c_BxD)
         return (h_BxD, c_BxD), h_BxD.astype(cdt)
 
-    zeros = jnp.zeros((B, D), jnp.float32)
+    # zeros shaped and typed from the input, so under shard_map the carry is "varying"
+    # over the data axis like the states it will hold
+    zeros = jnp.zeros_like(xw_BxTx4D[:, 0, :D], dtype=acc)
     _, h_TxBxD = jax.lax.scan(step, (zeros, zeros), jnp.swapaxes(xw_BxTx4D, 0, 1),
                               unroll=unroll)
     return jnp.swapaxes(h_TxBxD, 0, 1)
@@ -135,10 +144,10 @@ class LSTM(nn.Module):
         x_BxTxD = nn.LayerNorm(dtype=cdt, param_dtype=pdt, name="ln_f")(x_BxTxD)
         if cfg.tie_embeddings:
             logits_BxTxV = jnp.einsum("btd,vd->btv", x_BxTxD, tok_embed.embedding.astype(cdt),
-                                      preferred_element_type=jnp.float32)
+                                      preferred_element_type=_accum(cdt))
         else:
             logits_BxTxV = Unembed(cfg, name="unembed")(x_BxTxD)
-        return logits_BxTxV.astype(jnp.float32)
+        return logits_BxTxV.astype(_accum(cdt))
 
 
 def build(cfg: ModelConfig, attn_impl: str = "auto") -> LSTM:

@@ -37,7 +37,7 @@ from typing import Any
 
 import pandas as pd
 
-from scaling.presets import PRESETS
+from scaling.presets import presets_of
 from scaling.sweep.points import Point, SweepSpec, param_counts
 
 FINISHED = ("done", "diverged", "failed")
@@ -199,7 +199,7 @@ def _resized(spec: SweepSpec, srcs: list[Point], size: dict) -> tuple[list[Point
 def _preset_ladder(src: Point) -> list[tuple[int, str]]:
     """(exact non-embedding N, name) of every preset with the source's other model keys."""
     out = []
-    for name, shape in PRESETS.items():
+    for name, shape in presets_of(src.config.model.arch).items():
         m = dataclasses.replace(src.config.model, preset="", d_ff=0, **shape)
         out.append((param_counts(m)[0], name))
     return sorted(out)

@@ -242,7 +242,7 @@ def _resize(path: Path, base: dict, draft: _Draft, rules: list, acc: str, cooldo
     requested = {k: v for k, v in draft.requested.items()
                  if k not in ("preset", "n_target", "tokens_per_param_target")}
     if preset is not None:
-        shape = preset_values(preset)
+        shape = preset_values(preset, _arch_of({**base, **draft.sets}))
         sets = {"model.preset": preset, **{f"model.{k}": v for k, v in shape.items()}}
         size_label, requested["preset"] = preset, preset
     else:
@@ -293,8 +293,39 @@ def _expand_preset(sets: dict[str, Any]) -> dict[str, Any]:
     preset = sets.get("model.preset")
     if not preset:
         return dict(sets)
-    out = {f"model.{k}": v for k, v in preset_values(preset).items()}
+    out = {f"model.{k}": v for k, v in preset_values(preset, _arch_of(sets)).items()}
     out.update(sets)
+    return out
+
+
+def _arch_of(sets: dict[str, Any]) -> str:
+    return sets.get("model.arch", "transformer")
+
+
+def _family_shape(sets: dict[str, Any], draft: "_Draft", base: dict) -> dict[str, Any]:
+    """`sets` with the draft's size re-derived for the point's family, where a sweep axis
+    or a [[point]] set model.arch away from the base config's: a size (preset name or
+    target N) means the same nominal N in every family, met by that family's ladder
+    (scaling.presets, ladder_shape). Unchanged when the family is the base's."""
+    arch, req = _arch_of(sets), draft.requested
+    other_family = arch != _arch_of(base)
+    if "n_target" in req:
+        if not other_family:
+            return sets
+        rule = {"aspect_ratio": None, "n_layer": None, "head_dim": None, "n_head": None,
+                "d_multiple": None, **req.get("shape_rule", {})}
+        shape = ladder_shape(req["n_target"],
+                             dataclasses.replace(_base_model(base), arch=arch), **rule)
+    elif sets.get("model.preset") and (other_family or
+                                       ("preset" in req and arch != "transformer")):
+        # (a preset axis's drafts are merged before they meet the base, so their preset
+        # may have been written out under the transformer's ladder: rewrite it)
+        shape = preset_values(sets["model.preset"], arch)
+    else:
+        return sets
+    out = {k: v for k, v in sets.items() if k.split(".", 1)[-1] not in _SHAPE_KEYS
+           or not k.startswith("model.")}
+    out.update({f"model.{k}": v for k, v in shape.items()})
     return out
 
 
@@ -304,7 +335,8 @@ def _apply(sets: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     if new.get("model.preset"):
         for k in _SHAPE_KEYS:
             out.pop(f"model.{k}", None)
-        out.update({f"model.{k}": v for k, v in preset_values(new["model.preset"]).items()})
+        arch = new.get("model.arch", _arch_of(out))
+        out.update({f"model.{k}": v for k, v in preset_values(new["model.preset"], arch).items()})
     out.update(new)
     return out
 
@@ -473,7 +505,7 @@ def _units(path: Path, zips: Any, axes: dict[str, list[_Draft]],
     return units
 
 
-def _shape_rule(path: Path, tbl: dict) -> dict[str, Any]:
+def _shape_rule(path: Path, tbl: dict, arch: str = "transformer") -> dict[str, Any]:
     rule = {"aspect_ratio": tbl.get("aspect_ratio"), "n_layer": tbl.get("n_layer"),
             "head_dim": tbl.get("head_dim"), "n_head": tbl.get("n_head"),
             "d_multiple": tbl.get("d_multiple")}
@@ -488,7 +520,7 @@ def _shape_rule(path: Path, tbl: dict) -> dict[str, Any]:
         raise SpecError(f"{path}: sweep.model.aspect_ratio = {a!r}: expected a number > 0")
     if rule["aspect_ratio"] is not None and rule["n_layer"] is not None:
         raise SpecError(f"{path}: sweep.model: give aspect_ratio or n_layer, not both")
-    if rule["head_dim"] is None and rule["n_head"] is None:
+    if rule["head_dim"] is None and rule["n_head"] is None and arch != "lstm":
         raise SpecError(f"{path}: sweep.model: a ladder needs head_dim (n_head = d_model / "
                         "head_dim) or n_head (fixed)")
     if rule["head_dim"] is not None and rule["n_head"] is not None:
@@ -522,7 +554,7 @@ def _size_drafts(path: Path, tbl: dict, base: dict, targets: list[float] | None 
             out = []
             for name in presets:
                 try:
-                    shape = preset_values(name)
+                    shape = preset_values(name, _arch_of(base))
                 except ConfigError as e:
                     raise SpecError(f"{path}: sweep.model.presets: {e}") from None
                 sets = {"model.preset": name, **{f"model.{k}": v for k, v in shape.items()}}
@@ -533,7 +565,7 @@ def _size_drafts(path: Path, tbl: dict, base: dict, targets: list[float] | None 
         raise SpecError(f"{path}: sweep.compute.tokens_per_param generates the sizes of each "
                         "budget; [sweep.model] may then give only the shape rule, not "
                         "presets or n")
-    rule = _shape_rule(path, tbl)
+    rule = _shape_rule(path, tbl, _arch_of(base))
     bm = _base_model(base)
     out = []
     for t in targets:
@@ -596,7 +628,7 @@ def _compute_axis(path: Path, tbl: Any, model_tbl: Any, base: dict, acc: str) ->
             targets = [math.sqrt(c / (6.0 * r)) for r in rs]
             sizes = _size_drafts(path, model_tbl, base, targets=targets)  # checks the rule
             if acc != "kaplan":
-                rule, bm = _shape_rule(path, model_tbl), _base_model(base)
+                rule, bm = _shape_rule(path, model_tbl, _arch_of(base)), _base_model(base)
                 targets = [_target_for_ratio(float(c), r, bm, rule, acc) for r in rs]
                 sizes = _size_drafts(path, model_tbl, base, targets=targets)
             for s, r in zip(sizes, rs):
@@ -681,7 +713,7 @@ def _resolve(path: Path, base: dict, draft: _Draft, rules: list, dropped: dict,
     step), and D, C_6ND, C_exact are then what those steps really train.
     """
     sched = draft.schedule
-    sets = _apply(base, draft.sets)
+    sets = _family_shape(_apply(base, draft.sets), draft, base)
     where_label = "_".join([draft.size_label, *draft.label]).strip("_") or "(base)"
     try:
         model = _model_of(sets)
