@@ -481,14 +481,14 @@ def families_loss_vs_n(rows_by: dict, fits: dict, ngrams: pd.DataFrame | None = 
     """L(N) of each family at its fixed D: runs with their eval stderr, the fitted power law
     with its 95% band and exponent; each n-gram a horizontal line (± its stderr)."""
     with paper_style():
-        fig, axes = new_figure(1, width=4.6, height=3.3)
+        fig, axes = new_figure(1, width=4.6, height=4.4)
         ax = axes[0, 0]
         all_loss = []
         for i, (arch, rows) in enumerate(rows_by.items()):
             color = PALETTE[i % len(PALETTE)]
             se = rows["eval_loss_stderr"].to_numpy(float) if "eval_loss_stderr" in rows else None
             ax.errorbar(rows["N"], rows["loss"], yerr=se, fmt="o", ms=4, color=color, lw=1,
-                        capsize=2, label=f"{arch} (D = {fmt(rows['D'].iloc[0], 3)})")
+                        capsize=2, label=f"{arch} runs (D = {rows['D'].iloc[0]:.2g} tokens)")
             all_loss.extend(rows["loss"].to_numpy(float))
             fit = fits.get(arch)
             if fit is None:
@@ -515,8 +515,8 @@ def families_loss_vs_n(rows_by: dict, fits: dict, ngrams: pd.DataFrame | None = 
         ax.set_xlabel(n_label)
         ax.set_ylabel("eval loss (nats/token)")
         ax.set_title("L(N) by model family")
-        ax.legend(loc="upper right", fontsize="small", frameon=True, facecolor="white", edgecolor="none",
-                  framealpha=0.85)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1, fontsize="small",
+                  frameon=False)
     return fig
 
 
@@ -548,7 +548,7 @@ def loss_by_position(series: list[tuple[str, float, np.ndarray]],
                                           label=f"{int(r.order)}-gram KN"))
         ax.set_xscale("log")
         _log_ticks(ax.xaxis)
-        ax.set_xlabel("token position in the context window")
+        ax.set_xlabel("tokens of context (position of the target in the window)")
         ax.set_ylabel("eval loss (nats/token)")
         ax.set_title("Loss by position")
         ax.legend(handles=handles, loc="upper right", fontsize="small", frameon=True,
