@@ -176,6 +176,19 @@ def _separate_parametrizations(df: pd.DataFrame) -> None:
                                       + df.loc[other, "parametrization"].astype(str))
 
 
+def _model_families(df: pd.DataFrame) -> None:
+    """This project's tables (they have point_id) name each run's model family and
+    objective (`arch`, `objective`); rows from before the columns existed are the
+    transformer trained on next-token loss, filled in place so fits can group by family."""
+    if "point_id" not in df.columns:
+        return
+    for col, before in (("arch", "transformer"), ("objective", "next_token")):
+        if col not in df.columns:
+            df[col] = before
+        else:
+            df[col] = df[col].where(df[col].notna() & (df[col].astype(str) != ""), before)
+
+
 def load_results(
     path: str | Path,
     *,
@@ -198,6 +211,7 @@ def load_results(
         raise ValueError(f"{src}: the table is empty (no rows)")
     df = df.copy()
     _separate_parametrizations(df)
+    _model_families(df)
     acc_notes: list[str] = []
     acc = _apply_accounting(df, accounting, n_col, c_col, acc_notes)
     if acc is not None:

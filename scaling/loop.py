@@ -525,6 +525,8 @@ class _Run:
         self.peak_precision = accounting.peak_precision(s.driver.devices[0], cfg.model.compute_dtype)
         xla = accounting.xla_flops(step_fn)
         self.xla_step_flops = None if xla is None else xla * s.driver.devices_flops_factor()
+        if cfg.model.arch == "lstm":  # XLA counts a loop body once: not the T steps of time
+            self.xla_step_flops = None
         history = _curve_so_far(s, start_step, branch)
         self.evals = [r for r in history if "eval_loss" in r
                       and not r.get("eval_final")]  # curve evals (a trunk's final one is not)
@@ -731,10 +733,10 @@ class _Run:
             "objective": cfg.data.objective,
             "n_layer": m.n_layer,
             "d_model": m.d_model,
-            "n_head": m.n_head,
-            "d_ff": m.ff,
+            "n_head": m.n_head if m.arch != "lstm" else None,  # (no attention, no MLP)
+            "d_ff": m.ff if m.arch != "lstm" else None,
             "vocab_size": m.vocab_size,
-            "pos_encoding": m.pos_encoding,
+            "pos_encoding": m.pos_encoding if m.arch != "lstm" else None,
             "compute_dtype": m.compute_dtype,
             "optimizer": cfg.optim.name,
             "lr": cfg.optim.lr,

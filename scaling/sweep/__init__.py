@@ -63,6 +63,11 @@ with those sections merged over it) plus the tables that make it a sweep:
     [variants.large]                  # load_spec(path, variant="large") deep-merges this
     sweep.model.n = [1e6, 3e6]
 
+Model families (`model.arch`, also as an axis or override): a size (preset name or target
+N) means the same nominal N in every family, met by the family's own ladder: the LSTM has
+its own presets under the same names (scaling/presets.py) and its shape rule uses
+N ~ 8 L d^2 with d a multiple of d_multiple (default 8), needing no head_dim or n_head.
+
 Axes are named "model", "data", "compute", "seed" and "section.key"; the grid is their
 product, except the axes of each `zip` group, which advance together. Several grids: write
 `[[sweep]]` tables instead of one `[sweep]`; the spec is their union (each table complete
