@@ -52,6 +52,15 @@ def arch_series(df: pd.DataFrame) -> pd.Series:
     return a.where(~blank, DEFAULT_ARCH).astype(str)
 
 
+def objective_of(rows: pd.DataFrame) -> str:
+    """The training objective of a family's rows ("next_token" where not recorded)."""
+    if "objective" not in rows or rows.empty:
+        return "next_token"
+    v = rows["objective"].dropna().astype(str)
+    v = v[v != ""]
+    return str(v.mode().iloc[0]) if len(v) else "next_token"
+
+
 def n_families(df: pd.DataFrame) -> int:
     return int(arch_series(df).nunique()) if len(df) else 0
 
@@ -93,8 +102,10 @@ def family_rows(done: pd.DataFrame, arch: str) -> tuple[pd.DataFrame, str]:
         agg["eval_loss_stderr"] = ("eval_loss_stderr", "mean")
     if "point_id" in d:
         agg["point_id"] = ("point_id", "first")
+    objective = objective_of(d)
     rows = d.groupby("_Nk").agg(**agg).sort_values("N").reset_index(drop=True)
     rows["arch"] = arch
+    rows["objective"] = objective
     return rows, note
 
 
@@ -219,7 +230,8 @@ def families_table(fits: dict, rows_by: dict, ngrams: pd.DataFrame) -> pd.DataFr
         big = rows.iloc[-1]
         se = big.get("eval_loss_stderr", math.nan)
         out.append({
-            "family": arch, "runs": int(rows["n_seeds"].sum()), "sizes": len(rows),
+            "family": arch, "objective": objective_of(rows),
+            "runs": int(rows["n_seeds"].sum()), "sizes": len(rows),
             "N range": f"{rows['N'].min():.3g}–{rows['N'].max():.3g}",
             "D": f"{rows['D'].iloc[0]:.3g}",
             "alpha_N [95% CI]": _ci(fit, "alpha") if fit else "not fitted",
@@ -229,7 +241,8 @@ def families_table(fits: dict, rows_by: dict, ngrams: pd.DataFrame) -> pd.DataFr
                                   else f"{big['loss']:.4f}"),
         })
     for r in ngrams.itertuples():
-        out.append({"family": f"{int(r.order)}-gram (Kneser-Ney)", "runs": 1, "sizes": 1,
+        out.append({"family": f"{int(r.order)}-gram (Kneser-Ney)", "objective": "next_token",
+                    "runs": 1, "sizes": 1,
                     "N range": f"{r.N:.3g} n-grams" if r.N is not None else "–",
                     "D": f"{r.D:.3g}" if r.D is not None else "–",
                     "alpha_N [95% CI]": "–", "N_c [95% CI]": "–", "E": "–",

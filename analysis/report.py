@@ -839,6 +839,13 @@ def _families_section(rep: _Report, df: pd.DataFrame, done: pd.DataFrame, source
             f"eval windows: {r.eval_loss:.4f} ± {r.eval_loss_stderr:.4f} nats/token "
             f"({fmt(r.eval_tokens, 3)} tokens in {r.eval_documents} documents; stderr "
             "cluster-robust by document).")
+    # one figure compares next-token losses; a masked-LM family (the encoder's loss is on
+    # masked positions, another task) is in the table but not drawn against them
+    drawn = {a: r for a, r in rows_by.items() if fam.objective_of(r) == "next_token"}
+    for a in rows_by:
+        if a not in drawn:
+            lines.append(f"- {a}: trained on the {fam.objective_of(rows_by[a])} objective, whose loss "
+                         "is not comparable with next-token loss: in the table, not in the figures")
     if rows_by or len(ngrams):
         rep.table(fam.families_table(fits, rows_by, ngrams), "families", rep.cap(
             "Model families: L(N) = (N_c/N)^α_N per family at fixed D (95% noise-bootstrap "
@@ -849,10 +856,10 @@ def _families_section(rep: _Report, df: pd.DataFrame, done: pd.DataFrame, source
             f"Eval loss against N ({n_words}) per model family at fixed D: runs (± eval stderr), "
             "the fitted (N_c/N)^α_N with its 95% band; horizontal: Kneser-Ney n-gram loss on the "
             "same tokens and eval windows (± stderr)", list(fits.values())),
-            lambda: plots.families_loss_vs_n(rows_by, fits, ngrams, n_label))
+            lambda: plots.families_loss_vs_n(drawn, fits, ngrams, n_label))
     if positions:
         series = []
-        for arch, rows in rows_by.items():
+        for arch, rows in drawn.items():
             for r in fam.pick_sizes(rows, set(positions)).itertuples():
                 series.append((arch, float(r.N), positions[str(r.point_id)]))
         lines.append(f"- per-position losses: {len(positions)} runs record them; drawn: "

@@ -124,3 +124,17 @@ def test_reference_family_is_the_transformer_else_the_most_common():
     assert fam.reference_family(done[done["arch"] == "lstm"]) is None
     other = done.assign(arch=["lstm"] * 7 + ["rnn"] * (len(done) - 7))
     assert fam.reference_family(other) == "lstm"
+
+
+def test_a_masked_lm_family_is_tabled_but_not_drawn_with_next_token_losses(tmp_path):
+    df = _table(np.random.default_rng(6))
+    enc = df[df["arch"] == "lstm"].assign(arch="encoder", objective="mlm",
+                                          point_id=lambda d: "en" + d["point_id"])
+    df = pd.concat([df.assign(objective="next_token"), enc], ignore_index=True)
+    csv = tmp_path / "results.csv"
+    df.to_csv(csv, index=False)
+    out = analyze(csv, tmp_path / "report", n_boot=20)
+    table = (out / "tables" / "families.md").read_text()
+    assert "| encoder | mlm |" in table and "| lstm | next_token |" in table
+    summary = (out / "summary.md").read_text()
+    assert "encoder: trained on the mlm objective" in summary
