@@ -129,3 +129,20 @@ def test_cli_writes_a_result_folder(tmp_path):
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "--order" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_sweep_spec_gives_one_data_setup_and_a_folder_inside_the_sweep(tmp_path):
+    from scaling.config import ConfigError
+    from scaling.ngram import base_config, default_run_dir
+    from scaling.sweep import load_spec
+
+    spec = load_spec(ROOT / "experiments/architectures.toml")
+    assert default_run_dir(spec, 5) == Path("sweeps/architectures/ngram/order5")
+    assert base_config(spec).data.max_unique_tokens == 2_097_152
+    tiny = load_spec(ROOT / "experiments/tiny.toml")
+    assert default_run_dir(tiny, 3) == Path("runs/tiny-ngram3")
+    two = tmp_path / "two.toml"  # points on two corpora: no single n-gram baseline
+    two.write_text(f'base = "{ROOT / "experiments/tiny.toml"}"\n[sweep.axes]\n'
+                   '"data.val_fraction" = [0.2, 0.3]\n')
+    with pytest.raises(ConfigError, match="differ in \\[data\\]"):
+        base_config(load_spec(two))
