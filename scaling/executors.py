@@ -419,8 +419,11 @@ def _run_pool(sweep_dir: Path, point_ids: list[str], slots: list[dict], *,
                     queue.give_up()
                     break
                 time.sleep(poll_s)  # a trunk runs in another process: wait for it
+            # one wait on every busy worker's pipe: a point that ends is seen at once,
+            # whichever worker ran it
+            _wait_any(busy, poll_s)
             for w in busy:
-                ended = w.poll(poll_s / len(busy))
+                ended = w.poll(0.0)
                 if ended is None:
                     continue
                 pid, status = ended
@@ -441,6 +444,15 @@ def _run_pool(sweep_dir: Path, point_ids: list[str], slots: list[dict], *,
         if bar is not None:
             bar.close()
     write_tables(sweep_dir)
+
+
+def _wait_any(workers: list["_Worker"], timeout: float) -> None:
+    """Block until one of the workers writes a line (or `timeout` passes)."""
+    import select
+
+    if any("\n" in w._buffer for w in workers):
+        return
+    select.select([w.proc.stdout.fileno() for w in workers], [], [], timeout)
 
 
 class _Worker:

@@ -293,7 +293,13 @@ def _learning_rates(cfg: Config, n: int) -> np.ndarray:
     """The learning rate of each of the first n steps of a run of `cfg`, as the step
     computes it (peak lr x schedule_multiplier, float32)."""
     lr, sched = runtime_values(cfg)
-    return np.asarray(jax.vmap(schedule_multiplier, in_axes=(0, None))(jnp.arange(n), sched)) * lr
+    # one compiled program per power-of-two length: op-by-op dispatch would compile every
+    # operation anew for each new n (~1 s per branch, twice)
+    padded = 1 << max(int(n) - 1, 1).bit_length()
+    return np.asarray(_schedule_values(jnp.arange(padded), sched))[:n] * lr
+
+
+_schedule_values = jax.jit(jax.vmap(schedule_multiplier, in_axes=(0, None)))
 
 
 KEEP_DIR = "keep"  # checkpoints at train.save_steps, kept for good (cooldown branches start there)

@@ -225,7 +225,8 @@ class Trainer:
         self, params, batch_BxT1: jax.Array, axis_name: str | None = None,
         per_position: bool = False,
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
-        """float32[B]: the mean next-token loss of every window (row) of the batch, gathered
+        """float32[B]: the mean next-token loss of every window (row) of the batch (masked
+        LM: the mean over the window's selected positions), gathered
         over `axis_name` when bound, so every device returns the global batch's losses
         (the eval set's standard error needs them per window, not averaged).
         `per_position` (next-token objective only): (that, float32[B, T] the loss at every

@@ -68,7 +68,7 @@ def test_lstm_gradient_matches_central_finite_differences(monkeypatch):
             fd = (float(loss(plus)) - float(loss(minus))) / (2 * eps)
             an = sum(float(jnp.vdot(g, d)) for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(v)))
             worst = max(worst, abs(fd - an) / max(abs(an), 1e-2))
-        assert worst < 1e-6, worst  # seen: ~1e-8
+        assert worst < 1e-6, worst  # seen: 3e-8
 
 
 # --------------------------------------------------------------------------------------
