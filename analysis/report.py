@@ -48,6 +48,7 @@ import pandas as pd
 from . import plots
 from .chinchilla import fit_approach3, fit_kaplan
 from .frontier import fit_approach1, fit_frontier
+from . import families as fam
 from .branches import (TRUNK_NOTE, annotate_roles, compute_spent, compute_text, drop_trunks,
                        fit_curves, is_trunk, split_curves)
 from .followups import added_points, added_points_section
@@ -110,6 +111,12 @@ def scaling_rows(done: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """One row per (N, D) cell for the scaling-law fits; see the module docstring."""
     d = done.copy()
     notes = []
+    keep = fam.reference_family(d)
+    if keep is not None:  # laws of one family; the families are compared in their own section
+        arch = fam.arch_series(d)
+        notes.append(f"scaling-law fits use model family `{keep}` only ({int((arch == keep).sum())} "
+                     f"of {len(d)} done runs; the families are compared in their own section)")
+        d = d[arch == keep]
     ref = reference_optimizer(d)
     if ref is not None:
         counts = d["optimizer"].value_counts()
@@ -291,11 +298,13 @@ def analyze(
     loss_fn: str = "huber",
     predict_C=None,
     accounting: str | None = None,
+    ngram=None,
 ) -> Path:
     """Fit what the table supports, write figures, tables and summary.md; return the folder.
 
     Bad input (no such file, an empty table, no loss column, a mixed accounting) raises
-    before anything is written."""
+    before anything is written. ``ngram``: n-gram result folders or files (default: the
+    sweep folder's ngram/*/result.json) drawn as reference lines (analysis/families.py)."""
     t0 = time.time()
     source = Path(source)
     pl_loss = "huber" if loss_fn == "huber_nll" else loss_fn  # the likelihood is Approach 3 only
@@ -535,11 +544,15 @@ def analyze(
         if not any(w == "learning curves" for w, _ in rep.skipped):
             rep.skip("frontier, Approach 1, learning-curve figure", "no curves.parquet / curves.csv")
     elif len(curves):
+        family = fam.reference_family(done)
         curves, trunk_curves = split_curves(curves, roles)
         if "point_id" in done:
             # the frontier is an envelope: every done run of the reference optimizer may enter
             ref = reference_optimizer(done)
-            ids = done["point_id"] if ref is None else done.loc[done["optimizer"] == ref, "point_id"]
+            pick = (done["optimizer"] == ref) if ref is not None else pd.Series(True, index=done.index)
+            if family is not None:  # one model family's curves (as the scaling-law rows)
+                pick &= fam.arch_series(done) == family
+            ids = done.loc[pick, "point_id"]
             curves = curves[curves["point_id"].isin(set(ids))]
         sizes = dict(zip(done["point_id"], done["N"])) if "point_id" in done else {}
         if curves["point_id"].nunique() >= 2 and n_trunks:
@@ -578,7 +591,7 @@ def analyze(
             tsizes = {pid: n for pid, n in zip(trunk_rows["point_id"], trunk_rows["N"])} \
                 if len(trunk_curves) else {}
             rep.figure("learning_curves", "Learning curves against tokens and FLOPs (log-log), "
-                       "coloured by N"
+                       "coloured by N" + (f", {family} runs only" if family else "")
                        + (", with the compute-efficient frontier and its power-law fit "
                           "(95% band, bootstrap over runs)" if frontier is not None else "")
                        + ("; cooldown trunks (constant lr) dashed, drawn once, each branch from "
@@ -641,6 +654,9 @@ def analyze(
 
     # ---------------------------------------------------------------- optimizers
     _optimizer_section(rep, df, done, n_boot=n_boot, seed=seed)
+
+    # ---------------------------------------------------------------- model families
+    _families_section(rep, df, done, source, ngram, n_boot=n_boot, seed=seed)
 
     # ---------------------------------------------------------------- write
     if rep.param_rows:
@@ -784,6 +800,84 @@ def _optimizer_section(rep: _Report, df: pd.DataFrame, done: pd.DataFrame, *, n_
     rep.fits["best_lr"] = json.loads(best.to_json(orient="records"))
     rep.fits["lr_scaling"] = json.loads(scal.to_json(orient="records"))
     rep.sections.append("\n".join(lines) + "\n")
+
+
+def _families_section(rep: _Report, df: pd.DataFrame, done: pd.DataFrame, source: Path, ngram,
+                      *, n_boot: int, seed: int) -> None:
+    """L(N) per model family with the n-gram line, and loss by token position
+    (analysis/families.py); only where the table has several families, an n-gram result or
+    per-position losses."""
+    folder = df.attrs.get("folder")
+    if folder is None and source.is_file() and (source.parent / "points").is_dir():
+        folder = str(source.parent)  # a results table inside its sweep folder
+    extra = [ngram] if isinstance(ngram, (str, Path)) else list(ngram or [])
+    ngrams = fam.read_ngrams(*(extra or [folder]))
+    ids = done["point_id"].astype(str).tolist() if "point_id" in done else []
+    positions = fam.read_positions(folder, ids)
+    n_fam = fam.n_families(done)
+    if n_fam < 2 and ngrams.empty and not positions:
+        rep.skip("model families", "one model family, no n-gram result, no per-position losses")
+        return
+    n_label = plots.n_axis_label(df)
+    n_words = n_label[n_label.index("(") + 1:-1] if "(" in n_label else "parameters"
+    fits, rows_by, notes = fam.fit_families(done, n_boot=n_boot, seed=seed)
+    lines = [f"- {n}" for n in notes]
+    fp = set(ngrams["corpus_fingerprint"].dropna()) if len(ngrams) else set()
+    run_fp = set(done["corpus_fingerprint"].dropna().astype(str)) if "corpus_fingerprint" in done else set()
+    if fp and run_fp and not fp <= run_fp:
+        rep.warnings.append("an n-gram result was computed on another corpus than the runs")
+        lines.append("- WARNING: an n-gram result's corpus fingerprint differs from the runs'")
+    for arch, fit in fits.items():
+        rep.add_params(f"L(N) {arch}", fit, ["alpha", "x_c"])
+        rep.findings.append(
+            f"L(N) of the {arch} family at D = {fmt(fit.info['D'], 3)}: (N_c/N)^α_N with α_N = "
+            f"{value_ci(fit['alpha'], *fit.interval('alpha'), 3)} ({fit.n} sizes; N = {n_words}; "
+            f"noise bootstrap, {fit.n_boot_failed} of {len(fit.samples)} replicates failed).")
+    for r in ngrams.itertuples():
+        rep.findings.append(
+            f"{int(r.order)}-gram Kneser-Ney on the same training tokens (D = {fmt(r.D, 3)}) and "
+            f"eval windows: {r.eval_loss:.4f} ± {r.eval_loss_stderr:.4f} nats/token "
+            f"({fmt(r.eval_tokens, 3)} tokens in {r.eval_documents} documents; stderr "
+            "cluster-robust by document).")
+    # one figure compares next-token losses; a masked-LM family (the encoder's loss is on
+    # masked positions, another task) is in the table but not drawn against them
+    drawn = {a: r for a, r in rows_by.items() if fam.objective_of(r) == "next_token"}
+    for a in rows_by:
+        if a not in drawn:
+            lines.append(f"- {a}: trained on the {fam.objective_of(rows_by[a])} objective, whose loss "
+                         "is not comparable with next-token loss: in the table, not in the figures")
+    if rows_by or len(ngrams):
+        rep.table(fam.families_table(fits, rows_by, ngrams), "families", rep.cap(
+            "Model families: L(N) = (N_c/N)^α_N per family at fixed D (95% noise-bootstrap "
+            f"intervals; N = {n_words}), the loss of each family's largest run ± its eval stderr, "
+            "and the Kneser-Ney n-gram loss ± its cluster-robust stderr on the same eval windows",
+            list(fits.values())), digits=4)
+        rep.figure("families", rep.cap(
+            f"Eval loss against N ({n_words}) per model family at fixed D: runs (± eval stderr), "
+            "the fitted (N_c/N)^α_N with its 95% band; horizontal: Kneser-Ney n-gram loss on the "
+            "same tokens and eval windows (± stderr)", list(fits.values())),
+            lambda: plots.families_loss_vs_n(drawn, fits, ngrams, n_label))
+    if positions:
+        series = []
+        for arch, rows in drawn.items():
+            for r in fam.pick_sizes(rows, set(positions)).itertuples():
+                series.append((arch, float(r.N), positions[str(r.point_id)]))
+        lines.append(f"- per-position losses: {len(positions)} runs record them; drawn: "
+                     f"{len(series)} (up to 4 sizes per family)")
+        rep.figure("loss_by_position", rep.cap(
+            "Mean eval loss at each token position of the context window (log x), for several N "
+            f"per family (colour: N, {n_words}; line style: family); dotted black: the "
+            "Kneser-Ney n-gram scored on the same windows from the same in-window context"),
+            lambda: plots.loss_by_position(series, ngrams, n_label))
+    elif n_fam >= 2:
+        rep.skip("loss by position", "no run records per-position losses "
+                 "(train.eval_per_position = true)")
+    rep.fits["families"] = {"ngram": json.loads(ngrams.drop(columns=["eval_loss_by_position"])
+                                                .to_json(orient="records")),
+                            "notes": notes}
+    rep.sections.append("## Model families\n\n" + (("\n".join(lines) + "\n\n") if lines else "")
+                        + (to_markdown(fam.families_table(fits, rows_by, ngrams)) + "\n"
+                           if rows_by or len(ngrams) else ""))
 
 
 def _write_summary(rep: _Report, elapsed: float) -> None:

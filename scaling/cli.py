@@ -6,6 +6,7 @@
     python run_sweep.py run experiments/demo.toml [--executor local|slurm] [--out sweeps/]
     python run_sweep.py status sweeps/demo [--watch [--interval 5]]
     python run_sweep.py analyze sweeps/demo            # or any results CSV
+    python run_sweep.py ngram experiments/tiny.toml --order 5 [--run-dir DIR]
 """
 
 from __future__ import annotations
@@ -70,6 +71,16 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--out", help="report folder")
     a.add_argument("--accounting", choices=("total", "kaplan"),
                    help="compute accounting to fit under (default: the table's own)")
+    a.add_argument("--ngram", action="append",
+                   help="an n-gram result folder or result.json to draw as a reference line "
+                        "(default: the sweep folder's ngram/*/); repeatable")
+
+    ng = sub.add_parser("ngram", help="Kneser-Ney n-gram baseline on a config's tokens and eval set")
+    ng.add_argument("config", help="a run config or sweep spec (TOML): its [data], seq_len, eval_tokens")
+    ng.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    ng.add_argument("--order", type=int, required=True, help="n-gram order K (>= 1)")
+    ng.add_argument("--run-dir", help="result folder (default: sweeps/<name>/ngram/order<K> for a "
+                                      "sweep spec, runs/<name>-ngram<K> for a run config)")
     return p
 
 
@@ -204,20 +215,38 @@ def _watch(sweep_dir: str, interval: float) -> int:
 
 
 def cmd_analyze(args) -> int:
-    return _analyze(args.source, args.out, accounting=args.accounting)
+    return _analyze(args.source, args.out, accounting=args.accounting, ngram=args.ngram)
 
 
-def _analyze(source, out=None, *, accounting: str | None = None) -> int:
+def _analyze(source, out=None, *, accounting: str | None = None, ngram=None) -> int:
     """Write the report; bad or unusable input is one `error:` line and exit 2."""
     from analysis.report import analyze
 
     try:
-        print(f"report: {analyze(source, out, accounting=accounting)}")
+        print(f"report: {analyze(source, out, accounting=accounting, ngram=ngram)}")
     except (KeyError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
     return 0
 
 
+def cmd_ngram(args) -> int:
+    from scaling.ngram import base_config, default_run_dir, run_ngram
+    from scaling.sweep import load_spec
+
+    if args.order < 1:
+        raise ConfigError(f"--order = {args.order}: expected an integer >= 1")
+    spec = load_spec(args.config, args.overrides)
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(spec, args.order)
+    r = run_ngram(base_config(spec), args.order, run_dir)
+    print(f"\ndone: {run_dir}")
+    for k in ("order", "N", "D", "eval_loss", "eval_loss_stderr", "eval_tokens", "eval_documents",
+              "wall_time_s"):
+        v = r[k]
+        print(f"  {k:18s} {v:.4g}" if isinstance(v, float) else f"  {k:18s} {v}")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "plan": cmd_plan, "run": cmd_run,
-            "status": cmd_status, "analyze": cmd_analyze}
+            "status": cmd_status, "analyze": cmd_analyze,
+            "ngram": cmd_ngram}

@@ -301,6 +301,9 @@ class TrainConfig:
     # the learning curve use its first curve_eval_tokens (0: all eval_tokens).
     eval_tokens: int = 131072
     curve_eval_tokens: int = 32768
+    # The final eval also records the mean loss at each position t = 0..seq_len-1 of the
+    # window (result.json: eval_loss_by_position, with its cluster-robust stderr)
+    eval_per_position: bool = False
     log_every: int = 10
     checkpoint_every: int = 100  # 0: only the final save
     keep_checkpoints: int = 2
@@ -408,6 +411,10 @@ class Config:
             getattr(self, section).validate()
         check_mup_optimizer(self.model, self.optim)
         check_objective(self.model, self.data)
+        if self.train.eval_per_position and self.data.objective != "next_token":
+            raise ConfigError(
+                f"train.eval_per_position = true with data.objective = {self.data.objective!r}: "
+                "the loss by window position is defined for next-token prediction only")
         if self.optim.warmup_steps >= self.train.steps:
             raise ConfigError(
                 f"optim.warmup_steps = {self.optim.warmup_steps} must be smaller than "
@@ -476,7 +483,8 @@ NON_SEMANTIC = ("name", "train.progress", "train.parallel", "train.log_every",
 # Keys added after sweeps already existed: at these values they are left out of a point's
 # identity, so a sweep started before the key existed resumes into the same folders.
 IDENTITY_DEFAULTS: dict[str, Any] = {"model.arch": "transformer",
-                                     "data.objective": "next_token"}
+                                     "data.objective": "next_token",
+                                     "train.eval_per_position": False}
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,

@@ -155,6 +155,17 @@ class EvalSet:
             "eval_windows": self.n_windows,
         }
 
+    def summarize_positions(self, losses_WxT: np.ndarray) -> dict[str, list[float]]:
+        """The mean loss at each position t = 0..T-1 of the window over the set's windows,
+        and its cluster-robust stderr (by document, as the mean's)."""
+        L = np.asarray(losses_WxT, dtype=np.float64)
+        if L.shape != (self.n_windows, self.seq_len):
+            raise ValueError(f"summarize_positions: got losses of shape {L.shape} for "
+                             f"{self.n_windows} windows of {self.seq_len}")
+        return {"eval_loss_by_position": [float(v) for v in L.mean(axis=0)],
+                "eval_loss_by_position_stderr": [cluster_robust_stderr(L[:, t], self.documents)
+                                                 for t in range(self.seq_len)]}
+
     def __repr__(self) -> str:
         return (f"EvalSet(windows={self.n_windows}, documents={self.n_documents}, "
                 f"tokens={self.tokens})")

@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -331,12 +331,13 @@ def _keep(s: _Setup, state, step: int, wall: float) -> None:
 
 
 def _compile(s: _Setup, state, first_batch) -> tuple[Any, Any, float]:
-    key = repr((compile_key(s.cfg), s.driver.kind, [str(d) for d in s.driver.devices]))
+    per_position = s.cfg.train.eval_per_position
+    key = repr((compile_key(s.cfg), per_position, s.driver.kind, [str(d) for d in s.driver.devices]))
     t0 = time.perf_counter()
     if key not in _COMPILED:
         step_fn = s.driver.compile(s.trainer.train_step_body, state, first_batch, donate=True)
-        eval_fn = s.driver.compile(s.trainer.eval_step_body, state.params, first_batch,
-                                   donate=False)
+        eval_fn = s.driver.compile(partial(s.trainer.eval_step_body, per_position=per_position),
+                                   state.params, first_batch, donate=False)
         _COMPILED[key] = (step_fn, eval_fn)
     return (*_COMPILED[key], time.perf_counter() - t0)
 
@@ -363,12 +364,18 @@ class _Evaluator:
         d, B = self.s.driver, self.s.cfg.train.batch_size
         index, count = d.batch_shard
         rows = B // count
-        losses = []
+        per_position = self.s.cfg.train.eval_per_position  # eval_fn returns (losses, [B, T])
+        losses, positions = [], []
         for i in range(es.n_batches(B)):
             batch, weights = es.batch(i, B)
-            out = d.fetch_array(self.eval_fn(params, d.place_batch(batch[index * rows:(index + 1) * rows])))
-            losses.append(out[weights > 0])
-        return es.summarize(np.concatenate(losses))
+            out = self.eval_fn(params, d.place_batch(batch[index * rows:(index + 1) * rows]))
+            losses.append(d.fetch_array(out[0] if per_position else out)[weights > 0])
+            if per_position and final:
+                positions.append(d.fetch_array(out[1])[weights > 0])
+        summary = es.summarize(np.concatenate(losses))
+        if positions:
+            summary.update(es.summarize_positions(np.concatenate(positions)))
+        return summary
 
 
 class _DivergenceMonitor:
@@ -720,6 +727,7 @@ class _Run:
             "eval_documents": ev.get("eval_documents"),
             "eval_windows": ev.get("eval_windows"),
             "curve_eval_tokens": self.evaluate.curve_set.tokens,
+            **{k: ev[k] for k in ("eval_loss_by_position", "eval_loss_by_position_stderr") if k in ev},
             # best over the evals that used one eval set (curve evals use a prefix of it)
             "best_eval_loss": min(curve_losses + ([ev["eval_loss"]] if same_set else []),
                                   default=ev.get("eval_loss", float("nan"))),

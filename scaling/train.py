@@ -222,35 +222,44 @@ class Trainer:
         return TrainState(state.step + 1, params, opt_state, state.lr, state.schedule), metrics
 
     def eval_step_body(
-        self, params, batch_BxT1: jax.Array, axis_name: str | None = None
-    ) -> jax.Array:
+        self, params, batch_BxT1: jax.Array, axis_name: str | None = None,
+        per_position: bool = False,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """float32[B]: the mean next-token loss of every window (row) of the batch (masked
         LM: the mean over the window's selected positions), gathered
         over `axis_name` when bound, so every device returns the global batch's losses
-        (the eval set's standard error needs them per window, not averaged)."""
+        (the eval set's standard error needs them per window, not averaged).
+        `per_position` (next-token objective only): (that, float32[B, T] the loss at every
+        position of every window)."""
         if self.masked_lm:  # per window: mean over its selected positions
             loss_B, count_B = masked_lm_losses(
                 self.model.apply({"params": params}, batch_BxT1[:, 0]), batch_BxT1[:, 1])
-            losses_B = loss_B / jnp.maximum(count_B, 1.0)
-        else:
-            logits_BxTxV = self.model.apply({"params": params}, batch_BxT1[:, :-1])
-            ce_BxT = optax.softmax_cross_entropy_with_integer_labels(
-                logits_BxTxV.astype(jnp.float32), batch_BxT1[:, 1:])
-            losses_B = ce_BxT.mean(axis=1)
-        if axis_name is None:
-            return losses_B
-        # Each device writes its rows into the global vector; the sum is then replicated
-        # (an all_gather's result is not inferred replicated under shard_map).
-        b = losses_B.shape[0]
-        full = jnp.zeros((jax.lax.axis_size(axis_name) * b,), losses_B.dtype)
-        full = jax.lax.dynamic_update_slice(full, losses_B, (jax.lax.axis_index(axis_name) * b,))
-        return jax.lax.psum(full, axis_name)
+            return _gather_rows(loss_B / jnp.maximum(count_B, 1.0), axis_name)
+        logits_BxTxV = self.model.apply({"params": params}, batch_BxT1[:, :-1])
+        ce_BxT = optax.softmax_cross_entropy_with_integer_labels(
+            logits_BxTxV.astype(jnp.float32), batch_BxT1[:, 1:])
+        losses_B = ce_BxT.mean(axis=1)
+        if per_position:
+            return _gather_rows(losses_B, axis_name), _gather_rows(ce_BxT, axis_name)
+        return _gather_rows(losses_B, axis_name)
 
     def compile_step(self) -> Callable:
         """The single-device step, jitted with the state donated (the `none` driver);
         one jitted function per compile_key (shared by every config with that key)."""
         return _jitted_step(self.model_config, self.step_optim, self.config.train.micro_batches,
                             self.config.data.objective)
+
+
+def _gather_rows(x: jax.Array, axis_name: str | None) -> jax.Array:
+    """The global batch's rows of `x` (leading axis: this device's rows) on every device."""
+    if axis_name is None:
+        return x
+    # Each device writes its rows into the global array; the sum is then replicated
+    # (an all_gather's result is not inferred replicated under shard_map).
+    b = x.shape[0]
+    full = jnp.zeros((jax.lax.axis_size(axis_name) * b, *x.shape[1:]), x.dtype)
+    start = (jax.lax.axis_index(axis_name) * b,) + (0,) * (x.ndim - 1)
+    return jax.lax.psum(jax.lax.dynamic_update_slice(full, x, start), axis_name)
 
 
 @functools.lru_cache(maxsize=64)

@@ -43,6 +43,7 @@ EXPECTED_COUNTS = {
     "optimizers.toml": 144,  # 6 optimizers x 6 lrs x 4 sizes
     "optimizers_large.toml": 144,
     "mup_transfer.toml": 56,  # SP and muP x 4 widths x 7 learning rates
+    "architectures.toml": 12,  # transformer and LSTM x 6 sizes at one D
 }
 
 
@@ -686,3 +687,16 @@ def test_followup_points_keep_both_figures():
     assert isinstance(p, Point) and isinstance(spec, SweepSpec)
     assert estimate_seconds(p, "cpu") > 0
     assert plan_records(spec)[0]["accounting"] == "kaplan"
+
+
+def test_architectures_study_compares_families_on_the_same_tokens():
+    spec = load_spec(EXP / "architectures.toml")
+    by_arch = {}
+    for p in spec.points:
+        by_arch.setdefault(p.config.model.arch, []).append(p)
+    assert sorted(by_arch) == ["lstm", "transformer"]
+    assert all(len(v) >= 5 for v in by_arch.values())
+    # one D, one epoch over exactly the tokens the n-gram is counted on
+    assert {p.tokens for p in spec.points} == {spec.points[0].config.data.max_unique_tokens}
+    assert all(p.config.train.eval_per_position for p in spec.points)
+    assert spec.accounting == "kaplan"  # non-embedding N, as Kaplan et al. compare the families
