@@ -185,6 +185,7 @@ def point_row(sweep: str, point_dir: Path) -> dict:
         })
     from_meta = {k for k in ("C", "role", "trunk", "branched_at_step") if meta.get(k) is not None}
     row.update({k: v for k, v in result.items() if k in RESULT_COLUMNS and k not in from_meta})
+    row.update({k: v for k, v in result.items() if k.startswith("task/")})  # data.tasks evals
     row["status"] = point_state(point_dir)
     if row["status"] == "failed":
         failed = _read_json(point_dir / FAILED_FILE) or {}
@@ -217,7 +218,9 @@ def collect(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(results, curves) of every point folder in the sweep."""
     sweep_dir = Path(sweep_dir)
     dirs = sorted(p for p in points_dir(sweep_dir).glob("*") if p.is_dir())
-    results = pd.DataFrame([point_row(sweep_dir.name, d) for d in dirs], columns=RESULT_COLUMNS)
+    rows = [point_row(sweep_dir.name, d) for d in dirs]
+    task_cols = sorted({k for r in rows for k in r if k.startswith("task/")})
+    results = pd.DataFrame(rows, columns=RESULT_COLUMNS + task_cols)
     curves = [point_curve(d) for d in dirs if (d / METRICS_FILE).exists()]
     curves_df = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
     return results, curves_df
