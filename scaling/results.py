@@ -6,7 +6,8 @@
           point.json             what the planner said of the point (N, D, C, group, ...)
           failed.json            traceback of the last failure, if it failed
           slurm.json             job id and state, under the SLURM executor
-      results.csv / .parquet     one row per point (all states)
+      results.csv / .parquet     one row per point (all states); runs with data.tasks add
+                                 a column per task/<sub-task>/<metric> of result.json
       curves.parquet             learning curves of all points, long format
 
 A point's state comes from its folder alone: `done` or `diverged` (result.json),

@@ -131,6 +131,9 @@ def test_mixed_batches_hold_task_rows_and_the_corpus_in_order():
         corpus_rows += list(b[which < 0])
     # the corpus rows are the tasks-free stream's first rows, in order
     assert np.array_equal(np.stack(corpus_rows), np.concatenate(plain)[:len(corpus_rows)])
+    again = synthetic(seq_len=32)  # a fresh process resuming at step 4 sees the same batch
+    again.tasks = TaskMix({"addition": 0.25}, ByteTokenizer(), 32)
+    assert np.array_equal(again.train_batch(4, 8, seed=2), data.train_batch(4, 8, seed=2))
     pos = data.position(6, 8)
     assert pos["task_sequences_seen"] == 12 and pos["sequences_seen"] == 48
 
@@ -262,3 +265,6 @@ def test_a_run_with_tasks_reports_every_metric(tmp_path):
         assert 0 <= r[f"task/{sub}/token_accuracy"] <= 1 and r[f"task/{sub}/answer_logprob"] < 0
     evals = [row for row in read_metrics(tmp_path / "run") if "eval_loss" in row]
     assert len(evals) == 2 and all("task/copy/exact_match" in row for row in evals)
+    from scaling.results import point_row
+    row = point_row("s", tmp_path / "run")  # the results table gets one column per key
+    assert row["task/addition_3/token_accuracy"] == r["task/addition_3/token_accuracy"]
