@@ -12,7 +12,9 @@ n). Per sub-task, over the done runs (one row per run; x = the table's C or N):
 - `edit_distance` and `answer_logprob` are fitted as straight lines in log10 x (weighted);
 - `exact_match` is not fitted: it is *predicted* from per-token accuracy as p^L (L = mean
   answer length in tokens, its closing end-of-text token included), per run from the
-  observed p and along the fitted p(x).
+  observed p and along the fitted p(x); and, where the table has it, compared with
+  `exact_match_independent`, the product of the per-position accuracies (p^L with the
+  pooled p counts an easy closing token as evidence about the hard digits).
 
 Intervals: a parametric bootstrap (each run's value perturbed by its stderr, refitted;
 n_boot replicates; 2.5/97.5 percentiles). Observed exact match against p^L: z = (EM -
@@ -60,10 +62,10 @@ def frame(done: pd.DataFrame, sub: str) -> pd.DataFrame:
     out = pd.DataFrame({"N": pd.to_numeric(done["N"], errors="coerce"),
                         "C": pd.to_numeric(done["C"], errors="coerce"),
                         "label": done["label"] if "label" in done else ""})
-    for m in METRICS + ("answer_tokens", "n"):
+    for m in METRICS + ("exact_match_independent", "answer_tokens", "n"):
         col = f"task/{sub}/{m}"
         out[m] = pd.to_numeric(done[col], errors="coerce") if col in done else np.nan
-        if m in METRICS:
+        if m in METRICS or m == "exact_match_independent":
             se = f"{col}_stderr"
             out[m + "_se"] = pd.to_numeric(done[se], errors="coerce") if se in done else np.nan
     out = out[np.isfinite(out["exact_match"]) & (out["C"] > 0) & (out["N"] > 0)]
@@ -144,8 +146,11 @@ def compare_pl(fr: pd.DataFrame) -> pd.DataFrame:
     em = fr["exact_match"].to_numpy()
     se_em = binomial_se(em, fr["n"].to_numpy())
     z = (em - pred) / np.sqrt(se_em ** 2 + se_pred ** 2)
+    ind, ind_se = fr["exact_match_independent"].to_numpy(), fr["exact_match_independent_se"].to_numpy()
+    z_ind = (em - ind) / np.sqrt(se_em ** 2 + np.nan_to_num(ind_se) ** 2)
     return pd.DataFrame({"N": fr["N"], "C": fr["C"], "em": em, "em_se": se_em,
-                         "pred": pred, "pred_se": se_pred, "z": z})
+                         "pred": pred, "pred_se": se_pred, "z": z,
+                         "ind": ind, "ind_se": ind_se, "z_ind": z_ind})
 
 
 def verdict(cmp: pd.DataFrame) -> dict:
@@ -157,6 +162,13 @@ def verdict(cmp: pd.DataFrame) -> dict:
     i = int(np.argmax(rises)) if len(rises) else -1
     out = {"chi2": chi2, "dof": dof, "p_value": pval,
            "mean_excess": float(np.mean(cmp["em"] - cmp["pred"])) if dof else float("nan")}
+    z_ind = cmp["z_ind"].to_numpy()
+    z_ind = z_ind[np.isfinite(z_ind)]
+    if len(z_ind):  # against the position-wise independence prediction (scaling/taskeval.py)
+        c2 = float(np.sum(z_ind ** 2))
+        out.update({"chi2_positions": c2, "dof_positions": len(z_ind),
+                    "p_value_positions": float(stats.chi2.sf(c2, len(z_ind))),
+                    "mean_excess_positions": float(np.nanmean(cmp["em"] - cmp["ind"]))})
     if i >= 0:
         se = math.sqrt(cmp["em_se"].iloc[i] ** 2 + cmp["em_se"].iloc[i + 1] ** 2)
         out.update({"jump_from_C": float(cmp["C"].iloc[i]), "jump_to_C": float(cmp["C"].iloc[i + 1]),
@@ -170,6 +182,13 @@ def verdict(cmp: pd.DataFrame) -> dict:
         out["text"] = ("exact match above p^L (token errors cluster on the same instances)"
                        if out["mean_excess"] > 0 else
                        "exact match below p^L (errors spread over more instances than independence gives)")
+    if "p_value_positions" in out:
+        out["text_positions"] = (
+            "consistent with independent errors at each position's own accuracy"
+            if out["p_value_positions"] >= 0.05 else
+            "above the position-wise product (errors cluster on the same instances)"
+            if out["mean_excess_positions"] > 0 else
+            "below the position-wise product (errors avoid each other)")
     return out
 
 
@@ -199,6 +218,7 @@ def figure(task: str, subs: list[str], frames: dict, fits: dict, x: str, xlabel:
         ax = axes.flat[0]
         cmp = compare_pl(fr)
         ax.plot(xs, cmp["pred"], "o", mfc="none", color=col, ms=6, mew=0.8)
+        ax.plot(xs, cmp["ind"], "x", color=col, ms=5, mew=0.9)
         pfit = fits.get((sub, "token_accuracy", x))
         if pfit is not None:
             L = float(fr["answer_tokens"].mean())
@@ -212,8 +232,10 @@ def figure(task: str, subs: list[str], frames: dict, fits: dict, x: str, xlabel:
         ax.set_title(LABELS[m], fontsize=9)
         if m in ("exact_match", "token_accuracy"):
             ax.set_ylim(-0.03, 1.03)
-    axes.flat[0].legend(fontsize=6, loc="upper left", title="filled: observed; hollow / "
-                        "dashed: p^L", title_fontsize=6)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(6, len(labels)), fontsize=7,
+               title="filled: observed exact match; hollow / dashed: p^L (pooled p); "
+               "x: product of per-position accuracies", title_fontsize=7)
     fig.suptitle(f"{task}: held-out instances vs {x} (error bars 95%)", fontsize=10)
     return fig
 
@@ -229,6 +251,7 @@ def table(subs: list[str], frames: dict) -> pd.DataFrame:
                 "task": sub, "N": r["N"], "C": r["C"],
                 "exact match": f"{r['exact_match']:.3f} ± {cmp['em_se'].iloc[i]:.3f}",
                 "p^L": f"{cmp['pred'].iloc[i]:.3f} ± {cmp['pred_se'].iloc[i]:.3f}",
+                "Π p_j": f"{cmp['ind'].iloc[i]:.3f} ± {cmp['ind_se'].iloc[i]:.3f}",
                 "token acc.": f"{r['token_accuracy']:.3f} ± {r['token_accuracy_se']:.3f}",
                 "edit dist.": f"{r['edit_distance']:.2f} ± {r['edit_distance_se']:.2f}",
                 "log p(answer)": f"{r['answer_logprob']:.2f} ± {r['answer_logprob_se']:.2f}",
@@ -271,7 +294,9 @@ def section(rep, done: pd.DataFrame, *, n_boot: int = 200, seed: int = 0) -> Non
              f"independent (Schaeffer et al. 2023). Compute: {c_label}. Fits: per-token "
              "accuracy logistic in log C, edit distance and log-probability linear in log C; "
              f"95% bands from a parametric bootstrap ({n_boot} replicates, each run's value "
-             "perturbed by its stderr). Exact match stderr: binomial at (x+1)/(n+2).\n"]
+             "perturbed by its stderr). Exact match stderr: binomial at (x+1)/(n+2). Π p_j: "
+             "the exact match independent token errors give with each answer position's own "
+             "teacher-forced accuracy (stderr: bootstrap over instances).\n"]
     fits_json = {}
     for task, subs in res["tasks"].items():
         for x, xl in (("C", "compute C (FLOPs)"), ("N", "parameters N")):
@@ -307,7 +332,11 @@ def section(rep, done: pd.DataFrame, *, n_boot: int = 200, seed: int = 0) -> Non
                     f"{fr['exact_match'].iloc[-1]:.3f}, per-token accuracy "
                     f"{fr['token_accuracy'].iloc[0]:.3f} → {fr['token_accuracy'].iloc[-1]:.3f} over "
                     f"{len(fr)} runs; against p^L: χ² = {v['chi2']:.1f} on {v['dof']} runs "
-                    f"(p = {v['p_value']:.2g}): {v['text']}{jump}{slope}.")
+                    f"(p = {v['p_value']:.2g}): {v['text']}"
+                    + (f"; against the product of per-position accuracies: χ² = "
+                       f"{v['chi2_positions']:.1f} (p = {v['p_value_positions']:.2g}): "
+                       f"{v['text_positions']}" if "chi2_positions" in v else "")
+                    + f"{jump}{slope}.")
             lines.append(f"- {text}")
             rep.findings.append("Task " + text)
             fits_json[sub] = {**v, **{f"{m}_{x}_theta": list(map(float, f["theta"]))

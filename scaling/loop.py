@@ -52,12 +52,12 @@ from scaling import accounting, tracking
 from scaling.checkpoint import Checkpointer
 from scaling.config import Config, ConfigError, from_dict
 from scaling.data import TokenData, load_corpus
-from scaling.taskeval import TaskEvaluator
 from scaling.parallel import Driver, check_batch, initialize_distributed, make_driver
 from scaling.runfiles import (CONFIG_FILE, METRICS_FILE, RESULT_FILE, atomic_write_text,
                               json_default, read_json, read_metrics, read_result, run_lock,
                               write_json_atomic)
 from scaling.optim import schedule_multiplier
+from scaling.taskeval import TaskEvaluator
 from scaling.train import Trainer, compile_key, runtime_values
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,12 @@ N_EVAL held-out instances, the same for every run, is fed as `[eot] + prompt` an
 - `answer_logprob`: log-probability (nats) of the whole correct answer + [eot] given the
   prompt, mean over instances; stderr over instances.
 
-Plus `answer_tokens` (mean L, the answer's tokens with [eot]: exact match ~ p^L under
-independence) and `n` (instances). Keys: `task/<sub-task>/<metric>` and
+Plus `exact_match_independent`: the exact match that the per-*position* accuracies predict
+if token errors were independent (within each answer length, the product over positions j
+of the teacher-forced hit rate at j; mean over instances; stderr by a bootstrap over
+instances) -- unlike p^L with the pooled p it does not count an easy closing [eot] as
+evidence about the hard digits; `answer_tokens` (mean L, the answer's tokens with [eot])
+and `n` (instances). Keys: `task/<sub-task>/<metric>` and
 `task/<sub-task>/<metric>_stderr`. Greedy output equals the answer iff every
 teacher-forced argmax is right, so exact match is the product of the per-token hits.
 
@@ -118,9 +122,28 @@ def metrics_of(answers: list[list[int]], logp: np.ndarray, hit: np.ndarray,
            "token_accuracy": float(p), "token_accuracy_stderr": tok_se}
     out["edit_distance"], out["edit_distance_stderr"] = _mean_se(edit)
     out["answer_logprob"], out["answer_logprob_stderr"] = _mean_se(lp)
+    out["exact_match_independent"], out["exact_match_independent_stderr"] = \
+        _independent(hit & mask, lens)
     out["answer_tokens"] = float(lens.mean())
     out["n"] = n
     return out
+
+
+def _independent(hit: np.ndarray, lens: np.ndarray, n_boot: int = 200) -> tuple[float, float]:
+    """Mean over instances of prod_j p_j (p_j: hit rate at answer position j among answers
+    of the same length), and its stderr over a bootstrap of the instances (fixed seed)."""
+    def predict(idx):
+        total = 0.0
+        for L in np.unique(lens[idx]):
+            rows = idx[lens[idx] == L]
+            total += len(rows) * float(np.prod(hit[rows, :L].mean(0)))
+        return total / len(idx)
+
+    n = len(lens)
+    est = predict(np.arange(n))
+    rng = np.random.default_rng(0)
+    boots = [predict(rng.integers(0, n, n)) for _ in range(n_boot)] if n > 1 else []
+    return est, (float(np.std(boots, ddof=1)) if boots else float("nan"))
 
 
 class TaskEvaluator:

@@ -34,6 +34,9 @@ def table(clustered: bool, seed=0, n=400) -> pd.DataFrame:
                          ("answer_logprob", lp.mean(), lp.std(ddof=1) / np.sqrt(n))):
             row[f"task/addition_2/{m}"] = v
             row[f"task/addition_2/{m}_stderr"] = se
+        ind = float(np.prod(hits.mean(0)))  # what scaling/taskeval.py records
+        row["task/addition_2/exact_match_independent"] = ind
+        row["task/addition_2/exact_match_independent_stderr"] = 4 * ind * acc_se / max(acc, 1e-9)
         row["task/addition_2/answer_tokens"] = 4.0
         row["task/addition_2/n"] = n
         rows.append(row)
@@ -45,6 +48,7 @@ def test_independent_errors_are_consistent_with_p_to_the_L():
     res = emergence.analyze_tasks(df, n_boot=50)
     v = res["verdicts"]["addition_2"]
     assert v["p_value"] > 0.01 and v["text"].startswith("consistent")
+    assert v["p_value_positions"] > 0.01 and v["text_positions"].startswith("consistent")
     fit = res["fits"][("addition_2", "token_accuracy", "C")]
     assert fit["theta"][1] == pytest.approx(1.5, rel=0.15)  # the logistic slope per decade
     lo, hi = fit["slope_ci"]
@@ -54,6 +58,7 @@ def test_independent_errors_are_consistent_with_p_to_the_L():
 def test_clustered_errors_put_exact_match_above_p_to_the_L():
     v = emergence.analyze_tasks(table(clustered=True), n_boot=20)["verdicts"]["addition_2"]
     assert v["p_value"] < 1e-3 and "above p^L" in v["text"]
+    assert v["p_value_positions"] < 1e-3 and v["text_positions"].startswith("above")
 
 
 def test_binomial_stderr_is_positive_at_zero():

@@ -179,6 +179,8 @@ def test_each_metric_on_hand_made_predictions():
     assert m["edit_distance_stderr"] == pytest.approx(0.5)  # std([1, 0]) / sqrt(2)
     assert m["answer_logprob"] == pytest.approx(((-2.4) + (-0.75)) / 2)
     assert m["answer_tokens"] == 2.5 and m["n"] == 2
+    # position-wise independence: each answer length alone; length 3: 1 x 0 x 1, length 2: 1 x 1
+    assert m["exact_match_independent"] == pytest.approx((0.0 + 1.0) / 2)
     # a greedy output that stops early, or runs on without eot
     m = metrics_of([[5, 6, EOT]], logp[:1], hit[:1], np.array([[5, EOT, 1, 1]]), EOT)
     assert m["exact_match"] == 0 and m["edit_distance"] == 1
@@ -188,6 +190,14 @@ def test_each_metric_on_hand_made_predictions():
                    np.tile(target[0], (3, 1)), EOT)
     assert m["exact_match"] == 1 and m["token_accuracy"] == 1 and m["edit_distance"] == 0
     assert m["answer_logprob"] == 0 and m["exact_match_stderr"] == 0
+    # two answers of length 2: position 0 right in one, position 1 right in the other;
+    # pooled p = 1/2 gives p^L = 1/4, positions give 1/2 x 1/2 = 1/4 too; a third answer
+    # with both right: positions 2/3 x 2/3 = 4/9, while exact match is 1/3
+    hit = np.array([[True, False], [False, True], [True, True]])
+    m = metrics_of([[1, EOT]] * 3, np.zeros((3, 2)), hit, np.array([[1, 2], [2, EOT], [1, EOT]]), EOT)
+    assert m["exact_match"] == pytest.approx(1 / 3)
+    assert m["exact_match_independent"] == pytest.approx(4 / 9)
+    assert 0 < m["exact_match_independent_stderr"] < 0.5
 
 
 # ---- configuration ---------------------------------------------------------------------
