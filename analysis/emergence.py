@@ -24,7 +24,10 @@ chi^2 with one degree of freedom per run. p^L assumes independent token errors: 
 that cluster on hard instances make EM > p^L, so an excess is a property of the task, not
 of the sampling noise. Verdict per sub-task: "consistent with p^L" (chi^2 p-value >= 0.05),
 else which way it departs; and the largest rise of EM between neighbouring sizes against
-the rise p^L predicts there.
+the rise p^L predicts there. The predictions are computed from the same instances as the
+observed exact match, so the two are positively correlated and the z above (which adds
+their variances) is conservative: a "consistent" verdict is weaker evidence than its p-value
+suggests, a departure is not.
 
 Never imports scaling/ (the rule of analysis/).
 """
@@ -173,7 +176,8 @@ def verdict(cmp: pd.DataFrame) -> dict:
         se = math.sqrt(cmp["em_se"].iloc[i] ** 2 + cmp["em_se"].iloc[i + 1] ** 2)
         out.update({"jump_from_C": float(cmp["C"].iloc[i]), "jump_to_C": float(cmp["C"].iloc[i + 1]),
                     "jump": float(rises[i]), "jump_se": se,
-                    "jump_pred": float(cmp["pred"].iloc[i + 1] - cmp["pred"].iloc[i])})
+                    "jump_pred": float(cmp["pred"].iloc[i + 1] - cmp["pred"].iloc[i]),
+                    "jump_pred_positions": float(cmp["ind"].iloc[i + 1] - cmp["ind"].iloc[i])})
     if not dof:
         out["text"] = "no runs"
     elif pval >= 0.05:
@@ -181,7 +185,8 @@ def verdict(cmp: pd.DataFrame) -> dict:
     else:
         out["text"] = ("exact match above p^L (token errors cluster on the same instances)"
                        if out["mean_excess"] > 0 else
-                       "exact match below p^L (errors spread over more instances than independence gives)")
+                       "exact match below p^L (per-token accuracy pools easy and hard answer "
+                       "positions, or errors spread over more instances than independence gives)")
     if "p_value_positions" in out:
         out["text_positions"] = (
             "consistent with independent errors at each position's own accuracy"
@@ -299,7 +304,11 @@ def section(rep, done: pd.DataFrame, *, n_boot: int = 200, seed: int = 0) -> Non
              "teacher-forced accuracy (stderr: bootstrap over instances).\n"]
     fits_json = {}
     for task, subs in res["tasks"].items():
-        for x, xl in (("C", "compute C (FLOPs)"), ("N", "parameters N")):
+        conv = rep.convention or ""
+        n_label, c_label_ = (("N_total", "C_exact") if "N_total" in conv else
+                             ("non-embedding", "6ND") if "kaplan" in conv else ("", ""))
+        for x, xl in (("C", f"compute C{' = ' + c_label_ if c_label_ else ''} (FLOPs)"),
+                      ("N", f"parameters N{' (' + n_label + ')' if n_label else ''}")):
             rep.figure(f"emergence_{task}_{x}",
                        f"{task}: exact match, per-token accuracy, edit distance and log p(answer) of "
                        f"held-out instances vs {x}, a colour per sub-task; fitted smooth metrics "
@@ -327,7 +336,9 @@ def section(rep, done: pd.DataFrame, *, n_boot: int = 200, seed: int = 0) -> Non
             if "jump" in v:
                 jump = (f"; largest exact-match rise {v['jump']:+.3f} ± {v['jump_se']:.3f} between "
                         f"C = {v['jump_from_C']:.3g} and {v['jump_to_C']:.3g}, p^L predicts "
-                        f"{v['jump_pred']:+.3f}")
+                        f"{v['jump_pred']:+.3f}"
+                        + (f", the per-position product {v['jump_pred_positions']:+.3f}"
+                           if np.isfinite(v.get("jump_pred_positions", np.nan)) else ""))
             text = (f"{sub}: exact match {fr['exact_match'].iloc[0]:.3f} → "
                     f"{fr['exact_match'].iloc[-1]:.3f}, per-token accuracy "
                     f"{fr['token_accuracy'].iloc[0]:.3f} → {fr['token_accuracy'].iloc[-1]:.3f} over "
