@@ -43,6 +43,7 @@ EXPECTED_COUNTS = {
     "optimizers.toml": 144,  # 6 optimizers x 6 lrs x 4 sizes
     "optimizers_large.toml": 144,
     "mup_transfer.toml": 56,  # SP and muP x 4 widths x 7 learning rates
+    "emergence.toml": 6,  # six sizes at one D, addition mixed in
 }
 
 
