@@ -13,7 +13,8 @@ Which analyses run is decided from the table:
 - frontier and Approach 1: learning curves (curves.parquet / curves.csv) of >= 2 runs
   (Approach 1: >= 3 sizes);
 - optimizer comparison: more than one optimizer, or a learning-rate grid (>= 3 lrs for
-  some size).
+  some size);
+- task abilities across scale (analysis/emergence.py): ``task/<sub-task>/<metric>`` columns.
 
 Scaling-law fits use the done runs of one optimizer (the most common one when there are
 several) and, where a (N, D) cell was run with several learning rates and/or seeds, the
@@ -45,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import plots
+from . import emergence, plots
 from .chinchilla import fit_approach3, fit_kaplan
 from .frontier import fit_approach1, fit_frontier
 from . import families as fam
@@ -657,6 +658,9 @@ def analyze(
 
     # ---------------------------------------------------------------- model families
     _families_section(rep, df, done, source, ngram, n_boot=n_boot, seed=seed)
+    # ---------------------------------------------------------------- task abilities
+    if len(done) and emergence.subtasks(done):  # task/<sub-task>/<metric> columns (data.tasks)
+        emergence.section(rep, done, n_boot=n_boot, seed=seed)
 
     # ---------------------------------------------------------------- write
     if rep.param_rows:

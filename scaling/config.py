@@ -169,6 +169,10 @@ class DataConfig:
     #                             (GPT-2: 50257); every token must be below it
     tokens_eot_id: int = -1  # "tokens:" corpora: the id that starts each document (llm.c
     #                          writes <|endoftext|> before every document); -1: tokens_vocab_size - 1
+    # Synthetic tasks mixed into training (scaling/tasks.py): task name -> fraction of the
+    # training sequences, e.g. { addition = 0.1 }; {}: none. Each is evaluated per eval
+    # (scaling/taskeval.py) as task/<sub-task>/<metric>.
+    tasks: dict[str, float] = field(default_factory=dict)
 
     @property
     def is_token_shards(self) -> bool:
@@ -182,6 +186,11 @@ class DataConfig:
                 f"data.bpe_vocab_size = {self.bpe_vocab_size}: must be in [257, 65535]"
             )
         _nonnegative(self, "max_unique_tokens", "max_corpus_bytes", "tokens_vocab_size")
+        from scaling.tasks import check_tasks
+        check_tasks(self.tasks)
+        if self.tasks and self.is_token_shards:
+            raise ConfigError(f"data.tasks = {self.tasks}: needs a text tokenizer to write task "
+                              f"instances; data.corpus = {self.corpus!r} is pre-tokenized shards")
         if self.is_token_shards:
             self._validate_token_shards()
         elif self.corpus != "stdlib" and not self.corpus.startswith("hf:"):
@@ -420,6 +429,9 @@ class Config:
                 f"optim.warmup_steps = {self.optim.warmup_steps} must be smaller than "
                 f"train.steps = {self.train.steps}"
             )
+        if self.data.tasks:
+            from scaling.tasks import check_tasks
+            check_tasks(self.data.tasks, self.train.batch_size)
         for key in ("eval_tokens", "curve_eval_tokens"):
             value = getattr(self.train, key)
             if value and value < self.model.seq_len:
@@ -484,7 +496,8 @@ NON_SEMANTIC = ("name", "train.progress", "train.parallel", "train.log_every",
 # identity, so a sweep started before the key existed resumes into the same folders.
 IDENTITY_DEFAULTS: dict[str, Any] = {"model.arch": "transformer",
                                      "data.objective": "next_token",
-                                     "train.eval_per_position": False}
+                                     "train.eval_per_position": False,
+                                     "data.tasks": {}}
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
@@ -648,6 +661,12 @@ def coerce(where: str, value: Any, tp: Any) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError("; ".join(errors))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} = {value!r}: expected a table, e.g. {{ name = value }}")
+        key_tp, value_tp = get_args(tp)
+        return {coerce(f"{where} key", k, key_tp): coerce(f"{where}.{k}", v, value_tp)
+                for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value

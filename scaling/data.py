@@ -84,6 +84,12 @@ independent of the numpy version. Each epoch visits every window once; tokens se
 steps * batch_size * seq_len exactly. Evaluation uses `TokenData.eval_set(n)`: fixed
 validation windows spread round-robin over all validation documents, with a
 cluster-robust standard error (`scaling.evalset`).
+
+Tasks. With `data.tasks` (e.g. { addition = 0.1 }), some rows of each batch are sequences
+of synthetic task instances (`scaling.tasks.TaskMix`: task t has exactly floor(S B f_t)
+of the first S steps' rows, at hashed positions); the corpus stream fills the other rows
+in its own order (task rows consume no corpus window, so an epoch still visits every
+window once). Without `data.tasks` batches are exactly as above.
 """
 
 from __future__ import annotations
@@ -109,6 +115,7 @@ from scaling.config import ConfigError
 from scaling.evalset import EvalSet, build_eval_set
 from scaling.runfiles import atomic_write_text
 from scaling.runtime import cache_dir
+from scaling.tasks import TaskMix, eval_width
 from scaling.tokenizer import Tokenizer, load_or_train_bpe, make_tokenizer
 
 if TYPE_CHECKING:
@@ -744,7 +751,20 @@ def load_corpus(data_cfg: "DataConfig", seq_len: int, *, verify: bool = True) ->
     del corpus
     mm, meta = loaded
     meta = dict(meta, cache_file=str(bin_path))
-    return TokenData(tokenizer, mm, meta, seq_len, data_cfg.max_unique_tokens)
+    data = TokenData(tokenizer, mm, meta, seq_len, data_cfg.max_unique_tokens)
+    if data_cfg.tasks:
+        data.tasks = make_task_mix(data_cfg.tasks, tokenizer, seq_len)
+    return data
+
+
+def make_task_mix(tasks: dict[str, float], tokenizer: Tokenizer, seq_len: int) -> TaskMix:
+    """The TaskMix of `data.tasks`; DataError if their evaluation does not fit model.seq_len."""
+    need = eval_width(tokenizer, list(tasks))
+    if need - 1 > seq_len:
+        raise DataError(f"data.tasks = {tasks}: evaluation instances take up to {need - 1} "
+                        f"input tokens with {tokenizer.name}; model.seq_len = {seq_len} "
+                        f"must be >= {need - 1}")
+    return TaskMix(tasks, tokenizer, seq_len)
 
 
 # --------------------------------------------------------------------------------------
@@ -828,6 +848,7 @@ class TokenData:
         self._offsets = np.arange(T + 1, dtype=np.int64)
         self._perms: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()  # batches may be prefetched from another thread
+        self.tasks: TaskMix | None = None  # data.tasks rows mixed into batches (load_corpus)
 
     # ---- sizes ------------------------------------------------------------------------
 
@@ -877,7 +898,14 @@ class TokenData:
             raise ValueError(f"shard = {shard}: need 0 <= index < count and count dividing "
                              f"batch_size = {batch_size}")
         rows = batch_size // count
+        if self.tasks is not None:
+            return self._mixed_batch(int(step), batch_size, seed, index, rows)
         p = int(step) * batch_size + index * rows + np.arange(rows, dtype=np.int64)
+        return self._corpus_rows(p, seed)
+
+    def _corpus_rows(self, p: np.ndarray, seed: int) -> np.ndarray:
+        """int32 [len(p), seq_len + 1]: the windows of global corpus sequences p."""
+        rows = len(p)
         epochs, w = np.divmod(p, self.n_windows)
         windows = np.empty(rows, dtype=np.int64)
         for e in np.unique(epochs):
@@ -885,6 +913,20 @@ class TokenData:
             windows[sel] = self._perm(seed, int(e))[w[sel]]
         idx = windows[:, None] * self.seq_len + self._offsets
         return np.asarray(self._used[idx], dtype=np.int32)
+
+    def _mixed_batch(self, step: int, batch_size: int, seed: int, index: int,
+                     rows: int) -> np.ndarray:
+        """A batch with `data.tasks` rows in it (`scaling.tasks.TaskMix`): task rows at
+        hashed positions, the corpus stream (not consumed by them) in the rest."""
+        which, seq = self.tasks.layout(step, batch_size, seed)
+        which, seq = which[index * rows:(index + 1) * rows], seq[index * rows:(index + 1) * rows]
+        out = np.empty((rows, self.seq_len + 1), np.int32)
+        corpus = which < 0
+        if corpus.any():
+            out[corpus] = self._corpus_rows(seq[corpus], seed)
+        for r in np.flatnonzero(~corpus):
+            out[r] = self.tasks.row(int(which[r]), int(seq[r]), seed)
+        return out
 
     def eval_set(self, n_windows: int) -> EvalSet:
         """The first `n_windows` evaluation windows, spread round-robin over all
@@ -907,14 +949,16 @@ class TokenData:
     def position(self, step: int, batch_size: int) -> dict[str, Any]:
         """Where `step` steps of `batch_size` sequences leave the data order."""
         seqs = int(step) * int(batch_size)
+        corpus = seqs if self.tasks is None else self.tasks.corpus_before(int(step), int(batch_size))
         return {
             "step": int(step),
             "sequences_seen": seqs,
             "tokens_seen": seqs * self.seq_len,
-            "epoch": seqs // self.n_windows,
-            "epochs": seqs / self.n_windows,
-            "unique_tokens": min(seqs, self.n_windows) * self.seq_len,
+            "epoch": corpus // self.n_windows,
+            "epochs": corpus / self.n_windows,
+            "unique_tokens": min(corpus, self.n_windows) * self.seq_len,
             "n_windows": self.n_windows,
+            **({} if self.tasks is None else {"task_sequences_seen": seqs - corpus}),
         }
 
     # ---- reporting --------------------------------------------------------------------

@@ -58,6 +58,7 @@ from scaling.runfiles import (CONFIG_FILE, METRICS_FILE, RESULT_FILE, atomic_wri
                               json_default, read_json, read_metrics, read_result, run_lock,
                               write_json_atomic)
 from scaling.optim import schedule_multiplier
+from scaling.taskeval import TaskEvaluator
 from scaling.train import Trainer, compile_key, runtime_values
 
 log = logging.getLogger(__name__)
@@ -358,6 +359,8 @@ class _Evaluator:
         curve = t.curve_eval_tokens or t.eval_tokens
         curve_windows = max(1, min(curve, t.eval_tokens) // T)
         self.curve_set = self.final_set.prefix(min(curve_windows, self.final_set.n_windows))
+        self.tasks = (TaskEvaluator(list(s.cfg.data.tasks), s.data.tokenizer,
+                                    s.trainer.model_config) if s.cfg.data.tasks else None)
 
     def __call__(self, params, final: bool) -> dict[str, float]:
         es = self.final_set if final else self.curve_set
@@ -375,6 +378,8 @@ class _Evaluator:
         summary = es.summarize(np.concatenate(losses))
         if positions:
             summary.update(es.summarize_positions(np.concatenate(positions)))
+        if self.tasks is not None:  # data.tasks: task/<sub-task>/<metric> (scaling.taskeval)
+            summary.update(self.tasks(params if d.kind == "none" else d.fetch_state(params)))
         return summary
 
 
@@ -544,7 +549,8 @@ class _Run:
         # A run resumed from its final checkpoint (its result.json lost) keeps its final eval.
         final = [r for r in history if r.get("eval_final") and r["step"] == t.steps == start_step]
         self.final_eval: dict[str, float] | None = (
-            {k: final[-1][k] for k in final[-1] if k.startswith("eval_")} if final else None)
+            {k: final[-1][k] for k in final[-1] if k.startswith(("eval_", "task/"))}
+            if final else None)
         self.excluded = 0.0  # seconds in evaluation and checkpointing, kept out of tokens/s
         self.pending = None  # (step, metrics) of the newest step, read after the next is dispatched
         self.metrics_log = _MetricsLog(s.run_dir / METRICS_FILE, history, enabled=s.primary)
@@ -769,6 +775,7 @@ class _Run:
             "corpus_fingerprint": s.data.fingerprint,
             "data": s.data.describe(),
             "git_commit": git_commit(),
+            **{k: v for k, v in ev.items() if k.startswith("task/")},
         }
 
 

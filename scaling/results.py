@@ -6,7 +6,8 @@
           point.json             what the planner said of the point (N, D, C, group, ...)
           failed.json            traceback of the last failure, if it failed
           slurm.json             job id and state, under the SLURM executor
-      results.csv / .parquet     one row per point (all states)
+      results.csv / .parquet     one row per point (all states); runs with data.tasks add
+                                 a column per task/<sub-task>/<metric> of result.json
       curves.parquet             learning curves of all points, long format
 
 A point's state comes from its folder alone: `done` or `diverged` (result.json),
@@ -188,6 +189,7 @@ def point_row(sweep: str, point_dir: Path) -> dict:
         })
     from_meta = {k for k in ("C", "role", "trunk", "branched_at_step") if meta.get(k) is not None}
     row.update({k: v for k, v in result.items() if k in RESULT_COLUMNS and k not in from_meta})
+    row.update({k: v for k, v in result.items() if k.startswith("task/")})  # data.tasks evals
     row["status"] = point_state(point_dir)
     if row["status"] == "failed":
         failed = _read_json(point_dir / FAILED_FILE) or {}
@@ -220,7 +222,9 @@ def collect(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(results, curves) of every point folder in the sweep."""
     sweep_dir = Path(sweep_dir)
     dirs = sorted(p for p in points_dir(sweep_dir).glob("*") if p.is_dir())
-    results = pd.DataFrame([point_row(sweep_dir.name, d) for d in dirs], columns=RESULT_COLUMNS)
+    rows = [point_row(sweep_dir.name, d) for d in dirs]
+    task_cols = sorted({k for r in rows for k in r if k.startswith("task/")})
+    results = pd.DataFrame(rows, columns=RESULT_COLUMNS + task_cols)
     curves = [point_curve(d) for d in dirs if (d / METRICS_FILE).exists()]
     curves_df = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
     return results, curves_df

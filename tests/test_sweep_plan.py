@@ -44,6 +44,7 @@ EXPECTED_COUNTS = {
     "optimizers_large.toml": 144,
     "mup_transfer.toml": 56,  # SP and muP x 4 widths x 7 learning rates
     "architectures.toml": 12,  # transformer and LSTM x 6 sizes at one D
+    "emergence.toml": 6,  # six sizes at one D, addition mixed in
 }
 
 
