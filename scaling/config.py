@@ -430,6 +430,11 @@ class Config:
                 f"train.steps = {self.train.steps}"
             )
         if self.data.tasks:
+            if self.data.objective != "next_token":
+                raise ConfigError(
+                    f"data.tasks with data.objective = {self.data.objective!r}: task evals decode "
+                    "answers token by token, which needs a next-token (causal) model; use "
+                    "model.arch = 'transformer' or 'lstm'")
             from scaling.tasks import check_tasks
             check_tasks(self.data.tasks, self.train.batch_size)
         for key in ("eval_tokens", "curve_eval_tokens"):

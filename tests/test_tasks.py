@@ -221,6 +221,9 @@ def test_bad_tasks_are_refused_naming_the_field(tasks, words):
 def test_tasks_that_cannot_fit_a_batch_or_a_sequence_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="train.batch_size = 1"):  # 2 rows in one step
         from_dict({"data": {"tasks": {"addition": 0.4, "copy": 0.4}}, "train": {"batch_size": 1}})
+    with pytest.raises(ConfigError, match="data.tasks with data.objective = 'mlm'"):
+        from_dict({"data": {"tasks": {"addition": 0.1}, "objective": "mlm"},
+                   "model": {"arch": "encoder"}})
     with pytest.raises(ConfigError, match="pre-tokenized"):
         from_dict({"data": {"tasks": {"addition": 0.1}, "corpus": "tokens:/x",
                             "tokens_vocab_size": 300}})
