@@ -23,14 +23,8 @@ Parameter tree: as the transformer's (token_embed/embedding is [V + 1, D]):
 
 from __future__ import annotations
 
-
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-
 from scaling.config import ModelConfig
-from scaling.models.transformer import (Block, Unembed, dtype_of, output_multiplier,
-                                        sinusoidal_table)
+from scaling.models.transformer import Transformer
 
 
 def mask_id(cfg: ModelConfig) -> int:
@@ -38,61 +32,16 @@ def mask_id(cfg: ModelConfig) -> int:
     return cfg.vocab_size
 
 
-class Encoder(nn.Module):
+def Encoder(cfg: ModelConfig, attn_impl: str = "auto", scan_unroll: int | None = None):
     """Bidirectional encoder: tokens [B, T] int (ids < vocab_size, or the mask id) ->
-    logits [B, T, V] float32. attn_impl: see transformer.bidirectional_attention."""
-
-    cfg: ModelConfig
-    attn_impl: str = "auto"
-    scan_unroll: int | None = None
-
-    @nn.compact
-    def __call__(self, tokens_BxT):
-        cfg = self.cfg
-        cdt, pdt = dtype_of(cfg.compute_dtype), dtype_of(cfg.param_dtype)
-        T = tokens_BxT.shape[1]
-        if T > cfg.seq_len:
-            raise ValueError(f"sequence of {T} tokens is longer than seq_len = {cfg.seq_len}")
-        init = nn.initializers.normal(cfg.init_std)
-        tok_embed = nn.Embed(cfg.vocab_size + 1, cfg.d_model, embedding_init=init, dtype=cdt,
-                             param_dtype=pdt, name="token_embed")
-        x_BxTxD = tok_embed(tokens_BxT)
-        if cfg.pos_encoding == "learned":
-            pos = nn.Embed(cfg.seq_len, cfg.d_model, embedding_init=init, dtype=cdt,
-                           param_dtype=pdt, name="pos_embed")
-            x_BxTxD = x_BxTxD + pos.embedding[None, :T].astype(cdt)
-        elif cfg.pos_encoding == "sinusoidal":
-            x_BxTxD = x_BxTxD + jnp.asarray(sinusoidal_table(T, cfg.d_model), cdt)[None]
-
-        block = nn.remat(Block, prevent_cse=not cfg.scan_layers) if cfg.remat else Block
-        if cfg.scan_layers:
-            unroll = self.scan_unroll
-            if unroll is None:  # as the transformer: unrolled on CPU up to 8 layers
-                cpu = jax.default_backend() == "cpu"
-                unroll = cfg.n_layer if cpu and cfg.n_layer <= 8 else 1
-            stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                            length=cfg.n_layer, in_axes=nn.broadcast, unroll=unroll)
-            x_BxTxD, _ = stack(cfg, self.attn_impl, False, name="blocks")(x_BxTxD, None)
-        else:
-            for i in range(cfg.n_layer):
-                x_BxTxD, _ = block(cfg, self.attn_impl, False, name=f"block_{i}")(x_BxTxD, None)
-
-        x_BxTxD = nn.LayerNorm(dtype=cdt, param_dtype=pdt, name="ln_f")(x_BxTxD)
-        if cfg.tie_embeddings:
-            emb_VxD = tok_embed.embedding[:cfg.vocab_size].astype(cdt)  # not the mask row
-            logits_BxTxV = jnp.einsum("btd,vd->btv", x_BxTxD, emb_VxD,
-                                      preferred_element_type=jnp.float32)
-            mult = output_multiplier(cfg)
-            if mult is not None:
-                logits_BxTxV = logits_BxTxV * jnp.float32(mult)
-        else:
-            logits_BxTxV = Unembed(cfg, name="unembed")(x_BxTxD)
-        return logits_BxTxV.astype(jnp.float32)
+    logits [B, T, V] float32: the transformer's module with unmasked attention and one
+    input-only token. attn_impl: see transformer.bidirectional_attention."""
+    return Transformer(cfg, attn_impl, scan_unroll, causal=False, input_only_tokens=1)
 
 
-def build(cfg: ModelConfig, attn_impl: str = "auto") -> Encoder:
+def build(cfg: ModelConfig, attn_impl: str = "auto"):
     return Encoder(cfg, attn_impl)
 
 
-def init_module(cfg: ModelConfig) -> Encoder:
+def init_module(cfg: ModelConfig):
     return Encoder(cfg, "reference", scan_unroll=1)

@@ -493,6 +493,9 @@ class Transformer(nn.Module):
     cfg: ModelConfig
     attn_impl: str = "auto"
     scan_unroll: int | None = None
+    causal: bool = True  # False: every position attends to the whole window (the encoder)
+    input_only_tokens: int = 0  # ids after the vocabulary that are read, never predicted
+                                # (the encoder's [MASK]): extra embedding rows, not logits
 
     @nn.compact
     def __call__(self, tokens_BxT):
@@ -502,8 +505,9 @@ class Transformer(nn.Module):
         if T > cfg.seq_len:
             raise ValueError(f"sequence of {T} tokens is longer than seq_len = {cfg.seq_len}")
         init = nn.initializers.normal(cfg.init_std)
-        tok_embed = nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=init, dtype=cdt,
-                             param_dtype=pdt, name="token_embed")
+        tok_embed = nn.Embed(cfg.vocab_size + self.input_only_tokens, cfg.d_model,
+                             embedding_init=init, dtype=cdt, param_dtype=pdt,
+                             name="token_embed")
         x_BxTxD = tok_embed(tokens_BxT)
         if cfg.pos_encoding == "learned":
             pos = nn.Embed(cfg.seq_len, cfg.d_model, embedding_init=init, dtype=cdt,
@@ -522,14 +526,15 @@ class Transformer(nn.Module):
                 unroll = cfg.n_layer if cpu and cfg.n_layer <= 8 else 1
             stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                             length=cfg.n_layer, in_axes=nn.broadcast, unroll=unroll)
-            x_BxTxD, _ = stack(cfg, self.attn_impl, name="blocks")(x_BxTxD, None)
+            x_BxTxD, _ = stack(cfg, self.attn_impl, self.causal, name="blocks")(x_BxTxD, None)
         else:
             for i in range(cfg.n_layer):
-                x_BxTxD, _ = block(cfg, self.attn_impl, name=f"block_{i}")(x_BxTxD, None)
+                x_BxTxD, _ = block(cfg, self.attn_impl, self.causal,
+                                   name=f"block_{i}")(x_BxTxD, None)
 
         x_BxTxD = nn.LayerNorm(dtype=cdt, param_dtype=pdt, name="ln_f")(x_BxTxD)
         if cfg.tie_embeddings:
-            emb_VxD = tok_embed.embedding.astype(cdt)
+            emb_VxD = tok_embed.embedding[:cfg.vocab_size].astype(cdt)
             logits_BxTxV = jnp.einsum("btd,vd->btv", x_BxTxD, emb_VxD,
                                       preferred_element_type=jnp.float32)
             mult = output_multiplier(cfg)
