@@ -99,7 +99,11 @@ def test_trunks_and_branches(tmp_path):
     differ = {k for k in tf if tf[k] != bf[k]}
     assert differ <= {"name", "optim.schedule", "optim.decay_fraction", "optim.decay_shape",
                       "train.steps", "train.eval_every", "train.save_steps", "train.init_from",
-                      "train.init_step"}
+                      "train.init_step", "train.eval_tokens"}
+    # a trunk's final eval is a learning-curve point (its loss is no result): the curve's
+    # eval sample, not the whole eval set
+    assert t.config.train.eval_tokens == min(b.config.train.eval_tokens,
+                                             b.config.train.curve_eval_tokens or 10**12)
 
 
 def _flat(d, prefix=""):

@@ -161,6 +161,11 @@ def _trunk(longest: Point, starts: list[int], warmup: int, evals: int | None,
                "name": name}
     if evals is not None:
         changes["train.eval_every"] = max(1, math.ceil(steps / evals))
+    # A trunk's final loss is no result (analysis.branches leaves trunks out): its last eval
+    # is one more learning-curve point, on the curve's eval sample, not the full eval set.
+    curve_tokens = longest.config.train.curve_eval_tokens
+    if 0 < curve_tokens < longest.config.train.eval_tokens:
+        changes["train.eval_tokens"] = curve_tokens
     cfg = longest.config.replace(changes)
     tid = point_id(cfg)
     groups = {p.group for p in members}
