@@ -62,7 +62,7 @@ from .optimizers import (EdgeOfGridWarning, best_lr, best_lr_runs, compute_laws,
 from .powerlaw import fit_power_law
 from .predict import compute_optimal
 from .result import fmt
-from .style import save
+from .style import FigureWriter
 from .tables import to_markdown, value_ci, write_table
 
 
@@ -192,6 +192,7 @@ class _Report:
         self.warnings: list[str] = []
         self.convention = ""
         self.eval_set = ""
+        self.writer = FigureWriter()  # figures are drawn on another core while fits go on
 
     def cap(self, text: str, fit=None, noise: str | None = None) -> str:
         """A caption with its convention: accounting, eval set and, for fits with intervals,
@@ -220,7 +221,7 @@ class _Report:
         caption = self.cap(caption, fit)
         try:
             fig = make()
-            save(fig, self.fig_dir, name)
+            self.writer.save(fig, self.fig_dir, name)
             self.figures.append((name, caption))
         except Exception as exc:  # a figure must never sink the report
             self.skip(f"figure `{name}`", f"{type(exc).__name__}: {exc}")
@@ -667,6 +668,9 @@ def analyze(
         rep.table(_params_table(rep.param_rows), "parameters",
                   "Fitted parameters with 95% bootstrap percentile intervals")
     (out / "fits.json").write_text(json.dumps(rep.fits, indent=2, default=_json_default))
+    for name, error in rep.writer.wait().items():  # a figure must never sink the report
+        rep.figures = [f for f in rep.figures if f[0] != name]
+        rep.skip(f"figure `{name}`", error)
     _write_summary(rep, time.time() - t0)
     return out
 

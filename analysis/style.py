@@ -84,6 +84,77 @@ def size_norm(values) -> LogNorm:
     return LogNorm(vmin=lo, vmax=hi)
 
 
+class FigureWriter:
+    """Writes figures (:func:`save`) in forked child processes, so that drawing them (about
+    half of a report's time) runs on other cores while the fits and the next figures go
+    on. At most `max_children` at once (default: one per core); 0, or a platform without
+    fork, writes each figure here and now. :meth:`wait` returns {name: error text} of the figures whose child failed.
+
+    A forked child holds the figure and the style settings exactly as they are at the
+    call, so it draws what an in-process save would; it writes only the figure's two
+    files, and leaves by os._exit (no cleanup of the parent's state)."""
+
+    def __init__(self, max_children: int | None = None):
+        import os
+
+        if max_children is None:
+            try:
+                cores = len(os.sched_getaffinity(0))
+            except (AttributeError, OSError):
+                cores = os.cpu_count() or 1
+            max_children = cores  # the parent mostly waits on them once its fits are done
+        self.max_children = max_children if hasattr(os, "fork") else 0
+        self.children: dict[int, tuple[str, Path]] = {}
+        self.failed: dict[str, str] = {}
+
+    def save(self, fig: Figure, out_dir: str | Path, name: str) -> None:
+        import os
+        import traceback
+
+        if self.max_children < 1:
+            save(fig, out_dir, name)
+            return
+        while len(self.children) >= self.max_children:
+            self._reap(block=True)
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        err = out / f".{name}.error"
+        err.unlink(missing_ok=True)
+        pid = os.fork()
+        if pid == 0:  # the child: draw, write, leave
+            code = 0
+            try:
+                save(fig, out, name)
+            except BaseException:  # noqa: BLE001 - reported by the parent
+                try:
+                    err.write_text(traceback.format_exc(limit=3))
+                except OSError:
+                    pass
+                code = 1
+            os._exit(code)
+        self.children[pid] = (name, err)
+
+    def _reap(self, block: bool) -> None:
+        import os
+
+        for pid in list(self.children):
+            done, status = os.waitpid(pid, 0 if block else os.WNOHANG)
+            if done == 0:
+                continue
+            name, err = self.children.pop(pid)
+            if os.waitstatus_to_exitcode(status) != 0:
+                text = err.read_text() if err.exists() else f"exit status {status}"
+                self.failed[name] = text.strip().splitlines()[-1] if text.strip() else text
+            err.unlink(missing_ok=True)
+            if block:
+                return
+
+    def wait(self) -> dict[str, str]:
+        while self.children:
+            self._reap(block=True)
+        return dict(self.failed)
+
+
 def save(fig: Figure, out_dir: str | Path, name: str) -> list[Path]:
     """Write ``name``.png and ``name``.pdf; return both paths."""
     out = Path(out_dir)
