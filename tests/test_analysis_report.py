@@ -207,3 +207,30 @@ def test_curves_follow_the_chosen_accounting():
     assert np.allclose(out.loc[out["point_id"] == "b", "flops"].iloc[-1], 1.5e16)
     res.attrs["accounting"] = None  # a table without accounting: the logged flops stay
     assert (prepare_curves(cv, results=res)["flops"] == 0).all()
+
+
+@pytest.mark.parametrize("children", [0, 2])
+def test_figure_writer_writes_figures_and_reports_a_failed_one(tmp_path, children):
+    from matplotlib.artist import Artist
+
+    from analysis.style import FigureWriter, new_figure
+
+    class Boom(Artist):
+        def draw(self, renderer):
+            raise RuntimeError("boom at draw time")
+
+    writer = FigureWriter(children)
+    fig, ax = new_figure()
+    ax[0, 0].plot([1, 2], [3, 4])
+    writer.save(fig, tmp_path, "fine")
+    bad, _ = new_figure()
+    bad.add_artist(Boom())
+    if children:  # drawn in a child: the error comes back from wait()
+        writer.save(bad, tmp_path, "broken")
+        assert writer.wait() == {"broken": "RuntimeError: boom at draw time"}
+    else:  # written here and now: the error surfaces at once (Report.figure skips it)
+        with pytest.raises(RuntimeError, match="boom at draw time"):
+            writer.save(bad, tmp_path, "broken")
+        assert writer.wait() == {}
+    assert (tmp_path / "fine.png").stat().st_size > 0 and (tmp_path / "fine.pdf").stat().st_size > 0
+    assert not list(tmp_path.glob(".*.error"))
