@@ -587,9 +587,10 @@ class _Run:
             return
         done_step, fut = self.pending
         self.pending = None
-        mt = self.s.driver.fetch_metrics(fut)
         t = self.s.cfg.train
         logged = done_step % t.log_every == 0 or done_step in (1, t.steps)
+        # between logged steps only the loss is read (the divergence monitor's input)
+        mt = self.s.driver.fetch_metrics(fut, None if logged else ("loss",))
         if logged:
             row = {**self._row(done_step), **mt}
             elapsed = time.perf_counter() - self.loop_start - self.excluded
