@@ -23,7 +23,9 @@ S_b, starting from the trunk's checkpoint at step
 which is exactly where scaling.optim's wsd schedule starts decaying (Python's round,
 half to even, as optim rounds). The group's TRUNK is the same config with a constant
 learning rate, train.steps = max k_b and a checkpoint kept at every k_b
-(train.save_steps). The warm-up W is the same for the trunk and all its branches, since a
+(train.save_steps), whose final eval covers only the curve's eval sample
+(train.eval_tokens = curve_eval_tokens: a trunk's loss is no result, analysis.branches
+leaves it out). The warm-up W is the same for the trunk and all its branches, since a
 branch continues the trunk: it is the warm-up the planner gives the group's SHORTEST
 point (from warmup_tokens, warmup_fraction or optim.warmup_steps), the one that fits
 every member. A branch's k_b must lie after the warm-up (k_b > W), else the spec is
