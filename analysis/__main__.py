@@ -85,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--loss-fn", choices=("huber", "huber_nll", "l2"), default="huber")
     a.add_argument("--accounting", choices=("total", "kaplan"), default=None,
                    help="compute accounting (default: the table's own); the report says which")
+    a.add_argument("--ngram", action="append", default=None,
+                   help="an n-gram result (folder or result.json) to draw as a reference line")
     lw = sub.add_parser("lr-law", help="fit lr*(N) from a learning-rate grid; print the spec's lr_law line")
     lw.add_argument("source", help="sweep folder or results table with several lrs per size")
     lw.add_argument("--accounting", choices=("total", "kaplan"), default=None,
@@ -297,11 +299,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             out = analyze(args.source, args.out, n_boot=args.n_boot, seed=args.seed, n_col=args.n_col,
                           d_col=args.d_col, c_col=args.c_col, loss_col=args.loss_col,
-                          loss_fn=args.loss_fn, accounting=args.accounting)
+                          loss_fn=args.loss_fn, accounting=args.accounting, ngram=args.ngram)
         except (KeyError, ValueError, FileNotFoundError) as exc:
             print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
             return 2
-        print(out)
+        print(f"report: {out}")
         return 0
     df = None
     try:

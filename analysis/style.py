@@ -9,6 +9,7 @@ so that the package works headless and never changes the caller's matplotlib sta
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 
 import matplotlib as mpl
@@ -103,6 +104,8 @@ class FigureWriter:
             except (AttributeError, OSError):
                 cores = os.cpu_count() or 1
             max_children = cores  # the parent mostly waits on them once its fits are done
+            if "jax" in sys.modules:  # never fork a process that runs jax's thread pools
+                max_children = 0      # (`run --analyze` analyses in a fresh process)
         self.max_children = max_children if hasattr(os, "fork") else 0
         self.children: dict[int, tuple[str, Path]] = {}
         self.failed: dict[str, str] = {}

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -219,15 +221,22 @@ def cmd_analyze(args) -> int:
 
 
 def _analyze(source, out=None, *, accounting: str | None = None, ngram=None) -> int:
-    """Write the report; bad or unusable input is one `error:` line and exit 2."""
-    from analysis.report import analyze
-
-    try:
-        print(f"report: {analyze(source, out, accounting=accounting, ngram=ngram)}")
-    except (KeyError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
-        return 2
-    return 0
+    """Write the report with `python -m analysis analyze` in a fresh process, and return its
+    exit status (bad or unusable input: one `error:` line, 2). A fresh process because the
+    analysis draws its figures in forked children, and a process that has run jax (its
+    thread pools) must not fork; analysis/ needs nothing of scaling/ anyway."""
+    cmd = [sys.executable, "-m", "analysis", "analyze", str(source)]
+    if out:
+        cmd += ["--out", str(out)]
+    if accounting:
+        cmd += ["--accounting", accounting]
+    for path in ngram or ():
+        cmd += ["--ngram", str(path)]
+    root = str(Path(__file__).resolve().parents[1])  # the analysis package, installed or not
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    sys.stdout.flush()
+    return subprocess.call(cmd, env=env)
 
 
 def cmd_ngram(args) -> int:

@@ -234,3 +234,21 @@ def test_figure_writer_writes_figures_and_reports_a_failed_one(tmp_path, childre
         assert writer.wait() == {}
     assert (tmp_path / "fine.png").stat().st_size > 0 and (tmp_path / "fine.pdf").stat().st_size > 0
     assert not list(tmp_path.glob(".*.error"))
+
+
+def test_run_sweep_analyze_writes_the_report_in_a_process_without_jax(tmp_path):
+    """`run_sweep.py analyze` (and `run --analyze`) hand the report to `python -m analysis
+    analyze` in a fresh process: its figures are drawn in forked children, which a process
+    that has started jax's thread pools must not fork (jax warns of deadlocks)."""
+    sweep = make_scaling_sweep(tmp_path / "s", seed=2)
+    r = subprocess.run([sys.executable, str(ROOT / "run_sweep.py"), "analyze", str(sweep)],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"report: {sweep / 'report'}" in r.stdout
+    assert "fork" not in r.stderr
+    _figures_ok(sweep / "report", ["isoflop", "optimal_allocation"])
+    bad = subprocess.run([sys.executable, str(ROOT / "run_sweep.py"), "analyze",
+                          str(tmp_path / "nope")], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
+    assert bad.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: no such file")
