@@ -209,29 +209,46 @@ def test_curves_follow_the_chosen_accounting():
     assert (prepare_curves(cv, results=res)["flops"] == 0).all()
 
 
+_WRITER_SCRIPT = """
+import json, sys
+from pathlib import Path
+from matplotlib.artist import Artist
+from analysis.style import FigureWriter, new_figure
+
+class Boom(Artist):
+    def draw(self, renderer):
+        raise RuntimeError("boom at draw time")
+
+out, children = Path(sys.argv[1]), int(sys.argv[2])
+writer = FigureWriter(children)
+fig, ax = new_figure()
+ax[0, 0].plot([1, 2], [3, 4])
+writer.save(fig, out, "fine")
+bad, _ = new_figure()
+bad.add_artist(Boom())
+try:
+    writer.save(bad, out, "broken")
+    raised = None
+except RuntimeError as exc:
+    raised = str(exc)
+print(json.dumps({"failed": writer.wait(), "raised": raised,
+                  "jax": "jax" in sys.modules}))
+"""
+
+
 @pytest.mark.parametrize("children", [0, 2])
 def test_figure_writer_writes_figures_and_reports_a_failed_one(tmp_path, children):
-    from matplotlib.artist import Artist
-
-    from analysis.style import FigureWriter, new_figure
-
-    class Boom(Artist):
-        def draw(self, renderer):
-            raise RuntimeError("boom at draw time")
-
-    writer = FigureWriter(children)
-    fig, ax = new_figure()
-    ax[0, 0].plot([1, 2], [3, 4])
-    writer.save(fig, tmp_path, "fine")
-    bad, _ = new_figure()
-    bad.add_artist(Boom())
+    # in a fresh process: the writer forks, which a process running jax (pytest's) must not
+    r = subprocess.run([sys.executable, "-c", _WRITER_SCRIPT, str(tmp_path), str(children)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert not got["jax"]
     if children:  # drawn in a child: the error comes back from wait()
-        writer.save(bad, tmp_path, "broken")
-        assert writer.wait() == {"broken": "RuntimeError: boom at draw time"}
+        assert got == {"failed": {"broken": "RuntimeError: boom at draw time"}, "raised": None,
+                       "jax": False}
     else:  # written here and now: the error surfaces at once (Report.figure skips it)
-        with pytest.raises(RuntimeError, match="boom at draw time"):
-            writer.save(bad, tmp_path, "broken")
-        assert writer.wait() == {}
+        assert got == {"failed": {}, "raised": "boom at draw time", "jax": False}
     assert (tmp_path / "fine.png").stat().st_size > 0 and (tmp_path / "fine.pdf").stat().st_size > 0
     assert not list(tmp_path.glob(".*.error"))
 
