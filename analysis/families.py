@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .noise import loss_noise, noise_replicates
+from .noise import loss_noise, noise_replicates, seed_cells
 from .powerlaw import PowerLawFit, fit_power_law
 
 ARCH_COL = "arch"
@@ -95,15 +95,9 @@ def family_rows(done: pd.DataFrame, arch: str) -> tuple[pd.DataFrame, str]:
                 f"{int((dk != best).sum())} runs at other D left out")
     d = d[dk == best].copy()
     d["_Nk"] = d["N"].map(_sig)
-    agg = {"N": ("N", "mean"), "D": ("D", "mean"), "loss": ("loss", "mean"),
-           "n_seeds": ("loss", "size"), "seed_std": ("loss", "std")}
-    if "eval_loss_stderr" in d:
-        d["eval_loss_stderr"] = pd.to_numeric(d["eval_loss_stderr"], errors="coerce")
-        agg["eval_loss_stderr"] = ("eval_loss_stderr", "mean")
-    if "point_id" in d:
-        agg["point_id"] = ("point_id", "first")
     objective = objective_of(d)
-    rows = d.groupby("_Nk").agg(**agg).sort_values("N").reset_index(drop=True)
+    rows = (seed_cells(d, ["_Nk"]).drop(columns="_Nk").sort_values("N")
+            .reset_index(drop=True))
     rows["arch"] = arch
     rows["objective"] = objective
     return rows, note

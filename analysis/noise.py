@@ -85,6 +85,22 @@ def loss_noise(rows: pd.DataFrame, *, loss_col: str = "loss", default_rel: float
     return assumed_noise(L, default_rel)
 
 
+def seed_cells(rows: pd.DataFrame, keys: list[str], *, mean: tuple[str, ...] = ("N", "D"),
+               first: tuple[str, ...] = ("point_id",)) -> pd.DataFrame:
+    """One row per group of `keys` (the runs of one cell: its seeds): the mean loss, the
+    mean of each column in `mean`, `n_seeds` and `seed_std` (what :func:`loss_noise` reads),
+    the mean `eval_loss_stderr`, and the first value of each column in `first`; the keys
+    become columns. Columns that `rows` lacks are left out."""
+    agg = {"loss": ("loss", "mean")}
+    agg.update({c: (c, "mean") for c in mean if c in rows})
+    agg.update(n_seeds=("loss", "size"), seed_std=("loss", "std"))
+    if "eval_loss_stderr" in rows:
+        rows = rows.assign(eval_loss_stderr=pd.to_numeric(rows["eval_loss_stderr"], errors="coerce"))
+        agg["eval_loss_stderr"] = ("eval_loss_stderr", "mean")
+    agg.update({c: (c, "first") for c in first if c in rows})
+    return rows.groupby(keys, dropna=False).agg(**agg).reset_index()
+
+
 def noise_replicates(loss, sigma, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """(n_boot, n) losses: log L + (sigma / L) z, z ~ N(0, 1) independent per run and replicate."""
     L = np.asarray(loss, dtype=np.float64)

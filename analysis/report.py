@@ -56,7 +56,7 @@ from .followups import added_points, added_points_section
 from .isoflop import fit_isoflop
 from .load import describe_dropped, load_curves, load_results
 from .load import done as done_rows
-from .noise import loss_noise
+from .noise import loss_noise, seed_cells
 from .optimizers import (EdgeOfGridWarning, best_lr, best_lr_runs, compute_laws,
                          compute_multiplier, lr_scaling, lr_sensitivity, seed_spread)
 from .powerlaw import fit_power_law
@@ -131,16 +131,8 @@ def scaling_rows(done: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     d["_Nk"] = d["N"].map(_sig)
     d["_Dk"] = d["D"].map(_sig)
     hp = ["lr"] if "lr" in vary else []
-    agg = {"loss": ("loss", "mean"), "N": ("N", "mean"), "D": ("D", "mean"), "C": ("C", "mean"),
-           "n_seeds": ("loss", "size"), "seed_std": ("loss", "std")}
-    if "eval_loss_stderr" in d:
-        d["eval_loss_stderr"] = pd.to_numeric(d["eval_loss_stderr"], errors="coerce")
-        agg["eval_loss_stderr"] = ("eval_loss_stderr", "mean")
-    if "compute_budget" in d:
-        agg["compute_budget"] = ("compute_budget", "first")
-    if "point_id" in d:
-        agg["point_id"] = ("point_id", "first")
-    cells = d.groupby(["_Nk", "_Dk"] + hp, dropna=False).agg(**agg).reset_index()
+    cells = seed_cells(d, ["_Nk", "_Dk"] + hp, mean=("N", "D", "C"),
+                       first=("compute_budget", "point_id"))
     if hp:
         cells = cells.loc[cells.groupby(["_Nk", "_Dk"])["loss"].idxmin()]
         notes.append("each (N, D) cell uses its best learning rate (seed-averaged loss)")
