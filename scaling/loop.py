@@ -53,6 +53,7 @@ from scaling.checkpoint import Checkpointer
 from scaling.config import Config, ConfigError, from_dict
 from scaling.data import TokenData, load_corpus
 from scaling.masking import MaskedTokenData
+from scaling.models import encoder
 from scaling.parallel import Driver, check_batch, initialize_distributed, make_driver
 from scaling.runfiles import (CONFIG_FILE, METRICS_FILE, RESULT_FILE, atomic_write_text,
                               json_default, read_json, read_metrics, read_result, run_lock,
@@ -162,8 +163,8 @@ def _prepare(cfg: Config, run_dir: Path) -> _Setup:
             f"model.vocab_size = {m.vocab_size} is smaller than the tokenizer's vocabulary "
             f"({data.vocab_size}); set model.vocab_size >= {data.vocab_size}"
         )
-    if cfg.data.objective == "mlm":  # masked batches and eval set; [MASK] = model.vocab_size
-        data = MaskedTokenData(data, mask_id=m.vocab_size)
+    if cfg.data.objective == "mlm":  # masked batches and eval set
+        data = MaskedTokenData(data, mask_id=encoder.mask_id(m))
     if t.init_from:
         _trunk_config(cfg, run_dir)
     tracking.check_available(cfg)
