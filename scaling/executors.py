@@ -450,7 +450,7 @@ def _wait_any(workers: list["_Worker"], timeout: float) -> None:
     """Block until one of the workers writes a line (or `timeout` passes)."""
     import select
 
-    if any("\n" in w._buffer for w in workers):
+    if any(w.has_reply for w in workers):
         return
     select.select([w.proc.stdout.fileno() for w in workers], [], [], timeout)
 
@@ -471,6 +471,11 @@ class _Worker:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    @property
+    def has_reply(self) -> bool:
+        """A whole reply line is read and waiting in the buffer."""
+        return "\n" in self._buffer
 
     def start(self, pid: str) -> bool:
         """Hand the worker a point; False if it has died (the point stays pending)."""
