@@ -3,6 +3,8 @@
     python benchmarks/throughput.py              # CPU table (JAX vs PyTorch), GPU section on GPUs
     python benchmarks/throughput.py --quick      # fewer shapes, shorter timings
     python benchmarks/throughput.py --no-torch   # JAX only
+    python benchmarks/throughput.py --torch-python /path/to/venv/bin/python
+                                                 # PyTorch from another environment
 
 For every shape the table gives N (non-embedding parameters), tokens/s, achieved FLOP/s
 (tokens/s x the exact training FLOPs per token of scaling.accounting), MFU against the
@@ -44,13 +46,14 @@ from scaling import accounting  # noqa: E402
 from scaling.config import Config, ModelConfig, OptimConfig, TrainConfig  # noqa: E402
 from scaling.presets import PRESETS  # noqa: E402
 
-# (name, n_layer, d_model, n_head, seq_len, batch); vocab 256 throughout
+# (name, n_layer, d_model, n_head, seq_len, batch, vocab): issue 15's three shapes, the
+# ones it measured against nanoGPT's model.py (c1, c2, c3)
 CPU_SHAPES = [
-    ("L2 d128 T128 B32", 2, 128, 4, 128, 32),
-    ("L4 d256 T256 B16", 4, 256, 8, 256, 16),
-    ("L6 d384 T256 B8", 6, 384, 6, 256, 8),
+    ("c1 L2 d128 T128 B32", 2, 128, 4, 128, 32, 256),
+    ("c2 L4 d256 H4 T256", 4, 256, 4, 256, 16, 256),
+    ("c3 L6 d384 V512 B8", 6, 384, 6, 256, 8, 512),
 ]
-LADDER = ["n100k", "n800k", "n3m", "n6m"]  # presets, at T128 B32
+LADDER = ["n100k", "n800k", "n3m", "n6m"]  # presets, at T128 B32, vocab 256
 
 
 def make_config(n_layer, d_model, n_head, seq_len, batch, vocab=256, **model_kw) -> Config:
@@ -97,8 +100,9 @@ def make_jax_step(cfg: Config):
     lowered = step.lower(state, batch)
     compiled = lowered.compile()
     cold = time.perf_counter() - t0
+    jax.clear_caches()  # so the next compile is served by the persistent cache, not memory
     t0 = time.perf_counter()
-    step.lower(state, batch).compile()  # now served by the persistent cache
+    step.lower(state, batch).compile()
     warm = time.perf_counter() - t0
     return compiled, state, batch, cold, warm
 
@@ -121,13 +125,15 @@ class JaxRunner:
 class TorchRunner:
     """benchmarks/torch_baseline.py in a worker process, driven over a pipe."""
 
-    def __init__(self, n_layer, d_model, n_head, seq_len, batch, vocab=256):
+    def __init__(self, n_layer, d_model, n_head, seq_len, batch, vocab=256, python=None,
+                 gelu="tanh"):
         import subprocess
 
         script = Path(__file__).with_name("torch_baseline.py")
         self.proc = subprocess.Popen(
-            [sys.executable, str(script), "--serve", *map(str, (n_layer, d_model, n_head,
-                                                                  seq_len, batch, vocab))],
+            [python or sys.executable, str(script), "--serve", *map(str, (n_layer, d_model, n_head,
+                                                                  seq_len, batch, vocab, 0)),
+             gelu],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         ready = self.proc.stdout.readline().split()
         if not ready or ready[0] != "ready":
@@ -173,7 +179,8 @@ def fmt_si(x: float) -> str:
     return f"{x:.3g}"
 
 
-def cpu_table(shapes, seconds: float, with_torch: bool) -> None:
+def cpu_table(shapes, seconds: float, with_torch: bool, torch_python: str | None = None,
+              torch_gelu: str = "tanh") -> None:
     peak = accounting.peak_flops(jax.devices()[0], "float32")
     print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind} "
           f"({os.cpu_count()} cores), peak {fmt_si(peak)}FLOP/s fp32 "
@@ -181,28 +188,30 @@ def cpu_table(shapes, seconds: float, with_torch: bool) -> None:
     print("tok/s: median step (best step in brackets); FLOP/s and MFU from the median and the "
           "exact FLOPs/token;\ncompile: cold / from the persistent cache; load: 1-min load "
           "average when the row was measured")
-    head = (f"{'shape':17s} {'N':>6s} | {'JAX tok/s':>15s} {'FLOP/s':>6s} {'MFU':>5s} "
+    head = (f"{'shape':19s} {'N':>6s} | {'JAX tok/s':>15s} {'FLOP/s':>6s} {'MFU':>5s} "
             f"{'compile s':>9s} | {'torch tok/s':>15s} {'FLOP/s':>6s} {'MFU':>5s} | "
             f"{'JAX/torch':>11s} {'load':>4s}")
     print(head)
     print("-" * len(head))
     printed_torch = False
-    for name, L, d, H, T, B in shapes:
-        cfg = make_config(L, d, H, T, B)
+    for name, L, d, H, T, B, V in shapes:
+        cfg = make_config(L, d, H, T, B, vocab=V)
         n = accounting.param_counts(cfg.model).non_embedding
         fpt = accounting.flops_per_token(cfg.model).exact
         jr = JaxRunner(cfg)
         runners = [jr]
         if with_torch:
-            runners.append(TorchRunner(L, d, H, T, B))
+            runners.append(TorchRunner(L, d, H, T, B, vocab=V, python=torch_python,
+                                       gelu=torch_gelu))
             if not printed_torch:
                 print(f"(PyTorch {runners[1].version} eager, {runners[1].threads} threads, "
+                      f"{'tanh' if torch_gelu == 'tanh' else 'exact (nanoGPT)'} GELU, "
                       "in its own process, alternating rounds with JAX)")
                 printed_torch = True
         times = alternate(runners, seconds)
         tps = [B * T / statistics.median(t) for t in times]
         best = [B * T / min(t) for t in times]
-        row = (f"{name:17s} {fmt_si(n):>6s} | {tps[0]:7.0f} ({best[0]:5.0f}) "
+        row = (f"{name:19s} {fmt_si(n):>6s} | {tps[0]:7.0f} ({best[0]:5.0f}) "
                f"{fmt_si(tps[0] * fpt):>6s} {accounting.mfu(tps[0], fpt, peak):5.1%} "
                f"{jr.cold:4.1f}/{jr.warm:<4.2f} | ")
         if with_torch:
@@ -256,6 +265,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="three shapes, shorter timing")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
     ap.add_argument("--seconds", type=float, default=None, help="timing per shape")
+    ap.add_argument("--torch-python", default=None, metavar="PYTHON",
+                    help="the interpreter that runs the PyTorch baseline (one with torch "
+                         "installed; default: this one)")
+    ap.add_argument("--torch-gelu", choices=("tanh", "none"), default="tanh",
+                    help="the baseline's GELU: tanh (the project's, the same math) or none "
+                         "(exact erf GELU, nanoGPT's default)")
     args = ap.parse_args()
     # A fresh persistent cache: 'cold' is a real compile, 'warm' a load from the cache.
     cache = tempfile.mkdtemp(prefix="scalinglab-bench-cache-")
@@ -270,9 +285,11 @@ def main() -> None:
     if not args.quick:
         for p in LADDER:
             v = PRESETS[p]
-            shapes.append((f"{p} T128 B32", v["n_layer"], v["d_model"], v["n_head"], 128, 32))
+            shapes.append((f"{p} T128 B32", v["n_layer"], v["d_model"], v["n_head"], 128, 32,
+                           256))
     seconds = args.seconds if args.seconds is not None else (6.0 if args.quick else 10.0)
-    cpu_table(shapes, seconds, with_torch=not args.no_torch)
+    cpu_table(shapes, seconds, with_torch=not args.no_torch, torch_python=args.torch_python,
+              torch_gelu=args.torch_gelu)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,11 @@ import time
 
 
 def build(n_layer: int, d_model: int, n_head: int, seq_len: int, vocab_size: int,
-          d_ff: int = 0, threads: int | None = None):
-    """(model, optimizer, step(batch_Bx(T+1)) -> loss float)."""
+          d_ff: int = 0, threads: int | None = None, gelu: str = "tanh"):
+    """(model, optimizer, step(batch_Bx(T+1)) -> loss float).
+
+    gelu "tanh" is the project's activation; "none" (the exact, erf GELU) is nanoGPT's
+    default, for a side-by-side with that code's choices."""
     import torch
     import torch.nn as tnn
     import torch.nn.functional as F
@@ -47,7 +50,7 @@ def build(n_layer: int, d_model: int, n_head: int, seq_len: int, vocab_size: int
             q, k, v = self.qkv(h).view(B, T, 3, n_head, D // n_head).permute(2, 0, 3, 1, 4)
             o_BxHxTxK = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             x_BxTxD = x_BxTxD + self.attn_proj(o_BxHxTxK.transpose(1, 2).reshape(B, T, D))
-            h = F.gelu(self.fc(self.ln_2(x_BxTxD)), approximate="tanh")
+            h = F.gelu(self.fc(self.ln_2(x_BxTxD)), approximate=gelu)
             return x_BxTxD + self.mlp_proj(h)
 
     class LM(tnn.Module):
@@ -108,13 +111,15 @@ def measure(n_layer, d_model, n_head, seq_len, batch_size, vocab_size=256, secon
             "n": n_non_embedding(model), "steps": len(times)}
 
 
-def serve(n_layer, d_model, n_head, seq_len, batch_size, vocab_size=256, threads=0) -> None:
+def serve(n_layer, d_model, n_head, seq_len, batch_size, vocab_size=256, threads=0,
+          gelu="tanh") -> None:
     """Worker for benchmarks/throughput.py: reads 'run N' lines on stdin and answers each
     with N step times (seconds) on stdout; its own process, so PyTorch gets its default
     allocator and threads and does not share them with JAX."""
     import torch
 
-    model, _, step = build(n_layer, d_model, n_head, seq_len, vocab_size, threads=threads)
+    model, _, step = build(n_layer, d_model, n_head, seq_len, vocab_size, threads=threads,
+                           gelu=gelu)
     g = torch.Generator().manual_seed(0)
     batch = torch.randint(0, vocab_size, (batch_size, seq_len + 1), generator=g)
     step(batch)
@@ -135,12 +140,14 @@ def serve(n_layer, d_model, n_head, seq_len, batch_size, vocab_size=256, threads
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
-        serve(*(int(a) for a in sys.argv[2:]))
+        *ints, gelu = sys.argv[2:]
+        serve(*(int(a) for a in ints), gelu=gelu)
         sys.exit(0)
     import torch
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    for L, d, H, T, B in ((2, 128, 4, 128, 32), (4, 256, 8, 256, 16), (6, 384, 6, 256, 8)):
-        r = measure(L, d, H, T, B)
-        print(f"L{L} d{d} T{T} B{B}: {r['tokens_per_s']:8.0f} tokens/s  "
+    for L, d, H, T, B, V in ((2, 128, 4, 128, 32, 256), (4, 256, 4, 256, 16, 256),
+                             (6, 384, 6, 256, 8, 512)):
+        r = measure(L, d, H, T, B, V)
+        print(f"L{L} d{d} H{H} T{T} B{B} V{V}: {r['tokens_per_s']:8.0f} tokens/s  "
               f"step {r['step_s'] * 1e3:7.1f} ms  N={r['n']}")
