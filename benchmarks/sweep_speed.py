@@ -14,6 +14,17 @@ alike; the table gives each timing, the ratio new/old per repeat, and its range.
 rules must finish every point; the largest difference in final eval loss between them is
 printed (one core per process may change the order of float reductions).
 
+--against REV: "old" is instead the code of git revision REV (a temporary clone of this
+repository) running --against-spec (a spec path in that revision; default: SPEC's own
+path), and "new" this tree with its default rule. Both then start every timing from an
+empty cache folder (SCALINGLAB_CACHE: tokenized corpus, split and compiled programs all
+cold), as a user's first run does. The two codes may evaluate differently, so instead of
+losses the table checks that both trained the same points (count and total D). The
+issue-15 measurement ("the demo's sweep, old code vs new, same machine"):
+
+    python benchmarks/sweep_speed.py benchmarks/specs/demo_2401b59.toml \
+        --against 2401b59 --against-spec experiments/demo.toml --repeats 2
+
 --steps: the evidence for SIDE_BY_SIDE_MAX_STEP_FLOPS. For model shapes from the demo's
 smallest to beyond the threshold, the training step's rate with one process on all cores
 ("alone") vs one process per core at once ("side by side", pinned), alternating, several
@@ -48,17 +59,24 @@ def warm_corpus(spec_path: str, overrides: list[str]) -> None:
             load_corpus(p.config.data, p.config.model.seq_len)
 
 
-def time_sweep(spec_path: str, overrides: list[str], rule: str, work: Path) -> tuple[float, Path]:
-    """Seconds for one `run` of the sweep under `rule` ("old" | "new"), from scratch."""
+def time_sweep(spec_path: str, overrides: list[str], rule: str, work: Path,
+               code: Path | None = None) -> tuple[float, Path]:
+    """Seconds for one `run` of the sweep under `rule` ("old" | "new"), from scratch.
+
+    `code`: the checkout whose run_sweep.py runs (--against: the old revision's clone for
+    "old", this tree for "new"), with every cache cold; None: this tree, corpus cached."""
     out = work / f"{rule}-{time.time_ns()}"
-    env = dict(os.environ, SCALINGLAB_COMPILE_CACHE=str(out / "xla-cache"), PYTHONPATH=str(ROOT))
+    root = code or ROOT
+    env = dict(os.environ, SCALINGLAB_COMPILE_CACHE=str(out / "xla-cache"), PYTHONPATH=str(root))
     env.pop("SCALINGLAB_SIDE_BY_SIDE", None)
-    if rule == "old":
+    if code is not None:
+        env["SCALINGLAB_CACHE"] = str(out / "cache")
+    elif rule == "old":
         env["SCALINGLAB_SIDE_BY_SIDE"] = "0"
-    cmd = [sys.executable, str(ROOT / "run_sweep.py"), "run", spec_path, *overrides,
+    cmd = [sys.executable, str(root / "run_sweep.py"), "run", spec_path, *overrides,
            "--out", str(out / "sweeps"), "--no-progress"]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=root)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"{rule} run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -66,34 +84,58 @@ def time_sweep(spec_path: str, overrides: list[str], rule: str, work: Path) -> t
     return seconds, sweep_dir
 
 
+def checkout(rev: str, work: Path) -> Path:
+    """A clone of this repository at `rev` (the code --against times)."""
+    dest = work / f"code-{rev}"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True)
+    subprocess.run(["git", "-C", str(dest), "checkout", "-q", rev], check=True)
+    return dest
+
+
 def end_to_end(args) -> None:
     import pandas as pd
 
-    warm_corpus(args.spec, args.overrides)
     work = Path(tempfile.mkdtemp(prefix="sweep_speed-"))
-    rows, losses = [], {}
+    specs = {"old": args.spec, "new": args.spec}
+    codes = {"old": None, "new": None}
+    if args.against:
+        codes = {"old": checkout(args.against, work), "new": ROOT}
+        spec = Path(args.spec).resolve()
+        old_spec = args.against_spec or str(spec.relative_to(ROOT))
+        specs = {"old": str(codes["old"] / old_spec), "new": str(spec)}
+        print(f"old: the code of {args.against} on {old_spec}; new: this tree on {args.spec}")
+    else:
+        warm_corpus(args.spec, args.overrides)
+    rows, losses, points = [], {}, {}
     for r in range(args.repeats):
         order = ("old", "new") if r % 2 == 0 else ("new", "old")
         times = {}
         for rule in order:
-            seconds, sweep_dir = time_sweep(args.spec, args.overrides, rule, work)
+            seconds, sweep_dir = time_sweep(specs[rule], args.overrides, rule, work, codes[rule])
             table = pd.read_csv(sweep_dir / "results.csv")
             if not (table["status"] == "done").all():
                 sys.exit(f"{rule}: not every point is done:\n{table['status'].value_counts()}")
             losses.setdefault(rule, []).append(table.set_index("point_id")["final_eval_loss"])
+            points[rule] = (len(table), int(table["D"].sum()))
             times[rule] = seconds
             print(f"repeat {r + 1} {rule}: {seconds:7.1f} s  ({len(table)} points, "
                   f"load {os.getloadavg()[0]:.1f})", flush=True)
         rows.append({"repeat": r + 1, "old_s": times["old"], "new_s": times["new"],
                      "ratio": times["new"] / times["old"]})
     df = pd.DataFrame(rows)
+    caches = "every cache empty" if args.against else "empty compile cache, corpus cached"
     print(f"\nspec {args.spec} {' '.join(args.overrides)}; {os.cpu_count()} cores; "
-          f"fresh sweep folder and empty compile cache per timing")
+          f"fresh sweep folder and {caches} per timing")
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     ratios = df["ratio"]
     print(f"\nnew/old wall time: median {ratios.median():.3f}, range "
           f"[{ratios.min():.3f}, {ratios.max():.3f}] over {len(df)} repeat(s) "
-          f"(< 1: side by side is faster)")
+          f"(< 1: new is faster)")
+    if args.against:
+        (n_old, d_old), (n_new, d_new) = points["old"], points["new"]
+        print(f"points trained: old {n_old} ({d_old:,} tokens), new {n_new} ({d_new:,} tokens)"
+              + ("" if (n_old, d_old) == (n_new, d_new) else "  -- NOT THE SAME STUDY"))
+        return
     diff = (losses["new"][0] - losses["old"][0]).abs().max()
     print(f"largest |final eval loss new - old| over points: {diff:.2e}")
 
@@ -190,6 +232,10 @@ def main() -> None:
     ap.add_argument("spec", nargs="?", default=str(ROOT / "experiments" / "demo.toml"))
     ap.add_argument("overrides", nargs="*", help="section.key=value for every point")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--against", metavar="REV",
+                    help="time the code of this git revision as 'old' (see above)")
+    ap.add_argument("--against-spec", metavar="PATH",
+                    help="--against: the spec path in that revision (default: SPEC's)")
     ap.add_argument("--steps", action="store_true", help="the step-rate table instead")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0)

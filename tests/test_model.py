@@ -238,9 +238,12 @@ def test_bf16_compute_gives_float32_logits(tie):
 def test_dense_rowmajor_gradient_matches_plain_matmul(I, O):
     from scaling.models.transformer import dense_rowmajor
     rng = np.random.default_rng(0)
-    x, w, dy = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in ((40, I), (I, O), (40, O)))
-    got = jax.grad(lambda x, w: jnp.sum(jax.jit(dense_rowmajor)(x, w) * dy), argnums=(0, 1))(x, w)
-    ref = jax.grad(lambda x, w: jnp.sum((x @ w) * dy), argnums=(0, 1))(x, w)
+    x, w, dy = (jnp.asarray(rng.standard_normal(s), jnp.float32)
+                for s in ((40, I), (I, O), (40, O)))
+    with jax.default_matmul_precision("highest"):  # not TF32 on a GPU
+        got = jax.grad(lambda x, w: jnp.sum(jax.jit(dense_rowmajor)(x, w) * dy),
+                       argnums=(0, 1))(x, w)
+        ref = jax.grad(lambda x, w: jnp.sum((x @ w) * dy), argnums=(0, 1))(x, w)
     for a, b in zip(got, ref):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
@@ -251,15 +254,17 @@ def test_dense_matches_flax_dense(dtype):
     import flax.linen as nn
     from scaling.models.transformer import Dense
     x = jnp.asarray(np.random.default_rng(1).standard_normal((3, 5, 16)), jnp.float32)
-    ours, theirs = Dense(12, dtype=dtype), nn.Dense(12, dtype=dtype)
+    theirs = nn.Dense(12, dtype=dtype)
     params = theirs.init(jax.random.key(0), x)
-    assert jax.tree.structure(ours.init(jax.random.key(0), x)) == jax.tree.structure(params)
+    assert jax.tree.structure(Dense(12).init(jax.random.key(0), x)) == jax.tree.structure(params)
     params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias
     tol = 1e-5 if dtype == jnp.float32 else 2e-2
-    for rowmajor in (True, False):
-        mod = Dense(12, dtype=dtype, rowmajor_grad=rowmajor)
-        np.testing.assert_allclose(np.asarray(mod.apply(params, x), np.float32),
-                                   np.asarray(theirs.apply(params, x), np.float32), atol=tol)
-        g = jax.grad(lambda p, m: jnp.sum(m.apply(p, x).astype(jnp.float32) ** 2))
-        for a, b in zip(jax.tree.leaves(g(params, mod)), jax.tree.leaves(g(params, theirs))):
-            np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    loss = lambda p, m: jnp.sum(m.apply(p, x).astype(jnp.float32) ** 2)  # noqa: E731
+    with jax.default_matmul_precision("highest"):  # not TF32 on a GPU
+        ref_y, ref_g = theirs.apply(params, x), jax.grad(loss)(params, theirs)
+        for rowmajor in (True, False):
+            ours = Dense(12, dtype=dtype, rowmajor_grad=rowmajor)
+            np.testing.assert_allclose(np.asarray(ours.apply(params, x), np.float32),
+                                       np.asarray(ref_y, np.float32), atol=tol)
+            for a, b in zip(jax.tree.leaves(jax.grad(loss)(params, ours)), jax.tree.leaves(ref_g)):
+                np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
