@@ -57,23 +57,24 @@ def results(sweep_dir):
 
 
 def test_kill_and_rerun_finishes_every_point_exactly_once(tmp_path):
-    # 3 points x 160 steps (40,960 tokens / 256 per step); checkpoints every 20 steps.
-    spec = write_spec(tmp_path, tokens="40_960", lrs="1e-3, 2e-3, 3e-3")
+    # 3 points x 320 steps (81,920 tokens / 256 per step); checkpoints every 20 steps.
+    spec = write_spec(tmp_path, tokens="81_920", lrs="1e-3, 2e-3, 3e-3")
     out = tmp_path / "sweeps"
     sweep_dir = out / "s"
     args = [sys.executable, "run_sweep.py", "run", str(spec), "--out", str(out), "--no-progress"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # Kill once the first point is done and the second has a checkpoint.
+    # Kill once the first point is done and another has a checkpoint in its first half, so
+    # that it is still far from finishing when the kill lands.
     deadline = time.time() + 300
     interrupted = None
     while time.time() < deadline and interrupted is None:
-        time.sleep(0.2)
+        time.sleep(0.05)
         dirs = sorted((sweep_dir / "points").glob("*")) if (sweep_dir / "points").exists() else []
         done = [d for d in dirs if (d / "result.json").exists()]
         for d in dirs:
             ck = d / "checkpoints"
-            if not (d / "result.json").exists() and ck.exists() and any(
-                    p.name.isdigit() for p in ck.iterdir()) and done:
+            steps = [int(p.name) for p in ck.iterdir() if p.name.isdigit()] if ck.exists() else []
+            if done and not (d / "result.json").exists() and steps and max(steps) <= 160:
                 interrupted = d
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -93,7 +94,7 @@ def test_kill_and_rerun_finishes_every_point_exactly_once(tmp_path):
     assert r["resumed_from_step"] >= 20  # did not restart from 0
     steps = [m["step"] for m in read_metrics(interrupted) if "loss" in m]
     assert steps == sorted(set(steps))  # no step logged twice
-    assert table["D"].tolist() == [40_960] * 3
+    assert table["D"].tolist() == [81_920] * 3
 
     # A second rerun trains nothing at all.
     mtimes = {p: p.stat().st_mtime for p in (sweep_dir / "points").rglob("*") if p.is_file()
