@@ -589,8 +589,14 @@ class Unembed(nn.Module):
         if cfg.parametrization == "mup" and cfg.mup_zero_readout:
             init = nn.initializers.zeros
         kernel_DxV = self.param("kernel", init, (cfg.d_model, cfg.vocab_size), pdt)
-        logits_BxTxV = jnp.einsum("btd,dv->btv", x_BxTxD.astype(cdt), kernel_DxV.astype(cdt),
-                                  preferred_element_type=jnp.float32)
+        x_BxTxD, kernel_DxV = x_BxTxD.astype(cdt), kernel_DxV.astype(cdt)
+        if jax.default_backend() == "cpu" and cdt == jnp.float32:  # see dense_rowmajor
+            B, T, D = x_BxTxD.shape
+            logits_BxTxV = dense_rowmajor(x_BxTxD.reshape(B * T, D),
+                                          _varying_like(kernel_DxV, x_BxTxD)).reshape(B, T, -1)
+        else:
+            logits_BxTxV = jnp.einsum("btd,dv->btv", x_BxTxD, kernel_DxV,
+                                      preferred_element_type=jnp.float32)
         mult = output_multiplier(cfg)
         return logits_BxTxV if mult is None else logits_BxTxV * jnp.float32(mult)
 
