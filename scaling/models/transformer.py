@@ -400,8 +400,8 @@ def _varying_axes(x) -> frozenset:
 
 @jax.custom_vjp
 def dense_rowmajor(x_MxI, kernel_IxO):
-    """x @ kernel for a [M, I] matrix of rows; on CPU the weight gradient is a row-major
-    matmul.
+    """x @ kernel for a [M, I] matrix of rows, whose weight gradient is a row-major matmul
+    (the transformer's dense layers use it on CPU).
 
     JAX's own transpose of the forward dot asks for dW = x^T dy as a dot contracting
     both operands' row axis M. Inside a training step XLA's CPU backend then lays dy out
@@ -432,6 +432,13 @@ def _dense_bwd(res, dy_MxO):
 dense_rowmajor.defvjp(_dense_fwd, _dense_bwd)
 
 
+def matmul_rowmajor(x_xI, kernel_IxO):
+    """x [..., I] @ kernel [I, O] through `dense_rowmajor` (rows flattened, the kernel made
+    varying like x under shard_map)."""
+    y_MxO = dense_rowmajor(x_xI.reshape(-1, x_xI.shape[-1]), _varying_like(kernel_IxO, x_xI))
+    return y_MxO.reshape(*x_xI.shape[:-1], kernel_IxO.shape[-1])
+
+
 class Dense(nn.Module):
     """nn.Dense's parameters and math (kernel [I, O], bias [O], computed in `dtype`), with
     `dense_rowmajor`'s weight gradient on CPU (`rowmajor_grad` None: on CPU only)."""
@@ -453,8 +460,7 @@ class Dense(nn.Module):
             rowmajor = jax.default_backend() == "cpu"
         if not rowmajor:
             return jnp.einsum("...i,io->...o", x, kernel) + bias
-        y = dense_rowmajor(x.reshape(-1, x.shape[-1]), _varying_like(kernel, x))
-        return y.reshape(*x.shape[:-1], self.features) + bias
+        return matmul_rowmajor(x, kernel) + bias
 
 
 # --------------------------------------------------------------------------------------
@@ -517,7 +523,7 @@ class Attention(nn.Module):
         out_init = nn.initializers.normal(
             hidden_init_std(cfg, cfg.init_std / math.sqrt(2 * cfg.n_layer)))
         qkv_BxTx3D = Dense(3 * D, kernel_init=init, dtype=cdt, param_dtype=pdt,
-                              name="qkv")(x_BxTxD)
+                           name="qkv")(x_BxTxD)
         B, T = x_BxTxD.shape[:2]
         qkv_BxTx3xHxK = qkv_BxTx3D.reshape(B, T, 3, H, K)
         if cfg.pos_encoding == "rotary":
@@ -530,7 +536,7 @@ class Attention(nn.Module):
                                                 self.attn_impl, attention_scale(cfg))
         o_BxTxD = o_BxTxHxK.reshape(B, T, D)
         return Dense(D, kernel_init=out_init, dtype=cdt, param_dtype=pdt,
-                        name="proj")(o_BxTxD)
+                     name="proj")(o_BxTxD)
 
 
 class Mlp(nn.Module):
@@ -544,10 +550,10 @@ class Mlp(nn.Module):
         out_init = nn.initializers.normal(
             hidden_init_std(cfg, cfg.init_std / math.sqrt(2 * cfg.n_layer)))
         h_BxTxF = Dense(cfg.ff, kernel_init=init, dtype=cdt, param_dtype=pdt,
-                           name="fc")(x_BxTxD)
+                        name="fc")(x_BxTxD)
         h_BxTxF = nn.gelu(h_BxTxF, approximate=True)
         return Dense(cfg.d_model, kernel_init=out_init, dtype=cdt, param_dtype=pdt,
-                        name="proj")(h_BxTxF)
+                     name="proj")(h_BxTxF)
 
 
 class Block(nn.Module):
@@ -591,9 +597,7 @@ class Unembed(nn.Module):
         kernel_DxV = self.param("kernel", init, (cfg.d_model, cfg.vocab_size), pdt)
         x_BxTxD, kernel_DxV = x_BxTxD.astype(cdt), kernel_DxV.astype(cdt)
         if jax.default_backend() == "cpu" and cdt == jnp.float32:  # see dense_rowmajor
-            B, T, D = x_BxTxD.shape
-            logits_BxTxV = dense_rowmajor(x_BxTxD.reshape(B * T, D),
-                                          _varying_like(kernel_DxV, x_BxTxD)).reshape(B, T, -1)
+            logits_BxTxV = matmul_rowmajor(x_BxTxD, kernel_DxV)
         else:
             logits_BxTxV = jnp.einsum("btd,dv->btv", x_BxTxD, kernel_DxV,
                                       preferred_element_type=jnp.float32)
