@@ -96,13 +96,15 @@ def end_to_end(args) -> None:
     import pandas as pd
 
     work = Path(tempfile.mkdtemp(prefix="sweep_speed-"))
-    specs = {"old": args.spec, "new": args.spec}
+    spec = Path(args.spec).resolve()  # the sweeps run with the code's checkout as cwd
+    specs = {"old": str(spec), "new": str(spec)}
     codes = {"old": None, "new": None}
     if args.against:
+        if args.against_spec is None and not spec.is_relative_to(ROOT):
+            sys.exit(f"{args.spec} is outside this repository: give --against-spec")
         codes = {"old": checkout(args.against, work), "new": ROOT}
-        spec = Path(args.spec).resolve()
         old_spec = args.against_spec or str(spec.relative_to(ROOT))
-        specs = {"old": str(codes["old"] / old_spec), "new": str(spec)}
+        specs["old"] = str(codes["old"] / old_spec)
         print(f"old: the code of {args.against} on {old_spec}; new: this tree on {args.spec}")
     else:
         warm_corpus(args.spec, args.overrides)
