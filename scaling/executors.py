@@ -411,6 +411,8 @@ def _run_pool(sweep_dir: Path, point_ids: list[str], slots: list[dict], *,
                     pid = queue.take()
                     if pid is not None and not w.start(pid):
                         queue.finished(pid)  # left pending for the next run
+                    elif pid is None and not len(queue):
+                        w.let_go()  # nothing left to hand out: it exits while others finish
             busy = [w for w in workers if w.point is not None]
             if not busy:
                 if not len(queue):
@@ -432,13 +434,16 @@ def _run_pool(sweep_dir: Path, point_ids: list[str], slots: list[dict], *,
                     write_tables(sweep_dir)
                 if bar is not None and status != "busy":
                     bar.update(1)
-            if not any(w.alive() for w in workers):
-                log.error("every worker process died; %d point(s) left for the next run",
-                          len(queue))
+            if not any(w.alive() for w in workers):  # died, or let go with nothing left
+                if len(queue):
+                    log.error("every worker process died; %d point(s) left for the next run",
+                              len(queue))
                 break
             if bar is not None:
                 bar.set_postfix_str(" | ".join(w.describe() for w in workers), refresh=True)
     finally:
+        for w in workers:
+            w.let_go()
         for w in workers:
             w.close()
         if bar is not None:
@@ -519,12 +524,16 @@ class _Worker:
         shown += f" loss {loss:.3f}" if loss is not None else ""
         return f"w{self.index} {self.label[:24]}{shown}"
 
-    def close(self) -> None:
+    def let_go(self) -> None:
+        """End its input: the worker exits once its current point (if any) has ended."""
         if self.proc.stdin and not self.proc.stdin.closed:
             try:
-                self.proc.stdin.close()  # end of input: the worker exits
+                self.proc.stdin.close()
             except OSError:
                 pass
+
+    def close(self) -> None:
+        self.let_go()
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -570,6 +579,12 @@ def _worker_main(sweep_dir: str) -> None:
         result = run_point(sweep_dir, pid, progress=False)
         status = "busy" if result is None else str(result.get("status", "done"))
         reply.write(f"{status} {pid}\n")
+    # End of input: every point handed to this worker has ended and its files are
+    # written (atomically, checkpoints closed). Skip the interpreter's teardown of jax,
+    # which the sweep would otherwise wait for (about a second).
+    reply.close()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _estimate(point) -> float:
