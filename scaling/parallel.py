@@ -24,6 +24,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from scaling.config import ConfigError
+from scaling.runtime import compiler_options
 
 log = logging.getLogger(__name__)
 
@@ -169,18 +170,24 @@ class Driver:
     def wrap(self, body: Callable, *, donate: bool) -> Callable:
         """body(replicated, sharded_batch, axis_name=...) -> replicated outputs."""
         donate_argnums = (0,) if donate else ()
+        options = compiler_options("step")
         if self.kind == "none":
-            return jax.jit(lambda s, b: body(s, b, axis_name=None), donate_argnums=donate_argnums)
+            return jax.jit(lambda s, b: body(s, b, axis_name=None), donate_argnums=donate_argnums,
+                           compiler_options=options)
         if self.kind == "pmap":
             return jax.pmap(lambda s, b: body(s, b, axis_name=AXIS), axis_name=AXIS,
                             devices=self.devices, donate_argnums=donate_argnums)
         mapped = jax.shard_map(lambda s, b: body(s, b, axis_name=AXIS), mesh=self.mesh,
                                in_specs=(P(), P(AXIS)), out_specs=P())
-        return jax.jit(mapped, donate_argnums=donate_argnums)
+        return jax.jit(mapped, donate_argnums=donate_argnums, compiler_options=options)
 
     def compile(self, body: Callable, state: Any, batch: Any, *, donate: bool) -> Any:
-        """Ahead-of-time compile for these argument shapes (compile time measured apart)."""
-        return self.wrap(body, donate=donate).lower(state, batch).compile()
+        """Ahead-of-time compile for these argument shapes (compile time measured apart),
+        with the backend's step compiler options (`scaling.runtime.compiler_options`)."""
+        lowered = self.wrap(body, donate=donate).lower(state, batch)
+        if self.kind == "pmap":  # jax.pmap takes no compiler options of its own
+            return lowered.compile(compiler_options=compiler_options("step"))
+        return lowered.compile()
 
     def devices_flops_factor(self) -> int:
         """XLA's cost analysis counts one device's program under pmap and shard_map."""

@@ -35,6 +35,32 @@ def enable_compilation_cache() -> Path | None:
     return path
 
 
+# XLA options for the programs a run compiles, on the CPU. A small sweep spends a third
+# of its core-seconds compiling (six shapes, ~7 s each on one core), so compile time
+# counts as much as speed there. Measured on one core (benchmarks/README.md, "Compile
+# time"), from d16 L1 to L4 d256 T256:
+#   - the train and eval steps at LLVM -O1: compile 10-25 % faster, steps as fast or
+#     1-3 % faster (their dots are library calls, unaffected);
+#   - the state initializer, which runs once per point, unoptimized: compile ~2x faster;
+#     the same random bits, their float transforms rounded differently: ~4 % of a normal
+#     matrix's values differ from an -O3 build's, by at most 3 ulp (tests/test_train.py).
+# Elsewhere than on the CPU the backend's defaults stand.
+CPU_COMPILER_OPTIONS = {
+    "step": {"xla_backend_optimization_level": 1},
+    "init": {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True},
+}
+
+
+def compiler_options(program: str) -> dict | None:
+    """XLA compiler options for `program` ("step": the train and eval steps; "init": the
+    state initializer) on the default backend; None (the defaults) off the CPU."""
+    import jax
+
+    if program not in CPU_COMPILER_OPTIONS:
+        raise ValueError(f"program = {program!r}: allowed: {', '.join(CPU_COMPILER_OPTIONS)}")
+    return dict(CPU_COMPILER_OPTIONS[program]) if jax.default_backend() == "cpu" else None
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,

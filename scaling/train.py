@@ -31,6 +31,7 @@ import optax
 
 from scaling.config import Config, ModelConfig, OptimConfig
 from scaling import models
+from scaling.runtime import compiler_options
 from scaling.optim import (RUNTIME_OPTIM_FIELDS, ScheduleParams, make_runtime_optimizer,
                            schedule_multiplier, schedule_params)
 
@@ -106,14 +107,14 @@ def runtime_values(cfg: Config) -> tuple[np.float32, ScheduleParams]:
 @functools.lru_cache(maxsize=64)
 def _state_initializer(model_cfg: ModelConfig, step_optim: OptimConfig) -> Callable:
     """Jitted (rng, peak lr, schedule) -> fresh TrainState; compiled once per model shape
-    and optimizer, not per point."""
+    and optimizer, not per point (with the CPU's "init" compiler options)."""
     optimizer = make_runtime_optimizer(step_optim, model_cfg)
 
     def init(rng, lr, sched):
         params = models.init_params(model_cfg, rng)
         return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), lr, sched)
 
-    return jax.jit(init)
+    return jax.jit(init, compiler_options=compiler_options("init"))
 
 
 @dataclass(frozen=True)
@@ -268,4 +269,5 @@ def _jitted_step(model_cfg: ModelConfig, step_optim: OptimConfig, micro_batches:
     cfg = Config(model=model_cfg, optim=step_optim,
                  data=dataclasses.replace(Config().data, objective=objective),
                  train=dataclasses.replace(Config().train, micro_batches=micro_batches))
-    return jax.jit(partial(Trainer(cfg).train_step_body, axis_name=None), donate_argnums=0)
+    return jax.jit(partial(Trainer(cfg).train_step_body, axis_name=None), donate_argnums=0,
+                   compiler_options=compiler_options("step"))

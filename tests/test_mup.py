@@ -63,7 +63,10 @@ def manual_losses(cfg, batches, with_model=True):
 # --------------------------------------------------------------------------------------
 
 # First four losses of fixed SP configs through scaling.train, recorded on main before µP
-# was added (commit c13c83a), float32 on CPU.
+# was added (commit c13c83a), float32 on CPU, with the step compiled at XLA's default
+# -O3. The CPU step is compiled at -O1 since (scaling.runtime.compiler_options), which
+# rounds differently: the losses agree to ~2e-7 relative, so they are compared to 1e-6
+# (a change to the model or optimizer moves them by far more).
 SP_REFERENCE = {
     "adamw": [5.568585395812988, 5.555521011352539, 5.557754039764404, 5.58322811126709],
     "sgd": [5.568585395812988, 5.554213047027588, 5.55985689163208, 5.550344467163086],
@@ -89,7 +92,7 @@ def test_sp_first_losses_unchanged(name):
         batch = jnp.asarray(rng.integers(0, VOCAB, (4, 17)), jnp.int32)
         state, metrics = step(state, batch)
         losses.append(float(metrics["loss"]))
-    assert losses == SP_REFERENCE[name]
+    assert losses == pytest.approx(SP_REFERENCE[name], rel=1e-6, abs=0)
 
 
 @pytest.mark.parametrize("opt,tie", [("adamw", True), ("sgd", False)])
