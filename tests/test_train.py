@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scaling import train as train_mod
+from scaling import models, train as train_mod
 from scaling.checkpoint import Checkpointer
 from scaling.config import Config, ModelConfig, OptimConfig, TrainConfig
-from scaling.optim import schedule
+from scaling.optim import make_runtime_optimizer, schedule
 from scaling.runtime import compiler_options
 from scaling.train import Trainer, compile_key
 
@@ -132,9 +132,6 @@ def test_unoptimized_initializer_matches_the_optimized_one(arch, tie, pos):
     every value is within 3e-7 (relative) of a default (-O3) build's: the float
     transforms of the same random bits, rounded differently (measured: ~4 % of the
     elements of a normal-initialized matrix differ, by at most 3 ulp); the tree is the same."""
-    from scaling.optim import make_runtime_optimizer
-    from scaling import models
-
     model = dataclasses.replace(MODEL, arch=arch, tie_embeddings=tie, pos_encoding=pos,
                                 d_model=48, vocab_size=256, n_layer=2)
     if arch == "transformer":
@@ -143,11 +140,10 @@ def test_unoptimized_initializer_matches_the_optimized_one(arch, tie, pos):
     trainer = Trainer(cfg)
     opt = make_runtime_optimizer(trainer.step_optim, trainer.model_config)
     optimized = jax.jit(lambda rng: models.init_params(trainer.model_config, rng))
-    params = jax.device_get(trainer.init_state(3).params)
-    want = jax.device_get(optimized(jax.random.key(3)))
+    state = jax.device_get(trainer.init_state(3))
+    params, want = state.params, jax.device_get(optimized(jax.random.key(3)))
     assert jax.tree.structure(params) == jax.tree.structure(want)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
         assert a.shape == b.shape and a.dtype == b.dtype
         np.testing.assert_allclose(a, b, rtol=3e-7, atol=0)
-    assert jax.tree.structure(jax.device_get(trainer.init_state(3).opt_state)) == \
-        jax.tree.structure(opt.init(want))
+    assert jax.tree.structure(state.opt_state) == jax.tree.structure(opt.init(want))
