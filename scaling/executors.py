@@ -583,6 +583,7 @@ def _worker_main(sweep_dir: str) -> None:
     # written (atomically, checkpoints closed). Skip the interpreter's teardown of jax,
     # which the sweep would otherwise wait for (about a second).
     reply.close()
+    sys.stdout.flush()  # fd 1 is stderr's copy here: stray prints go there
     sys.stderr.flush()
     os._exit(0)
 
