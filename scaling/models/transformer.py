@@ -117,17 +117,17 @@ def causal_attention_reference(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, scale: float | N
     return jnp.einsum("bhts,bshk->bthk", p_BxHxTxS, v_BxSxHxK)
 
 
-def _block_mask(T: int, t0: int, t1: int, s1: int) -> np.ndarray:
-    """Causal mask of query rows [t0, t1) against keys [0, s1)."""
-    return np.arange(s1)[None, :] <= np.arange(t0, t1)[:, None]
+def _block_mask(t0: int, t1: int) -> np.ndarray:
+    """Causal mask of query rows [t0, t1) against the keys they can see, [0, t1)."""
+    return np.arange(t1)[None, :] <= np.arange(t0, t1)[:, None]
 
 
 def _query_blocks(T: int, n_blocks: int):
-    """(t0, t1, s1): query rows [t0, t1) see keys [0, s1); blocks of equal size."""
+    """(t0, t1): query rows [t0, t1), which see keys [0, t1); blocks of equal size."""
     if T % n_blocks:
         n_blocks = 1
     bq = T // n_blocks
-    return [(i * bq, (i + 1) * bq, (i + 1) * bq) for i in range(n_blocks)]
+    return [(i * bq, (i + 1) * bq) for i in range(n_blocks)]
 
 
 def _score_scale(K: int, scale: float) -> float:
@@ -165,14 +165,14 @@ def _chunk_fwd(q_CxHxTxK, kT_CxHxKxT, v_CxHxTxK, n_blocks, scale=0.0):
     T, K = q_CxHxTxK.shape[2:]
     cdt = q_CxHxTxK.dtype
     outs, lses = [], []
-    for t0, t1, s1 in _query_blocks(T, n_blocks):
-        s_CxHxTxS = jnp.einsum("chtk,chks->chts", q_CxHxTxK[:, :, t0:t1], kT_CxHxKxT[..., :s1],
+    for t0, t1 in _query_blocks(T, n_blocks):
+        s_CxHxTxS = jnp.einsum("chtk,chks->chts", q_CxHxTxK[:, :, t0:t1], kT_CxHxKxT[..., :t1],
                                preferred_element_type=jnp.float32) * _score_scale(K, scale)
-        s_CxHxTxS = jnp.where(_block_mask(T, t0, t1, s1), s_CxHxTxS, -jnp.inf)
+        s_CxHxTxS = jnp.where(_block_mask(t0, t1), s_CxHxTxS, -jnp.inf)
         m_CxHxT = jnp.max(s_CxHxTxS, axis=-1)
         e_CxHxTxS = jnp.exp(s_CxHxTxS - m_CxHxT[..., None])
         l_CxHxT = jnp.sum(e_CxHxTxS, axis=-1)
-        o_CxHxTxK = jnp.einsum("chts,chsk->chtk", e_CxHxTxS.astype(cdt), v_CxHxTxK[:, :, :s1],
+        o_CxHxTxK = jnp.einsum("chts,chsk->chtk", e_CxHxTxS.astype(cdt), v_CxHxTxK[:, :, :t1],
                                preferred_element_type=jnp.float32)
         outs.append((o_CxHxTxK / l_CxHxT[..., None]).astype(cdt))
         lses.append(m_CxHxT + jnp.log(l_CxHxT))
@@ -190,18 +190,18 @@ def _chunk_bwd(q_CxHxTxK, k_CxHxTxK, qT_CxHxKxT, kT_CxHxKxT, vT_CxHxKxT, lse_CxH
     scale = _score_scale(K, scale)
     dqs = []
     dkT_CxHxKxT = dvT_CxHxKxT = None
-    for t0, t1, s1 in _query_blocks(T, n_blocks):
-        s_CxHxTxS = jnp.einsum("chtk,chks->chts", q_CxHxTxK[:, :, t0:t1], kT_CxHxKxT[..., :s1],
+    for t0, t1 in _query_blocks(T, n_blocks):
+        s_CxHxTxS = jnp.einsum("chtk,chks->chts", q_CxHxTxK[:, :, t0:t1], kT_CxHxKxT[..., :t1],
                                preferred_element_type=jnp.float32) * scale
-        p_CxHxTxS = jnp.where(_block_mask(T, t0, t1, s1),
+        p_CxHxTxS = jnp.where(_block_mask(t0, t1),
                               jnp.exp(s_CxHxTxS - lse_CxHxT[:, :, t0:t1, None]), 0.0)
         dp_CxHxTxS = jnp.einsum("chtk,chks->chts", do_CxHxTxK[:, :, t0:t1],
-                                vT_CxHxKxT[..., :s1], preferred_element_type=jnp.float32)
+                                vT_CxHxKxT[..., :t1], preferred_element_type=jnp.float32)
         ds_CxHxTxS = (p_CxHxTxS * (dp_CxHxTxS - delta_CxHxT[:, :, t0:t1, None])
                       * scale).astype(cdt)
-        dqs.append(jnp.einsum("chts,chsk->chtk", ds_CxHxTxS, k_CxHxTxK[:, :, :s1],
+        dqs.append(jnp.einsum("chts,chsk->chtk", ds_CxHxTxS, k_CxHxTxK[:, :, :t1],
                               preferred_element_type=jnp.float32))
-        pad = ((0, 0), (0, 0), (0, 0), (0, T - s1))  # keys past s1 get nothing from this block
+        pad = ((0, 0), (0, 0), (0, 0), (0, T - t1))  # keys past t1 get nothing from this block
         dkT_blk = jnp.pad(jnp.einsum("chkt,chts->chks", qT_CxHxKxT[..., t0:t1], ds_CxHxTxS,
                                      preferred_element_type=jnp.float32), pad)
         dvT_blk = jnp.pad(jnp.einsum("chkt,chts->chks", doT_CxHxKxT[..., t0:t1],
