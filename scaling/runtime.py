@@ -1,4 +1,5 @@
-"""Process-wide set-up: cache folders, JAX's persistent compilation cache, logging."""
+"""Process-wide set-up: cache folders, JAX's persistent compilation cache, the CPU's
+compiler options, logging."""
 
 from __future__ import annotations
 
