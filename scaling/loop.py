@@ -194,20 +194,25 @@ def _check_corpus(s: _Setup, meta: dict, where: Path) -> None:
 
 def _restore_or_init(s: _Setup, ckpt: Checkpointer) -> tuple[Any, int, float, dict | None]:
     """(device state, start step, wall seconds already spent, branch record or None)."""
-    restored = ckpt.restore_latest(s.trainer.abstract_state())
+    restored = ckpt.restore_latest(s.trainer.abstract_checkpoint())
     if restored is not None:
         host_state, meta = restored
         _check_corpus(s, meta, s.run_dir)
         start = int(meta["step"])
         log.info("resuming %s from step %d", s.run_dir, start)
-        return (s.driver.place_state(host_state), start, float(meta.get("wall_time_s", 0.0)),
+        return (_place(s, host_state), start, float(meta.get("wall_time_s", 0.0)),
                 meta.get("branch"))
     if s.cfg.train.init_from:
         branched = _branch_from_trunk(s)
         if branched is not None:
             host_state, branch = branched
-            return s.driver.place_state(host_state), branch["branched_at_step"], 0.0, branch
+            return _place(s, host_state), branch["branched_at_step"], 0.0, branch
     return s.driver.place_state(jax.device_get(s.trainer.init_state())), 0, 0.0, None
+
+
+def _place(s: _Setup, checkpointed_state):
+    """A state read from a checkpoint (trees, host arrays), packed and on the devices."""
+    return s.driver.place_state(s.trainer.from_checkpoint(checkpointed_state))
 
 
 def trunk_dir(cfg: Config, run_dir: Path) -> Path:
@@ -231,7 +236,7 @@ def _branch_from_trunk(s: _Setup) -> tuple[Any, dict] | None:
         if (tdir / sub).exists():
             trunk_ckpt = Checkpointer(tdir / sub, keep=None, create=False)  # a reader only
             try:
-                restored = trunk_ckpt.restore_step(t.init_step, s.trainer.abstract_state())
+                restored = trunk_ckpt.restore_step(t.init_step, s.trainer.abstract_checkpoint())
             finally:
                 trunk_ckpt.close()
         if restored is not None:
@@ -311,7 +316,7 @@ def _save(ckpt: Checkpointer, s: _Setup, state, step: int, wall: float,
           branch: dict | None = None) -> None:
     if step in ckpt.steps():  # resumed from the final checkpoint: nothing new to save
         return
-    host_state = s.driver.fetch_state(state)
+    host_state = s.trainer.to_checkpoint(s.driver.fetch_state(state))
     meta = {"step": step, "wall_time_s": wall, "config": s.cfg.to_dict(),
             "corpus_fingerprint": s.data.fingerprint, "branch": branch,
             "data_position": s.data.position(step, s.cfg.train.batch_size)}
@@ -380,7 +385,8 @@ class _Evaluator:
         if positions:
             summary.update(es.summarize_positions(np.concatenate(positions)))
         if self.tasks is not None:  # data.tasks: task/<sub-task>/<metric> (scaling.taskeval)
-            summary.update(self.tasks(params if d.kind == "none" else d.fetch_state(params)))
+            tree = self.s.trainer.params_tree(params if d.kind == "none" else d.fetch_state(params))
+            summary.update(self.tasks(tree))
         return summary
 
 

@@ -263,13 +263,17 @@ def mup_lr_multipliers(params: Any, model: ModelConfig | None, optimizer: str) -
         lambda path, leaf: _mup_multiplier(mup_role(path, leaf), optimizer, m), params)
 
 
-def scale_by_mup(model: ModelConfig, optimizer: str) -> optax.GradientTransformation:
+def scale_by_mup(model: ModelConfig, optimizer: str,
+                 multipliers: Callable[[Any], Any] | None = None) -> optax.GradientTransformation:
     """Multiply each leaf of the update by its µP learning-rate multiplier (static
-    floats from the tree's paths and the model config; 1.0 leaves are left untouched)."""
+    floats from the tree's paths and the model config, or from `multipliers(updates)`
+    when given: scaling.packing's per group; 1.0 leaves are left untouched)."""
+    if multipliers is None:
+        multipliers = lambda tree: mup_lr_multipliers(tree, model, optimizer)  # noqa: E731
 
     def update(updates, state, params=None):
         del params
-        mults = mup_lr_multipliers(updates, model, optimizer)
+        mults = multipliers(updates)
         scaled = jax.tree.map(lambda u, k: u if k == 1.0 else (u * k).astype(u.dtype),
                               updates, mults)
         return scaled, state
@@ -589,17 +593,19 @@ assert set(OPTIMIZER_BUILDERS) == set(OPTIMIZERS), "registry out of sync with co
 
 
 def _build(cfg: OptimConfig, lr: optax.GradientTransformation,
-           model: ModelConfig | None = None) -> optax.GradientTransformation:
+           model: ModelConfig | None = None, packing: Any = None) -> optax.GradientTransformation:
     if cfg.name not in OPTIMIZER_BUILDERS:
         raise ConfigError(
             f"optim.name = {cfg.name!r}: unknown; allowed: {', '.join(OPTIMIZER_BUILDERS)}"
         )
+    packed = packing is not None and packing.enabled
     if model is not None and model.parametrization == "mup":
         check_mup_optimizer(model, cfg)
-        lr = optax.chain(lr, scale_by_mup(model, cfg.name))  # per-layer lr = lr x multiplier
+        lr = optax.chain(lr, scale_by_mup(model, cfg.name,  # per-layer lr = lr x multiplier
+                                          packing.lr_multipliers if packed else None))
 
     def mask(tree):
-        return decay_mask(tree, cfg)
+        return packing.decay_mask(tree) if packed else decay_mask(tree, cfg)
 
     tx = OPTIMIZER_BUILDERS[cfg.name](cfg, lr, mask)
     if cfg.clip_norm > 0:
@@ -626,14 +632,18 @@ def make_optimizer(cfg: OptimConfig, total_steps: int, model: ModelConfig | None
     return _build(cfg, optax.scale_by_learning_rate(lr_at), model), lr_at
 
 
-def make_runtime_optimizer(cfg: OptimConfig, model: ModelConfig | None = None
-                           ) -> optax.GradientTransformationExtraArgs:
+def make_runtime_optimizer(cfg: OptimConfig, model: ModelConfig | None = None,
+                           packing: Any = None) -> optax.GradientTransformationExtraArgs:
     """The transformation of `cfg` without a schedule: `update(grads, state, params, lr=x)`
     applies learning rate x (a traced scalar) where the algorithm puts it, times each
     parameter's µP multiplier when `model` is a µP config. Depends on no field of
-    RUNTIME_OPTIM_FIELDS."""
+    RUNTIME_OPTIM_FIELDS.
+
+    `packing` (a scaling.packing.ParamPacking): the transformation takes the packed dict
+    of parameters, gradients and moments instead of the tree, its decay mask and µP
+    multipliers one per group."""
     _decay_shape(cfg)
-    return _build(cfg, scale_by_lr_argument(), model)
+    return _build(cfg, scale_by_lr_argument(), model, packing)
 
 
 def describe_optimizer(cfg: OptimConfig) -> str:

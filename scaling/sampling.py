@@ -139,7 +139,7 @@ def sample_from_run(run_dir, prompt: str = "", *, max_new_tokens: int = 200,
     if not folder.is_dir():  # never create it: sampling writes nothing
         raise ConfigError(f"{run_dir} has no checkpoint to sample from yet")
     ckpt = Checkpointer(folder, keep=cfg.train.keep_checkpoints, create=False)
-    restored = ckpt.restore_latest(Trainer(cfg).abstract_state())
+    restored = ckpt.restore_latest(Trainer(cfg).abstract_checkpoint())
     ckpt.close()
     if restored is None:
         raise ConfigError(f"{run_dir} has no checkpoint to sample from yet")

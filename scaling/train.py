@@ -14,6 +14,11 @@ warm-up, decay start, final ratio, decay shape) are values in the TrainState, re
 the step at run time, so one compiled step serves every point of a sweep that shares a
 model shape, optimizer and batch -- different D, warm-up or lr included -- and the
 persistent compilation cache serves later processes.
+
+The state the step takes holds its parameters and optimizer moments packed into a few
+flat vectors (`scaling.packing`: one kernel per group for the optimizer's elementwise
+work instead of one per tensor); `Trainer.to_checkpoint` / `from_checkpoint` convert
+to and from the tree that checkpoints hold.
 """
 
 from __future__ import annotations
@@ -34,12 +39,13 @@ from scaling import models
 from scaling.runtime import compiler_options
 from scaling.optim import (RUNTIME_OPTIM_FIELDS, ScheduleParams, make_runtime_optimizer,
                            schedule_multiplier, schedule_params)
+from scaling.packing import ParamPacking
 
 
 class TrainState(NamedTuple):
     step: jax.Array  # int32 scalar: number of optimizer updates applied
-    params: Any
-    opt_state: Any
+    params: Any  # packed while training (scaling.packing), the tree in a checkpoint
+    opt_state: Any  # the moments likewise
     lr: jax.Array  # float32 scalar: the peak learning rate (optim.lr), a value, not a constant
     schedule: ScheduleParams  # the schedule's values (warm-up, total, decay start, ...)
 
@@ -105,16 +111,30 @@ def runtime_values(cfg: Config) -> tuple[np.float32, ScheduleParams]:
 
 
 @functools.lru_cache(maxsize=64)
-def _state_initializer(model_cfg: ModelConfig, step_optim: OptimConfig) -> Callable:
-    """Jitted (rng, peak lr, schedule) -> fresh TrainState; compiled once per model shape
-    and optimizer, not per point (with the CPU's "init" compiler options)."""
-    optimizer = make_runtime_optimizer(step_optim, model_cfg)
+def _packing(model_cfg: ModelConfig, step_optim: OptimConfig) -> ParamPacking:
+    abstract = jax.eval_shape(lambda: models.init_params(model_cfg, jax.random.key(0)))
+    return ParamPacking.build(abstract, step_optim, model_cfg)
+
+
+def _init(model_cfg: ModelConfig, step_optim: OptimConfig, packing: ParamPacking | None):
+    """(rng, peak lr, schedule) -> fresh TrainState, packed by `packing` (None: the tree)."""
+    optimizer = make_runtime_optimizer(step_optim, model_cfg, packing)
 
     def init(rng, lr, sched):
         params = models.init_params(model_cfg, rng)
+        if packing is not None:
+            params = packing.pack(params)
         return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), lr, sched)
 
-    return jax.jit(init, compiler_options=compiler_options("init"))
+    return init
+
+
+@functools.lru_cache(maxsize=64)
+def _state_initializer(model_cfg: ModelConfig, step_optim: OptimConfig) -> Callable:
+    """Jitted (rng, peak lr, schedule) -> fresh packed TrainState; compiled once per model
+    shape and optimizer, not per point (with the CPU's "init" compiler options)."""
+    return jax.jit(_init(model_cfg, step_optim, _packing(model_cfg, step_optim)),
+                   compiler_options=compiler_options("init"))
 
 
 @dataclass(frozen=True)
@@ -140,23 +160,45 @@ class Trainer:
         return models.build(self.model_config)
 
     @property
+    def packing(self) -> ParamPacking:
+        """How the state's parameters and moments are packed (scaling.packing)."""
+        return _packing(self.model_config, self.step_optim)
+
+    @property
     def optimizer(self) -> optax.GradientTransformationExtraArgs:
-        """The optimizer without a schedule: `update(..., lr=...)` (see scaling.optim)."""
-        return make_runtime_optimizer(self.step_optim, self.model_config)
+        """The optimizer without a schedule, on packed parameters: `update(..., lr=...)`
+        (see scaling.optim)."""
+        return make_runtime_optimizer(self.step_optim, self.model_config, self.packing)
 
     def _initializer(self) -> Callable:
         return _state_initializer(self.model_config, self.step_optim)
 
     def init_state(self, seed: int | None = None) -> TrainState:
-        """A fresh state on the default device (params from `seed`, default train.seed)."""
+        """A fresh (packed) state on the default device (params from `seed`, default
+        train.seed): what the step takes."""
         seed = self.config.train.seed if seed is None else seed
         lr, sched = runtime_values(self.config)
         return self._initializer()(jax.random.key(seed), lr, sched)
 
-    def abstract_state(self) -> TrainState:
-        """Shapes and dtypes of the state, without allocating it."""
+    def abstract_checkpoint(self) -> TrainState:
+        """Shapes and dtypes of the state as checkpoints hold it (parameters and moments
+        as trees), without allocating it: the target of a restore."""
         lr, sched = runtime_values(self.config)
-        return jax.eval_shape(self._initializer(), jax.random.key(0), lr, sched)
+        init = _init(self.model_config, self.step_optim, None)
+        return jax.eval_shape(init, jax.random.key(0), lr, sched)
+
+    def to_checkpoint(self, host_state: TrainState) -> TrainState:
+        """A host (numpy) training state as checkpoints hold it: parameters and moments
+        unpacked into trees (views of the packed vectors, no copy)."""
+        return self.packing.unpack_state(host_state)
+
+    def from_checkpoint(self, host_state: TrainState) -> TrainState:
+        """A host state read from a checkpoint (trees), packed for the step."""
+        return self.packing.pack_state(host_state)
+
+    def params_tree(self, params: Any) -> Any:
+        """The model's parameter tree from a training state's (packed) params."""
+        return self.packing.unpack(params)
 
     def reschedule(self, state: TrainState) -> TrainState:
         """`state` with this config's peak lr and schedule values (e.g. a checkpoint of
@@ -172,6 +214,8 @@ class Trainer:
         return self.config.data.objective == "mlm"
 
     def loss(self, params, batch_BxT1: jax.Array) -> jax.Array:
+        """The training loss of a batch; `params` as the state holds them (packed)."""
+        params = self.params_tree(params)
         if self.masked_lm:  # mean over the selected positions of the batch
             logits_BxTxV = self.model.apply({"params": params}, batch_BxT1[:, 0])
             loss_B, count_B = masked_lm_losses(logits_BxTxV, batch_BxT1[:, 1])
@@ -231,7 +275,8 @@ class Trainer:
         over `axis_name` when bound, so every device returns the global batch's losses
         (the eval set's standard error needs them per window, not averaged).
         `per_position` (next-token objective only): (that, float32[B, T] the loss at every
-        position of every window)."""
+        position of every window). `params` as the state holds them (packed)."""
+        params = self.params_tree(params)
         if self.masked_lm:  # per window: mean over its selected positions
             loss_B, count_B = masked_lm_losses(
                 self.model.apply({"params": params}, batch_BxT1[:, 0]), batch_BxT1[:, 1])

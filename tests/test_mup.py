@@ -244,11 +244,12 @@ def test_trainer_step_uses_mup_learning_rates():
     make_runtime_optimizer)."""
     cfg = config(128, "mup", "adam")
     trainer = Trainer(cfg)
-    params = init_params(trainer.model_config, 0)
+    packing = trainer.packing  # the step's optimizer takes packed parameters
+    params = packing.pack(init_params(trainer.model_config, 0))
     grads = jax.tree.map(jnp.ones_like, params)
     opt = trainer.optimizer
     updates = jax.jit(lambda g, p: opt.update(g, opt.init(p), p, lr=1e-2)[0])(grads, params)
-    step = np.abs(np.asarray(updates["blocks"]["mlp"]["fc"]["kernel"]))
+    step = np.abs(np.asarray(packing.unpack(updates)["blocks"]["mlp"]["fc"]["kernel"]))
     np.testing.assert_allclose(step, 1e-2 / 4, rtol=1e-3)
 
 

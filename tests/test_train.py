@@ -95,10 +95,11 @@ def test_state_carries_the_schedule_and_restores_exactly(tmp_path):
     assert int(host.schedule.decay_start) == 40 - 8
     assert float(host.lr) == np.float32(3e-3)
     ckpt = Checkpointer(tmp_path / "ckpt")
-    ckpt.save(2, host, {"step": 2})
-    restored, meta = ckpt.restore_latest(t.abstract_state())
+    ckpt.save(2, t.to_checkpoint(host), {"step": 2})  # as scaling.loop saves: the tree
+    on_disk, meta = ckpt.restore_latest(t.abstract_checkpoint())
     ckpt.close()
     assert meta["step"] == 2
+    restored = t.from_checkpoint(on_disk)
     assert jax.tree.structure(restored) == jax.tree.structure(host)
     for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(host)):
         assert np.asarray(x).dtype == np.asarray(y).dtype
@@ -140,7 +141,7 @@ def test_unoptimized_initializer_matches_the_optimized_one(arch, tie, pos):
     trainer = Trainer(cfg)
     opt = make_runtime_optimizer(trainer.step_optim, trainer.model_config)
     optimized = jax.jit(lambda rng: models.init_params(trainer.model_config, rng))
-    state = jax.device_get(trainer.init_state(3))
+    state = trainer.to_checkpoint(jax.device_get(trainer.init_state(3)))  # the trees
     params, want = state.params, jax.device_get(optimized(jax.random.key(3)))
     assert jax.tree.structure(params) == jax.tree.structure(want)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
