@@ -23,9 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from functools import partial
 from pathlib import Path
-from typing import Callable
 
 from scaling.config import ConfigError
 from scaling.point_runner import FINISHED, point_config, run_point
@@ -231,8 +229,6 @@ class Queue:
     not done is dropped as blocked, with the reason logged (status shows it too).
     """
 
-    LOOKAHEAD = 4  # how far `take` may look past the next point for a better-ranked one
-
     def __init__(self, sweep_dir: Path, ordered: list[str]):
         self.pdir = points_dir(sweep_dir)
         self.todo = [pid for pid in ordered if point_state(self.pdir / pid) not in FINISHED]
@@ -246,27 +242,19 @@ class Queue:
         return trunk in self.todo or trunk in self.active or \
             point_state(self.pdir / trunk) in ("running", "queued")
 
-    def take(self, rank: Callable[[str], int] | None = None) -> str | None:
-        """The next runnable point, or None. `rank(pid)`: among the first `LOOKAHEAD`
-        runnable points, the first of lowest rank is taken instead of the first."""
-        runnable = []
+    def take(self) -> str | None:
         for pid in list(self.todo):
             if point_state(self.pdir / pid) in FINISHED:  # another process finished it
                 self.todo.remove(pid)
                 continue
             trunk = trunk_of(self.pdir / pid)
             if trunk is None or point_state(self.pdir / trunk) == "done":
-                runnable.append(pid)
-                if rank is None or len(runnable) == self.LOOKAHEAD:
-                    break
-            elif not self._trunk_pending(trunk):
+                self.todo.remove(pid)
+                self.active.add(pid)
+                return pid
+            if not self._trunk_pending(trunk):
                 self._block(pid, blocked_by(self.pdir / pid) or f"trunk {trunk} is not done")
-        if not runnable:
-            return None
-        pid = runnable[0] if rank is None else min(runnable, key=rank)  # min: the first of equals
-        self.todo.remove(pid)
-        self.active.add(pid)
-        return pid
+        return None
 
     def waits_elsewhere(self) -> bool:
         """Whether a point left waits for a trunk that another process is running."""
@@ -405,14 +393,9 @@ def _run_pool(sweep_dir: Path, point_ids: list[str], slots: list[dict], *,
     compiled steps between points. A worker dies with this process (PR_SET_PDEATHSIG),
     so after a kill -9 no orphan trains on, and the point locks (run_point) guarantee
     that a point is trained by one process at a time, whoever runs the sweep again.
-
-    Near the head of the queue (`Queue.LOOKAHEAD`), a worker takes a point whose model
-    shape it has already compiled (`_shape_rank`): it reuses the program in memory, and
-    two workers do not compile one program at the same time.
     """
     queue = Queue(sweep_dir, order_points(sweep_dir, point_ids, largest_first=True,
                                           seconds=seconds))
-    shape = _shape_keys(sweep_dir)
     workers = [_Worker(sweep_dir, slot, i) for i, slot in enumerate(slots[:max(1, len(queue))])]
     bar = None
     if progress:
@@ -425,8 +408,8 @@ def _run_pool(sweep_dir: Path, point_ids: list[str], slots: list[dict], *,
         while True:
             for w in workers:
                 if w.point is None and w.alive():
-                    pid = queue.take(rank=partial(_shape_rank, w, workers, shape))
-                    if pid is not None and not w.start(pid, shape(pid)):
+                    pid = queue.take()
+                    if pid is not None and not w.start(pid):
                         queue.finished(pid)  # left pending for the next run
                     elif pid is None and not len(queue):
                         w.let_go()  # nothing left to hand out: it exits while others finish
@@ -468,34 +451,6 @@ def _run_pool(sweep_dir: Path, point_ids: list[str], slots: list[dict], *,
     write_tables(sweep_dir)
 
 
-def _shape_keys(sweep_dir: Path) -> Callable[[str], str | None]:
-    """point id -> the compile key of its step (scaling.train.compile_key), cached; None
-    where the point's config cannot be read (its run reports that)."""
-    from scaling.train import compile_key
-
-    keys: dict[str, str | None] = {}
-
-    def key(pid: str) -> str | None:
-        if pid not in keys:
-            try:
-                keys[pid] = compile_key(point_config(points_dir(sweep_dir) / pid))
-            except Exception:
-                keys[pid] = None
-        return keys[pid]
-
-    return key
-
-
-def _shape_rank(worker: "_Worker", workers: list["_Worker"], shape: Callable, pid: str) -> int:
-    """0: `worker` has compiled this point's step; 1: no other worker is running that
-    shape now; 2: another one is (and may be compiling it this moment)."""
-    key = shape(pid)
-    if key is not None and key in worker.shapes:
-        return 0
-    busy = {shape(w.point) for w in workers if w is not worker and w.point is not None}
-    return 2 if key is not None and key in busy else 1
-
-
 def _wait_any(workers: list["_Worker"], timeout: float) -> None:
     """Block until one of the workers writes a line (or `timeout` passes)."""
     import select
@@ -510,7 +465,6 @@ class _Worker:
 
     def __init__(self, sweep_dir: Path, slot: dict, index: int):
         self.index, self.point, self.label = index, None, ""
-        self.shapes: set[str] = set()  # compile keys of the points it has been handed
         self.sweep_dir = sweep_dir
         env = dict(os.environ, **slot["env"])
         if slot.get("cores"):
@@ -528,17 +482,14 @@ class _Worker:
         """A whole reply line is read and waiting in the buffer."""
         return "\n" in self._buffer
 
-    def start(self, pid: str, shape: str | None = None) -> bool:
-        """Hand the worker a point (of compile key `shape`); False if it has died (the
-        point stays pending)."""
+    def start(self, pid: str) -> bool:
+        """Hand the worker a point; False if it has died (the point stays pending)."""
         try:
             self.proc.stdin.write(pid + "\n")
             self.proc.stdin.flush()
         except OSError:
             return False
         self.point, self.label = pid, point_label(self.sweep_dir, pid)
-        if shape is not None:
-            self.shapes.add(shape)
         return True
 
     def poll(self, timeout: float) -> tuple[str, str] | None:

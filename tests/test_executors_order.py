@@ -82,38 +82,6 @@ def test_queue_skips_a_branch_until_its_trunk_is_done(sweep):
     assert q.take() == "b"
 
 
-def test_a_worker_takes_a_point_of_a_shape_it_has_compiled(sweep):
-    """Near the queue's head a worker prefers a shape it has compiled, then one no other
-    worker is running; otherwise the order stands."""
-    for pid, d in [("a32", 32), ("b64", 64), ("c32", 32), ("d64", 64), ("e16", 16)]:
-        make_point(sweep, pid, d_model=d)
-    shape = executors._shape_keys(sweep)
-    assert shape("a32") == shape("c32") != shape("b64") == shape("d64") != shape("e16")
-    w0, w1 = (SimpleNamespace(shapes=set(), point=None) for _ in range(2))
-    workers = [w0, w1]
-
-    def take(w):
-        pid = q.take(rank=lambda p: executors._shape_rank(w, workers, shape, p))
-        w.point = pid
-        w.shapes.add(shape(pid))
-        return pid
-
-    q = executors.Queue(sweep, ["a32", "c32", "b64", "d64", "e16"])
-    assert take(w0) == "a32"
-    assert take(w1) == "b64"  # not c32: w0 may be compiling that shape right now
-    w0.point = None
-    assert take(w0) == "c32"  # its own shape, compiled
-    w1.point = None
-    assert take(w1) == "d64"
-    w0.point = w1.point = None
-    assert take(w1) == "e16"
-    q = executors.Queue(sweep, ["e16", "a32", "b64", "c32", "d64"])
-    assert q.take() == "e16"  # without a rank: the order
-    assert q.take(rank=lambda p: {"d64": 0}.get(p, 1)) == "d64"  # within LOOKAHEAD (4)
-    q = executors.Queue(sweep, ["a32", "b64", "c32", "d64", "e16"])
-    assert q.take(rank=lambda p: {"e16": 0}.get(p, 1)) == "a32"  # 5th: beyond it
-
-
 def test_branch_of_a_failed_trunk_is_blocked_with_the_reason(sweep):
     t = make_point(sweep, "t", role="trunk")
     b = make_point(sweep, "b", trunk="t", role="branch", branched_at_step=12)
