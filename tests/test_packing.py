@@ -127,6 +127,27 @@ def test_packed_step_is_the_tree_step_to_float32_rounding(optim, model):
             assert a == b  # step counts
 
 
+@pytest.mark.parametrize("optim,model", [
+    (dict(name="sgd"), MODEL), (dict(name="momentum", clip_norm=1.0), MODEL),
+    (dict(name="nesterov"), MODEL), (dict(name="adam", weight_decay=0.0), MODEL),
+    (dict(name="adamw", clip_norm=1.0), MUP), (dict(name="lamb"), MODEL),
+])
+def test_the_checkpoint_form_is_the_tree_a_restore_expects(optim, model):
+    """to_checkpoint gives exactly the structure, shapes and dtypes of abstract_checkpoint
+    (what a restore reads), and from_checkpoint takes it back to the step's state."""
+    t = Trainer(config(model, **optim))
+    state = jax.device_get(t.init_state())
+    on_disk = t.to_checkpoint(state)
+    want = t.abstract_checkpoint()
+    assert jax.tree.structure(on_disk) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(on_disk), jax.tree.leaves(want)):
+        assert np.shape(a) == b.shape and np.asarray(a).dtype == b.dtype
+    back = t.from_checkpoint(on_disk)
+    assert jax.tree.structure(back) == jax.tree.structure(state)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_lars_and_lamb_keep_the_tree():
     for name in ("lars", "lamb"):
         t = Trainer(config(name=name, weight_decay=0.0))
