@@ -20,6 +20,7 @@ from scaling.train import Trainer
 
 MODEL = ModelConfig(n_layer=2, d_model=32, n_head=2, vocab_size=256, seq_len=16,
                     tie_embeddings=False)
+MUP = dataclasses.replace(MODEL, parametrization="mup", mup_base_width=16)  # width x2
 
 
 def config(model=MODEL, **optim) -> Config:
@@ -88,9 +89,6 @@ def test_groups_follow_decay_multiplier_and_size():
         jitted = jax.device_get(jax.jit(lambda x, p=p: p.unpack(p.pack(x)))(params))
         for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(params)):
             np.testing.assert_array_equal(a, b)
-
-
-MUP = dataclasses.replace(MODEL, parametrization="mup", mup_base_width=16)
 
 
 @pytest.mark.parametrize("optim,model", [
