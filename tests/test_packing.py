@@ -66,14 +66,14 @@ def packed_run(trainer: Trainer, steps: int):
 def test_groups_follow_decay_multiplier_and_size():
     """Leaves the optimizer treats alike share a vector; a large one stays whole."""
     t = Trainer(config(MUP))
-    abstract = jax.eval_shape(lambda: models.init_params(t.model_config, jax.random.key(0)))
-    packing = ParamPacking.build(abstract, t.step_optim, t.model_config)
+    packing = t.packing  # what the step uses
     names = {g.name for g in packing.groups}
     # hidden matrices (decayed, lr x 1/2 under µP with Adam), the readout (decayed, x1),
     # embeddings, norms and biases (not decayed, x1)
     assert names == {"packed:decayed:lr_x0.5:float32", "packed:decayed:lr_x1:float32",
                      "packed:not_decayed:lr_x1:float32"}
     assert sorted(i for g in packing.groups for i in g.leaves) == list(range(len(packing.sizes)))
+    abstract = jax.eval_shape(lambda: models.init_params(t.model_config, jax.random.key(0)))
     small = ParamPacking(abstract, jax.tree.map(lambda _: True, abstract),
                          jax.tree.map(lambda _: 1.0, abstract), enabled=True, max_elements=100)
     whole = [g for g in small.groups if g.whole]
