@@ -164,6 +164,9 @@ class DataConfig:
     max_unique_tokens: int = 0  # > 0: train on this many next-token targets (rounded down
     #                             to a multiple of seq_len), repeating epochs
     max_corpus_bytes: int = 0  # > 0: read at most this many bytes of the corpus
+    # which validation windows the eval set holds: a salt of their hashed order
+    # (scaling.evalset); 0, 1, 2, ... draw independent uniform samples of the windows
+    eval_seed: int = 0
     cache_dir: str = ""  # "" means $SCALINGLAB_CACHE or ~/.cache/scalinglab
     tokens_vocab_size: int = 0  # "tokens:" corpora: the vocabulary the shards were made with
     #                             (GPT-2: 50257); every token must be below it
@@ -186,6 +189,9 @@ class DataConfig:
                 f"data.bpe_vocab_size = {self.bpe_vocab_size}: must be in [257, 65535]"
             )
         _nonnegative(self, "max_unique_tokens", "max_corpus_bytes", "tokens_vocab_size")
+        if not 0 <= self.eval_seed < 2 ** 63:
+            raise ConfigError(f"data.eval_seed = {self.eval_seed}: must be an integer in "
+                              "[0, 2**63)")
         from scaling.tasks import check_tasks
         check_tasks(self.tasks)
         if self.tasks and self.is_token_shards:

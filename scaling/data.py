@@ -81,9 +81,9 @@ seq_len (`max_unique_tokens` rounded down to a multiple of seq_len). Global sequ
 p = step * batch_size + row lies in epoch p // n_windows and reads window
 perm(seed, epoch)[p % n_windows]; perm is an argsort of a splitmix64 hash, so it is
 independent of the numpy version. Each epoch visits every window once; tokens seen =
-steps * batch_size * seq_len exactly. Evaluation uses `TokenData.eval_set(n)`: fixed
-validation windows spread round-robin over all validation documents, with a
-cluster-robust standard error (`scaling.evalset`).
+steps * batch_size * seq_len exactly. Evaluation uses `TokenData.eval_set(n, eval_seed)`:
+fixed validation windows, a uniform sample of all of them (so the eval loss estimates the
+per-token held-out loss), with a cluster-robust standard error (`scaling.evalset`).
 
 Tasks. With `data.tasks` (e.g. { addition = 0.1 }), some rows of each batch are sequences
 of synthetic task instances (`scaling.tasks.TaskMix`: task t has exactly floor(S B f_t)
@@ -844,7 +844,7 @@ class TokenData:
         if int(self.val_doc_tokens.sum()) != len(self.val):
             raise DataError(f"token cache of {corpus!r}: val_doc_tokens sum to "
                             f"{int(self.val_doc_tokens.sum())}, the stream has {len(self.val)}")
-        self._eval_sets: dict[int, EvalSet] = {}
+        self._eval_sets: dict[tuple[int, int], EvalSet] = {}
         self._offsets = np.arange(T + 1, dtype=np.int64)
         self._perms: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()  # batches may be prefetched from another thread
@@ -928,18 +928,22 @@ class TokenData:
             out[r] = self.tasks.row(int(which[r]), int(seq[r]), seed)
         return out
 
-    def eval_set(self, n_windows: int) -> EvalSet:
-        """The first `n_windows` evaluation windows, spread round-robin over all
-        validation documents (`scaling.evalset`); capped at `n_val_windows` (then every
-        validation target is scored once). Cached per n; independent of batch size."""
+    def eval_set(self, n_windows: int, eval_seed: int = 0) -> EvalSet:
+        """The first `n_windows` evaluation windows in the hashed order of `eval_seed`
+        (`data.eval_seed`): a uniform sample of the validation windows, estimating the
+        per-token held-out loss (`scaling.evalset`); capped at `n_val_windows` (then every
+        validation target is scored once). Cached per (n, seed); independent of batch size."""
         if int(n_windows) < 1:
             raise ValueError(f"eval_set({n_windows}): need n_windows >= 1")
         n = min(int(n_windows), self.n_val_windows)
+        key = (n, int(eval_seed))
         with self._lock:
-            es = self._eval_sets.get(n)
+            es = self._eval_sets.get(key)
             if es is None:
-                es = build_eval_set(self.val, self.val_doc_tokens, self.seq_len, n)
-                self._eval_sets[n] = es
+                es = build_eval_set(self.val, self.val_doc_tokens, self.seq_len, n, int(eval_seed),
+                                    ident={"fingerprint": self.fingerprint,
+                                           "tokenizer": self.tokenizer.name})
+                self._eval_sets[key] = es
             return es
 
     @property

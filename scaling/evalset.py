@@ -1,4 +1,9 @@
-"""The evaluation set: fixed windows spread over every validation document.
+"""The evaluation set: a uniform sample of the validation windows, fixed per corpus.
+
+Estimand. The final eval estimates the held-out *per-token* loss: the mean next-token
+loss over every target token of the validation stream's windows, each token weighted
+equally (result.json: `eval_estimand = "per_token"`). Large documents therefore weigh
+as much as their tokens: documents are not weighted equally.
 
 Windows. The validation stream (held-out documents, each followed by the end-of-text
 id, in a hashed order of their names) is cut exactly like the training stream: window
@@ -7,14 +12,17 @@ so every target token is in at most one window and a window may run across a doc
 boundary (the model sees that in training too; the end-of-text id is a target like any
 other). A window belongs to the document that holds its first target token.
 
-Order. Each document's windows are put in a fixed pseudo-random order (a splitmix64 hash
-of the window index), then the set is dealt round-robin: the first window of every
-document (documents in stream order, itself a hash of their names), then the second of
-every document that has two, and so on. `eval_set(n)` is the first n windows of that
-order, so any prefix is spread over as many documents as it can be (n >= number of
-documents covers them all) and the set depends on nothing but the corpus, the tokenizer
-and seq_len: not on batch size, model, seed or device count. n is capped at the number
-of validation windows (all of them: then every validation target is scored once).
+Order. All validation windows are put in one pseudo-random order: sorted by a splitmix64
+hash of (window index, `data.eval_seed`). `eval_set(n)` is the first n windows of that
+order, a simple random sample without replacement of n of the M windows, so every
+window (and every target token) is in it with probability n/M and the window mean below
+is an unbiased estimate of the per-token loss over all M windows; any prefix is again
+such a sample, so the learning-curve evals (a prefix) have the same estimand. The set
+depends on nothing but the corpus, the tokenizer, seq_len and eval_seed: not on batch
+size, model, seed or device count; another eval_seed draws another, independent set. n
+is capped at M (then every validation target is scored once). `EvalSet.set_id` names
+the set (a hash of the token fingerprint, tokenizer, seq_len, eval_seed and n): runs
+with the same id were scored on the same windows.
 
 Loss and noise. Every window has T targets, so the token-weighted mean loss is the mean
 of the per-window mean losses: L = (1/n) sum_w L_w. Windows of one document are
@@ -27,13 +35,20 @@ with G the number of documents among the n windows. With one window per document
 the ordinary standard error of the mean; with m equal windows per document it is
 sd(document means) / sqrt(G), whatever m is: more windows from the same documents do
 not buy precision that more documents would. With G < 2 it is undefined (NaN).
+`EvalSet.by_document` gives, per document, the target tokens scored and the sum of their
+losses (a window's T targets count for its document, the clustering unit), from which
+the noise model resamples documents; sum(loss_sum) / sum(tokens) is the eval loss.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+EVAL_ESTIMAND = "per_token"  # what eval_loss estimates (module doc)
 
 
 def _mix64(z: np.ndarray) -> np.ndarray:
@@ -49,20 +64,24 @@ def window_documents(doc_tokens: np.ndarray, n_windows: int, seq_len: int) -> np
     return np.searchsorted(ends, first_target, side="right").astype(np.int64)
 
 
-def round_robin_order(docs: np.ndarray) -> np.ndarray:
-    """Window indices in eval order: round r takes the r-th window of every document.
-
-    Within a document the windows are ranked by a hash of their index; documents are
-    visited in index order (the stream order, a hash of their names)."""
-    n = len(docs)
+def hashed_order(n: int, eval_seed: int = 0) -> np.ndarray:
+    """The n window indices in eval order: sorted by a splitmix64 hash of (index,
+    eval_seed), so any prefix is a uniform random sample of the windows (module doc)."""
+    if not 0 <= int(eval_seed) < 2 ** 63:
+        raise ValueError(f"eval_seed = {eval_seed}: must be in [0, 2**63)")
     with np.errstate(over="ignore"):
-        keys = _mix64(np.arange(n, dtype=np.uint64) * _GOLDEN + np.uint64(0x5CA1AB1E))
-    by_doc = np.lexsort((keys, docs))  # grouped by document, hashed order inside
-    sorted_docs = docs[by_doc]
-    starts = np.searchsorted(sorted_docs, sorted_docs, side="left")
-    rank = np.empty(n, dtype=np.int64)
-    rank[by_doc] = np.arange(n, dtype=np.int64) - starts
-    return np.lexsort((docs, rank)).astype(np.int64)
+        salt = _mix64(np.array([int(eval_seed)], dtype=np.uint64) * _GOLDEN
+                      + np.uint64(0x5CA1AB1E))[0]
+        keys = _mix64(np.arange(n, dtype=np.uint64) * _GOLDEN + salt)
+    return np.argsort(keys, kind="stable").astype(np.int64)
+
+
+def eval_set_id(ident: dict, n_windows: int) -> str:
+    """16 hex digits naming an eval set: a hash of `ident` (token fingerprint, tokenizer,
+    seq_len, eval_seed) and the number of windows."""
+    text = json.dumps({**ident, "n_windows": int(n_windows), "order": "hashed-v1"},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def cluster_robust_stderr(losses: np.ndarray, clusters: np.ndarray,
@@ -89,8 +108,9 @@ class EvalSet:
     """A fixed list of validation windows (see the module docstring)."""
 
     def __init__(self, val_tokens: np.ndarray, starts: np.ndarray, documents: np.ndarray,
-                 seq_len: int):
+                 seq_len: int, ident: dict | None = None):
         self._val = val_tokens
+        self.ident = dict(ident or {"seq_len": int(seq_len)})  # what set_id hashes
         self.starts = np.asarray(starts, dtype=np.int64)  # token offset of each window
         self.documents = np.asarray(documents, dtype=np.int64)  # document index per window
         self.seq_len = int(seq_len)
@@ -104,6 +124,11 @@ class EvalSet:
     def tokens(self) -> int:
         """Target tokens scored: n_windows * seq_len."""
         return self.n_windows * self.seq_len
+
+    @property
+    def set_id(self) -> str:
+        """Names this set: the same id means the same windows (module doc)."""
+        return eval_set_id(self.ident, self.n_windows)
 
     @property
     def n_documents(self) -> int:
@@ -130,14 +155,16 @@ class EvalSet:
         return out, weights
 
     def prefix(self, k: int) -> "EvalSet":
-        """The first k windows (spread over min(k, n_documents) documents or more)."""
+        """The first k windows: the eval set of k windows, again a uniform sample."""
         if not 1 <= k <= self.n_windows:
             raise ValueError(f"prefix({k}): need 1 <= k <= n_windows = {self.n_windows}")
-        return EvalSet(self._val, self.starts[:k], self.documents[:k], self.seq_len)
+        return EvalSet(self._val, self.starts[:k], self.documents[:k], self.seq_len,
+                       self.ident)
 
-    def summarize(self, window_losses: np.ndarray,
-                  weights: np.ndarray | None = None) -> dict[str, float | int]:
-        """Mean loss (token-weighted = window mean), its cluster-robust stderr, sizes.
+    def summarize(self, window_losses: np.ndarray, weights: np.ndarray | None = None,
+                  by_document: bool = False) -> dict:
+        """Mean loss (token-weighted = window mean), its cluster-robust stderr, sizes, the
+        estimand and the set's id; with `by_document`, also `eval_by_document`.
 
         `weights`: tokens scored per window when windows score different numbers of
         tokens (the masked-LM eval, scaling.masking); the mean is then weighted by them."""
@@ -146,14 +173,34 @@ class EvalSet:
             raise ValueError(f"summarize: got {losses.size} window losses for "
                              f"{self.n_windows} windows")
         w = np.ones_like(losses) if weights is None else np.asarray(weights, np.float64)
-        return {
+        out = {
             "eval_loss": float(losses.mean() if weights is None
                                else np.sum(w * losses) / np.sum(w)),
             "eval_loss_stderr": cluster_robust_stderr(losses, self.documents, w),
             "eval_tokens": self.tokens,
             "eval_documents": self.n_documents,
             "eval_windows": self.n_windows,
+            "eval_estimand": EVAL_ESTIMAND,
+            "eval_set_id": self.set_id,
         }
+        if by_document:
+            tokens = np.full(losses.shape, float(self.seq_len)) if weights is None else w
+            out["eval_by_document"] = self.by_document(losses, tokens)
+        return out
+
+    def by_document(self, window_losses: np.ndarray,
+                    tokens: np.ndarray) -> dict[str, list]:
+        """{"doc", "tokens", "loss_sum"}: for each document with windows in the set (its
+        index in the validation stream, ascending), the target tokens scored in its
+        windows and the sum of their losses in nats (`tokens` per window times the
+        window's mean loss). sum(loss_sum) / sum(tokens) is the eval loss."""
+        losses = np.asarray(window_losses, dtype=np.float64).reshape(-1)
+        tokens = np.asarray(tokens, dtype=np.float64).reshape(-1)
+        docs, inverse = np.unique(self.documents, return_inverse=True)
+        n_tok = np.bincount(inverse, weights=tokens, minlength=docs.size)
+        loss_sum = np.bincount(inverse, weights=tokens * losses, minlength=docs.size)
+        return {"doc": [int(d) for d in docs], "tokens": [int(round(t)) for t in n_tok],
+                "loss_sum": [float(x) for x in loss_sum]}
 
     def summarize_positions(self, losses_WxT: np.ndarray) -> dict[str, list[float]]:
         """The mean loss at each position t = 0..T-1 of the window over the set's windows,
@@ -177,9 +224,12 @@ def _check_batch_size(batch_size: int) -> None:
 
 
 def build_eval_set(val_tokens: np.ndarray, doc_tokens: np.ndarray, seq_len: int,
-                   n_windows: int) -> EvalSet:
-    """The first `n_windows` windows (capped at all of them) in round-robin order."""
+                   n_windows: int, eval_seed: int = 0, ident: dict | None = None) -> EvalSet:
+    """The first `n_windows` windows (capped at all of them) in the hashed order of
+    `eval_seed`. `ident`: what names the corpus and tokenizer in `set_id` (the token
+    fingerprint and the tokenizer's name); seq_len and eval_seed are added to it."""
     total = max(0, (len(val_tokens) - 1) // seq_len)
     docs = window_documents(doc_tokens, total, seq_len)
-    order = round_robin_order(docs)[:min(int(n_windows), total)]
-    return EvalSet(val_tokens, order * seq_len, docs[order], seq_len)
+    order = hashed_order(total, eval_seed)[:min(int(n_windows), total)]
+    ident = {**(ident or {}), "seq_len": int(seq_len), "eval_seed": int(eval_seed)}
+    return EvalSet(val_tokens, order * seq_len, docs[order], seq_len, ident)

@@ -18,12 +18,14 @@ anything is written), `_restore_or_init`, `_compile`, the step loop (`_Run.loop`
 end a run cleanly: the current step finishes, a checkpoint is saved, `Interrupted` is
 raised (the CLI prints one line and exits 143 / 130); a second Ctrl-C exits at once.
 
-Evaluation uses the corpus's fixed eval set (`TokenData.eval_set`): windows spread over
-every validation document, the same for every run of a corpus. The final evaluation uses
+Evaluation uses the corpus's fixed eval set (`TokenData.eval_set`): a uniform sample of
+the validation windows (drawn by `data.eval_seed`), the same for every run of a corpus, so
+the loss estimates the per-token held-out loss. The final evaluation uses
 `train.eval_tokens` of it; the evaluations along the learning curve use its first
-`train.curve_eval_tokens` (a prefix that is itself spread over documents). Each records the
-loss, its standard error (cluster-robust over documents) and how many tokens and documents
-it covered.
+`train.curve_eval_tokens` (a prefix, again a uniform sample: the same estimand). Each
+records the loss, its standard error (cluster-robust over documents), how many tokens and
+documents it covered, the estimand and the set's id; the final one also its loss sum and
+tokens per document (`eval_by_document`) and its loss on the curve windows.
 """
 
 from __future__ import annotations
@@ -355,13 +357,17 @@ def _compile(s: _Setup, state, first_batch) -> tuple[Any, Any, float]:
 
 
 class _Evaluator:
-    """Loss on the corpus's fixed eval set: the whole `eval_tokens` sample at the end of a
-    run, its first `curve_eval_tokens` along the learning curve."""
+    """Loss on the corpus's fixed eval set (`data.eval_seed`'s draw): the whole
+    `eval_tokens` sample at the end of a run, its first `curve_eval_tokens` along the
+    learning curve. Both are uniform samples of the validation windows, so both estimate
+    the per-token held-out loss; the final eval also records its per-document sums
+    (`eval_by_document`) and its loss on the curve set's windows (`eval_loss_on_curve_set`,
+    what the curve evals are compared with)."""
 
     def __init__(self, s: _Setup, eval_fn):
         t, T = s.cfg.train, s.cfg.model.seq_len
         self.s, self.eval_fn = s, eval_fn
-        self.final_set = s.data.eval_set(max(1, t.eval_tokens // T))
+        self.final_set = s.data.eval_set(max(1, t.eval_tokens // T), s.cfg.data.eval_seed)
         curve = t.curve_eval_tokens or t.eval_tokens
         curve_windows = max(1, min(curve, t.eval_tokens) // T)
         self.curve_set = self.final_set.prefix(min(curve_windows, self.final_set.n_windows))
@@ -381,7 +387,11 @@ class _Evaluator:
             losses.append(d.fetch_array(out[0] if per_position else out)[weights > 0])
             if per_position and final:
                 positions.append(d.fetch_array(out[1])[weights > 0])
-        summary = es.summarize(np.concatenate(losses))
+        window_losses = np.concatenate(losses)
+        summary = es.summarize(window_losses, by_document=final)
+        if final:  # the curve set is the final set's prefix: its loss at the end, like for like
+            k = self.curve_set.n_windows
+            summary["eval_loss_on_curve_set"] = self.curve_set.summarize(window_losses[:k])["eval_loss"]
         if positions:
             summary.update(es.summarize_positions(np.concatenate(positions)))
         if self.tasks is not None:  # data.tasks: task/<sub-task>/<metric> (scaling.taskeval)
@@ -445,10 +455,13 @@ class _DivergenceMonitor:
         else:
             self.above = 0
 
-    def check_final_eval(self, final: float, best_curve: float | None) -> str | None:
-        if self.reason is None and best_curve is not None and final > (1 + self.rise) * best_curve:
-            self.reason = (f"final eval loss {final:.4g} is more than {self.rise:.0%} above "
-                           f"the run's best {best_curve:.4g}")
+    def check_final_eval(self, final: float | None, best_curve: float | None) -> str | None:
+        """`final`: the final eval's loss on the curve evals' windows (the same windows as
+        `best_curve`, the best curve eval), None when it is not known."""
+        if (self.reason is None and best_curve is not None and final is not None
+                and final > (1 + self.rise) * best_curve):
+            self.reason = (f"final eval loss {final:.4g} on the curve-eval windows is more "
+                           f"than {self.rise:.0%} above the run's best {best_curve:.4g} on them")
         return self.reason
 
 
@@ -705,11 +718,20 @@ class _Run:
             self.bar.close()
         self.metrics_log.close()
 
+    def _final_on_curve_set(self) -> float | None:
+        """The final eval's loss on the curve evals' windows (a final eval recorded before
+        that field existed: its own loss when the two sets are one, else None)."""
+        ev = self.final_eval or {}
+        if "eval_loss_on_curve_set" in ev:
+            return ev["eval_loss_on_curve_set"]
+        same = self.evaluate.curve_set.n_windows == self.evaluate.final_set.n_windows
+        return ev.get("eval_loss") if same else None
+
     def result(self) -> dict:
         s, cfg, t, m = self.s, self.s.cfg, self.s.cfg.train, self.s.cfg.model
         if self.status == "done":
             best_curve = min((e["eval_loss"] for e in self.evals), default=None)
-            if self.monitor.check_final_eval(self.final_eval["eval_loss"], best_curve):
+            if self.monitor.check_final_eval(self._final_on_curve_set(), best_curve):
                 self.status = "diverged"
         train_time = time.perf_counter() - self.loop_start - self.excluded
         if self.final_eval is not None:  # reached train.steps: keep the final state
@@ -721,7 +743,7 @@ class _Run:
         tail = [r["loss"] for r in self.logged if r["step"] > 0.95 * step] or [self.logged[-1]["loss"]]
         ev = self.final_eval or {}
         curve_losses = [e["eval_loss"] for e in self.evals]
-        same_set = bool(ev) and self.evaluate.curve_set.n_windows == self.evaluate.final_set.n_windows
+        final_on_curve = self._final_on_curve_set()
         return {
             "status": self.status,
             "divergence_reason": self.monitor.reason,
@@ -742,8 +764,14 @@ class _Run:
             "eval_windows": ev.get("eval_windows"),
             "curve_eval_tokens": self.evaluate.curve_set.tokens,
             **{k: ev[k] for k in ("eval_loss_by_position", "eval_loss_by_position_stderr") if k in ev},
-            # best over the evals that used one eval set (curve evals use a prefix of it)
-            "best_eval_loss": min(curve_losses + ([ev["eval_loss"]] if same_set else []),
+            # the estimand (scaling.evalset), which windows (same id: same windows), the
+            # draw, and per validation document the tokens scored and their loss sum
+            **{k: ev[k] for k in ("eval_estimand", "eval_set_id", "eval_loss_on_curve_set",
+                                  "eval_by_document") if k in ev},
+            "eval_seed": cfg.data.eval_seed,
+            # best over the evals on the curve set's windows (the final eval's prefix)
+            "best_eval_loss": min(curve_losses + ([final_on_curve] if final_on_curve is not None
+                                                  else []),
                                   default=ev.get("eval_loss", float("nan"))),
             "steps": step,
             "steps_planned": t.steps,

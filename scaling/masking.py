@@ -130,12 +130,13 @@ class MaskedEvalSet:
     def prefix(self, k: int) -> "MaskedEvalSet":
         return MaskedEvalSet(self.base.prefix(k), self.vocab_size, self.mask_id)
 
-    def summarize(self, window_losses: np.ndarray) -> dict[str, float | int]:
+    def summarize(self, window_losses: np.ndarray, by_document: bool = False) -> dict:
         """Mean masked-LM loss over scored tokens (windows weighted by their k scored
         tokens), cluster-robust stderr, sizes (eval_tokens: tokens scored)."""
         k = n_selected(self.base.seq_len)
         losses = np.asarray(window_losses, dtype=np.float64).reshape(-1)
-        out = self.base.summarize(losses, weights=np.full(losses.shape, float(k)))
+        out = self.base.summarize(losses, weights=np.full(losses.shape, float(k)),
+                                  by_document=by_document)
         out["eval_tokens"] = self.tokens
         return out
 
@@ -165,5 +166,6 @@ class MaskedTokenData:
         return mask_windows(windows[:, :T], train_keys(seed, step, global_rows),
                             self.data.vocab_size, self.mask_id)
 
-    def eval_set(self, n_windows: int) -> MaskedEvalSet:
-        return MaskedEvalSet(self.data.eval_set(n_windows), self.data.vocab_size, self.mask_id)
+    def eval_set(self, n_windows: int, eval_seed: int = 0) -> MaskedEvalSet:
+        return MaskedEvalSet(self.data.eval_set(n_windows, eval_seed), self.data.vocab_size,
+                             self.mask_id)

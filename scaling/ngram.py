@@ -272,9 +272,9 @@ def run_ngram(cfg, order: int, run_dir: str | Path) -> dict:
     train = np.asarray(data.train[:data.unique_tokens + 1])
     model = KneserNey(train, order, data.vocab_size)
     t_count = time.perf_counter() - t0
-    es = data.eval_set(max(1, cfg.train.eval_tokens // T))
+    es = data.eval_set(max(1, cfg.train.eval_tokens // T), cfg.data.eval_seed)
     losses = np.concatenate([model.window_losses(w) for w in eval_windows(es)])
-    summary = es.summarize(losses.mean(axis=1))
+    summary = es.summarize(losses.mean(axis=1), by_document=True)  # + eval_by_document
     result = {
         "status": "done", "arch": "ngram", "name": f"{cfg.name}-ngram{order}",
         "order": int(order), "smoothing": "interpolated modified Kneser-Ney",
@@ -285,7 +285,7 @@ def run_ngram(cfg, order: int, run_dir: str | Path) -> dict:
         **es.summarize_positions(losses),
         "discounts_raw": [t.discounts.tolist() for t in model.raw_tables],
         "discounts_continuation": [t.discounts.tolist() for t in model.cont_tables],
-        "seq_len": T, "vocab_size": data.vocab_size,
+        "seq_len": T, "vocab_size": data.vocab_size, "eval_seed": cfg.data.eval_seed,
         "corpus_fingerprint": data.fingerprint, "data": data.describe(),
         "count_time_s": t_count, "wall_time_s": time.perf_counter() - t0,
         "python_version": platform.python_version(), "git_commit": git_commit(),

@@ -375,12 +375,15 @@ def test_eval_set_is_fixed_and_spread(stdlib_cfg, stdlib_data):
         rows = np.concatenate([fresh.batch(i, b)[0] for i in range(fresh.n_batches(b))])
         assert np.array_equal(rows[:512], np.concatenate([es.batch(i, 7)[0]
                                                           for i in range(es.n_batches(7))])[:512])
-    # every validation document that holds a window is covered; prefixes spread
+    # a uniform sample of the windows (scaling.evalset): many documents, prefixes nest
     whole = stdlib_data.eval_set(10**9)
     assert whole.n_documents <= stdlib_data.n_val_documents
-    assert es.n_documents == min(512, whole.n_documents)
-    assert es.prefix(32).n_documents == 32
+    assert 50 < es.n_documents < 512
     assert np.array_equal(stdlib_data.eval_set(32).starts, es.starts[:32])
+    # data.eval_seed draws another set, cached apart
+    other = stdlib_data.eval_set(512, eval_seed=1)
+    assert other is stdlib_data.eval_set(512, 1) and other.set_id != es.set_id
+    assert len(set(other.starts.tolist()) & set(es.starts.tolist())) < 100
     assert whole.n_windows == stdlib_data.n_val_windows
     assert sorted(whole.starts.tolist()) == list(range(0, whole.n_windows * 64, 64))
     with pytest.raises(ValueError):
