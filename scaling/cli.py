@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -98,14 +99,18 @@ def main(argv: list[str] | None = None) -> int:
     from scaling.runtime import setup_logging
 
     setup_logging()
+    from scaling.stopping import Interrupted, stop_requests
+
+    # train and run: SIGTERM / Ctrl-C at any moment (set-up, compile, training, between
+    # points) stop cleanly with one line; other commands keep Python's Ctrl-C
+    claim = stop_requests() if args.command in ("train", "run") else contextlib.nullcontext()
     try:
-        return COMMANDS[args.command](args)
+        with claim:
+            return COMMANDS[args.command](args)
     except ConfigError as e:  # bad input: one clear line, no traceback, nothing trained
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # SIGTERM / Ctrl-C: the loop saved a checkpoint first
-        from scaling.loop import Interrupted
-
         if isinstance(e, Interrupted):
             print(f"stopped: {e}", file=sys.stderr)
             return e.exit_code

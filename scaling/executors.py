@@ -31,6 +31,7 @@ from scaling.results import (POINT_FILE, blocked_by, point_state, points_dir,
                              running_progress, trunk_of, write_tables)
 from scaling.runfiles import (CorruptRunFile, atomic_write_text, clean_stale_temps, read_json,
                               write_json_atomic)
+from scaling.stopping import Interrupted, check as check_stop, quiet, requested, stop_requests
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +322,13 @@ def run_local(sweep_dir: Path, point_ids: list[str], *, progress: bool = True,
     the small ones side by side in worker processes pinned to their share of the cores.
     """
     sweep_dir = Path(sweep_dir)
+    with stop_requests():  # SIGTERM / Ctrl-C: running points checkpoint, then one line
+        check_stop(message="stopped before any point started; run the same command again")
+        _run_local(sweep_dir, point_ids, progress=progress, workers=workers, estimates=estimates)
+
+
+def _run_local(sweep_dir: Path, point_ids: list[str], *, progress: bool,
+               workers: int | None, estimates: dict[str, float] | None) -> None:
     gpus = _gpu_count()
     if gpus:  # one process per GPU; never CPU side-by-side next to a GPU
         k = min(workers or gpus, gpus)
@@ -366,6 +374,8 @@ def _run_in_process(sweep_dir: Path, point_ids: list[str], *, progress: bool,
     spent, estimated_done = 0.0, 0.0
     try:
         while (pid := queue.take()) is not None:
+            check_stop(message=f"stopped between points; {len(queue) + 1} point(s) left; "
+                               "run the same command again")
             if bar is not None:
                 remaining = sum(estimates.get(q, 0.0) for q in [pid, *queue.todo])
                 ratio = spent / estimated_done if estimated_done else 1.0
@@ -404,10 +414,15 @@ def _run_pool(sweep_dir: Path, point_ids: list[str], slots: list[dict], *,
         bar = tqdm(total=len(point_ids), initial=len(point_ids) - len(queue), position=0,
                    desc=f"sweep {sweep_dir.name} x{len(workers)}", unit="pt",
                    dynamic_ncols=True, file=sys.stderr)
+    stop, stopped = None, []
     try:
         while True:
+            if stop is None and (stop := requested()) is not None:
+                for w in workers:  # a signal to the group reaches them twice: harmless
+                    w.signal(stop)
+                    w.let_go()
             for w in workers:
-                if w.point is None and w.alive():
+                if stop is None and w.point is None and w.alive():
                     pid = queue.take()
                     if pid is not None and not w.start(pid):
                         queue.finished(pid)  # left pending for the next run
@@ -415,7 +430,7 @@ def _run_pool(sweep_dir: Path, point_ids: list[str], slots: list[dict], *,
                         w.let_go()  # nothing left to hand out: it exits while others finish
             busy = [w for w in workers if w.point is not None]
             if not busy:
-                if not len(queue):
+                if not len(queue) or stop is not None:
                     break
                 if not queue.waits_elsewhere():
                     queue.give_up()
@@ -430,12 +445,15 @@ def _run_pool(sweep_dir: Path, point_ids: list[str], slots: list[dict], *,
                     continue
                 pid, status = ended
                 queue.finished(pid)  # "busy": another process holds it and runs it
+                if status in ("interrupted", "died") and stop is not None:
+                    stopped.append(pid)
+                    continue
                 if status != "busy":
                     write_tables(sweep_dir)
                 if bar is not None and status != "busy":
                     bar.update(1)
             if not any(w.alive() for w in workers):  # died, or let go with nothing left
-                if len(queue):
+                if len(queue) and stop is None:
                     log.error("every worker process died; %d point(s) left for the next run",
                               len(queue))
                 break
@@ -449,6 +467,11 @@ def _run_pool(sweep_dir: Path, point_ids: list[str], slots: list[dict], *,
         if bar is not None:
             bar.close()
     write_tables(sweep_dir)
+    if stop is not None:
+        raise Interrupted(stop, message=(
+            f"stopped {len(stopped)} running point(s) after their checkpoints"
+            + (f" ({', '.join(stopped)})" if stopped else "")
+            + f"; {len(queue)} not started; run the same command again to resume"))
 
 
 def _wait_any(workers: list["_Worker"], timeout: float) -> None:
@@ -482,6 +505,14 @@ class _Worker:
         """A whole reply line is read and waiting in the buffer."""
         return "\n" in self._buffer
 
+    def signal(self, signum: int) -> None:
+        """Pass a stop request on: the worker checkpoints its point and reports it."""
+        if self.alive():
+            try:
+                os.kill(self.proc.pid, signum)
+            except OSError:
+                pass
+
     def start(self, pid: str) -> bool:
         """Hand the worker a point; False if it has died (the point stays pending)."""
         try:
@@ -511,6 +542,8 @@ class _Worker:
                 return pid, status
         if self.point is not None and not self.alive():  # died mid-point (killed, OOM)
             pid, self.point = self.point, None
+            if requested() is not None:  # signalled before it could claim the signal
+                return pid, "died"
             log.error("worker %d died (exit %s) while running point %s", self.index,
                       self.proc.returncode, pid)
             return pid, "died"
@@ -562,6 +595,12 @@ def _worker_main(sweep_dir: str) -> None:
     pool is sized to those cores. Everything else the run prints goes to stderr.
     """
     _die_with_parent()
+    quiet()  # the sweep reports a stop, once
+    with stop_requests():
+        _worker_loop(sweep_dir)
+
+
+def _worker_loop(sweep_dir: str) -> None:
     cores = os.environ.get("SCALINGLAB_WORKER_CORES")
     if cores:
         os.sched_setaffinity(0, {int(c) for c in cores.split(",")})
@@ -576,7 +615,11 @@ def _worker_main(sweep_dir: str) -> None:
         pid = line.strip()
         if not pid:
             continue
-        result = run_point(sweep_dir, pid, progress=False)
+        try:  # a stop request: checkpointed (or not started), reported, no traceback
+            result = run_point(sweep_dir, pid, progress=False)
+        except KeyboardInterrupt:
+            reply.write(f"interrupted {pid}\n")
+            break
         status = "busy" if result is None else str(result.get("status", "done"))
         reply.write(f"{status} {pid}\n")
     # End of input: every point handed to this worker has ended and its files are

@@ -16,7 +16,8 @@ A run goes through named phases: `_prepare` (every check that bad input can fail
 anything is written), `_restore_or_init`, `_compile`, the step loop (`_Run.loop`, with
 `_Evaluator` and `_DivergenceMonitor`), and `_Run.result`. SIGTERM and SIGINT (Ctrl-C)
 end a run cleanly: the current step finishes, a checkpoint is saved, `Interrupted` is
-raised (the CLI prints one line and exits 143 / 130); a second Ctrl-C exits at once.
+raised (the CLI prints one line and exits 143 / 130); a second Ctrl-C exits at once. A
+signal during set-up or compile stops before the loop (scaling.stopping).
 
 Evaluation uses the corpus's fixed eval set (`TokenData.eval_set`): a uniform sample of
 the validation windows (drawn by `data.eval_seed`), the same for every run of a corpus, so
@@ -36,10 +37,8 @@ import logging
 import math
 import os
 import platform
-import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -50,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scaling import accounting, tracking
+from scaling import accounting, tracking, xla_count
 from scaling.checkpoint import Checkpointer
 from scaling.config import Config, ConfigError, from_dict
 from scaling.data import TokenData, load_corpus
@@ -61,13 +60,16 @@ from scaling.runfiles import (CONFIG_FILE, METRICS_FILE, RESULT_FILE, atomic_wri
                               json_default, read_json, read_metrics, read_result, run_lock,
                               write_json_atomic)
 from scaling.optim import schedule_multiplier
+from scaling.stopping import Interrupted, check as _check_stop, requested as _stop_requested, stop_requests
 from scaling.taskeval import TaskEvaluator
 from scaling.train import Trainer, compile_key, runtime_values
 
 log = logging.getLogger(__name__)
 
-# Compiled executables reused across runs of the same shape in one process (sweeps).
-_COMPILED: dict[str, tuple[Any, Any]] = {}
+# Compiled executables reused across runs of the same shape in one process (sweeps), with
+# XLA's count of the step's FLOPs, every loop trip counted (scaling.xla_count: flops, or
+# None and why not).
+_COMPILED: dict[str, tuple[Any, Any, tuple[float | None, str | None]]] = {}
 
 # While a run trains, a function that checkpoints it at its current step (for a
 # preemption or time-limit signal handler, e.g. the SLURM executor's); else None.
@@ -87,21 +89,6 @@ class Diverged(Exception):
     pass
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM or SIGINT ended the run after a checkpoint; rerun the command to resume.
-
-    A KeyboardInterrupt, so that code which records ordinary exceptions as failures (the
-    sweep executors) lets it through."""
-
-    def __init__(self, signum: int, step: int, run_dir: Path):
-        self.signum, self.step, self.run_dir = signum, step, run_dir
-        name = signal.Signals(signum).name
-        super().__init__(f"{name}: stopped at step {step} with a checkpoint in {run_dir}; "
-                         "run the same command again to resume")
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
 
 
 @lru_cache(maxsize=1)
@@ -148,14 +135,19 @@ class _Setup:
         return self.cfg.train.batch_size * self.cfg.model.seq_len
 
 
-def _prepare(cfg: Config, run_dir: Path) -> _Setup:
-    """Check the config against the run folder, the devices and the corpus; write nothing."""
+def _check_same_config(cfg: Config, run_dir: Path) -> None:
+    """ConfigError if the folder holds a run (finished or not) of a different config."""
     if (run_dir / CONFIG_FILE).exists():
         if load_config_file(run_dir).semantic_dict() != cfg.semantic_dict():
             raise ConfigError(
                 f"{run_dir} holds a run of a different config; nothing is overwritten. "
                 "Use another run folder."
             )
+
+
+def _prepare(cfg: Config, run_dir: Path) -> _Setup:
+    """Check the config against the run folder, the devices and the corpus; write nothing."""
+    _check_same_config(cfg, run_dir)
     t, m = cfg.train, cfg.model
     driver = make_driver(t.parallel)
     check_batch(t.batch_size, t.micro_batches, driver.n_devices)
@@ -339,7 +331,7 @@ def _keep(s: _Setup, state, step: int, wall: float) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def _compile(s: _Setup, state, first_batch) -> tuple[Any, Any, float]:
+def _compile(s: _Setup, state, first_batch) -> tuple[Any, Any, float, tuple]:
     per_position = s.cfg.train.eval_per_position
     key = repr((compile_key(s.cfg), per_position, s.driver.kind, [str(d) for d in s.driver.devices]))
     t0 = time.perf_counter()
@@ -347,8 +339,13 @@ def _compile(s: _Setup, state, first_batch) -> tuple[Any, Any, float]:
         step_fn = s.driver.compile(s.trainer.train_step_body, state, first_batch, donate=True)
         eval_fn = s.driver.compile(partial(s.trainer.eval_step_body, per_position=per_position),
                                    state.params, first_batch, donate=False)
-        _COMPILED[key] = (step_fn, eval_fn)
-    return (*_COMPILED[key], time.perf_counter() - t0)
+        compile_time = time.perf_counter() - t0  # the count below is not part of it
+        count = xla_count.step_flops(s.driver.wrap(s.trainer.train_step_body, donate=False),
+                                     state, first_batch)
+        _COMPILED[key] = (step_fn, eval_fn, count)
+        return step_fn, eval_fn, compile_time, count
+    step_fn, eval_fn, count = _COMPILED[key]
+    return step_fn, eval_fn, time.perf_counter() - t0, count
 
 
 # --------------------------------------------------------------------------------------
@@ -466,46 +463,6 @@ class _DivergenceMonitor:
 
 
 # --------------------------------------------------------------------------------------
-# Signals: finish the step, checkpoint, stop
-# --------------------------------------------------------------------------------------
-
-
-class _StopSignals:
-    """SIGTERM / SIGINT request a clean stop after the current step (the loop checks
-    `requested`); a second SIGINT exits at once. Installed only in the main thread, and
-    only where nobody else (e.g. submitit under SLURM) has claimed the signal."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.requested: int | None = None
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopSignals":
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        for sig in self.SIGNALS:
-            current = signal.getsignal(sig)
-            if current in (signal.SIG_DFL, signal.default_int_handler):
-                self.previous[sig] = current
-                signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested is not None:
-            print(f"\n{signal.Signals(signum).name} again: exiting now, without a checkpoint",
-                  file=sys.stderr, flush=True)
-            os._exit(128 + signum)
-        self.requested = signum
-        print(f"\n{signal.Signals(signum).name}: finishing this step and saving a checkpoint "
-              "(again to exit at once)", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
-# --------------------------------------------------------------------------------------
 # Phase 4: the step loop; phase 5: the result
 # --------------------------------------------------------------------------------------
 
@@ -546,7 +503,7 @@ class _Run:
 
     def __init__(self, s: _Setup, ckpt: Checkpointer, state, start_step: int, prior_wall: float,
                  branch: dict | None, step_fn, eval_fn, compile_time: float,
-                 progress_position: int):
+                 progress_position: int, xla_count: tuple = (None, "not counted")):
         self.s, self.ckpt, self.state, self.branch = s, ckpt, state, branch
         self.start_step, self.step, self.prior_wall = start_step, start_step, prior_wall
         self.step_fn, self.compile_time = step_fn, compile_time
@@ -554,10 +511,8 @@ class _Run:
         cfg, t = s.cfg, s.cfg.train
         self.peak = accounting.peak_flops(s.driver.devices[0], cfg.model.compute_dtype) * s.driver.n_devices
         self.peak_precision = accounting.peak_precision(s.driver.devices[0], cfg.model.compute_dtype)
-        xla = accounting.xla_flops(step_fn)
+        xla, self.xla_note = xla_count  # every loop trip counted, or None and why not
         self.xla_step_flops = None if xla is None else xla * s.driver.devices_flops_factor()
-        if cfg.model.arch == "lstm":  # XLA counts a loop body once: not the T steps of time
-            self.xla_step_flops = None
         history = _curve_so_far(s, start_step, branch)
         self.evals = [r for r in history if "eval_loss" in r
                       and not r.get("eval_final")]  # curve evals (a trunk's final one is not)
@@ -668,7 +623,7 @@ class _Run:
         self._counted(run)
 
     # ---- the loop --------------------------------------------------------------------
-    def loop(self, stop_after_steps: int | None, signals: _StopSignals) -> dict | None:
+    def loop(self, stop_after_steps: int | None) -> dict | None:
         """Train to train.steps; returns a `stopped` record if told to stop early."""
         s, t = self.s, self.s.cfg.train
         shard = s.driver.batch_shard
@@ -695,10 +650,10 @@ class _Run:
                 if is_last:
                     self.read_pending()
                     self.eval_now(final=True)
-                elif signals.requested is not None:
+                elif _stop_requested() is not None:  # SIGTERM / Ctrl-C (scaling.stopping)
                     self.read_pending()
                     self.checkpoint()
-                    raise Interrupted(signals.requested, self.step, s.run_dir)
+                    raise Interrupted(_stop_requested(), self.step, s.run_dir)
                 elif (t.checkpoint_every and self.step % t.checkpoint_every == 0) or stop_now:
                     self.read_pending()
                     self.checkpoint()
@@ -756,6 +711,7 @@ class _Run:
             "C_exact": s.flops.exact * tokens,
             "C_kaplan": s.flops.kaplan * tokens,
             "C_xla": (self.xla_step_flops * step) if self.xla_step_flops is not None else float("nan"),
+            **({"C_xla_note": self.xla_note} if self.xla_step_flops is None else {}),
             "final_train_loss": float(np.mean(tail)),
             "final_eval_loss": ev.get("eval_loss", float("nan")),
             "eval_loss_stderr": ev.get("eval_loss_stderr", float("nan")),
@@ -825,20 +781,26 @@ def train(cfg: Config, run_dir: str | Path, *, progress_position: int = 0,
     process trains in the folder, ConfigError for bad input (nothing written then).
     """
     run_dir = Path(run_dir)
-    done = read_result(run_dir)
-    if done is not None:
-        return done
-    initialize_distributed()
-    s = _prepare(cfg, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # Process 0 holds the folder's lock; the other processes of a multi-process run share it.
-    with run_lock(run_dir) if s.primary else contextlib.nullcontext():
-        done = read_result(run_dir)  # finished by another process while we prepared
+    # SIGTERM / Ctrl-C at any phase: set-up and compile stop before the loop, the loop
+    # after its step and a checkpoint (scaling.stopping)
+    with stop_requests():
+        _check_stop()
+        _check_same_config(cfg, run_dir)  # a finished run of another config is no answer
+        done = read_result(run_dir)
         if done is not None:
             return done
-        if s.primary and not (run_dir / CONFIG_FILE).exists():
-            atomic_write_text(run_dir / CONFIG_FILE, cfg.to_json())
-        return _train_locked(s, progress_position, stop_after_steps)
+        initialize_distributed()
+        s = _prepare(cfg, run_dir)
+        _check_stop()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # Process 0 holds the folder's lock; the other processes of a multi-process run share it.
+        with run_lock(run_dir) if s.primary else contextlib.nullcontext():
+            done = read_result(run_dir)  # finished by another process while we prepared
+            if done is not None:
+                return done
+            if s.primary and not (run_dir / CONFIG_FILE).exists():
+                atomic_write_text(run_dir / CONFIG_FILE, cfg.to_json())
+            return _train_locked(s, progress_position, stop_after_steps)
 
 
 def _train_locked(s: _Setup, progress_position: int, stop_after_steps: int | None) -> dict:
@@ -850,13 +812,13 @@ def _train_locked(s: _Setup, progress_position: int, stop_after_steps: int | Non
         state, start_step, prior_wall, branch = _restore_or_init(s, ckpt)
         first = s.driver.place_batch(s.data.train_batch(start_step, t.batch_size, t.batch_seed,
                                                         s.driver.batch_shard))
-        step_fn, eval_fn, compile_time = _compile(s, state, first)
+        step_fn, eval_fn, compile_time, xla = _compile(s, state, first)
+        _check_stop()  # signalled during restore or compile: nothing trained, nothing to save
         run = _Run(s, ckpt, state, start_step, prior_wall, branch, step_fn, eval_fn,
-                   compile_time, progress_position)
+                   compile_time, progress_position, xla)
         _SAVE_NOW = run.checkpoint_on_request
         try:
-            with _StopSignals() as signals:
-                stopped = run.loop(stop_after_steps, signals)
+            stopped = run.loop(stop_after_steps)
         finally:
             _SAVE_NOW = None
             run.close()

@@ -1,0 +1,184 @@
+"""Signals on a sweep (issue 30 §1): SIGTERM to a multi-worker `run`, to its parent or to
+its whole process group, finishes each running point's step, checkpoints it, prints one
+line and exits 143, leaving no orbax temporary folder; Ctrl-C the same with 130; a
+SIGTERM during set-up or compile exits 143 with one line.
+
+The commands run as children with the default signal dispositions (a shell that runs
+the tests in the background may ignore SIGINT, and an ignored signal stays ignored
+across exec), in their own process group (so that the group can be signalled as
+`timeout` and SLURM do). Every wait polls with a generous deadline: the machine may be
+loaded."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from scaling.runfiles import read_metrics, read_result
+from tests.test_sweep_run import SPEC
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _defaults():
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def spawn(args, **kw):
+    return subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_defaults,
+                            start_new_session=True, **kw)
+
+
+def long_spec(tmp_path, lrs="1e-3, 3e-3"):
+    """Points of 2000 steps whose only periodic checkpoint would be at step 1000."""
+    path = tmp_path / "long.toml"
+    path.write_text(SPEC.format(name="long", tokens="512_000", lrs=lrs)
+                    .replace("checkpoint_every = 20", "checkpoint_every = 1000"))
+    return path
+
+
+def logged_step(point_dir: Path) -> int:
+    steps = [r["step"] for r in read_metrics(point_dir) if "loss" in r]
+    return max(steps, default=0)
+
+
+def wait_until(cond, proc, what, timeout=400):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"exited {proc.returncode} before {what}: {err[-3000:]}")
+        if cond():
+            return
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def said(err: str) -> list[str]:
+    """What stderr says beyond INFO log lines (a cache being filled, a resume)."""
+    return [ln for ln in err.splitlines()
+            if ln.strip() and not re.match(r"\d\d:\d\d:\d\d INFO ", ln)]
+
+
+def checkpoint_steps(point_dir: Path) -> list[int]:
+    d = point_dir / "checkpoints"
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []
+
+
+def orbax_temps(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if "orbax-checkpoint-tmp" in p.name]
+
+
+def _stop_a_two_worker_sweep(tmp_path, sig, group: bool):
+    spec = long_spec(tmp_path)
+    proc = spawn(["run_sweep.py", "run", spec, "--out", tmp_path / "sw", "--workers", "2",
+                  "--no-progress"])
+    pdir = tmp_path / "sw" / "long" / "points"
+
+    def both_training():
+        dirs = [d for d in pdir.iterdir() if d.is_dir()] if pdir.exists() else []
+        return len(dirs) == 2 and all(logged_step(d) >= 10 for d in dirs)
+
+    wait_until(both_training, proc, "both points to train 10 steps")
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    out, err = proc.communicate(timeout=400)
+    return proc, out, err, pdir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("group", [False, True], ids=["parent", "group"])
+def test_sigterm_to_a_two_worker_sweep_checkpoints_every_point(tmp_path, group):
+    proc, out, err, pdir = _stop_a_two_worker_sweep(tmp_path, signal.SIGTERM, group)
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    lines = said(err)
+    assert len(lines) == 1 and lines[0].startswith("stopped: SIGTERM"), err[-3000:]
+    assert "2 running point(s)" in lines[0]
+    for d in (p for p in pdir.iterdir() if p.is_dir()):
+        saved = checkpoint_steps(d)
+        assert saved, f"{d.name}: no checkpoint"
+        # nothing trained went unsaved: the checkpoint is at the last logged step or later
+        assert saved[-1] >= 10 and saved[-1] >= logged_step(d), (saved, logged_step(d))
+        assert read_result(d) is None
+    assert not orbax_temps(tmp_path)
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_two_worker_sweep_is_one_line(tmp_path):
+    proc, out, err, pdir = _stop_a_two_worker_sweep(tmp_path, signal.SIGINT, group=True)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "Interrupted" not in err, err[-3000:]
+    lines = said(err)
+    assert len(lines) == 1 and lines[0].startswith("stopped: SIGINT"), err[-3000:]
+    assert all(checkpoint_steps(d) for d in pdir.iterdir() if d.is_dir())
+    assert not orbax_temps(tmp_path)
+
+
+SLOW_COMPILE = """
+import sys, time
+import scaling.loop as loop
+real = loop._compile
+def slow(*a):
+    print("compiling", flush=True)
+    time.sleep(4)
+    return real(*a)
+loop._compile = slow
+from scaling.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+SLOW_SETUP = """
+import sys, time
+import scaling.executors as ex
+real = ex.preflight
+def slow(spec):
+    print("preflight", flush=True)
+    time.sleep(4)
+    return real(spec)
+ex.preflight = slow
+from scaling.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_during_compile_exits_143_with_one_line(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = spawn(["-c", SLOW_COMPILE, "train", "experiments/tiny.toml", "--run-dir", run_dir,
+                  "model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.seq_len=32",
+                  "data.max_corpus_bytes=200000", "train.steps=50", "train.batch_size=4",
+                  "train.progress=false"])
+    assert proc.stdout.readline().strip() == "compiling"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-3000:]
+    lines = said(err)
+    assert len(lines) == 1 and "before training started" in lines[0], err[-3000:]
+    assert not (run_dir / "metrics.jsonl").exists() or logged_step(run_dir) == 0
+    assert read_result(run_dir) is None
+
+
+def test_sigterm_during_a_sweeps_set_up_exits_143_with_one_line(tmp_path):
+    spec = long_spec(tmp_path)
+    proc = spawn(["-c", SLOW_SETUP, "run", spec, "--out", tmp_path / "sw", "--workers", "2",
+                  "--no-progress"])
+    assert proc.stdout.readline().strip() == "preflight"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-3000:]
+    lines = said(err)
+    assert len(lines) == 1 and "stopped before any point started" in lines[0], err[-3000:]
+    pdir = tmp_path / "sw" / "long" / "points"
+    assert not any((d / "metrics.jsonl").exists() for d in pdir.iterdir())
