@@ -38,6 +38,7 @@ from typing import Callable
 import pandas as pd
 
 from scaling.sweep import Point, SweepSpec, bracket, point_id, seed_followup
+from scaling.sweep.validate import run_validate
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +110,10 @@ def widen(decisions: dict, limit: int, widened: dict[tuple, int]) -> list[Point]
 
 
 def wanted(spec: SweepSpec) -> bool:
-    """Whether the spec asks for a follow-up stage (learning rates, seeds or bracketing)."""
+    """Whether the spec asks for a follow-up stage (learning rates, seeds, bracketing or a
+    validation run)."""
     fu = spec.followup
-    return bool(fu.get("seeds") or fu.get("widen") or fu.get("bracket"))
+    return bool(fu.get("seeds") or fu.get("widen") or fu.get("bracket") or fu.get("validate"))
 
 
 def run_followup(spec: SweepSpec, sweep_dir: Path,
@@ -135,6 +137,8 @@ def run_followup(spec: SweepSpec, sweep_dir: Path,
         report["bracket"], results = run_bracket(spec, execute, results, metric)
     if fu.get("seeds") or fu.get("widen"):
         report.update(_lr_stage(spec, execute, results, metric))
+    if fu.get("validate"):  # last: a run at k x the largest budget checks the law (validate.py)
+        report["validate"], results = run_validate(spec, sweep_dir, execute, execute([]))
     (sweep_dir / "followup.json").write_text(json.dumps(report, indent=2, default=str))
     return report
 

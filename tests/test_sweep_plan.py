@@ -39,6 +39,7 @@ EXPECTED_COUNTS = {
     "tiny.toml": 1,
     "cooldown.toml": 15,  # 3 trunks + 6 branches + the same 6 points as separate cosine runs
     "demo.toml": 32,  # 6 IsoFLOP budgets x 4-5 of six sizes: 6 trunks, 26 branches
+    "predict.toml": 32,  # the demo's points (its 10x validation run is planned after them)
     "isoflop.toml": 20,  # 4 budgets x 5 sizes
     "optimizers.toml": 144,  # 6 optimizers x 6 lrs x 4 sizes
     "optimizers_large.toml": 144,

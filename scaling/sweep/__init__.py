@@ -60,6 +60,9 @@ with those sections merged over it) plus the tables that make it a sweep:
     seeds = [1, 2]
     bracket = { max_extra = 4 }       # IsoFLOP: add sizes outwards until each budget's minimum
                                       #   is bracketed (scaling/sweep/bracket.py)
+    validate = [10]                   # IsoFLOP: then train the law's compute-optimal model at
+                                      #   10x the largest budget, its loss predicted first
+                                      #   (scaling/sweep/validate.py)
     [variants.large]                  # load_spec(path, variant="large") deep-merges this
     sweep.model.n = [1e6, 3e6]
 
@@ -116,7 +119,8 @@ Where the code is: `spec.py` reads, merges and validates the TOML; `plan.py` bui
 axes, applies overrides and derives each point; `ladder.py` snaps target sizes to shapes;
 `points.py` holds Point, SweepSpec and point ids; `display.py` the plan table and time
 estimates; `followup.py` the seed stage; `cooldown.py` trunks and branches; `bracket.py`
-the decisions of the IsoFLOP bracketing stage (driven by scaling.stages).
+the decisions of the IsoFLOP bracketing stage (driven by scaling.stages); `validate.py`
+the validation run at a multiple of the largest budget.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from scaling import accounting
 from scaling.sweep.points import Point, SweepSpec, _si, train_flops_per_token
+from scaling.sweep.validate import guess as validate_guess
 
 
 ASSUMED_MFU = {"cpu": 0.3, "gpu": 0.35, "tpu": 0.4}
@@ -200,6 +201,14 @@ def rule_lines(spec: SweepSpec) -> list[str]:
             f"preset, or the ladder's step snapped by the shape rule; same budget, same "
             f"accounting) up to max_extra = {bracket['max_extra']} per budget, within the "
             "ladder and tokens_per_param_range")
+    for k, p in validate_guess(spec):
+        lines.append(
+            f"follow-up: validate: after the sweep, one run at {k:g}x the largest budget (C = "
+            f"{p.compute_budget:.3g}) at the size Approach 3, fitted on the sweep's results, calls "
+            f"compute-optimal, snapped by the shape rule; its loss predicted before it trains "
+            f"(a guess before the fit: {p.config.model.n_layer}x{p.config.model.d_model}, "
+            f"N = {_si(p.n_accounted)}, D = {_si(p.tokens)}, {p.steps} steps, "
+            f"~{_hms(estimate_seconds(p))})")
     return lines
 
 

@@ -70,6 +70,7 @@ from scaling.sweep.spec import (
     _suggest,
     spec_accounting,
 )
+from scaling.sweep.validate import check_validate
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,9 @@ def plan_spec(path: Path, raw: dict, base_over: dict, variant: str | None) -> Sw
     if followup.get("bracket") and not any(d.budget is not None for d in drafts):
         raise SpecError(f"{path}: followup.bracket brackets IsoFLOP budgets: it needs a "
                         "[sweep.compute] axis")
+    if "validate" in followup:
+        followup["validate"] = check_validate(path, followup["validate"],
+                                              any(d.budget is not None for d in drafts))
 
     resolved: list[tuple[_Draft, Point]] = []
     dropped: dict[tuple[str, float], list[str]] = {}
@@ -230,17 +234,24 @@ def _cooldown_tables(path: Path, resolved: list[tuple[_Draft, Point]], cooldowns
 
 
 def _resize(path: Path, base: dict, draft: _Draft, rules: list, acc: str, cooldown: dict | None,
-            *, preset: str | None = None, n_target: float | None = None
-            ) -> tuple[Point | None, str, Any]:
+            *, preset: str | None = None, n_target: float | None = None,
+            budget: float | None = None) -> tuple[Point | None, str, Any]:
     """The draft's point at another size (a preset or a target N snapped by its shape rule).
 
     Everything else is planned as for the original point; under a cooldown rule the new
     point, a single length of its size, is a plain wsd run (`scaling.sweep.cooldown`).
+    `budget`: D from this compute budget instead of the draft's, outside the table's
+    tokens_per_param_range (the validation stage, scaling.sweep.validate).
     Returns (point, "", the new point's own resizer), or (None, the planner's reason,
     None) where the size does not fit the budget.
     """
     requested = {k: v for k, v in draft.requested.items()
                  if k not in ("preset", "n_target", "tokens_per_param_target")}
+    if budget is not None:
+        requested.pop("tokens_per_param_range", None)
+        requested["compute"] = float(budget)
+        draft = dataclasses.replace(draft, budget=float(budget), data=("compute", float(budget)),
+                                    requested=requested)
     if preset is not None:
         shape = preset_values(preset, _arch_of({**base, **draft.sets}))
         sets = {"model.preset": preset, **{f"model.{k}": v for k, v in shape.items()}}

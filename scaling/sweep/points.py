@@ -99,15 +99,18 @@ class SweepSpec:
     cooldown: tuple[dict, ...] = ()  # the [sweep.cooldown] tables in use
 
     def resize(self, point: Point, *, preset: str | None = None,
-               n_target: float | None = None) -> tuple[Point | None, str]:
+               n_target: float | None = None,
+               budget: float | None = None) -> tuple[Point | None, str]:
         """`point` planned at another size by its own [sweep] table's rules, or (None, why not).
 
         Same budget, accounting, axes, [[override]] tables, warm-up, lr law and cooldown
         rule; the size is a preset or a target N snapped by the table's shape rule.
+        `budget`: D from this compute budget instead (no tokens_per_param_range).
         """
         if point.point_id not in self.resizers:
             return None, f"point {point.label} is not an IsoFLOP point of this spec's [sweep]"
-        new, why_not, resizer = self.resizers[point.point_id](preset=preset, n_target=n_target)
+        new, why_not, resizer = self.resizers[point.point_id](preset=preset, n_target=n_target,
+                                                             budget=budget)
         if new is not None:  # a point added this way can be resized in turn
             self.resizers.setdefault(new.point_id, resizer)
         return new, why_not

@@ -39,7 +39,7 @@ COMPUTE_KEYS = ("budgets", "tokens_per_param", "tokens_per_param_range")
 OVERRIDE_KEYS = ("where", "set")
 POINT_KEYS = ("set", "tokens", "tokens_per_param", "group", "warmup_fraction",
               "warmup_tokens", "evals_per_run")
-FOLLOWUP_KEYS = ("seeds", "metric", "widen", "bracket")
+FOLLOWUP_KEYS = ("seeds", "metric", "widen", "bracket", "validate")
 BRACKET_KEYS = ("max_extra",)
 LR_LAW_KEYS = ("lr", "n_ref", "exponent")
 COOLDOWN_KEYS = ("fraction", "shape")
@@ -329,12 +329,12 @@ def _check_slurm(slurm: Any, path: Path) -> dict:
 def _check_followup(fu: Any, path: Path) -> dict:
     """[followup]: the learning-rate stage (seeds, metric, widen) and IsoFLOP bracketing.
 
-    Without `bracket` the learning-rate stage's defaults hold (seeds [1, 2], widen 2);
-    with `bracket` and neither seeds nor widen given, the learning-rate stage is off
+    Without `bracket` or `validate` the learning-rate stage's defaults hold (seeds [1, 2],
+    widen 2); with either and neither seeds nor widen given, the learning-rate stage is off
     (seeds [], widen 0): a self-bracketing IsoFLOP spec does not ask for extra seeds.
     """
     _check_keys(fu, FOLLOWUP_KEYS, "followup", path)
-    lr_stage = "bracket" not in fu or "seeds" in fu or "widen" in fu
+    lr_stage = not ({"bracket", "validate"} & set(fu)) or "seeds" in fu or "widen" in fu
     seeds = fu.get("seeds", [1, 2] if lr_stage else [])
     if not isinstance(seeds, list) or not all(_is_int(s) and s >= 0 for s in seeds):
         raise SpecError(f"{path}: followup.seeds = {seeds!r}: expected a list of integers >= 0")
@@ -348,6 +348,8 @@ def _check_followup(fu: Any, path: Path) -> dict:
     out = {"seeds": list(seeds), "metric": metric, "widen": int(widen)}
     if "bracket" in fu:
         out["bracket"] = _check_bracket(fu["bracket"], path)
+    if "validate" in fu:  # checked against the planned points by scaling.sweep.validate
+        out["validate"] = fu["validate"]
     return out
 
 
