@@ -8,10 +8,25 @@ Approach 3 (Hoffmann et al. 2022, Section 3.3 and Appendix D.2):
 minimising the sum over runs of Huber_delta(log L_pred - log L_obs) with delta = 1e-3,
 by L-BFGS from the grid alpha, beta in {0, 0.5, ..., 2}, e in {-1, -0.5, ..., 1},
 a, b in {0, 5, ..., 25} (4,500 starts), keeping the best. Compute-optimal allocation
-under C = 6 N D:
+under C = 6 N D (the published closed form; params a, b, G):
 
     N_opt(C) = G (C/6)^a,  D_opt(C) = G^-1 (C/6)^b,  G = (alpha A / (beta B))^(1/(alpha+beta)),
     a = beta / (alpha + beta),  b = alpha / (alpha + beta).
+
+Given the table's compute (``C=``), :meth:`ChinchillaFit.optimal` minimises the law along the
+table's own C(N, D) = k0 N^(1 + c1) D instead (analysis/prediction.py, :class:`CRelation`;
+C_exact under the default accounting), so Approach 3 and the IsoFLOP budgets share one compute
+axis: with beta' = beta (1 + c1),
+
+    N_opt(C) = (alpha A / (beta' B))^(1/(alpha+beta')) (C/k0)^(beta/(alpha+beta')),
+    D_opt(C) = C / (k0 N_opt^(1 + c1)),
+
+and params gain ``a_C = beta / (alpha + beta')`` and ``b_C = 1 - (1 + c1) a_C``, the exponents
+against that C (equal to a and b under 6ND).
+
+Prediction (``fit.predict_loss(N, D, level=0.95)``): the loss of any run with a prediction
+interval that adds the law's misspecification, from a rolling backtest, to the bootstrap's
+parameter uncertainty; see analysis/prediction.py. ``KaplanFit`` has the same method.
 
 ``loss_fn="huber_nll"`` is Besiroglu et al.'s (2024) estimator: the Huber loss read as
 the negative log-likelihood of a Huber density with a fitted scale sigma.
@@ -43,7 +58,8 @@ import numpy as np
 import pandas as pd
 
 from .laws import ChinchillaLaw, ChinchillaNoELaw, KaplanNDLaw, basin_starts, fit_multistart, grid
-from .noise import LossNoise, noise_replicates
+from .noise import LossNoise, noise_replicates, shared_factors
+from .prediction import CRelation, PredictiveMixin, attach
 from .result import LEVEL, FitResult, bootstrap_counts, one_sided_bound, percentile_interval
 
 # E below this fraction of the smallest observed loss counts as "at its bound" (E = 0)
@@ -88,8 +104,9 @@ def derive(a: float, b: float, e: float, alpha: float, beta: float) -> dict[str,
     }
 
 
-class ChinchillaFit(FitResult):
-    """Result of :func:`fit_approach3`. params: E, A, B, alpha, beta, a, b, G (+ sigma)."""
+class ChinchillaFit(PredictiveMixin, FitResult):
+    """Result of :func:`fit_approach3`. params: E, A, B, alpha, beta, a, b, G (+ sigma;
+    + a_C, b_C given the table's compute). ``predict_loss``: analysis/prediction.py."""
 
     def predict(self, N, D, params: dict | None = None) -> np.ndarray:
         p = self.params if params is None else params
@@ -98,16 +115,22 @@ class ChinchillaFit(FitResult):
         return p["E"] + p["A"] / N ** p["alpha"] + p["B"] / D ** p["beta"]
 
     @staticmethod
-    def _optimal(C, p) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _optimal(C, p, rel: CRelation | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         C = np.asarray(C, dtype=np.float64)
-        n = p["G"] * (C / 6.0) ** p["a"]
-        d = (C / 6.0) ** p["b"] / p["G"]
-        loss = p["E"] + p["A"] / n ** p["alpha"] + p["B"] / d ** p["beta"]
+        rel = rel or CRelation()
+        al, be = p["alpha"], p["beta"]
+        bp = be * (1.0 + rel.c1)
+        with np.errstate(all="ignore"):
+            g = (al * p["A"] / (bp * p["B"])) ** (1.0 / (al + bp))
+            n = g * (C / math.exp(rel.log_k0)) ** (be / (al + bp))
+            d = rel.D_for(n, C)
+            loss = p["E"] + p["A"] / n ** al + p["B"] / d ** be
         return n, d, loss
 
     def optimal(self, C, params: dict | None = None):
-        """Compute-optimal (N_opt, D_opt, L_opt) for budgets ``C`` (FLOPs, C = 6 N D)."""
-        return self._optimal(C, self.params if params is None else params)
+        """Compute-optimal (N_opt, D_opt, L_opt) for budgets ``C`` (FLOPs under the table's
+        own C(N, D) when the fit was given it, else C = 6 N D; ``info["c_relation"]``)."""
+        return self._optimal(C, self.params if params is None else params, self.c_relation)
 
     def optimal_table(self, C, level: float | None = None) -> pd.DataFrame:
         """N_opt, D_opt and L_opt for each budget, with bootstrap percentile intervals."""
@@ -118,7 +141,7 @@ class ChinchillaFit(FitResult):
             S = self.samples.dropna()
             vals = {k: [] for k in ("N_opt", "D_opt", "loss_opt")}
             for _, row in S.iterrows():
-                nn, dd, ll = self._optimal(C, row)
+                nn, dd, ll = self._optimal(C, row, self.c_relation)
                 vals["N_opt"].append(nn)
                 vals["D_opt"].append(dd)
                 vals["loss_opt"].append(ll)
@@ -130,7 +153,7 @@ class ChinchillaFit(FitResult):
         return out
 
 
-def _clean(N, D, loss):
+def clean_nd(N, D, loss):
     N = np.asarray(N, dtype=np.float64)
     D = np.asarray(D, dtype=np.float64)
     L = np.asarray(loss, dtype=np.float64)
@@ -159,6 +182,8 @@ def fit_approach3(
     max_iter: int = 1000,
     bootstrap: str = "noise",
     noise=None,
+    C=None,
+    backtest: bool = True,
 ) -> ChinchillaFit:
     """Hoffmann et al.'s Approach 3 on runs (N, D, final loss); see the module docstring.
 
@@ -167,11 +192,16 @@ def fit_approach3(
     optimum and the stopping point are the same; only the objective's scale differs).
     ``starts``: external (a, b, e, alpha, beta) starts, default Hoffmann's 4,500.
     ``bootstrap``: "noise" or "cases"; ``noise``: per-run standard errors of the loss (array
-    or :class:`analysis.noise.LossNoise`), used by the noise bootstrap.
+    or :class:`analysis.noise.LossNoise`), used by the noise bootstrap. ``C``: the table's
+    compute per row (its C(N, D) relation then sets the compute-optimal allocation and the
+    prediction's extrapolation distance; None: C = 6 N D). ``backtest``: estimate the law's
+    misspecification for ``predict_loss`` (analysis/prediction.py).
     """
     if bootstrap not in ("noise", "cases"):
         raise ValueError(f"bootstrap must be 'noise' or 'cases', got {bootstrap!r}")
-    N, D, L, keep = _clean(N, D, loss)
+    C_all = None if C is None else np.asarray(C, dtype=np.float64)
+    N, D, L, keep = clean_nd(N, D, loss)
+    C_fit = None if C_all is None else C_all[keep]
     n = N.size
     law = ChinchillaLaw(np.log(N), np.log(D))
     y = np.log(L)
@@ -206,6 +236,11 @@ def fit_approach3(
     resid = pred - y
     info["mean_abs_log_residual"] = float(np.mean(np.abs(resid)))
     fit = ChinchillaFit(kind="chinchilla", params=params, n=n, level=level, info=info)
+    attach(fit, law=law, y=y, N=N, D=D, C=C_fit, starts=basin_starts(hub, grid_starts, boot_starts),
+           P=5, loss="huber" if loss_fn == "huber_nll" else loss_fn, delta=delta, weights=w, opt=opt,
+           resid=resid, backtest=backtest)
+    if C_fit is not None:
+        _c_exponents(params, fit.c_relation)
 
     if n_boot > 0:
         rng = np.random.default_rng(seed)
@@ -217,8 +252,8 @@ def fit_approach3(
             Y = y
             fit.info["bootstrap"] = "cases (runs resampled with replacement)"
         else:
-            sigma, source = _noise_sigma(noise, keep, L, resid)
-            Y = np.log(noise_replicates(L, sigma, n_boot, rng))
+            sigma, source = noise_sigma(noise, keep, L, resid)
+            Y = np.log(noise_replicates(L, sigma, n_boot, rng, shared=shared_factors(noise, keep, n_boot, seed)))
             W = w
             fit.info["bootstrap"] = "noise (design fixed, each run's loss perturbed by its noise)"
             fit.info["noise_source"] = source
@@ -233,6 +268,8 @@ def fit_approach3(
             r = derive(*e_i)
             if loss_fn == "huber_nll":
                 r["sigma"] = float(np.exp(bres.x[i, P]))
+            if C_fit is not None:
+                _c_exponents(r, fit.c_relation)
             rows.append(r)
         fit.samples = pd.DataFrame(rows)
         fit.fill_intervals()
@@ -241,7 +278,15 @@ def fit_approach3(
     return fit
 
 
-def _noise_sigma(noise, keep, L, resid) -> tuple[np.ndarray, str]:
+def _c_exponents(p: dict, rel: CRelation) -> None:
+    """a_C, b_C: the exponents of N_opt and D_opt against the table's C (module docstring)."""
+    bp = p["beta"] * (1.0 + rel.c1)
+    s = p["alpha"] + bp
+    p["a_C"] = p["beta"] / s if s else math.nan
+    p["b_C"] = 1.0 - (1.0 + rel.c1) * p["a_C"]
+
+
+def noise_sigma(noise, keep, L, resid) -> tuple[np.ndarray, str]:
     """Per-run absolute noise for the noise bootstrap, and its source in words."""
     if noise is None:
         rel = 1.4826 * float(np.median(np.abs(resid)))
@@ -317,7 +362,7 @@ def _fit_nll(law, y, base_internal, delta, w, opt):
 # --------------------------------------------------------------------------------------
 
 
-class KaplanFit(FitResult):
+class KaplanFit(PredictiveMixin, FitResult):
     """params: alpha_N, alpha_D, N_c, D_c (L = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D)."""
 
     def predict(self, N, D, params: dict | None = None) -> np.ndarray:
@@ -335,13 +380,14 @@ def kaplan_starts() -> np.ndarray:
 def fit_kaplan(N, D, loss, *, loss_fn: str = "huber", delta: float = 1e-3, n_boot: int = 200,
                boot_starts: int = 6, seed: int = 0, level: float = LEVEL,
                ftol: float = FTOL, max_iter: int = 1000, bootstrap: str = "noise",
-               noise=None) -> KaplanFit:
+               noise=None, C=None, backtest: bool = True) -> KaplanFit:
     """Kaplan et al.'s L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D (no irreducible
     term), same robust log-space loss and bootstrap (``bootstrap``, ``noise``) as
     :func:`fit_approach3`."""
     if bootstrap not in ("noise", "cases"):
         raise ValueError(f"bootstrap must be 'noise' or 'cases', got {bootstrap!r}")
-    N, D, L, keep = _clean(N, D, loss)
+    N, D, L, keep = clean_nd(N, D, loss)
+    C_fit = None if C is None else np.asarray(C, dtype=np.float64)[keep]
     law = KaplanNDLaw(np.log(N), np.log(D))
     y = np.log(L)
     starts = law.to_internal(kaplan_starts())
@@ -356,6 +402,11 @@ def fit_kaplan(N, D, loss, *, loss_fn: str = "huber", delta: float = 1e-3, n_boo
                     level=level, info={"loss_fn": loss_fn, "delta": delta,
                                        "objective": float(res.f[0]), "converged": bool(res.ok[0]),
                                        "n_starts": int(len(starts))})
+    resid0 = law.forward(res.x[:1])[0][0] - y
+    fit.info["mean_abs_log_residual"] = float(np.mean(np.abs(resid0)))
+    attach(fit, law=law, y=y, N=N, D=D, C=C_fit, starts=basin_starts(res, starts, boot_starts),
+           P=4, loss="huber" if loss_fn == "huber_nll" else loss_fn, delta=delta, opt=opt,
+           resid=resid0, backtest=backtest)
     if n_boot > 0:
         rng = np.random.default_rng(seed)
         bs = basin_starts(res, starts, boot_starts)
@@ -364,8 +415,9 @@ def fit_kaplan(N, D, loss, *, loss_fn: str = "huber", delta: float = 1e-3, n_boo
             fit.info["bootstrap"] = "cases (runs resampled with replacement)"
         else:
             resid = law.forward(res.x[:1])[0][0] - y
-            sigma, source = _noise_sigma(noise, keep, L, resid)
-            W, Y = None, np.log(noise_replicates(L, sigma, n_boot, rng))
+            sigma, source = noise_sigma(noise, keep, L, resid)
+            W, Y = None, np.log(noise_replicates(L, sigma, n_boot, rng,
+                                                 shared=shared_factors(noise, keep, n_boot, seed)))
             fit.info["bootstrap"] = "noise (design fixed, each run's loss perturbed by its noise)"
             fit.info["noise_source"] = source
         bres = fit_multistart(law, Y, bs, loss=loss_fn, delta=delta, weights=W,

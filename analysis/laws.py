@@ -175,6 +175,82 @@ class ChinchillaNoELaw(_LawInNAndD):
         return g
 
 
+class SharedExponentLaw(_LawInNAndD):
+    """log L = LSE(a - g log N, b - g log D, e): L = E + A/N^g + B/D^g, one exponent for both
+    terms (a parameter fewer than :class:`ChinchillaLaw`). External parameters (a, b, e, g)."""
+
+    names = ("a", "b", "e", "g")
+    ALPHA = BETA = 3
+
+    def forward(self, th):
+        a, b, e, g = (th[:, i : i + 1] for i in range(4))
+        z1 = np.subtract(a, g * self.u1)
+        z2 = np.subtract(b, g * self.u2)
+        pred, (w1, w2, w3) = _lse_weights(z1, z2, np.broadcast_to(e, z1.shape))
+        return pred, (w1, w2, w3)
+
+    def vjp(self, cache, v):
+        w1, w2, w3 = cache
+        q1 = v * w1
+        q2 = v * w2
+        g = np.empty((v.shape[0], 4))
+        g[:, 0] = q1.sum(axis=1)
+        g[:, 1] = q2.sum(axis=1)
+        g[:, 2] = (v * w3).sum(axis=1)
+        g[:, 3] = -(q1 @ self.u1) - (q2 @ self.u2)
+        return g
+
+
+class DataConstrainedLaw(_LawInNAndD):
+    """Muennighoff et al. (2023), data-constrained: Chinchilla's form in the effective data
+
+        D' = U + U R* (1 - exp(-R / R*)),   R = D / U - 1 (repetitions beyond the first epoch),
+
+    log L = LSE(a - alpha log N, b - beta log D', e), with U the unique tokens of each run and
+    R* (the repetitions after which repeated tokens are worth ~1/e of fresh ones) fitted as
+    s = log R*. External parameters (a, b, e, alpha, beta, s). log D' is centred at the mean of
+    log D (fixed), so the internal b is beta-centred as in :class:`ChinchillaLaw`."""
+
+    names = ("a", "b", "e", "alpha", "beta", "s")
+    ALPHA, BETA = 3, 4
+
+    def __init__(self, log_n: np.ndarray, log_d: np.ndarray, log_u: np.ndarray):
+        super().__init__(log_n, log_d)
+        self.log_u = np.asarray(log_u, dtype=np.float64)
+        self.R = np.maximum(np.exp(np.asarray(log_d, dtype=np.float64) - self.log_u) - 1.0, 0.0)
+
+    def log_d_eff(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """log D' for each member's s (k, 1) and each row, and d log D' / d s."""
+        rs = np.exp(np.clip(s, -30.0, 30.0))
+        t = self.R / rs
+        one_m = -np.expm1(-t)
+        f = 1.0 + rs * one_m
+        df = rs * (one_m - t * np.exp(-t))
+        return self.log_u + np.log(f), df / f
+
+    def forward(self, th):
+        a, b, e, al, be, s = (th[:, i : i + 1] for i in range(6))
+        ld, dld = self.log_d_eff(s)
+        u2 = ld - self.mu2
+        z1 = np.subtract(a, al * self.u1)
+        z2 = np.subtract(b, be * u2)
+        pred, (w1, w2, w3) = _lse_weights(z1, z2, np.broadcast_to(e, z1.shape))
+        return pred, (w1, w2, w3, u2, be * dld)
+
+    def vjp(self, cache, v):
+        w1, w2, w3, u2, bdl = cache
+        q1 = v * w1
+        q2 = v * w2
+        g = np.empty((v.shape[0], 6))
+        g[:, 0] = q1.sum(axis=1)
+        g[:, 1] = q2.sum(axis=1)
+        g[:, 2] = (v * w3).sum(axis=1)
+        g[:, 3] = -(q1 @ self.u1)
+        g[:, 4] = -(q2 * u2).sum(axis=1)
+        g[:, 5] = -(q2 * bdl).sum(axis=1)
+        return g
+
+
 class _CenteredPowerLaw(Law):
     """A power law in log x, fitted in centred log x (u = log x - mean): the intercept
     c (parameter 0) absorbs alpha * mean, which conditions the problem."""
