@@ -58,7 +58,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .noise import DEFAULT_REL_NOISE, LossNoise, noise_replicates
+from .noise import DEFAULT_REL_NOISE, LossNoise, noise_replicates, shared_factors
 from .result import LEVEL, AllocationFit, percentile_interval
 
 ESTIMATORS = ("parabola", "akima", "local")
@@ -296,6 +296,7 @@ def fit_isoflop(
     keep = (np.isfinite(N) & np.isfinite(L) & np.isfinite(budget) & np.isfinite(D) & (N > 0) & (L > 0)
             & (D > 0) & (budget > 0) & np.isfinite(sig_all) & (sig_all >= 0))
     N, D, L, budget, sig_all = N[keep], D[keep], L[keep], budget[keep], sig_all[keep]
+    shared = shared_factors(noise, keep, n_boot, seed) if bootstrap == "noise" else None
     rng = np.random.default_rng(seed)
 
     rows, used = [], []
@@ -354,7 +355,7 @@ def fit_isoflop(
 
     logC = np.log(np.array([t[0] for t in used]))
     for est in ESTIMATORS:
-        fit.estimators[est] = _fit_estimator(est, used, logC, n_boot, bootstrap, rng, level)
+        fit.estimators[est] = _fit_estimator(est, used, logC, n_boot, bootstrap, rng, level, shared)
     d = fit.estimators[estimator]
     fit.params = {k: d[k] for k in ("a", "b", "k_N", "k_D")}
     fit.ci = {k: tuple(d["ci"][k]) for k in d["ci"]}
@@ -396,7 +397,7 @@ def _minima_with_gaps(u, LB, est):
     return v, None, ok
 
 
-def _fit_estimator(est, used, logC, n_boot, bootstrap, rng, level):
+def _fit_estimator(est, used, logC, n_boot, bootstrap, rng, level, shared=None):
     """Exponents of one estimator: per-budget minima, their replicates, the weighted lines."""
     K = len(used)
     logN = np.empty(K)
@@ -406,13 +407,16 @@ def _fit_estimator(est, used, logC, n_boot, bootstrap, rng, level):
     sd = np.full(K, np.nan)
     fails = np.zeros(K, dtype=int)
     per = {"N_opt_low": [], "N_opt_high": [], "boot_failed": []} if n_boot > 0 else {}
-    for k, (c, u, Lc, sc, u_rows, logD_rows, _) in enumerate(used):
+    for k, (c, u, Lc, sc, u_rows, logD_rows, m) in enumerate(used):
         v = float(budget_minimum(u, Lc[None], est)[0][0])
         logN[k] = v * math.log(10)
         logD[k] = _d_at(u_rows, logD_rows, v)
         if n_boot > 0:
             # one stream per estimator and budget keeps estimators comparable and reproducible
             LB = _replicate_losses(Lc, sc, n_boot, bootstrap, rng)
+            if shared is not None:  # the eval-set factors drawn jointly for all runs, per size
+                key = np.round(u_rows, 6)
+                LB = LB * np.stack([np.exp(shared[:, m][:, key == q]).mean(axis=1) for q in np.unique(key)], 1)
             vb, _, okb = _minima_with_gaps(u, LB, est)
             vb = np.where(okb, vb, np.nan)
             fails[k] = int((~okb).sum())

@@ -56,7 +56,7 @@ from .followups import added_points, added_points_section
 from .isoflop import fit_isoflop
 from .load import describe_dropped, load_curves, load_results
 from .load import done as done_rows
-from .noise import loss_noise, seed_cells
+from .noise import noise_model, seed_cells
 from .optimizers import (EdgeOfGridWarning, best_lr, best_lr_runs, compute_laws,
                          compute_multiplier, lr_scaling, lr_sensitivity, seed_spread)
 from .powerlaw import fit_power_law
@@ -293,6 +293,7 @@ def analyze(
     predict_C=None,
     accounting: str | None = None,
     ngram=None,
+    seed_noise: float | None = None,
 ) -> Path:
     """Fit what the table supports, write figures, tables and summary.md; return the folder.
 
@@ -320,7 +321,7 @@ def analyze(
         rep.fits["compute"] = spent
 
     rows, sel_notes = scaling_rows(done) if len(done) else (done, [])
-    noise = loss_noise(rows) if len(rows) else None
+    noise = noise_model(rows, df.attrs.get("folder"), seed_noise=seed_noise) if len(rows) else None
     designed = "compute_budget" in rows and np.isfinite(pd.to_numeric(rows["compute_budget"], errors="coerce")).any() if len(rows) else False
     measured = noise is not None and not noise.source.startswith("assumed")
     boot = "noise" if (designed or measured) else "cases"
@@ -341,6 +342,8 @@ def analyze(
                           + ("noise-aware bootstrap (design fixed, each run's loss perturbed by its noise)"
                              if boot == "noise" else "case bootstrap (runs resampled with replacement; "
                              "the table is not a designed sweep and measures no noise)"))
+    if noise is not None and boot == "noise" and measured:
+        rep.findings.append(noise.sentence)  # the noise model in one sentence (analysis/noise.py)
     if df.attrs.get("dropped"):
         data_lines.append("- " + describe_dropped(df))
     if df.attrs.get("derived"):
@@ -470,7 +473,7 @@ def analyze(
         if len(good) >= 3:
             iso_rows = r[r["compute_budget"].isin(good.index)].rename(columns={"compute_budget": "budget"})
             try:
-                iso_noise = loss_noise(iso_rows) if len(iso_rows) else None
+                iso_noise = noise.take(rows.index.get_indexer(iso_rows.index)) if noise is not None else None
                 iso = fit_isoflop(iso_rows["C"], iso_rows["loss"], N=iso_rows["N"], D=iso_rows["D"],
                                   budget=iso_rows["budget"], n_boot=n_boot, seed=seed,
                                   noise=iso_noise if measured else None)

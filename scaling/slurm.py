@@ -20,7 +20,9 @@ Each call
 Inside a job, `PointJob` calls `scaling.point_runner.run_point`. It is a submitit
 Checkpointable: on the time-limit or preemption signal (USR2, sbatch `--signal`),
 it checkpoints the run at its current step (`scaling.loop.save_now`) and submitit
-requeues the job, which resumes from that checkpoint. A job with several tasks
+requeues the job, which resumes from that checkpoint. On SIGTERM (preemption, `scancel`)
+a one-task job finishes its step, checkpoints and ends with an "interrupted" value: the
+point stays pending and a requeued or resubmitted job resumes there. A job with several tasks
 (`nodes` > 1, or `extra."ntasks-per-node"` > 1) runs one process per task under
 `srun`; they join through `jax.distributed` (`scaling.parallel.initialize_distributed`)
 and train data-parallel over all devices; task 0 holds the point's lock.
@@ -130,9 +132,16 @@ class PointJob(_JobBase):
             _coordinator_fallback()
         else:
             _retry_saves_on_signal()
+            _stop_on_sigterm()
         # Only one process may hold the point's lock; in a multi-task job that is task 0,
         # the others train alongside it (they never write the point's files).
-        result = run_point(self.sweep_dir, point_id, progress=False, lock=rank == 0)
+        from scaling.stopping import Interrupted
+
+        try:
+            result = run_point(self.sweep_dir, point_id, progress=False, lock=rank == 0)
+        except Interrupted as e:  # SIGTERM (preemption, scancel): checkpointed; stays pending
+            log.warning("point %s: %s", point_id, e)
+            return {"status": "interrupted", "point_id": point_id, "step": e.step}
         for _ in range(10):  # a launcher's lock probe (point_state) holds it for microseconds
             if result is not None:
                 break
@@ -213,6 +222,19 @@ def _retry_saves_on_signal() -> None:
         attempt()
 
     signal.signal(sig, on_signal)
+
+
+def _stop_on_sigterm() -> None:
+    """A one-task job takes SIGTERM back from submitit (which ignores it): SLURM sends it
+    on preemption and `scancel`, some seconds before SIGKILL. The run finishes its step,
+    checkpoints and the job returns an "interrupted" value (the point stays pending), so
+    that a requeued or resubmitted job resumes at that step. Multi-task jobs keep
+    submitit's handling: a save is collective, and the tasks may see the signal at
+    different steps."""
+    from scaling import stopping
+
+    stopping.quiet()  # SLURM signals every process of the step: a repeat is no emergency
+    stopping.claim(signal.SIGTERM)
 
 
 def _coordinator_fallback() -> None:

@@ -11,6 +11,7 @@ loaded."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -182,3 +183,34 @@ def test_sigterm_during_a_sweeps_set_up_exits_143_with_one_line(tmp_path):
     assert len(lines) == 1 and "stopped before any point started" in lines[0], err[-3000:]
     pdir = tmp_path / "sw" / "long" / "points"
     assert not any((d / "metrics.jsonl").exists() for d in pdir.iterdir())
+
+
+SLURM_JOB = """
+import json, signal, sys
+signal.signal(signal.SIGTERM, lambda signum, frame: None)  # submitit's "bypass" of SIGTERM
+from scaling.slurm import PointJob
+print(json.dumps(PointJob(sys.argv[1])(sys.argv[2])), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_slurm_job_checkpoints_on_sigterm_and_leaves_its_point_pending(tmp_path):
+    """SLURM preempts or cancels with SIGTERM (then SIGKILL after a grace time); submitit
+    ignores SIGTERM. The job checkpoints at its step and ends; a requeue resumes there."""
+    from scaling import executors
+    from scaling.results import point_state
+    from scaling.sweep import load_spec
+
+    sweep = executors.prepare_sweep(load_spec(long_spec(tmp_path, lrs="1e-3")), tmp_path / "sw")
+    (point,) = [d for d in (sweep / "points").iterdir() if d.is_dir()]
+    proc = spawn(["-c", SLURM_JOB, sweep, point.name])
+    wait_until(lambda: logged_step(point) >= 10, proc, "the job to train 10 steps")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err[-3000:]
+    value = json.loads(out.strip().splitlines()[-1])
+    assert value["status"] == "interrupted" and value["step"] >= 10, value
+    saved = checkpoint_steps(point)
+    assert saved and saved[-1] == value["step"] >= logged_step(point)
+    assert read_result(point) is None and point_state(point) == "pending"
+    assert not orbax_temps(tmp_path)
