@@ -29,6 +29,8 @@ import pandas as pd
 from .load import CANDIDATES
 
 LAWS = ("power", "frontier", "chinchilla", "isoflop", "kaplan")
+SEED_NOISE_HELP = ("relative seed-to-seed sd of one run's loss measured elsewhere (e.g. 0.003), used "
+                   "only where the sweep has no repeated seeds (analysis/noise.py)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="isoflop: estimator of each budget's minimum (default: parabola, see "
                         "analysis/isoflop.py); all three are reported")
     f.add_argument("--json", action="store_true", help="print one JSON object")
+    f.add_argument("--seed-noise", type=float, default=None, metavar="REL", help=SEED_NOISE_HELP)
     a = sub.add_parser("analyze", help="write a report folder (figures, tables, summary.md)")
     a.add_argument("source", help="sweep folder or results table")
     a.add_argument("--out", default=None, help="report folder (default: <sweep>/report or <csv stem>_report)")
@@ -87,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="compute accounting (default: the table's own); the report says which")
     a.add_argument("--ngram", action="append", default=None,
                    help="an n-gram result (folder or result.json) to draw as a reference line")
+    a.add_argument("--seed-noise", type=float, default=None, metavar="REL", help=SEED_NOISE_HELP)
     lw = sub.add_parser("lr-law", help="fit lr*(N) from a learning-rate grid; print the spec's lr_law line")
     lw.add_argument("source", help="sweep folder or results table with several lrs per size")
     lw.add_argument("--accounting", choices=("total", "kaplan"), default=None,
@@ -173,6 +177,8 @@ def _fit(args, df: pd.DataFrame) -> tuple[dict, str]:
         out["rows_not_fitted"] = df.attrs["dropped"]
     opts = {"n_boot": args.n_boot, "seed": args.seed}
     boot, noise = _bootstrap_choice(args, df)
+    if noise is not None and args.law in ("chinchilla", "kaplan", "isoflop"):
+        out["noise_model"] = noise.sentence
     if args.law in ("chinchilla", "kaplan"):
         _require(df, ("N", "D"), args.law)
     if args.law == "chinchilla":
@@ -279,18 +285,22 @@ def _require(df: pd.DataFrame, keys, law: str) -> None:
 
 def _bootstrap_choice(args, df: pd.DataFrame):
     """(bootstrap kind, noise) for chinchilla/isoflop; see --bootstrap."""
-    from .noise import loss_noise
+    from .noise import noise_model
 
     measured = "eval_loss_stderr" in df and pd.to_numeric(df["eval_loss_stderr"], errors="coerce").notna().any()
     designed = "compute_budget" in df and pd.to_numeric(df["compute_budget"], errors="coerce").notna().any()
     kind = args.bootstrap
     if kind == "auto":
         kind = "noise" if (measured or designed or args.law == "isoflop") else "cases"
-    return kind, (loss_noise(df) if measured else None)
+    return kind, (noise_model(df, df.attrs.get("folder"), seed_noise=args.seed_noise) if measured else None)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "seed_noise", None) is not None and not 0 <= args.seed_noise < 1:
+        print(f"error: --seed-noise = {args.seed_noise}: a relative sd in [0, 1) (e.g. 0.003 for 0.3 %)",
+              file=sys.stderr)
+        return 2
     if args.cmd == "lr-law":
         return _lr_law(args)
     if args.cmd == "analyze":
@@ -299,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             out = analyze(args.source, args.out, n_boot=args.n_boot, seed=args.seed, n_col=args.n_col,
                           d_col=args.d_col, c_col=args.c_col, loss_col=args.loss_col,
-                          loss_fn=args.loss_fn, accounting=args.accounting, ngram=args.ngram)
+                          loss_fn=args.loss_fn, accounting=args.accounting, ngram=args.ngram,
+                          seed_noise=args.seed_noise)
         except (KeyError, ValueError, FileNotFoundError) as exc:
             print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
             return 2
@@ -331,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
             src = f"; noise: {info['noise_source']}" if "noise_source" in info and str(how).startswith("noise") else ""
             print(f"(95% bootstrap percentile intervals: {how}, {out['n_boot']} replicates, "
                   f"{out.get('n_boot_failed', 0)} failed{src})")
+        if out.get("noise_model"):
+            print(out["noise_model"])
     return 0
 
 
