@@ -18,7 +18,10 @@ if token errors were independent (within each answer length, the product over po
 of the teacher-forced hit rate at j; mean over instances; stderr by a bootstrap over
 instances) -- unlike p^L with the pooled p it does not count an easy closing [eot] as
 evidence about the hard digits; `answer_tokens` (mean L, the answer's tokens with [eot])
-and `n` (instances). Keys: `task/<sub-task>/<metric>` and
+and `n` (instances). `exact_match_excess_positions` and `exact_match_excess_pl`: EM minus
+each prediction from the hit matrix (all-right rows), with a paired bootstrap over instances
+(`_stderr`, `_lo`/`_hi` 95 %), and `exact_match_excess_positions_p`: a permutation test of
+independent position errors (scaling/taskstats.py). Keys: `task/<sub-task>/<metric>` and
 `task/<sub-task>/<metric>_stderr`. Greedy output equals the answer iff every
 teacher-forced argmax is right, so exact match is the product of the per-token hits.
 
@@ -40,6 +43,7 @@ import numpy as np
 from scaling import models
 from scaling.config import ModelConfig
 from scaling.tasks import N_EVAL, eval_subtasks
+from scaling.taskstats import paired_excess, permutation_p
 
 EVAL_BATCH = 128
 METRICS = ("exact_match", "token_accuracy", "edit_distance", "answer_logprob")
@@ -124,6 +128,13 @@ def metrics_of(answers: list[list[int]], logp: np.ndarray, hit: np.ndarray,
     out["answer_logprob"], out["answer_logprob_stderr"] = _mean_se(lp)
     out["exact_match_independent"], out["exact_match_independent_stderr"] = \
         _independent(hit & mask, lens)
+    # EM minus each prediction, paired over instances (scaling/taskstats.py); from the hits
+    pe = paired_excess(hit & mask, lens)
+    for k in ("positions", "pl"):
+        out[f"exact_match_excess_{k}"] = pe[k]
+        out[f"exact_match_excess_{k}_stderr"] = pe[f"{k}_se"]
+        out[f"exact_match_excess_{k}_lo"], out[f"exact_match_excess_{k}_hi"] = pe[f"{k}_lo"], pe[f"{k}_hi"]
+    out["exact_match_excess_positions_p"] = permutation_p(hit & mask, lens)
     out["answer_tokens"] = float(lens.mean())
     out["n"] = n
     return out
