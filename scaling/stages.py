@@ -38,6 +38,7 @@ from typing import Callable
 import pandas as pd
 
 from scaling.sweep import Point, SweepSpec, bracket, point_id, seed_followup
+from scaling.sweep.followup import run_seed_points
 from scaling.sweep.validate import run_validate
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,9 @@ def run_followup(spec: SweepSpec, sweep_dir: Path,
     report: dict = {}
     if fu.get("bracket"):
         report["bracket"], results = run_bracket(spec, execute, results, metric)
-    if fu.get("seeds") or fu.get("widen"):
+    if fu.get("seeds_at"):  # seeds at a few IsoFLOP points, not at every best lr
+        report["seeds"], results = run_seed_points(spec, execute, fu["seeds"], fu["seeds_at"])
+    elif fu.get("seeds") or fu.get("widen"):
         report.update(_lr_stage(spec, execute, results, metric))
     if fu.get("validate"):  # last: a run at k x the largest budget checks the law (validate.py)
         report["validate"], results = run_validate(spec, sweep_dir, execute, execute([]))

@@ -1,4 +1,5 @@
-"""Follow-up stage: more seeds at the best learning rates (used by scaling.stages)."""
+"""Follow-up seeds (used by scaling.stages): more seeds at the best learning rates, or at a few
+IsoFLOP points (`seeds_at`) to measure the seed-to-seed spread for the whole fit."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import dataclasses
 import math
 from typing import Any
 
-from scaling.sweep.points import Point, SweepSpec, point_id
+from scaling.sweep.points import Point, SweepSpec, point_id, train_flops_per_token
 from scaling.sweep.spec import SpecError
 
 
@@ -61,3 +62,134 @@ def _same_size(p: Point, n: Any) -> bool:
     if isinstance(n, str):
         return p.requested.get("size") == n or p.config.model.preset == n
     return math.isclose(p.n_params, float(n), rel_tol=1e-3)
+
+
+# ---------------------------------------------------------------------------- seeds at points
+#
+# [followup] seeds = [1, 2] with seeds_at = { size = "middle", budgets = 3 }: instead of every
+# (optimizer, N) pair at its best learning rate, re-run a few IsoFLOP points with other seeds,
+# to measure the seed-to-seed spread of one run cheaply (analysis.noise pools it into one
+# relative seed sd for the whole fit). A cooldown branch continues its trunk, so a branch at
+# another seed needs its own trunk at that seed: one per (size, seed), trained only as far as
+# the latest chosen branch of that size leaves it.
+
+SEEDS_AT_KEYS = ("size", "budgets")
+SEEDS_AT_SIZES = ("middle",)
+
+
+def check_seeds_at(value: Any, path: Any, seeds=()) -> dict:
+    """followup.seeds_at = { size = "middle", budgets = K }: the middle size of each IsoFLOP
+    budget (the lower of two middles), in the K smallest budgets (default: all); it re-runs
+    them with followup.seeds, which must not be empty."""
+    if not seeds:
+        raise SpecError(f"{path}: followup.seeds_at needs followup.seeds (e.g. seeds = [1, 2])")
+    if not isinstance(value, dict):
+        raise SpecError(f"{path}: followup.seeds_at = {value!r}: expected a table "
+                        "{ size = \"middle\", budgets = 3 }")
+    bad = sorted(set(value) - set(SEEDS_AT_KEYS))
+    if bad:
+        raise SpecError(f"{path}: unknown key followup.seeds_at.{bad[0]}; allowed: {', '.join(SEEDS_AT_KEYS)}")
+    size = value.get("size", "middle")
+    if size not in SEEDS_AT_SIZES:
+        raise SpecError(f"{path}: followup.seeds_at.size = {size!r}: allowed: "
+                        + ", ".join(repr(s) for s in SEEDS_AT_SIZES))
+    budgets = value.get("budgets")
+    if budgets is not None and (isinstance(budgets, bool) or not isinstance(budgets, int) or budgets < 1):
+        raise SpecError(f"{path}: followup.seeds_at.budgets = {budgets!r}: expected an integer >= 1 "
+                        "(the number of smallest budgets to re-run)")
+    return {"size": size, "budgets": budgets}
+
+
+def chosen_points(spec: SweepSpec, at: dict) -> list[Point]:
+    """The IsoFLOP points (branches or runs, never trunks) `seeds_at` picks, budgets ascending."""
+    by_budget: dict[float, list[Point]] = {}
+    for p in spec.points:
+        if p.compute_budget is not None and p.role != "trunk":
+            by_budget.setdefault(float(p.compute_budget), []).append(p)
+    if not by_budget:
+        raise SpecError(f"{spec.path}: followup.seeds_at picks IsoFLOP points: the spec has no "
+                        "[sweep.compute] budgets")
+    budgets = sorted(by_budget)[: at.get("budgets") or len(by_budget)]
+    out = []
+    for c in budgets:
+        pts = sorted(by_budget[c], key=lambda p: (p.n_params_total, p.point_id))
+        out.append(pts[(len(pts) - 1) // 2])
+    return out
+
+
+def seed_points(spec: SweepSpec, seeds, at: dict) -> list[Point]:
+    """The points that re-run `chosen_points` with each seed in `seeds` (trunks first).
+
+    A run is re-run with train.seed = s (data order follows the seed). A cooldown branch gets
+    a trunk at seed s: its own trunk's config with train.seed = s, train.steps = the latest
+    start among the chosen branches of that trunk and checkpoints kept at their starts; the
+    branch's config with train.seed = s starts from it. Its point id is the id of the
+    separate run of that config (scaling.sweep.cooldown). Each new point has
+    requested["stage"] = "seed_followup", "seed" and "from_point"."""
+    by_id = {p.point_id: p for p in spec.points}
+    chosen = chosen_points(spec, at)
+    trunks: dict[tuple[str, int], list[Point]] = {}
+    out: dict[str, Point] = {}
+    for p in chosen:
+        for s in seeds:
+            if s == p.config.train.seed:
+                continue
+            if p.role == "branch":
+                trunks.setdefault((p.depends_on, int(s)), []).append(p)
+                continue
+            cfg = p.config.replace({"train.seed": int(s), "name": f"{p.config.name}_s{s}"})
+            pid = point_id(cfg)
+            out.setdefault(pid, dataclasses.replace(
+                p, point_id=pid, config=cfg,
+                requested={**p.requested, "stage": "seed_followup", "from_point": p.point_id, "seed": int(s)}))
+    first: list[Point] = []
+    for (tid0, s), branches in trunks.items():
+        t0 = by_id[tid0]
+        starts = sorted({int(b.branched_at_step) for b in branches})
+        steps = starts[-1]
+        every = min(t0.config.train.eval_every, steps) if t0.config.train.eval_every else 0
+        cfg = t0.config.replace({"train.seed": s, "train.steps": steps, "name": f"{t0.config.name}_s{s}_to{steps}",
+                                 "train.save_steps": ",".join(str(k) for k in starts),
+                                 "train.eval_every": every})
+        tid = point_id(cfg)
+        tokens = steps * cfg.train.batch_size * cfg.model.seq_len
+        f6, fx = 6.0 * t0.n_params * tokens, train_flops_per_token(cfg.model) * tokens
+        first.append(dataclasses.replace(
+            t0, point_id=tid, config=cfg, tokens=tokens, flops_6nd=f6, flops_exact=fx,
+            flops=fx if t0.accounting == "total" else f6, tokens_per_param=tokens / t0.n_accounted,
+            requested={**t0.requested, "trunk": tid, "branch_steps": starts, "stage": "seed_followup",
+                       "from_point": t0.point_id, "seed": s,
+                       "derivation": f"trunk at seed {s} for the seed follow-up: constant lr, "
+                                     f"steps = the latest chosen branch start = {steps}"}))
+        for b in branches:
+            bcfg = b.config.replace({"train.seed": s, "train.init_from": f"../{tid}",
+                                     "name": f"{b.config.name}_s{s}"})
+            bid = point_id(bcfg)
+            out.setdefault(bid, dataclasses.replace(
+                b, point_id=bid, config=bcfg,
+                requested={**b.requested, "trunk": tid, "stage": "seed_followup",
+                           "from_point": b.point_id, "seed": s}))
+    return first + list(out.values())
+
+
+def seed_cost(spec: SweepSpec, points: list[Point]) -> dict:
+    """Training FLOPs (the spec's accounting, as spent: a branch its cooldown only) of the
+    seed points against the spec's own points: {"extra", "base", "share", "points"}."""
+    base = sum(p.flops_spent for p in spec.points)
+    extra = sum(p.flops_spent for p in points)
+    return {"extra": extra, "base": base, "share": extra / base if base else float("nan"),
+            "points": len(points)}
+
+
+def run_seed_points(spec: SweepSpec, execute, seeds, at: dict):
+    """The `seeds_at` stage: run `seed_points` (trunks before their branches, as every
+    executor orders them); returns (its followup.json entry, the results table)."""
+    pts = seed_points(spec, seeds, at)
+    results = execute(pts)
+    cost = seed_cost(spec, pts)
+    report = {"seeds": list(seeds), "at": at,
+              "chosen": [p.label for p in chosen_points(spec, at)],
+              "points": [{"id": p.point_id, "label": p.label, "role": p.role, "seed": p.requested["seed"],
+                          "from_point": p.requested["from_point"]} for p in pts],
+              "training_flops": cost}
+    return report, results

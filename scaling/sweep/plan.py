@@ -148,6 +148,8 @@ def plan_spec(path: Path, raw: dict, base_over: dict, variant: str | None) -> Sw
     if followup.get("bracket") and not any(d.budget is not None for d in drafts):
         raise SpecError(f"{path}: followup.bracket brackets IsoFLOP budgets: it needs a "
                         "[sweep.compute] axis")
+    if followup.get("seeds_at") and not any(d.budget is not None for d in drafts):
+        raise SpecError(f"{path}: followup.seeds_at picks IsoFLOP points: it needs a [sweep.compute] axis")
     if "validate" in followup:
         followup["validate"] = check_validate(path, followup["validate"],
                                               any(d.budget is not None for d in drafts))

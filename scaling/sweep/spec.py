@@ -39,7 +39,7 @@ COMPUTE_KEYS = ("budgets", "tokens_per_param", "tokens_per_param_range")
 OVERRIDE_KEYS = ("where", "set")
 POINT_KEYS = ("set", "tokens", "tokens_per_param", "group", "warmup_fraction",
               "warmup_tokens", "evals_per_run")
-FOLLOWUP_KEYS = ("seeds", "metric", "widen", "bracket", "validate")
+FOLLOWUP_KEYS = ("seeds", "metric", "widen", "bracket", "validate", "seeds_at")
 BRACKET_KEYS = ("max_extra",)
 LR_LAW_KEYS = ("lr", "n_ref", "exponent")
 COOLDOWN_KEYS = ("fraction", "shape")
@@ -348,6 +348,10 @@ def _check_followup(fu: Any, path: Path) -> dict:
     out = {"seeds": list(seeds), "metric": metric, "widen": int(widen)}
     if "bracket" in fu:
         out["bracket"] = _check_bracket(fu["bracket"], path)
+    if "seeds_at" in fu:  # seeds at a few IsoFLOP points (scaling.sweep.followup)
+        from scaling.sweep.followup import check_seeds_at
+
+        out["seeds_at"] = check_seeds_at(fu["seeds_at"], path, seeds)
     if "validate" in fu:  # checked against the planned points by scaling.sweep.validate
         out["validate"] = fu["validate"]
     return out
