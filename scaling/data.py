@@ -34,15 +34,19 @@ depends on nothing but the group's name, and near copies inside one package (the
 `encodings/cp*.py` codec tables) are held out or trained on together. If that selects no
 group of the corpus, the group with the smallest hash is held out (and if it selected
 all, the one with the largest hash trains). Then near-duplicates across the split are
-removed (`scaling.neardup`: exact Jaccard similarity >= 0.8 of the sets of 8-byte
-whitespace-normalized shingles): every training document that is a near-duplicate of a
-held-out document is dropped, and a held-out document that is a near-duplicate of one
-kept before it in stream order is dropped too (so the eval set does not weigh one
-template many times). Dropped documents are in neither stream. Hence no validation
-document has a >= 0.8-similar document in training. The decision (which documents are
-dropped, and the pairs found) is cached in `<cache>/splits/<key>.json`, keyed by the
-corpus content, `val_fraction` and the format version; the pass costs ~3 s on the full
-standard library.
+removed (`scaling.neardup`, on the sets of 8-byte whitespace-normalized shingles): every
+training document whose exact Jaccard similarity with a held-out document is >= 0.8, or
+which contains >= 80 % of a held-out document's shingles or has >= 80 % of its own inside
+one (containment; the smaller of the two must have >= 256 shingles), is dropped; a
+held-out document at Jaccard >= 0.8 with one kept before it in stream order is dropped
+too (so the eval set does not weigh one template many times). Dropped documents are in
+neither stream. Hence no validation document has a >= 0.8-similar document in training,
+nor one that contains it. The decision (which documents are dropped, and the pairs
+found, with both measures) is cached in `<cache>/splits/<key>.json`, keyed by the corpus
+content, `val_fraction`, the rule and the format version, and its counts are in the token
+cache's .json and in `describe()` (result.json's `data`): `dropped_train_documents`, of
+them `dropped_train_by_containment`, `dropped_val_documents`. The pass costs ~3 s on the
+full standard library (one core, unloaded).
 
 Reading order and `max_corpus_bytes`. Folders and the standard library read every
 held-out file in full (so the validation set is the same whatever the cap), then the
@@ -167,7 +171,7 @@ class Corpus:
     skipped: list[str] = field(default_factory=list)
     truncated: bool = False
     dropped: np.ndarray | None = None  # bool per document: in neither stream
-    near_duplicates: list[tuple[str, str, float]] = field(default_factory=list)
+    near_duplicates: list[tuple[str, str, float, float]] = field(default_factory=list)
     _train_sha256: str | None = None
 
     def __post_init__(self):
@@ -200,6 +204,11 @@ class Corpus:
                                    if not v and not x}),
             "near_duplicate_pairs": len(self.near_duplicates),
             "dropped_train_documents": int((self.dropped & ~self.is_val).sum()),
+            # of them dropped by containment alone (Jaccard < 0.8 with every held-out one)
+            "dropped_train_by_containment": len(
+                {b for _, b, jac, _ in self.near_duplicates if jac < neardup.NEAR_DUP_THRESHOLD}
+                - {b for _, b, jac, _ in self.near_duplicates
+                   if jac >= neardup.NEAR_DUP_THRESHOLD}),
             "dropped_val_documents": int((self.dropped & self.is_val).sum()),
         }
 
@@ -498,11 +507,13 @@ def _docs_sha256(docs: list[Document]) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def find_near_duplicates(corpus: Corpus) -> tuple[np.ndarray, list[tuple[str, str, float]]]:
+def find_near_duplicates(corpus: Corpus
+                         ) -> tuple[np.ndarray, list[tuple[str, str, float, float]]]:
     """(dropped mask, pairs): the near-duplicate rule of the module docstring.
 
-    Pairs are (held-out name, other name, similarity) for every held-out document and
-    every other document at similarity >= neardup.NEAR_DUP_THRESHOLD."""
+    Pairs are (held-out name, other name, Jaccard, containment) for every held-out document
+    and every training document near it by either measure (`neardup.overlap_pairs`), and
+    every other held-out document at Jaccard >= neardup.NEAR_DUP_THRESHOLD."""
     docs = corpus.documents
     val_idx = np.flatnonzero(corpus.is_val)
     val_sets = [neardup.shingles(docs[i].text) for i in val_idx]
@@ -510,18 +521,19 @@ def find_near_duplicates(corpus: Corpus) -> tuple[np.ndarray, list[tuple[str, st
     start = 0
     for chunk in _chunks(docs, _NEAR_DUP_CHUNK_BYTES):  # bounded memory on large corpora
         sets = [neardup.shingles(d.text) for d in chunk]
-        found += [(q, start + j, sim) for q, j, sim in neardup.near_duplicate_pairs(val_sets, sets)]
+        found += [(q, start + j, jac, cont)
+                  for q, j, jac, cont in neardup.overlap_pairs(val_sets, sets)]
         start += len(chunk)
     dropped = np.zeros(len(docs), dtype=bool)
     partners: dict[int, list[int]] = {}
     pairs = []
-    for q, j, sim in found:
+    for q, j, jac, cont in found:
         i = int(val_idx[q])
         if i == j:
             continue
-        if corpus.is_val[j] and j < i:
-            continue  # a held-out pair is listed once
-        pairs.append((docs[i].name, docs[j].name, round(sim, 4)))
+        if corpus.is_val[j] and (j < i or jac < neardup.NEAR_DUP_THRESHOLD):
+            continue  # a held-out pair is listed once, and held out together by Jaccard only
+        pairs.append((docs[i].name, docs[j].name, round(jac, 4), round(cont, 4)))
         if corpus.is_val[j]:
             partners.setdefault(i, []).append(j)
             partners.setdefault(j, []).append(i)
@@ -541,15 +553,17 @@ def _remove_near_duplicates(corpus: Corpus, data_cfg: "DataConfig") -> None:
     ident = json.dumps({"format": FORMAT_VERSION, "corpus": corpus.sha256,
                         "val_fraction": repr(float(data_cfg.val_fraction)),
                         "threshold": neardup.NEAR_DUP_THRESHOLD,
-                        "shingle": neardup.SHINGLE_BYTES}, sort_keys=True)
+                        "shingle": neardup.SHINGLE_BYTES, "rule": "jaccard|containment",
+                        "min_contained": neardup.MIN_CONTAINED_SHINGLES}, sort_keys=True)
     key = hashlib.sha256(ident.encode()).hexdigest()[:32]
     path = resolve_cache_dir(data_cfg) / "splits" / f"{key}.json"
     index = {d.name: i for i, d in enumerate(corpus.documents)}
+    seconds = None  # set when computed here, not read from the cache
     try:
         cached = json.loads(path.read_text())
         dropped = np.zeros(len(corpus.documents), dtype=bool)
         dropped[[index[n] for n in cached["dropped"]]] = True
-        pairs = [(a, b, float(s)) for a, b, s in cached["pairs"]]
+        pairs = [(a, b, float(x), float(y)) for a, b, x, y in cached["pairs"]]
     except FileNotFoundError:
         dropped = None
     except Exception as e:  # anything odd: recompute
@@ -558,13 +572,16 @@ def _remove_near_duplicates(corpus: Corpus, data_cfg: "DataConfig") -> None:
     if dropped is None:
         t0 = time.perf_counter()
         dropped, pairs = find_near_duplicates(corpus)
+        seconds = time.perf_counter() - t0
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps({
             "key": key, "corpus": corpus.spec, "corpus_sha256": corpus.sha256,
             "dropped": [d.name for d, x in zip(corpus.documents, dropped) if x],
-            "pairs": pairs, "seconds": round(time.perf_counter() - t0, 3)}, indent=0))
+            "pairs": pairs, "seconds": round(seconds, 3)}, indent=0))
     corpus.dropped = dropped
     corpus.near_duplicates = pairs
+    if seconds is not None:
+        log.info("near-duplicates of %s: %s (%.1f s)", corpus.spec, corpus.split_summary(), seconds)
 
 
 # --------------------------------------------------------------------------------------
@@ -592,9 +609,13 @@ def stream_fingerprint(train: np.ndarray, val: np.ndarray) -> str:
 
 
 def _cache_key(corpus: Corpus, tokenizer: Tokenizer, val_fraction: float) -> str:
+    # the dropped documents are part of the streams' identity (a new near-duplicate rule
+    # drops others from the same corpus)
+    dropped = hashlib.sha256("\n".join(sorted(
+        d.name for d, x in zip(corpus.documents, corpus.dropped) if x)).encode()).hexdigest()
     ident = json.dumps({"format": FORMAT_VERSION, "corpus": corpus.sha256,
-                        "tokenizer": tokenizer.name, "val_fraction": repr(float(val_fraction))},
-                       sort_keys=True)
+                        "tokenizer": tokenizer.name, "val_fraction": repr(float(val_fraction)),
+                        "dropped": dropped}, sort_keys=True)
     return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
 
@@ -980,6 +1001,7 @@ class TokenData:
             "n_val_groups": m.get("n_val_groups"),
             "near_duplicate_pairs": m.get("near_duplicate_pairs"),
             "dropped_train_documents": m.get("dropped_train_documents"),
+            "dropped_train_by_containment": m.get("dropped_train_by_containment"),
             "dropped_val_documents": m.get("dropped_val_documents"),
             "n_skipped_files": len(m.get("skipped_files", [])),
             "tokenizer": self.tokenizer.name,

@@ -9,7 +9,14 @@ is the Jaccard index |A & B| / |A | B| of their shingle-hash sets, computed exac
 MinHash sketch, so no false negatives): `intersections` counts the shared hashes of
 every (query, document) pair with one sparse matrix product over the hashes that occur
 in the queries. Two documents are near-duplicates when the similarity is >=
-`NEAR_DUP_THRESHOLD` (0.8). Eight bytes (about two identifiers) make the index track
+`NEAR_DUP_THRESHOLD` (0.8), or when one is contained in the other: the *containment*
+|A & B| / min(|A|, |B|) (the share of the smaller set inside the larger) is >= 0.8 and
+the smaller document has at least `MIN_CONTAINED_SHINGLES` (256) shingles. Jaccard alone
+misses a copy inside a larger file: `lib2to3/tests/data/py3_test_grammar.py` has 89 % of
+its shingles in `test/test_grammar.py` at Jaccard 0.49, `http/__init__.py` 88 % in
+`test/test_httplib.py` at 0.16. The floor keeps boilerplate out (a 31-shingle "this
+directory is a package" comment inside `doctest.py`, the 118-shingle `load_tests` stub of
+test packages), which would otherwise discard large unrelated files. Eight bytes (about two identifiers) make the index track
 the share of identical lines: `encodings/cp1254.py` vs `cp1252.py` has 0.96 of its lines
 in common and Jaccard 0.96 (16-byte shingles: 0.93; vs `iso8859_9.py`: lines 0.89,
 8 bytes 0.86, 16 bytes 0.79), while unrelated modules stay far below 0.8.
@@ -27,6 +34,7 @@ import re
 import numpy as np
 
 NEAR_DUP_THRESHOLD = 0.8
+MIN_CONTAINED_SHINGLES = 256  # containment counts only for a document this large or larger
 SHINGLE_BYTES = 8
 _WHITESPACE = re.compile(rb"\s+")
 _P = np.uint64(0x100000001B3)  # FNV prime, an odd multiplier
@@ -122,3 +130,23 @@ def near_duplicate_pairs(queries: list[np.ndarray], docs: list[np.ndarray],
     order = np.lexsort((j[keep], i[keep]))
     return [(int(a), int(b), float(s)) for a, b, s in
             zip(i[keep][order], j[keep][order], sim[keep][order])]
+
+
+def overlap_pairs(queries: list[np.ndarray], docs: list[np.ndarray],
+                  threshold: float = NEAR_DUP_THRESHOLD,
+                  min_contained: int = MIN_CONTAINED_SHINGLES
+                  ) -> list[tuple[int, int, float, float]]:
+    """Every (query i, document j, Jaccard, containment) with Jaccard >= threshold or
+    containment >= threshold, exactly; containment = |Q & D| / min(|Q|, |D|), taken as 0
+    when the smaller set has fewer than `min_contained` shingles (module doc)."""
+    inter = intersections(queries, docs).tocoo()
+    qn = np.array([len(s) for s in queries], dtype=np.int64)
+    dn = np.array([len(s) for s in docs], dtype=np.int64)
+    i, j, c = inter.row, inter.col, inter.data
+    jac = c / (qn[i] + dn[j] - c)
+    small = np.minimum(qn[i], dn[j])
+    cont = np.where(small >= min_contained, c / np.maximum(small, 1), 0.0)
+    keep = (jac >= threshold) | (cont >= threshold)
+    order = np.lexsort((j[keep], i[keep]))
+    return [(int(a), int(b), float(x), float(y)) for a, b, x, y in
+            zip(i[keep][order], j[keep][order], jac[keep][order], cont[keep][order])]

@@ -192,8 +192,11 @@ def test_val_split_is_by_document_and_deterministic(tmp_path, stdlib_data):
 
 
 def cross_split_near_duplicates(corpus) -> list[tuple[str, str, float]]:
-    """Every (kept held-out doc, other kept doc) pair at Jaccard >= 0.8, computed afresh."""
+    """Every (kept held-out doc, other kept doc) pair at Jaccard >= 0.8, and every (kept
+    held-out, kept training) pair where one holds >= 80 % of the other's shingles (the
+    smaller having >= 256), computed afresh."""
     kept_val = corpus.ordered(True)
+    train = {d.name for d in corpus.ordered(False)}
     others = corpus.ordered(False) + kept_val
     counts = neardup.intersections([neardup.shingles(d.text) for d in kept_val],
                                    [neardup.shingles(d.text) for d in others]).tocoo()
@@ -202,7 +205,11 @@ def cross_split_near_duplicates(corpus) -> list[tuple[str, str, float]]:
     out = []
     for i, j, c in zip(counts.row, counts.col, counts.data):
         sim = c / (sizes_v[i] + sizes_o[j] - c)
-        if sim >= neardup.NEAR_DUP_THRESHOLD and kept_val[i].name != others[j].name:
+        small = min(sizes_v[i], sizes_o[j])
+        contained = (others[j].name in train and small >= neardup.MIN_CONTAINED_SHINGLES
+                     and c / small >= neardup.NEAR_DUP_THRESHOLD)
+        if ((sim >= neardup.NEAR_DUP_THRESHOLD or contained)
+                and kept_val[i].name != others[j].name):
             out.append((kept_val[i].name, others[j].name, sim))
     return out
 
@@ -221,7 +228,13 @@ def test_stdlib_validation_has_no_near_duplicate_in_training(tmp_path):
     assert len(enc) == 1
     # the decision is recorded: every dropped training document has its held-out twin
     dropped = {d.name for d, x in zip(corpus.documents, corpus.dropped) if x}
-    assert dropped == {b for _, b, _ in corpus.near_duplicates if b in dropped}
+    assert dropped == {b for _, b, *_ in corpus.near_duplicates if b in dropped}
+    # the issue's example: the grammar test's copy inside test/test_grammar.py
+    names = {d.name: (bool(v), bool(x)) for d, v, x in
+             zip(corpus.documents, corpus.is_val, corpus.dropped)}
+    a, b = "lib2to3/tests/data/py3_test_grammar.py", "test/test_grammar.py"
+    if a in names and b in names and names[a][0] != names[b][0]:
+        assert names[b if names[a][0] else a][1]  # the training side is dropped
 
 
 def test_near_duplicates_across_groups_are_dropped(tmp_path):
@@ -248,6 +261,43 @@ def test_near_duplicates_across_groups_are_dropped(tmp_path):
     data = load_corpus(cfg(tmp_path, corpus=str(folder), val_fraction=0.4), 8)
     kept = [d for d in corpus.documents if d in corpus.ordered(True) + corpus.ordered(False)]
     assert data.n_train_tokens + data.n_val_tokens == sum(len(d.text) + 1 for d in kept)
+
+
+def test_a_training_document_containing_a_held_out_one_is_dropped(tmp_path):
+    import random
+
+    rng = random.Random(6)
+    folder = tmp_path / "contain"
+    for i in range(20):
+        stub = f"# folder {i} is a package\n"
+        inner = "".join(f"row {k}: {rng.random():.10f}\n" for k in range(40))
+        (folder / f"small{i}").mkdir(parents=True)
+        (folder / f"big{i}").mkdir()
+        (folder / f"small{i}" / "a.txt").write_text(inner)
+        # the held-out text inside a larger file: Jaccard about 0.33, containment 1
+        (folder / f"big{i}" / "a.txt").write_text(
+            inner + "".join(f"more {rng.random():.10f}\n" for _ in range(80)))
+        # boilerplate below the floor inside an unrelated file: not a reason to drop it
+        (folder / f"stub{i}").mkdir()
+        (folder / f"stub{i}" / "s.txt").write_text(stub)
+        (folder / f"quote{i}").mkdir()
+        (folder / f"quote{i}" / "q.txt").write_text(
+            stub + "".join(f"q {rng.random():.10f}\n" for _ in range(40)))
+    corpus = read_corpus(cfg(tmp_path, corpus=str(folder), val_fraction=0.4))
+    side = {d.name: (bool(v), bool(x)) for d, v, x in
+            zip(corpus.documents, corpus.is_val, corpus.dropped)}
+    crossed = [i for i in range(20) if side[f"small{i}/a.txt"][0] != side[f"big{i}/a.txt"][0]]
+    assert len(crossed) >= 3
+    for i in crossed:  # whichever side holds the larger file, the training one goes
+        train = f"big{i}/a.txt" if side[f"small{i}/a.txt"][0] else f"small{i}/a.txt"
+        assert side[train] == (False, True), train
+    assert any(side[f"stub{i}/s.txt"][0] != side[f"quote{i}/q.txt"][0] for i in range(20))
+    assert not any(side[f"quote{i}/q.txt"][1] or side[f"stub{i}/s.txt"][1] for i in range(20))
+    summary = corpus.split_summary()
+    assert summary["dropped_train_documents"] == summary["dropped_train_by_containment"] == len(crossed)
+    assert cross_split_near_duplicates(corpus) == []
+    data = load_corpus(cfg(tmp_path, corpus=str(folder), val_fraction=0.4), 8)
+    assert data.describe()["dropped_train_by_containment"] == len(crossed)
 
 
 def test_stdlib_groups_and_capped_split_are_consistent(tmp_path):

@@ -1,11 +1,15 @@
-"""Near-duplicate detection: shingles and Jaccard against a plain-Python reference."""
+"""Near-duplicate detection: shingles, Jaccard and containment against a plain-Python
+reference."""
 
 import random
+import sysconfig
+from pathlib import Path
 
 import numpy as np
+import pytest
 
-from scaling.neardup import (NEAR_DUP_THRESHOLD, intersections, jaccard, near_duplicate_pairs,
-                             normalize, shingles)
+from scaling.neardup import (MIN_CONTAINED_SHINGLES, NEAR_DUP_THRESHOLD, intersections, jaccard,
+                             near_duplicate_pairs, normalize, overlap_pairs, shingles)
 
 
 def reference_shingles(text: str, k: int) -> set[bytes]:
@@ -55,3 +59,52 @@ def test_pairs_are_exact_at_the_threshold():
     for i, q in enumerate(["same", "half"]):
         for j, n in enumerate(names):
             assert counts[i, j] == np.intersect1d(sets[q], sets[n]).size
+
+
+def test_containment_finds_a_copy_inside_a_larger_document():
+    rng = random.Random(2)
+    inner = "".join(f"line {i}: {rng.random():.12f}\n" for i in range(100))
+    docs = {
+        "inner": inner,
+        "wrapper": "".join(f"pre {rng.random():.12f}\n" for _ in range(80)) + inner
+                   + "".join(f"post {rng.random():.12f}\n" for _ in range(40)),
+        "most": inner[:int(0.85 * len(inner))] + "".join(f"x {rng.random():.12f}\n" for _ in range(300)),
+        "part": inner[:int(0.6 * len(inner))] + "".join(f"y {rng.random():.12f}\n" for _ in range(300)),
+        "stub": "# a package\n",  # boilerplate, quoted whole by the next document
+        "quotes_stub": "# a package\n" + "".join(f"z {rng.random():.12f}\n" for _ in range(200)),
+        "other": "".join(f"other {rng.random():.12f}\n" for _ in range(100)),
+    }
+    names = list(docs)
+    sets = [shingles(docs[n]) for n in names]
+    ref = [{normalize(docs[n])[k:k + 8] for k in range(len(normalize(docs[n])) - 7)} for n in names]
+    got = {(names[i], names[j]): (jac, cont) for i, j, jac, cont in overlap_pairs(sets, sets)}
+    for a in range(len(names)):
+        for b in range(len(names)):
+            inter = len(ref[a] & ref[b])
+            small = min(len(ref[a]), len(ref[b]))
+            jac = inter / len(ref[a] | ref[b])
+            cont = inter / small if small >= MIN_CONTAINED_SHINGLES else 0.0
+            near = jac >= NEAR_DUP_THRESHOLD or cont >= NEAR_DUP_THRESHOLD
+            assert ((names[a], names[b]) in got) == near, (names[a], names[b], jac, cont)
+            if near:
+                assert got[names[a], names[b]] == pytest.approx((jac, cont), abs=1e-12)
+    # the copy inside a larger file: Jaccard misses it, containment does not
+    jac, cont = got["inner", "wrapper"]
+    assert jac < 0.6 and cont > 0.99
+    assert ("inner", "most") in got and ("inner", "part") not in got
+    # a short stub inside a large file is below the floor: not a near-duplicate
+    assert len(sets[names.index("stub")]) < MIN_CONTAINED_SHINGLES
+    assert ("stub", "quotes_stub") not in got
+    assert near_duplicate_pairs([sets[0]], [sets[1]]) == []  # the Jaccard rule alone
+
+
+def test_the_stdlib_grammar_test_copy_is_contained():
+    """The issue's example: lib2to3's copy of the grammar test inside test/test_grammar.py."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    a, b = root / "lib2to3/tests/data/py3_test_grammar.py", root / "test/test_grammar.py"
+    if not (a.exists() and b.exists()):
+        pytest.skip("this Python's standard library has no lib2to3 grammar test copy")
+    sa, sb = shingles(a.read_text()), shingles(b.read_text())
+    [(_, _, jac, cont)] = overlap_pairs([sa], [sb])
+    assert jac < NEAR_DUP_THRESHOLD <= cont
+    assert 0.85 < cont < 0.95 and 0.4 < jac < 0.6
