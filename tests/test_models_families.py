@@ -301,9 +301,10 @@ def test_each_family_resumes_bit_identically(family, tmp_path):
 
     row = point_row("s", tmp_path / "full")  # the results table's columns
     assert (row["arch"], row["objective"]) == (family, full["objective"])
-    if family == "lstm":  # attention keys do not apply; XLA would count one time step
+    if family == "lstm":  # attention keys do not apply
         assert full["n_head"] is None and full["d_ff"] is None and row["n_head"] is None
-        assert np.isnan(full["C_xla"])
+    # XLA's count with every trip of the time / layer loops counted (scaling.xla_count)
+    assert 0.9 < full["C_xla"] / full["C_exact"] < 1.3, full["C_xla"] / full["C_exact"]
 
 
 def test_bad_combinations_fail_before_training(tmp_path):
