@@ -71,9 +71,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="chinchilla/isoflop intervals: noise (design fixed, each run's loss perturbed "
                         "by its noise), cases (runs resampled); auto: noise where the table measures "
                         "noise (eval_loss_stderr) or is a designed sweep (compute_budget), else cases")
-    f.add_argument("--estimator", choices=("parabola", "akima", "local"), default=None,
-                   help="isoflop: estimator of each budget's minimum (default: parabola, see "
-                        "analysis/isoflop.py); all three are reported")
+    f.add_argument("--estimator", choices=("auto", "parabola", "akima", "local"), default=None,
+                   help="isoflop: estimator of each budget's minimum (default: auto, chosen per fit, "
+                        "with the reason, see analysis/isoflop_choice.py); all three are reported")
     f.add_argument("--json", action="store_true", help="print one JSON object")
     f.add_argument("--seed-noise", type=float, default=None, metavar="REL", help=SEED_NOISE_HELP)
     a = sub.add_parser("analyze", help="write a report folder (figures, tables, summary.md)")
@@ -155,7 +155,14 @@ def _load(args) -> pd.DataFrame:
     from .load import describe_dropped, done
 
     full = df
-    df = done(df)
+    if "point_id" in df:  # a sweep's table: the rows `analyze` fits (analysis/fitrows.py)
+        from .fitrows import select_fit_rows
+
+        sel = select_fit_rows(df)
+        df = sel.rows
+        df.attrs["left_out"] = sel.left_out()
+    else:
+        df = done(df)
     df.attrs["n_rows_table"] = int(len(full))
     df.attrs["dropped_line"] = describe_dropped(full)
     if len(df) == 0:
@@ -175,6 +182,8 @@ def _fit(args, df: pd.DataFrame) -> tuple[dict, str]:
                  "accounting": df.attrs.get("accounting"), "convention": df.attrs.get("convention")}
     if df.attrs.get("dropped"):
         out["rows_not_fitted"] = df.attrs["dropped"]
+    if df.attrs.get("left_out"):
+        out["left_out"] = df.attrs["left_out"]
     opts = {"n_boot": args.n_boot, "seed": args.seed}
     boot, noise = _bootstrap_choice(args, df)
     if noise is not None and args.law in ("chinchilla", "kaplan", "isoflop"):
@@ -210,7 +219,8 @@ def _fit(args, df: pd.DataFrame) -> tuple[dict, str]:
     elif args.law == "isoflop":
         from .isoflop import fit_isoflop
 
-        budget = df[args.budget_col] if args.budget_col else None
+        bcol = args.budget_col or (df.attrs.get("budget_col") if args.c_col is None else None)
+        budget = df[bcol] if bcol else None
         has_n = df.attrs["columns"].get("N") is not None
         if "C" not in df or not np.isfinite(df["C"]).any():
             raise ValueError("isoflop: no compute column (pass --c-col)")
@@ -224,7 +234,7 @@ def _fit(args, df: pd.DataFrame) -> tuple[dict, str]:
         out["budgets"] = json.loads(fit.budgets.to_json(orient="records"))
         head = (f"Chinchilla Approach 2 (IsoFLOP): N_opt = k_N C^a, D_opt = k_D C^b; minima by "
                 f"{fit.info['estimator']}; {fit.info['n_budgets_used']} of {fit.info['n_budgets']} "
-                "budgets bracket their minimum\n")
+                "budgets bracket their minimum\n" + f"estimator: {fit.info['estimator_choice']}\n")
         if fit.determined:
             body = fit.describe()
             for e, d in fit.estimators.items():
@@ -335,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.table}: {out['n_rows']} rows fitted of {out['n_rows_table']}; {out['convention']}")
         if df.attrs.get("dropped_line"):
             print(df.attrs["dropped_line"])
+        for note in df.attrs.get("left_out", []):
+            print(f"rows: {note}")
         print(text)
         if out.get("n_boot"):
             info = out.get("info", {})

@@ -50,13 +50,12 @@ from . import emergence, plots
 from .chinchilla import fit_approach3, fit_kaplan
 from .frontier import fit_approach1, fit_frontier
 from . import families as fam
-from .branches import (TRUNK_NOTE, annotate_roles, compute_spent, compute_text, drop_trunks,
-                       fit_curves, is_trunk, split_curves)
+from .branches import TRUNK_NOTE, compute_spent, compute_text, fit_curves, split_curves
 from .followups import added_points, added_points_section
+from .fitrows import reference_optimizer, scaling_rows, select_fit_rows  # noqa: F401 (re-exported)
 from .isoflop import fit_isoflop
 from .load import describe_dropped, load_curves, load_results
-from .load import done as done_rows
-from .noise import noise_model, seed_cells
+from .noise import noise_model
 from .optimizers import (EdgeOfGridWarning, best_lr, best_lr_runs, compute_laws,
                          compute_multiplier, lr_scaling, lr_sensitivity, seed_spread)
 from .powerlaw import fit_power_law
@@ -95,52 +94,6 @@ def _boot_text(fit) -> str:
 
 def _sig(v, digits=6):
     return float(f"{v:.{digits}g}") if np.isfinite(v) else v
-
-
-def reference_optimizer(done: pd.DataFrame) -> str | None:
-    """With several optimizers: the one whose best run at the largest compute has the lowest
-    loss (the scaling laws are then those of the best optimizer); None with one."""
-    if "optimizer" not in done or done["optimizer"].nunique() < 2:
-        return None
-    d = done[np.isfinite(done["loss"])]
-    top = d[d["C"] >= d["C"].max() * (1 - 1e-6)]
-    top = top if len(top) else d
-    return str(top.loc[top["loss"].idxmin(), "optimizer"])
-
-
-def scaling_rows(done: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """One row per (N, D) cell for the scaling-law fits; see the module docstring."""
-    d = done.copy()
-    notes = []
-    keep = fam.reference_family(d)
-    if keep is not None:  # laws of one family; the families are compared in their own section
-        arch = fam.arch_series(d)
-        notes.append(f"scaling-law fits use model family `{keep}` only ({int((arch == keep).sum())} "
-                     f"of {len(d)} done runs; the families are compared in their own section)")
-        d = d[arch == keep]
-    ref = reference_optimizer(d)
-    if ref is not None:
-        counts = d["optimizer"].value_counts()
-        notes.append(f"scaling-law fits use optimizer `{ref}` only (lowest loss at the largest "
-                     f"compute; {int(counts[ref])} of {len(d)} done runs; the optimizers are compared "
-                     "in their own section)")
-        d = d[d["optimizer"] == ref]
-    vary = [c for c in ("lr", "seed") if c in d and d[c].nunique() > 1]
-    if not vary:
-        return d, notes
-    d["_Nk"] = d["N"].map(_sig)
-    d["_Dk"] = d["D"].map(_sig)
-    hp = ["lr"] if "lr" in vary else []
-    cells = seed_cells(d, ["_Nk", "_Dk"] + hp, mean=("N", "D", "C"),
-                       first=("compute_budget", "point_id"))
-    if hp:
-        cells = cells.loc[cells.groupby(["_Nk", "_Dk"])["loss"].idxmin()]
-        notes.append("each (N, D) cell uses its best learning rate (seed-averaged loss)")
-    elif "seed" in vary:
-        notes.append("seeds are averaged within each (N, D) cell")
-    cells = cells.drop(columns=["_Nk", "_Dk"]).reset_index(drop=True)
-    cells["status"] = "done"
-    return cells, notes
 
 
 def pareto_front(x: np.ndarray, loss: np.ndarray) -> np.ndarray:
@@ -306,12 +259,10 @@ def analyze(
     out = Path(out_dir) if out_dir is not None else default_out_dir(source)
     df = load_results(source, n_col=n_col, d_col=d_col, c_col=c_col, loss_col=loss_col,
                       accounting=accounting)
-    annotate_roles(df, df.attrs.get("folder"))
+    sel = select_fit_rows(df)  # the rows every fit reads; `fit` uses the same (analysis/fitrows.py)
     spent = compute_spent(df)
-    roles = df[[c for c in ("point_id", "role", "trunk", "branched_at_step") if c in df]].copy()
-    trunk_table = df[is_trunk(df)]
-    df, n_trunks = drop_trunks(df)
-    done = done_rows(df)
+    roles, trunk_table, n_trunks = sel.roles, sel.trunks, len(sel.trunks)
+    df, done = sel.table, sel.done
     if len(done) == 0 and df.attrs.get("dropped"):
         raise ValueError(f"{source}: no row can be fitted ({len(df)} rows; {describe_dropped(df)})")
     out.mkdir(parents=True, exist_ok=True)
@@ -320,7 +271,7 @@ def analyze(
     if spent is not None:
         rep.fits["compute"] = spent
 
-    rows, sel_notes = scaling_rows(done) if len(done) else (done, [])
+    rows, sel_notes = sel.rows, sel.notes
     noise = noise_model(rows, df.attrs.get("folder"), seed_noise=seed_noise) if len(rows) else None
     designed = "compute_budget" in rows and np.isfinite(pd.to_numeric(rows["compute_budget"], errors="coerce")).any() if len(rows) else False
     measured = noise is not None and not noise.source.startswith("assumed")

@@ -38,6 +38,7 @@ class Checkpointer:
             self.manager = ocp.CheckpointManager(self.directory, options=options,
                                                  item_names=("state", "meta"))
         self._held_back = said
+        self.unreadable: set[int] = set()  # steps a restore found corrupt (a save replaces them)
 
     def save(self, step: int, host_state: Any, meta: dict) -> None:
         self.manager.save(
@@ -47,6 +48,10 @@ class Checkpointer:
             force=True,
         )
         self.manager.wait_until_finished()
+
+    def delete(self, step: int) -> None:
+        self.manager.delete(step)
+        self.unreadable.discard(step)
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -77,6 +82,7 @@ class Checkpointer:
                 state = jax.tree.map(np.asarray, restored["state"])
                 _check_like(state, target)
             except Exception as e:  # corrupt or partial
+                self.unreadable.add(step)
                 log.warning("checkpoint at step %d in %s cannot be restored (%s); %s",
                             step, self.directory, _one_line(e), fallback)
                 self._held_back = []  # that line says what matters

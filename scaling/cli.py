@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from scaling.runtime import setup_logging
 
     setup_logging()
+    from scaling.runfiles import DiskFull
     from scaling.stopping import Interrupted, stop_requests
 
     # train and run: SIGTERM / Ctrl-C at any moment (set-up, compile, training, between
@@ -110,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:  # bad input: one clear line, no traceback, nothing trained
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DiskFull as e:  # the path and the space it needs; finished results are kept
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as e:  # SIGTERM / Ctrl-C: the loop saved a checkpoint first
         if isinstance(e, Interrupted):
             print(f"stopped: {e}", file=sys.stderr)
@@ -122,12 +126,15 @@ def cmd_train(args) -> int:
     from scaling.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    from scaling.loop import train
+    from scaling.loop import TrunkNotReady, train
     from scaling.runtime import enable_compilation_cache
 
     enable_compilation_cache()
     run_dir = Path(args.run_dir or Path("runs") / cfg.name)
-    result = train(cfg, run_dir)
+    try:
+        result = train(cfg, run_dir)
+    except TrunkNotReady as e:  # a branch of a trunk that is missing or not there yet
+        raise ConfigError(str(e)) from None
     _print_result(run_dir, result)
     return 0 if result["status"] == "done" else 1
 
@@ -230,6 +237,7 @@ def _analyze(source, out=None, *, accounting: str | None = None, ngram=None) -> 
     exit status (bad or unusable input: one `error:` line, 2). A fresh process because the
     analysis draws its figures in forked children, and a process that has run jax (its
     thread pools) must not fork; analysis/ needs nothing of scaling/ anyway."""
+    _refresh_tables(source)
     cmd = [sys.executable, "-m", "analysis", "analyze", str(source)]
     if out:
         cmd += ["--out", str(out)]
@@ -242,6 +250,22 @@ def _analyze(source, out=None, *, accounting: str | None = None, ngram=None) -> 
         p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     sys.stdout.flush()
     return subprocess.call(cmd, env=env)
+
+
+def _refresh_tables(source) -> None:
+    """A sweep folder's tables are rebuilt from its point folders (the truth) before the
+    analysis reads them: a stale or garbled results.parquet is never fitted. ConfigError
+    if no point has finished."""
+    from scaling.results import points_dir, write_tables
+
+    source = Path(source)
+    if not (source.is_dir() and points_dir(source).is_dir()):
+        return  # a results CSV (or nothing: the analysis says so)
+    results = write_tables(source)
+    if not results["status"].isin(["done", "diverged"]).any():
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(results["status"].value_counts().items()))
+        raise ConfigError(f"{source}: no point has finished yet ({counts or 'no points'}); "
+                          "nothing to analyze: run the sweep first")
 
 
 def cmd_ngram(args) -> int:

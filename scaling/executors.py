@@ -29,8 +29,8 @@ from scaling.config import ConfigError
 from scaling.point_runner import FINISHED, point_config, run_point
 from scaling.results import (POINT_FILE, blocked_by, point_state, points_dir,
                              running_progress, trunk_of, write_tables)
-from scaling.runfiles import (CorruptRunFile, atomic_write_text, clean_stale_temps, read_json,
-                              write_json_atomic)
+from scaling.runfiles import (CorruptRunFile, DiskFull, atomic_write_text, clean_stale_temps,
+                              read_json, write_json_atomic)
 from scaling.stopping import Interrupted, check as check_stop, quiet, requested, stop_requests
 
 log = logging.getLogger(__name__)
@@ -414,9 +414,11 @@ def _run_pool(sweep_dir: Path, point_ids: list[str], slots: list[dict], *,
         bar = tqdm(total=len(point_ids), initial=len(point_ids) - len(queue), position=0,
                    desc=f"sweep {sweep_dir.name} x{len(workers)}", unit="pt",
                    dynamic_ncols=True, file=sys.stderr)
-    stop, stopped = None, []
+    stop, stopped, full = None, [], None
     try:
         while True:
+            if full is not None and stop is None:
+                stop = signal.SIGTERM  # the disk is full: the others checkpoint and stop
             if stop is None and (stop := requested()) is not None:
                 for w in workers:  # a signal to the group reaches them twice: harmless
                     w.signal(stop)
@@ -445,6 +447,9 @@ def _run_pool(sweep_dir: Path, point_ids: list[str], slots: list[dict], *,
                     continue
                 pid, status = ended
                 queue.finished(pid)  # "busy": another process holds it and runs it
+                if status == "nospace":
+                    full = full or DiskFull(sweep_dir, message=w.said or "no space left")
+                    continue
                 if status in ("interrupted", "died") and stop is not None:
                     stopped.append(pid)
                     continue
@@ -467,6 +472,8 @@ def _run_pool(sweep_dir: Path, point_ids: list[str], slots: list[dict], *,
         if bar is not None:
             bar.close()
     write_tables(sweep_dir)
+    if full is not None:
+        raise full
     if stop is not None:
         raise Interrupted(stop, message=(
             f"stopped {len(stopped)} running point(s) after their checkpoints"
@@ -496,6 +503,7 @@ class _Worker:
             [sys.executable, "-m", "scaling.executors", "worker", str(sweep_dir)],
             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self._buffer = ""
+        self.said = ""  # the message of a "nospace" reply
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -537,6 +545,7 @@ class _Worker:
         while "\n" in self._buffer:
             line, self._buffer = self._buffer.split("\n", 1)
             status, _, pid = line.strip().partition(" ")
+            pid, _, self.said = pid.partition("\t")
             if pid == self.point:
                 self.point = None
                 return pid, status
@@ -620,6 +629,9 @@ def _worker_loop(sweep_dir: str) -> None:
         except KeyboardInterrupt:
             reply.write(f"interrupted {pid}\n")
             break
+        except DiskFull as e:  # the sweep stops; the parent says it, once
+            reply.write(f"nospace {pid}\t{e}\n")
+            break
         status = "busy" if result is None else str(result.get("status", "done"))
         reply.write(f"{status} {pid}\n")
     # End of input: every point handed to this worker has ended and its files are
@@ -643,7 +655,7 @@ def _estimate(point) -> float:
 def point_label(sweep_dir: Path, pid: str) -> str:
     try:
         return json.loads((points_dir(sweep_dir) / pid / POINT_FILE).read_text())["label"]
-    except (OSError, KeyError, json.JSONDecodeError):
+    except (OSError, KeyError, TypeError, ValueError):  # not UTF-8, not JSON, not a record
         return pid
 
 

@@ -56,9 +56,9 @@ from scaling.data import TokenData, load_corpus
 from scaling.masking import MaskedTokenData
 from scaling.models import encoder
 from scaling.parallel import Driver, check_batch, initialize_distributed, make_driver
-from scaling.runfiles import (CONFIG_FILE, METRICS_FILE, RESULT_FILE, atomic_write_text,
-                              json_default, read_json, read_metrics, read_result, run_lock,
-                              write_json_atomic)
+from scaling.runfiles import (CONFIG_FILE, METRICS_FILE, RESULT_FILE, DiskFull,
+                              atomic_write_text, disk_full_in, json_default, read_json,
+                              read_metrics, read_result, run_lock, write_json_atomic)
 from scaling.optim import schedule_multiplier
 from scaling.stopping import Interrupted, check as _check_stop, requested as _stop_requested, stop_requests
 from scaling.taskeval import TaskEvaluator
@@ -308,13 +308,21 @@ KEEP_DIR = "keep"  # checkpoints at train.save_steps, kept for good (cooldown br
 
 def _save(ckpt: Checkpointer, s: _Setup, state, step: int, wall: float,
           branch: dict | None = None) -> None:
-    if step in ckpt.steps():  # resumed from the final checkpoint: nothing new to save
-        return
+    if step in ckpt.steps():
+        if step not in ckpt.unreadable:  # resumed from the final checkpoint: nothing new
+            return
+        ckpt.delete(step)  # the corrupt one that the restore fell back from: replaced
     host_state = s.trainer.to_checkpoint(s.driver.fetch_state(state))
     meta = {"step": step, "wall_time_s": wall, "config": s.cfg.to_dict(),
             "corpus_fingerprint": s.data.fingerprint, "branch": branch,
             "data_position": s.data.position(step, s.cfg.train.batch_size)}
-    ckpt.save(step, host_state, meta)
+    try:
+        ckpt.save(step, host_state, meta)
+    except Exception as e:  # a full disk: one line naming the folder and the size
+        if not disk_full_in(e):
+            raise
+        need = sum(int(np.asarray(x).nbytes) for x in jax.tree.leaves(host_state))
+        raise DiskFull(ckpt.directory / str(step), need) from None
 
 
 def _keep(s: _Setup, state, step: int, wall: float) -> None:
@@ -695,7 +703,11 @@ class _Run:
         tokens = step * s.tokens_per_step
         tps = (step - self.start_step) * s.tokens_per_step / train_time if step > self.start_step else float("nan")
         # Train loss averaged over the logged steps of the last 5 % of training.
-        tail = [r["loss"] for r in self.logged if r["step"] > 0.95 * step] or [self.logged[-1]["loss"]]
+        tail = [r["loss"] for r in self.logged if r["step"] > 0.95 * step] or \
+            [r["loss"] for r in self.logged[-1:]]
+        if not tail:  # metrics.jsonl emptied or lost, the final checkpoint kept
+            log.warning("%s has no train-loss rows: final_train_loss is NaN (the evaluations "
+                        "are recomputed from the final checkpoint)", s.run_dir / METRICS_FILE)
         ev = self.final_eval or {}
         curve_losses = [e["eval_loss"] for e in self.evals]
         final_on_curve = self._final_on_curve_set()
@@ -712,7 +724,7 @@ class _Run:
             "C_kaplan": s.flops.kaplan * tokens,
             "C_xla": (self.xla_step_flops * step) if self.xla_step_flops is not None else float("nan"),
             **({"C_xla_note": self.xla_note} if self.xla_step_flops is None else {}),
-            "final_train_loss": float(np.mean(tail)),
+            "final_train_loss": float(np.mean(tail)) if tail else float("nan"),
             "final_eval_loss": ev.get("eval_loss", float("nan")),
             "eval_loss_stderr": ev.get("eval_loss_stderr", float("nan")),
             "eval_tokens": ev.get("eval_tokens"),

@@ -17,9 +17,9 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from scaling.config import from_dict
-from scaling.results import (FAILED_FILE, POINT_FILE, point_lock, points_dir,
-                             read_result_checked)
-from scaling.runfiles import CorruptRunFile, read_json, set_aside, write_json_atomic
+from scaling.results import (CONFIG_FILE, FAILED_FILE, POINT_FILE, point_lock, points_dir,
+                             read_result_checked, unreadable_files)
+from scaling.runfiles import CorruptRunFile, DiskFull, read_json, set_aside, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,17 @@ def run_point(sweep_dir: str | Path, point_id: str, *, progress_position: int = 
 
     point_dir = points_dir(sweep_dir) / point_id
     done, _ = read_result_checked(point_dir)
-    if done is not None:
+    if done is not None and not unreadable_files(point_dir):
         return done
     with (point_lock(point_dir) if lock else nullcontext(True)) as mine:
         if not mine:
             return None
+        config_file = point_dir / CONFIG_FILE
+        if lock and any(bad.startswith(f"{config_file}:") for bad in unreadable_files(point_dir)):
+            # the point's config is its point.json's: config.json is written anew from it
+            aside = set_aside(config_file)
+            log.warning("point %s: %s is unreadable; set aside as %s (written anew from "
+                        "point.json when the point trains)", point_id, config_file, aside.name)
         done, corrupt = read_result_checked(point_dir)  # finished while we waited?
         if done is not None:
             return done
@@ -67,7 +73,7 @@ def run_point(sweep_dir: str | Path, point_id: str, *, progress_position: int = 
             if not progress:
                 cfg = cfg.replace({"train.progress": False})
             result = train(cfg, point_dir, progress_position=progress_position)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, DiskFull):  # the sweep stops: not this point's failure
             raise
         except Exception as e:
             tb = traceback.format_exc()

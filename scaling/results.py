@@ -23,6 +23,7 @@ loses nothing.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from contextlib import contextmanager
@@ -34,7 +35,10 @@ import pandas as pd
 from scaling.config import ConfigError
 from scaling.runfiles import (LOCK_FILE, METRICS_FILE, RESULT_FILE, CorruptRunFile,
                               RunFolderBusy, acquire_run_lock, atomic_write, clean_stale_temps,
-                              lock_owner, read_metrics, read_result, release_run_lock)
+                              lock_owner, read_metrics, read_metrics_checked, read_result,
+                              release_run_lock)
+
+log = logging.getLogger(__name__)
 
 POINT_FILE = "point.json"
 FAILED_FILE = "failed.json"
@@ -99,10 +103,10 @@ def point_state(point_dir: str | Path) -> str:
     point_dir = Path(point_dir)
     result, corrupt = read_result_checked(point_dir)
     if result is not None:
-        return result["status"]
+        return "corrupt" if unreadable_files(point_dir) else result["status"]
     if is_locked(point_dir):
         return "running"
-    if corrupt is not None:
+    if corrupt is not None or unreadable_files(point_dir):
         return "corrupt"
     slurm = _read_json(point_dir / SLURM_FILE)
     if slurm and slurm.get("state") in ("PENDING", "RUNNING", "REQUEUED", "SUBMITTED"):
@@ -140,17 +144,57 @@ def blocked_by(point_dir: str | Path) -> str | None:
         why = (_read_json(tdir / RESULT_FILE) or {}).get("divergence_reason")
         return f"trunk {trunk} diverged" + (f" ({why})" if why else "")
     if state == "corrupt":
-        return f"trunk {trunk} has a corrupt result.json"
+        return f"trunk {trunk} has a corrupt file (result.json, config.json or point.json)"
     if state == "blocked":
         return f"trunk {trunk} is blocked ({blocked_by(tdir)})"
     return None
 
 
 def _read_json(path: Path) -> dict | None:
+    """The JSON object in `path`; None if it is missing or is not one (not UTF-8, not
+    JSON, not an object): one bad file never stops a table or a status."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        obj = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):  # ValueError: UnicodeDecodeError, JSONDecodeError
         return None
+    return obj if isinstance(obj, dict) else None
+
+
+CONFIG_FILE = "config.json"
+
+
+def unreadable_files(point_dir: str | Path) -> list[str]:
+    """'<path>: why' for each of the point's point.json and config.json that exists but
+    cannot be read as what it must be (UTF-8 JSON holding a config)."""
+    bad = []
+    for name in (POINT_FILE, CONFIG_FILE):
+        path = Path(point_dir) / name
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            bad.append(f"{path}: unreadable ({e.strerror})")
+            continue
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            bad.append(f"{path}: not UTF-8 text")
+            continue
+        except json.JSONDecodeError as e:
+            bad.append(f"{path}: not JSON ({e.msg} at line {e.lineno})")
+            continue
+        cfg = obj if name == CONFIG_FILE else (obj.get("config") if isinstance(obj, dict) else None)
+        if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k), dict)
+                                                for k in ("model", "train")):
+            bad.append(f"{path}: not a {'config' if name == CONFIG_FILE else 'point record'} "
+                       "(no [model] and [train] tables)")
+    return bad
+
+
+def _table(d: dict, key: str) -> dict:
+    v = d.get(key)
+    return v if isinstance(v, dict) else {}
 
 
 def point_row(sweep: str, point_dir: Path) -> dict:
@@ -162,7 +206,10 @@ def point_row(sweep: str, point_dir: Path) -> dict:
     meta = _read_json(point_dir / POINT_FILE) or {}
     result, corrupt = read_result_checked(point_dir)
     result = result or {}
-    config = _read_json(point_dir / "config.json") or meta.get("config", {})
+    bad_files = unreadable_files(point_dir)
+    config = _read_json(point_dir / CONFIG_FILE) or _table(meta, "config")
+    if not isinstance(config.get("model"), dict):
+        config = _table(meta, "config")
     row = {c: math.nan for c in RESULT_COLUMNS}
     row.update({
         "sweep": sweep, "point_id": point_dir.name, "label": meta.get("label", ""),
@@ -175,11 +222,11 @@ def point_row(sweep: str, point_dir: Path) -> dict:
         "branched_at_step": meta.get("branched_at_step"),
     })
     if config:
-        m, o, t = config.get("model", {}), config.get("optim", {}), config.get("train", {})
+        m, o, t = _table(config, "model"), _table(config, "optim"), _table(config, "train")
         row.update({
             "steps": t.get("steps"), "batch_size": t.get("batch_size"), "seq_len": m.get("seq_len"),
             "arch": m.get("arch", "transformer"),
-            "objective": config.get("data", {}).get("objective", "next_token"),
+            "objective": _table(config, "data").get("objective", "next_token"),
             "n_layer": m.get("n_layer"), "d_model": m.get("d_model"),
             "n_head": m.get("n_head") if m.get("arch") != "lstm" else None,
             "optimizer": o.get("name"), "parametrization": m.get("parametrization", "sp"),
@@ -194,15 +241,22 @@ def point_row(sweep: str, point_dir: Path) -> dict:
     if row["status"] == "failed":
         failed = _read_json(point_dir / FAILED_FILE) or {}
         row["error"] = failed.get("error", "")
-    elif row["status"] == "corrupt" and corrupt is not None:
-        row["error"] = str(corrupt)
+    elif row["status"] == "corrupt":
+        row["error"] = "; ".join(([str(corrupt)] if corrupt is not None else []) + bad_files)
     elif row["status"] == "blocked":
         row["error"] = blocked_by(point_dir) or ""
     return row
 
 
 def point_curve(point_dir: Path) -> pd.DataFrame:
-    rows = [r for r in read_metrics(point_dir) if "step" in r]
+    rows, bad, cut = read_metrics_checked(point_dir)
+    if cut and is_locked(point_dir):
+        bad = bad[:-1]  # the line a running point is writing now
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+        log.warning("%s: %d unreadable line(s) skipped (line %s); the point's learning "
+                    "curve lacks them", point_dir / METRICS_FILE, len(bad), shown)
+    rows = [r for r in rows if "step" in r]
     train = {r["step"]: r for r in rows if "loss" in r}
     evals = {r["step"]: r for r in rows if "eval_loss" in r}
     steps = sorted(set(train) | set(evals))
@@ -288,8 +342,9 @@ def format_status(sweep_dir: str | Path) -> str:
         lines += [f"  {pid}: {why}" for pid, why in zip(blocked["point_id"], blocked["error"])]
     corrupt = results[results["status"] == "corrupt"]
     if len(corrupt):
-        lines += ["", f"{len(corrupt)} corrupt result file(s); running the sweep again sets "
-                      "them aside and rebuilds each from its final checkpoint (or retrains):"]
+        lines += ["", f"{len(corrupt)} point(s) with a corrupt file; running the sweep again "
+                      "sets each aside and rebuilds a result from the final checkpoint (or "
+                      "retrains); a corrupt config.json is set aside and written anew:"]
         lines += [f"  {e}" for e in corrupt["error"]]
     return "\n".join(lines)
 
@@ -329,7 +384,7 @@ def watch_summary(sweep_dir: str | Path) -> tuple[str, bool]:
         lines += ["", header, "-" * len(header)]
     for d in running:
         meta = _read_json(d / POINT_FILE) or {}
-        total = (meta.get("config") or {}).get("train", {}).get("steps")
+        total = _table(_table(meta, "config"), "train").get("steps")
         step, loss = running_progress(d)
         at = "compiling" if step is None else f"{step}/{total}" if total else str(step)
         lines.append(f"{d.name:12s} {str(meta.get('label', ''))[:34]:34s} {at:>13s} "

@@ -63,6 +63,44 @@ def _umask() -> int:
     return mask
 
 
+class DiskFull(OSError):
+    """No space left writing `path`: one line naming it and the space it needs."""
+
+    def __init__(self, path: str | Path, needed: int | None = None, message: str | None = None):
+        self.path = Path(path)
+        if message is not None:  # as another process said it
+            super().__init__(errno.ENOSPC, message)
+            return
+        try:
+            free = os.statvfs(self.path.parent if not self.path.is_dir() else self.path)
+            free_b = free.f_bavail * free.f_frsize
+        except OSError:
+            free_b = None
+        need = f"needs about {_mb(needed)}" if needed else "needs more space"
+        have = f", {_mb(free_b)} free" if free_b is not None else ""
+        super().__init__(errno.ENOSPC, f"no space left on the device writing {self.path} "
+                                       f"({need}{have}); free some space and run the same "
+                                       "command again")
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def _mb(n: int | None) -> str:
+    return f"{n / 2**20:.1f} MiB" if n is not None else "?"
+
+
+def disk_full_in(e: BaseException) -> bool:
+    """Whether `e`, or an exception it was raised from, is ENOSPC (orbax wraps it)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """`write(tmp)` fills a temporary file beside `path`, which is then synced and renamed
     over `path`: a reader, or a crash, sees the old file or the new one, never half of one.
@@ -87,8 +125,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
+        if disk_full_in(e) and not isinstance(e, DiskFull):
+            old = path.stat().st_size if path.exists() else 0
+            raise DiskFull(path, max(written, old) or None) from e
         raise
 
 
@@ -200,18 +242,33 @@ def read_result(run_dir: str | Path) -> dict | None:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The rows of metrics.jsonl; unreadable lines (one cut by a kill) are skipped."""
+    return read_metrics_checked(run_dir)[0]
+
+
+def read_metrics_checked(run_dir: str | Path) -> tuple[list[dict], list[int], bool]:
+    """(rows, numbers of the lines skipped as unreadable, whether the last of those is
+    the file's last line, cut without its newline, as a write in progress leaves it)."""
     path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(errors="replace").splitlines():
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return [], [], False
+    rows, bad = [], []
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill: ignore it
-            continue
-        if isinstance(row, dict):
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict) and "\ufffd" not in line:
             rows.append(row)
-    return rows
+        else:
+            bad.append(number)
+    cut = bool(bad) and bad[-1] == len(lines) and not data.endswith(b"\n")
+    return rows, bad, cut
 
 
 def set_aside(path: str | Path) -> Path:

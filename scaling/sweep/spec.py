@@ -84,7 +84,34 @@ def read_spec(path: Path, overrides: list[str] | dict | None = None,
         else:
             section, key = split_key(dotted)  # ConfigError names an unknown key
             base_over["name" if section == "name" else f"{section}.{key}"] = value
+    _check_overrides_vs_axes(raw, base_over, path)
     return raw, base_over
+
+
+def _check_overrides_vs_axes(raw: dict, base_over: dict[str, Any], path: Path) -> None:
+    """A command-line override of a key that an axis (or the seeds, or the lr law) of the
+    spec sets for every point would be silently replaced: refuse it, naming the axis."""
+    grids = raw.get("sweep", {})
+    for grid in grids if isinstance(grids, list) else [grids]:
+        if not isinstance(grid, dict):
+            continue
+        axes = grid.get("axes", {})
+        setters = {}
+        for k, v in (axes.items() if isinstance(axes, dict) else ()):
+            if "." not in k and k in SECTIONS and isinstance(v, dict):  # optim.lr = [...]
+                setters.update({f"{k}.{kk}": f"sweep.axes.{k}.{kk}" for kk in v})
+            else:
+                setters[k] = f'sweep.axes."{k}"'
+        if "seeds" in grid:
+            setters["train.seed"] = "sweep.seeds"
+        if "lr_law" in grid:
+            setters["optim.lr"] = "sweep.lr_law"
+        for dotted in base_over:
+            if dotted in setters:
+                raise SpecError(
+                    f"{dotted}={base_over[dotted]!r} on the command line: the spec's "
+                    f"{setters[dotted]} sets {dotted} for every point, so the override would "
+                    f"be ignored; change {setters[dotted]} in {path} instead")
 
 
 def _override_accounting(raw: dict, value: Any) -> None:
