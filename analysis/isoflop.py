@@ -11,22 +11,26 @@ N_opt(C) are computed (all reported, one is the default):
   of the profile away from the minimum does not move it.
 - ``local``: a parabola over the ``LOCAL_POINTS`` sizes nearest the lowest observed loss.
 
-Default: ``parabola`` (:data:`DEFAULT_ESTIMATOR`), chosen by ``benchmarks/coverage.py``
-(50 draws per grid, 0.5 % noise, 7 sizes x 5 budgets, grids centred, off-centre with the
-optimum at the 2nd size, 3 decades wide, one fixed ladder of sizes across budgets so that the
-optimum drifts from the 2nd to the 6th size, and grids shifted at random by up to 0.1 decade
-per budget). The exponent a is a slope: a bias of
-log N_opt that is the same at every budget cancels in it, and the parabola's bias stays below
-0.01 in a on every grid, with RMS errors 0.005-0.026 and 92-100 % coverage of its 95 %
-interval (with the Birge-ratio widening below; without it the randomly shifted grids
-covered 86 %) (per-draw errors reach 0.034 on the off-centre grid: at 0.5 % noise that is the
-noise, not a bias). The Akima argmin, unbiased in principle, is 3-8x noisier on 7 noisy points
-per budget (the interpolant's minimum jumps between nodes: RMS 0.04-0.09, an eighth of its
-replicates fail on off-centre grids); the local parabola sits in between (RMS 0.008-0.030).
-Use ``akima`` or ``local`` with dense grids (many sizes per budget) where the profile is far
-from a parabola over the grid's range.
+Default: ``auto`` (:data:`DEFAULT_ESTIMATOR`): per fit, :mod:`analysis.isoflop_choice` tests
+whether the profiles are parabolas over the grid (a pooled cubic lack-of-fit test) and keeps
+the global parabola unless they are not, then takes the local parabola. Validated by
+``benchmarks/coverage.py``: on sparse, narrow grids (4-5 sizes per budget over a factor ~4
+in N, as in the demo) the global parabola is the least noisy estimator and unbiased; on
+dense, wide grids (8-12 sizes over two decades, the optimum drifting across the window as
+in published IsoFLOP studies) with asymmetric profiles its bias changes from budget to
+budget and reaches the size of its noise, while the local parabola stays unbiased. The
+fit records the choice and why (``info["estimator_choice"]``). Earlier benchmarks of the
+three estimators on 7-size grids (centred, off-centre, 3 decades wide, a drifting ladder,
+jittered) are the ``--kinds`` of the same script.
 The report names the estimator and says where the others disagree with it by more than
 their combined interval half-widths.
+
+Vertex rule (one rule for the point estimate and every bootstrap replicate): a parabola's
+vertex counts as the budget's minimum when the curvature is positive and the vertex lies
+within the sampled sizes widened by :data:`VERTEX_SLACK` of the grid's span on each side;
+the Akima argmin must lie strictly inside. A budget is used only when its lowest observed
+loss is at an interior size (the grid brackets the minimum) and its point-estimate minimum
+passes the rule; a replicate in which a used budget's minimum fails the rule fails.
 
 Budgets: a budget whose lowest observed loss is at its smallest or largest size did not
 bracket its minimum; it is excluded from the exponent fit and named. With fewer than
@@ -34,12 +38,16 @@ bracket its minimum; it is excluded from the exponent fit and named. With fewer 
 ``info["not_determined"]`` says why (a line through 2 points has no uncertainty estimate
 worth printing).
 
-The exponent fit is weighted least squares of ln N_opt on ln C with weights 1 / var(ln N_opt)
-per budget (the variance from the bootstrap replicates of that budget), so a budget whose
-minimum is poorly located counts less. When the budgets scatter about the line by more than
-those variances explain (chi2 / dof > 1: an estimator whose bias changes from budget to budget,
-as the parabola's does on grids placed differently at each budget), the replicates are widened
-about the estimate by the Birge ratio sqrt(chi2 / dof) (``estimators[...]["birge_ratio"]``). D_opt is read off the budget's own (N, D) runs
+The exponents are the unweighted least-squares line of ln N_opt on ln C, as published
+IsoFLOP studies fit it; the point estimate depends on the data only, never on the number or
+seed of the bootstrap replicates. Beside it (``estimators[...]["weighted"]``) the weighted
+line with weights 1 / var(ln N_opt) per budget, the variance propagated (linearised, by
+central differences of one noise sd per size) from the noise model given before the
+bootstrap; the report shows it where it differs. When the budgets scatter about the line by
+more than those variances explain (chi2 / dof > 1: an estimator whose bias changes from
+budget to budget, as the parabola's does on grids placed differently at each budget), the
+replicates are widened about the estimate by the Birge ratio sqrt(chi2 / dof)
+(``estimators[...]["birge_ratio"]``). D_opt is read off the budget's own (N, D) runs
 (interpolated in log N), so it follows whichever compute accounting the rows use.
 
 Intervals (``bootstrap``): "noise" (default) keeps the design (sizes, budgets, the set of
@@ -62,8 +70,10 @@ from .noise import DEFAULT_REL_NOISE, LossNoise, noise_replicates, shared_factor
 from .result import LEVEL, AllocationFit, percentile_interval
 
 ESTIMATORS = ("parabola", "akima", "local")
-DEFAULT_ESTIMATOR = "parabola"
+CHOICES = ESTIMATORS + ("auto",)  # what a caller may ask for; auto picks one of ESTIMATORS
+DEFAULT_ESTIMATOR = "auto"
 LOCAL_POINTS = 5
+VERTEX_SLACK = 0.5  # a parabola vertex may lie this fraction of the grid's span beyond the sizes
 MIN_BUDGETS = 3
 _FINE = 801  # grid points of the Akima argmin search over a budget's range of log10 N
 
@@ -166,10 +176,11 @@ def _min_local(u, LB, slack: float):
 _MINIMA = {"parabola": _min_parabola, "akima": _min_akima, "local": _min_local}
 
 
-def budget_minimum(u, LB, estimator: str = DEFAULT_ESTIMATOR, *, slack: float = 0.0):
+def budget_minimum(u, LB, estimator: str = "parabola", *, slack: float = VERTEX_SLACK):
     """The minimum of each row of ``LB`` (losses at sorted distinct ``u`` = log10 N) by
     ``estimator``: (u*, L*, ok) each of shape (B,). ``slack``: how far (as a fraction of the
-    grid's span) a parabola vertex may lie outside the sizes and still count."""
+    grid's span) a parabola vertex may lie outside the sizes and still count (the module's
+    one vertex rule, :data:`VERTEX_SLACK`, for point estimates and replicates alike)."""
     if estimator not in _MINIMA:
         raise ValueError(f"unknown IsoFLOP estimator {estimator!r}; allowed: {', '.join(ESTIMATORS)}")
     u = np.asarray(u, dtype=np.float64)
@@ -177,7 +188,7 @@ def budget_minimum(u, LB, estimator: str = DEFAULT_ESTIMATOR, *, slack: float = 
     return _MINIMA[estimator](u, LB, slack)
 
 
-def profile_curve(u, L, estimator: str = DEFAULT_ESTIMATOR, n: int = 200):
+def profile_curve(u, L, estimator: str = "parabola", n: int = 200):
     """(u grid, loss) of the estimator's curve through one budget's points (for figures)."""
     u = np.asarray(u, dtype=np.float64)
     L = np.asarray(L, dtype=np.float64)
@@ -218,6 +229,8 @@ class IsoFLOPFit(AllocationFit):
     def to_dict(self):
         out = super().to_dict()
         out["estimator"] = self.info.get("estimator")
+        out["estimator_requested"] = self.info.get("estimator_requested")
+        out["estimator_choice"] = self.info.get("estimator_choice")
         out["estimators"] = self.estimators
         return out
 
@@ -275,8 +288,8 @@ def fit_isoflop(
     (array or :class:`analysis.noise.LossNoise`); None: an assumed relative noise of
     :data:`analysis.noise.DEFAULT_REL_NOISE`, stated in ``info["noise_source"]``.
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown IsoFLOP estimator {estimator!r}; allowed: {', '.join(ESTIMATORS)}")
+    if estimator not in CHOICES:
+        raise ValueError(f"unknown IsoFLOP estimator {estimator!r}; allowed: {', '.join(CHOICES)}")
     if bootstrap not in ("noise", "cases"):
         raise ValueError(f"bootstrap must be 'noise' or 'cases', got {bootstrap!r}")
     C = np.asarray(C, dtype=np.float64)
@@ -301,6 +314,18 @@ def fit_isoflop(
 
     rows, used = [], []
     profiles = {}
+    requested = estimator
+    choice = None
+    if estimator == "auto":
+        from .isoflop_choice import choose_estimator
+
+        bracketed_profiles = []
+        for c in np.unique(budget):
+            m = budget == c
+            u, Lc, _ = _aggregate(np.log10(N[m]), L[m], sig_all[m])
+            if u.size >= min_points and 0 < int(np.argmin(Lc)) < u.size - 1:
+                bracketed_profiles.append((u, Lc))
+        estimator, choice = choose_estimator(bracketed_profiles)
     for c in np.unique(budget):
         m = budget == c
         u_rows, logD_rows = np.log10(N[m]), np.log(D[m])
@@ -325,7 +350,7 @@ def fit_isoflop(
         row["used"] = bool(use)
         row["note"] = ("" if use else
                        (f"lowest loss at the {'smallest' if j == 0 else 'largest'} size: minimum not bracketed"
-                        if not bracketed else f"{estimator} minimum outside the sampled sizes"))
+                        if not bracketed else f"{estimator} minimum not found within the sampled sizes (+- {VERTEX_SLACK:g} of their span)"))
         rows.append(row)
         if use:
             used.append((float(c), u, Lc, sc, u_rows, logD_rows, m))
@@ -334,9 +359,14 @@ def fit_isoflop(
     fit = IsoFLOPFit(kind="isoflop", params={k: math.nan for k in ("a", "b", "k_N", "k_D")},
                      n=int(keep.sum()), level=level)
     fit.budgets, fit.profiles, fit.estimators = table, profiles, {}
-    fit.info = {"estimator": estimator, "n_budgets": int(len(table)), "n_budgets_used": len(used),
+    fit.info = {"estimator": estimator, "estimator_requested": requested,
+                "estimator_choice": (f"auto -> {choice['reason']}" if choice else f"{estimator} (asked for)"),
+                "n_budgets": int(len(table)), "n_budgets_used": len(used),
                 "budgets_skipped": skipped, "bootstrap": bootstrap, "noise_source": noise_source,
-                "min_budgets": MIN_BUDGETS}
+                "min_budgets": MIN_BUDGETS, "vertex_slack": VERTEX_SLACK,
+                "line": "unweighted least squares of ln N_opt on ln C (weighted fit beside it)"}
+    if choice:
+        fit.info["estimator_test"] = {k: v for k, v in choice.items() if k != "reason"}
     if len(used) < MIN_BUDGETS:
         fit.info["not_determined"] = (
             f"not determined: {len(used)} budget(s) bracket their minimum, and an exponent needs "
@@ -345,7 +375,7 @@ def fit_isoflop(
         if used and n_boot > 0:  # the per-budget minima still get their intervals
             with np.errstate(all="ignore"):
                 d = _fit_estimator(estimator, used, np.log(np.array([t[0] for t in used])), n_boot,
-                                   bootstrap, rng, level)
+                                   bootstrap, rng, level, shared)
             for col, vals in d["_per_budget"].items():
                 table.loc[table["used"], col] = vals
             fit.info["per_budget_bootstrap"] = (
@@ -372,10 +402,22 @@ def fit_isoflop(
     return fit
 
 
-def _replicate_losses(Lc, sc, n_boot, bootstrap, rng):
-    """(n_boot, m) losses of one budget's distinct sizes for the bootstrap."""
+def _size_factors(shared, m, u_rows):
+    """The shared eval-set log factors (n_boot, rows kept) of one budget's rows ``m``, averaged
+    over the runs of each distinct size (as :func:`_aggregate` averages their losses); None
+    without a shared part."""
+    if shared is None:
+        return None
+    g = np.asarray(shared, dtype=np.float64)[:, np.asarray(m)]
+    key = np.round(u_rows, 6)
+    return np.stack([g[:, key == k].mean(axis=1) for k in np.unique(key)], axis=1)
+
+
+def _replicate_losses(Lc, sc, n_boot, bootstrap, rng, shared=None):
+    """(n_boot, m) losses of one budget's distinct sizes for the bootstrap; ``shared``: the
+    (n_boot, m) shared eval-set log factors of its sizes (noise bootstrap only)."""
     if bootstrap == "noise":
-        return noise_replicates(Lc, sc, n_boot, rng)
+        return noise_replicates(Lc, sc, n_boot, rng, shared=shared)
     # cases: resample the sizes of the budget with replacement; a size not drawn is missing
     m = Lc.size
     W = rng.multinomial(m, np.full(m, 1.0 / m), size=n_boot)
@@ -386,24 +428,41 @@ def _minima_with_gaps(u, LB, est):
     """budget_minimum on replicate rows that may have missing sizes (case bootstrap)."""
     miss = ~np.isfinite(LB)
     if not miss.any():
-        return budget_minimum(u, LB, est, slack=0.5)
+        return budget_minimum(u, LB, est)
     v = np.full(LB.shape[0], np.nan)
     ok = np.zeros(LB.shape[0], dtype=bool)
     for i in range(LB.shape[0]):
         sel = ~miss[i]
         if sel.sum() >= 3:
-            vi, _, oi = budget_minimum(u[sel], LB[i, sel][None], est, slack=0.5)
+            vi, _, oi = budget_minimum(u[sel], LB[i, sel][None], est)
             v[i], ok[i] = vi[0], oi[0]
     return v, None, ok
 
 
+def _propagated_sd(u, Lc, sc, est) -> float:
+    """sd of ln N_opt of one budget from its sizes' loss noise ``sc``, linearised: the vertex
+    moved by +- one sd of each size's loss in turn (central differences), combined in
+    quadrature. Deterministic (no random draws); NaN where a perturbed minimum fails."""
+    m = u.size
+    P = np.repeat(Lc[None, :], 2 * m, axis=0)
+    j = np.arange(m)
+    P[j, j] += sc
+    P[m + j, j] -= sc
+    v, _, ok = budget_minimum(u, P, est)
+    if not ok.all():
+        return math.nan
+    return float(math.log(10) * math.sqrt(float(np.sum(((v[:m] - v[m:]) / 2) ** 2))))
+
+
 def _fit_estimator(est, used, logC, n_boot, bootstrap, rng, level, shared=None):
-    """Exponents of one estimator: per-budget minima, their replicates, the weighted lines."""
+    """Exponents of one estimator: per-budget minima, the unweighted line through them (the
+    point estimate), the weighted line beside it, the bootstrap replicates of the line."""
     K = len(used)
     logN = np.empty(K)
     logD = np.empty(K)
     BN = np.full((n_boot, K), np.nan)
     BD = np.full((n_boot, K), np.nan)
+    sd_boot = np.full(K, np.nan)
     sd = np.full(K, np.nan)
     fails = np.zeros(K, dtype=int)
     per = {"N_opt_low": [], "N_opt_high": [], "boot_failed": []} if n_boot > 0 else {}
@@ -411,12 +470,10 @@ def _fit_estimator(est, used, logC, n_boot, bootstrap, rng, level, shared=None):
         v = float(budget_minimum(u, Lc[None], est)[0][0])
         logN[k] = v * math.log(10)
         logD[k] = _d_at(u_rows, logD_rows, v)
+        sd[k] = _propagated_sd(u, Lc, sc, est)
         if n_boot > 0:
             # one stream per estimator and budget keeps estimators comparable and reproducible
-            LB = _replicate_losses(Lc, sc, n_boot, bootstrap, rng)
-            if shared is not None:  # the eval-set factors drawn jointly for all runs, per size
-                key = np.round(u_rows, 6)
-                LB = LB * np.stack([np.exp(shared[:, m][:, key == q]).mean(axis=1) for q in np.unique(key)], 1)
+            LB = _replicate_losses(Lc, sc, n_boot, bootstrap, rng, _size_factors(shared, m, u_rows))
             vb, _, okb = _minima_with_gaps(u, LB, est)
             vb = np.where(okb, vb, np.nan)
             fails[k] = int((~okb).sum())
@@ -429,15 +486,25 @@ def _fit_estimator(est, used, logC, n_boot, bootstrap, rng, level, shared=None):
             fin = BN[np.isfinite(BN[:, k]), k]
             if fin.size >= 10:
                 q16, q84 = np.quantile(fin, [0.16, 0.84])
-                sd[k] = max((q84 - q16) / 2, 1e-6)
-    # weights: 1 / var(ln N_opt) per budget; equal weights without a bootstrap
-    w = 1.0 / sd**2 if np.isfinite(sd).all() else np.ones(K)
+                sd_boot[k] = max((q84 - q16) / 2, 1e-6)
+    # the point estimate: the unweighted line (data only; no bootstrap quantity enters it)
+    w = np.ones(K)
     a, ia = _wls_lines(logC, logN[None], w)
     b, ib = _wls_lines(logC, logD[None], w)
     out = {"a": float(a[0]), "b": float(b[0]), "k_N": math.exp(ia[0]), "k_D": math.exp(ib[0]),
-           "ci": {}, "n_boot": int(n_boot), "n_boot_failed": 0,
-           "weights": "1/var(ln N_opt) per budget" if np.isfinite(sd).all() else "equal",
-           "sd_ln_N_opt": [float(x) for x in sd]}
+           "ci": {}, "n_boot": int(n_boot), "n_boot_failed": 0, "weights": "equal (unweighted line)",
+           "sd_ln_N_opt": [float(x) for x in sd], "sd_ln_N_opt_boot": [float(x) for x in sd_boot]}
+    has_sd = bool(np.isfinite(sd).all() and (sd > 0).all())
+    if has_sd:
+        wa, wia = _wls_lines(logC, logN[None], 1.0 / sd**2)
+        wb, _ = _wls_lines(logC, logD[None], 1.0 / sd**2)
+        out["weighted"] = {"a": float(wa[0]), "b": float(wb[0]), "k_N": math.exp(wia[0]),
+                           "weights": "1/var(ln N_opt) per budget, propagated from the loss noise "
+                                      "(fixed before the bootstrap)"}
+    else:
+        out["weighted"] = {"a": math.nan, "b": math.nan, "k_N": math.nan,
+                           "weights": "not available (a budget's noise is zero or its perturbed "
+                                      "minimum fails the vertex rule)"}
     if n_boot > 0:
         ok_rep = np.isfinite(BN).all(axis=1)
         out["n_boot_failed"] = int((~ok_rep).sum())
@@ -446,8 +513,10 @@ def _fit_estimator(est, used, logC, n_boot, bootstrap, rng, level, shared=None):
         # Birge ratio: when the budgets scatter about the line by more than their own noise
         # explains (a minimum estimator whose bias differs from budget to budget, a law that
         # is not a power law), widen the replicates about the estimate by sqrt(chi2 / dof);
-        # never narrow them
-        birge = _birge_ratio(logC, logN, w, a[0], ia[0]) if np.isfinite(sd).all() else 1.0
+        # never narrow them. The budgets' variances: propagated, else from the replicates
+        var = sd**2 if has_sd else sd_boot**2
+        birge = (_birge_ratio(logC, logN, 1.0 / var, a[0], ia[0])
+                 if np.isfinite(var).all() and (var > 0).all() else 1.0)
         out["birge_ratio"] = birge
         if birge > 1:
             sa = a[0] + birge * (sa - a[0])
@@ -466,7 +535,7 @@ def _fit_estimator(est, used, logC, n_boot, bootstrap, rng, level, shared=None):
 
 
 def _birge_ratio(x, y, w, slope, icpt) -> float:
-    """sqrt(chi2 / (K - 2)) of the weighted line (weights 1/var), at least 1; 1 with K < 3."""
+    """sqrt(chi2 / (K - 2)) of the line's residuals with weights 1/var, at least 1; 1 with K < 3."""
     K = x.size
     if K < 3:
         return 1.0

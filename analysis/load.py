@@ -9,7 +9,9 @@ and adds the canonical ones:
     N     parameters (non-embedding for this project's sweeps)
     D     training tokens
     C     training FLOPs (6 N D unless the table says otherwise)
-    loss  the loss to fit (default: final_eval_loss, then final_train_loss, then loss)
+    loss  the loss to fit (default: final_eval_loss, then final_train_loss, then loss: one
+          column for the whole table; rows of a final_eval_loss table that lack it are not
+          fitted and are counted, see :func:`load_results`)
     status  "done" when the table has no status column
 
 A missing one of N, D, C is derived from C = 6 N D (recorded in ``df.attrs["derived"]``).
@@ -53,6 +55,8 @@ CANDIDATES = {
              "train_loss", "final_loss"),
 }
 FITTED_STATUS = "done"
+NO_EVAL_NOTE = ("missing, final_train_loss present (not substituted: the train loss is another "
+                "quantity; load_results(train_loss_fallback=True) fits it)")
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -198,9 +202,15 @@ def load_results(
     loss_col: str | None = None,
     status_col: str = "status",
     accounting: str | None = None,
+    train_loss_fallback: bool = False,
 ) -> pd.DataFrame:
     """Load a sweep folder or a table and add canonical N, D, C, loss, status columns
-    under one compute ``accounting`` (see the module docstring)."""
+    under one compute ``accounting`` (see the module docstring).
+
+    Done rows whose ``final_eval_loss`` is missing while ``final_train_loss`` is there are not
+    fitted (counted in ``attrs["dropped"]`` under :data:`NO_EVAL_NOTE`, which the report's
+    data section and ``fit`` print); ``train_loss_fallback=True`` fits their train loss
+    instead and says so in ``attrs["derived"]``."""
     src = results_path(path)
     rebuilt = src.is_dir()
     if rebuilt:
@@ -226,11 +236,13 @@ def load_results(
         if col is not None:
             raw[key] = df[col].replace(r"^\s*$", np.nan, regex=True) if df[col].dtype == object else df[col]
             df[key] = pd.to_numeric(df[col], errors="coerce").astype(float)
-    if cols["loss"] in ("final_eval_loss",) and "final_train_loss" in df and loss_col is None:
-        # a sweep whose evaluation was off: fall back row by row
-        miss = df["loss"].isna()
-        if miss.any():
-            df.loc[miss, "loss"] = pd.to_numeric(df.loc[miss, "final_train_loss"], errors="coerce")
+    # rows without an eval loss but with a train loss: the train loss is another quantity (the
+    # training data, the last steps' running mean), so it is never substituted silently
+    no_eval = pd.Series(False, index=df.index)
+    if cols["loss"] == "final_eval_loss" and "final_train_loss" in df and loss_col is None:
+        no_eval = df["loss"].isna() & pd.to_numeric(df["final_train_loss"], errors="coerce").notna()
+        if train_loss_fallback and no_eval.any():
+            df.loc[no_eval, "loss"] = pd.to_numeric(df.loc[no_eval, "final_train_loss"], errors="coerce")
     derived = []
     have = {k for k in ("N", "D", "C") if cols[k] is not None}
     if "D" not in have and {"N", "C"} <= have:
@@ -247,6 +259,16 @@ def load_results(
     else:
         df["status"] = FITTED_STATUS
     dropped = _bad_rows(df, raw, cols)
+    n_no_eval = int((no_eval & (df["status"] == FITTED_STATUS)).sum())
+    if n_no_eval and train_loss_fallback:
+        derived.append(f"final_eval_loss missing in {n_no_eval} done row(s): final_train_loss used "
+                       "there instead (another quantity; train_loss_fallback=True)")
+    elif n_no_eval:
+        key = "loss (final_eval_loss): missing/NaN"
+        dropped[key] = dropped.get(key, 0) - n_no_eval
+        if dropped[key] <= 0:
+            del dropped[key]
+        dropped[f"loss (final_eval_loss): {NO_EVAL_NOTE}"] = n_no_eval
     if rebuilt:
         derived.insert(0, "results table rebuilt from the point folders (results.csv/.parquet missing)")
     cols = {k: ("N_total" if v == "_N_acc" and acc == "total" else

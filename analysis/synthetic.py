@@ -18,6 +18,10 @@ import pandas as pd
 
 # Hoffmann et al. (2022)'s published fit: a = beta / (alpha + beta) = 0.4516
 TRUE_LAW = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+# A law whose IsoFLOP profiles are clearly asymmetric in log N (alpha = 2 beta: one decade
+# below the optimum the loss rises 1.5x as much as one decade above it; TRUE_LAW: 1.1x),
+# as measured profiles are; a = 1/3
+ASYMMETRIC_LAW = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.5, "beta": 0.25}
 
 RESULT_COLUMNS = [
     "sweep", "point_id", "status", "N", "N_total", "D", "C", "C_xla", "C_exact",
@@ -33,6 +37,20 @@ def law_loss(N, D, law: dict = TRUE_LAW):
     N = np.asarray(N, dtype=np.float64)
     D = np.asarray(D, dtype=np.float64)
     return law["E"] + law["A"] / N ** law["alpha"] + law["B"] / D ** law["beta"]
+
+
+def true_exponent(law: dict = TRUE_LAW) -> float:
+    """The allocation exponent a = beta / (alpha + beta) of N_opt ~ C^a under C = 6 N D."""
+    return law["beta"] / (law["alpha"] + law["beta"])
+
+
+def profile_asymmetry(law: dict = TRUE_LAW, C: float = 1e18, decades: float = 1.0) -> float:
+    """How asymmetric the IsoFLOP profile of ``law`` is in log N at budget C: the loss rise
+    ``decades`` below the optimal N over the rise as far above it (1: symmetric)."""
+    n, _ = true_optimum(C, law)
+    rise = [float(law_loss(n * 10 ** s, C / (6 * n * 10 ** s), law) / law_loss(n, C / (6 * n), law)) - 1
+            for s in (-decades, decades)]
+    return rise[0] / rise[1]
 
 
 def true_optimum(C, law: dict = TRUE_LAW):

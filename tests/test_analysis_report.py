@@ -111,10 +111,12 @@ def test_cli_isoflop_power_and_frontier(tmp_path):
                           "--n-boot", "50", "--json"))
     assert 0.3 < res["params"]["a"] < 0.6 and len(res["budgets"]) == 5
     assert res["params"]["a"] + res["params"]["b"] == pytest.approx(1.0)
-    # the default estimator stays at params.a / ci.a; the others under their own key
-    assert res["estimator"] == "parabola" and res["ci"]["a"][0] < res["params"]["a"] < res["ci"]["a"][1]
-    assert res["estimators"]["parabola"]["a"] == res["params"]["a"]
-    assert {"akima", "local"} <= set(res["estimators"]) and "a" in res["estimators"]["akima"]
+    # the estimator auto chose stays at params.a / ci.a, with its reason; all three under their own key
+    est = res["estimator"]
+    assert res["estimator_choice"].startswith(f"auto -> {est}")
+    assert res["ci"]["a"][0] < res["params"]["a"] < res["ci"]["a"][1]
+    assert res["estimators"][est]["a"] == res["params"]["a"]
+    assert {"parabola", "akima", "local"} <= set(res["estimators"]) and "a" in res["estimators"]["akima"]
     assert res["info"]["bootstrap"] == "noise" and res["n_boot_failed"] == 0
     assert res["info"]["noise_source"].startswith("assumed 0.5 % relative noise")
     res = json.loads(_cli("fit", "--law", "power", str(sweep / "results.csv"), "--x", "C",
