@@ -437,11 +437,14 @@ def analyze(
                         for e, d in iso.estimators.items() if e != iso.info["estimator"])
                     rep.findings.append(
                         f"Approach 2 (IsoFLOP, {nu} of {nb} budgets bracket their minimum; minima by the "
-                        f"{iso.info['estimator']} estimator, the line weighted by each budget's "
-                        f"uncertainty): N_opt ∝ C^a with a = {value_ci(iso['a'], *iso.interval('a'), 3)}, "
+                        f"{iso.info['estimator']} estimator, the unweighted line through them as published "
+                        f"studies fit it; weighted by each budget's propagated noise a = "
+                        f"{iso.estimators[iso.info['estimator']]['weighted']['a']:.3f}): "
+                        f"N_opt ∝ C^a with a = {value_ci(iso['a'], *iso.interval('a'), 3)}, "
                         f"D_opt ∝ C^b with b = {value_ci(iso['b'], *iso.interval('b'), 3)} "
                         f"({_boot_text(iso)}; noise: {iso.info['noise_source']}; {conv}). "
-                        f"Other estimators of the minima give a = {others}.")
+                        f"Other estimators of the minima give a = {others}. "
+                        f"Estimator {iso.info['estimator_choice']}.")
                     for line in iso.info.get("disagreement", []):
                         rep.findings.append(f"Warning (IsoFLOP estimators disagree): {line}.")
                 else:
