@@ -237,6 +237,9 @@ def _fit(args, df: pd.DataFrame) -> tuple[dict, str]:
                 "budgets bracket their minimum\n" + f"estimator: {fit.info['estimator_choice']}\n")
         if fit.determined:
             body = fit.describe()
+            wt = fit.estimators[fit.info["estimator"]]["weighted"]
+            body += (f"\n  (a, b: the unweighted line through the minima; weighted by each budget's "
+                     f"propagated noise: a = {fmt(wt['a'], 4)}, b = {fmt(wt['b'], 4)})")
             for e, d in fit.estimators.items():
                 if e != fit.info["estimator"]:
                     lo, hi = d["ci"].get("a", (math.nan, math.nan))
