@@ -571,7 +571,7 @@ class _Run:
         done_step, fut = self.pending
         self.pending = None
         t = self.s.cfg.train
-        logged = done_step % t.log_every == 0 or done_step in (1, t.steps)
+        logged = _logged_step(t, done_step)
         # between logged steps only the loss is read (the divergence monitor's input)
         mt = self.s.driver.fetch_metrics(fut, None if logged else ("loss",))
         if logged:
@@ -734,8 +734,8 @@ class _Run:
             **{k: ev[k] for k in ("eval_loss_by_position", "eval_loss_by_position_stderr") if k in ev},
             # the estimand (scaling.evalset), which windows (same id: same windows), the
             # draw, and per validation document the tokens scored and their loss sum
-            **{k: ev[k] for k in ("eval_estimand", "eval_set_id", "eval_loss_on_curve_set",
-                                  "eval_by_document") if k in ev},
+            **{k: ev[k] for k in ("eval_estimand", "eval_set_id", "eval_loss_stderr_windows",
+                                  "eval_loss_on_curve_set", "eval_by_document") if k in ev},
             "eval_seed": cfg.data.eval_seed,
             # best over the evals on the curve set's windows (the final eval's prefix)
             "best_eval_loss": min(curve_losses + ([final_on_curve] if final_on_curve is not None
@@ -762,6 +762,9 @@ class _Run:
             "seed": t.seed,
             "tokens_per_param": tokens / N,
             "resumed_from_step": self.start_step,
+            # what the numbers depend on beyond the config (README: reproducibility)
+            "cpu_threads": _cpu_threads(),
+            "branch_origin": _branch_origin(cfg, self.branch),
             "trunk": self.branch["trunk"] if self.branch else None,
             "branched_at_step": self.branch["branched_at_step"] if self.branch else None,
             "wall_time_s": self.wall(),
@@ -781,6 +784,23 @@ class _Run:
             "git_commit": git_commit(),
             **{k: v for k, v in ev.items() if k.startswith("task/")},
         }
+
+
+def _cpu_threads() -> int:
+    """The cores this process may use: XLA's CPU client sizes its thread pool from them,
+    and its reductions' summation order (so the last bits of a loss) follow the pool."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _branch_origin(cfg: Config, branch: dict | None) -> str | None:
+    """Where a branch (train.init_from) started: its trunk's checkpoint, or step 0 when
+    the trunk finished without one at train.init_step. None for a plain run."""
+    if not cfg.train.init_from:
+        return None
+    if branch is not None:
+        return f"trunk {branch['trunk']} checkpoint at step {branch['branched_at_step']}"
+    return (f"step 0: the trunk had no checkpoint at train.init_step = "
+            f"{cfg.train.init_step}, so this branch trained from scratch")
 
 
 def train(cfg: Config, run_dir: str | Path, *, progress_position: int = 0,

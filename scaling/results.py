@@ -49,12 +49,14 @@ RESULT_COLUMNS = [
     "N", "N_total", "D", "D_planned", "accounting", "C", "C_6ND", "C_xla", "C_exact",
     "tokens_per_param",
     "final_train_loss", "final_eval_loss", "eval_loss_stderr", "best_eval_loss",
-    "eval_tokens", "eval_documents", "eval_estimand", "eval_set_id",  # (eval_by_document: result.json)
+    "eval_tokens", "eval_documents", "eval_estimand", "eval_set_id", "eval_loss_stderr_windows",
+    # (eval_by_document, lists per document, stays in result.json)
     "arch", "objective", "steps", "batch_size", "seq_len", "n_layer", "d_model", "n_head",
     "optimizer", "parametrization", "lr", "schedule", "warmup_steps", "weight_decay", "seed",
     "wall_time_s", "compile_time_s", "tokens_per_s", "mfu",
     "device_kind", "device_count", "jax_version", "corpus_fingerprint", "git_commit",
-    "resumed_from_step", "divergence_reason", "role", "trunk", "branched_at_step", "error",
+    "resumed_from_step", "cpu_threads", "branch_origin", "divergence_reason", "role", "trunk",
+    "branched_at_step", "error",
 ]
 CURVE_COLUMNS = ["point_id", "step", "tokens", "flops", "train_loss", "eval_loss",
                  "eval_loss_stderr", "lr"]

@@ -239,3 +239,21 @@ def test_a_missing_trunk_is_one_line(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert "/nonexistent" in out.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "run").exists()
+
+
+def test_result_records_what_its_numbers_depend_on(sweep, tmp_path):
+    """The thread count (XLA's reduction order) and a branch's origin are in result.json;
+    a branch whose trunk has no checkpoint at init_step says it trained from step 0."""
+    import os
+
+    from scaling.loop import train
+    from tests.test_loop import tiny
+
+    spec, sw, (a, b) = sweep
+    r = read_result(a)
+    assert r["cpu_threads"] == len(os.sched_getaffinity(0)) and r["branch_origin"] is None
+    trunk = tmp_path / "trunk"
+    train(tiny(), trunk)  # checkpoints at 10, 20, 30; the newest two kept
+    assert not (trunk / "checkpoints" / "10").exists()
+    branch = train(tiny(f"train.init_from={trunk}", "train.init_step=10"), tmp_path / "branch")
+    assert branch["resumed_from_step"] == 0 and branch["branch_origin"].startswith("step 0")
