@@ -226,8 +226,15 @@ def _layer_norm(x: jax.Array, stacked: bool) -> jax.Array:
 # there W_out behaves like an input weight (one width-sized dimension), which is why
 # microsoft/mup's MuAdam leaves its rate alone and MuSGD scales it by m. A tied head is
 # the embedding, whose rule is the same. The multiplier scales the whole step of the
-# chain, the decoupled weight decay included (w <- w - lr m_l (direction + wd w)), as
-# per-group learning rates do in torch's AdamW. LARS and LAMB are refused under µP
+# chain, the decoupled weight decay included (w <- w - lr m_l (direction + wd w)), as a
+# per-group lr does in torch's AdamW (p *= 1 - lr wd). This is a choice, and not
+# microsoft/mup's: its MuAdam/MuAdamW (mup/optim.py) divide a hidden matrix group's lr by
+# width_mult *and multiply its weight_decay by width_mult*, and MuSGD does the inverse pair,
+# so there lr x wd, the per-step shrinkage, is the same at every width. Here a hidden
+# matrix under Adam shrinks by lr wd / m per step (1/m of SP's at the same wd) and SGD's
+# readout by lr wd m; tests/test_optim.py pins it. So under µP a tuned weight_decay
+# transfers across widths with the update, not with the shrinkage (an optimum tuned with
+# MuAdamW corresponds to wd x m here). LARS and LAMB are refused under µP
 # (scaling.config.check_mup_optimizer): their trust ratios already set each layer's
 # step relative to its weights. At the base width (m = 1) every multiplier is 1 and the
 # update is SP's bit for bit (a multiplier of exactly 1 is not applied at all).
