@@ -1,4 +1,4 @@
-"""A paired bootstrap over task instances: is exact match what independent token errors give?
+"""Is exact match what independent token errors give? A paired bootstrap and a permutation test.
 
 Input: one sub-task's teacher-forced hit matrix `hit` [n, A] (entry (i, j): the model's
 argmax at answer position j of instance i is right; entries past an answer's length are
@@ -21,10 +21,12 @@ bootstrap distribution of the *difference* carries the correlation. The point es
 all instances and do not depend on the bootstrap's size or seed; the stderr (sd of the
 replicates), the 95 % percentile interval and the p-value do, by Monte-Carlo error
 (about sqrt(p (1 - p) / n_boot) for the p-value). p-value: two-sided, from the normal
-approximation z = d / sd(d*) (benchmarks/emergence_size.py shows its size is nominal where
-the test is defined and compares it with the percentile rule). Not defined (NaN) when
-every replicate gives the same difference (e.g. no instance right at some position, or
-every instance right): nothing varies there to test.
+approximation z = d / sd(d*), NaN when every replicate gives the same difference. Neither
+it nor the percentile rule is a test to trust where few instances carry the difference
+(several errors in one answer are rare at p near 1, any all-right answer is rare at p^L
+near 0): benchmarks/emergence_size.py finds sizes of 0.2-0.7 there. The test of
+independence is `permutation_p`, whose size is nominal; the paired bootstrap gives the
+difference's interval.
 
 Pure numpy: scaling/taskeval.py records these per run, analysis/emergence.py combines runs
 from the results table, benchmarks/emergence_size.py simulates size and power.
@@ -62,21 +64,24 @@ def _stats(w: np.ndarray, hit: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray
 
 
 def paired_excess(hit, lens, *, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, float]:
-    """EM - prod p_j ("positions") and EM - p^L ("pl") with their paired-bootstrap stderr,
-    95 % percentile interval and two-sided p-value (see the module doc)."""
+    """EM - prod p_j ("positions") and EM - p^L ("pl") with their paired-bootstrap stderr
+    (`_se`), 95 % percentile interval (`_lo`, `_hi`) and two-sided p-values (`_p`: normal
+    approximation; `_p_percentile`: 2 x the smaller share of replicates on either side of
+    0), and `prod_se`, the bootstrap sd of prod p_j alone (see the module doc)."""
     hit = np.asarray(hit, bool)
     lens = np.asarray(lens, int)
     n = len(lens)
     em0, ind0, pl0 = (float(a[0]) for a in _stats(np.ones((1, n)), hit, lens))
     out = {"em": em0, "positions": em0 - ind0, "pl": em0 - pl0, "n_boot": n_boot}
     if n < 2 or n_boot < 2:
+        out["prod_se"] = math.nan
         for k in ("positions", "pl"):
-            out.update({f"{k}_se": math.nan, f"{k}_lo": math.nan, f"{k}_hi": math.nan,
-                        f"{k}_p": math.nan})
+            out.update({f"{k}{s}": math.nan for s in ("_se", "_lo", "_hi", "_p", "_p_percentile")})
         return out
     rng = np.random.default_rng(seed)
     w = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
     em, ind, pl = _stats(w, hit, lens)
+    out["prod_se"] = float(np.std(ind, ddof=1))  # of prod p_j alone (the old, unpaired z)
     for k, d in (("positions", em - ind), ("pl", em - pl)):
         se = float(np.std(d, ddof=1))
         lo, hi = np.percentile(d, [2.5, 97.5])
@@ -84,7 +89,9 @@ def paired_excess(hit, lens, *, n_boot: int = N_BOOT, seed: int = 0) -> dict[str
         out.update({f"{k}_se": se if defined else math.nan, f"{k}_lo": float(lo),
                     f"{k}_hi": float(hi),
                     f"{k}_p": (math.erfc(abs(out[k]) / se / math.sqrt(2)) if defined
-                               else math.nan)})
+                               else math.nan),
+                    f"{k}_p_percentile": float(min(1.0, 2 * min(np.mean(d <= 0),
+                                                                np.mean(d >= 0))))})
     return out
 
 
@@ -115,14 +122,3 @@ def permutation_p(hit, lens, *, n_perm: int = N_BOOT, seed: int = 0) -> float:
         em += ok.sum(1)
     far = np.abs(em - mean) >= abs(em0 - mean) - 1e-9
     return float((1 + np.sum(far)) / (1 + n_perm))
-
-
-def percentile_p(hit, lens, *, n_boot: int = N_BOOT, seed: int = 0, key: str = "positions"):
-    """The percentile rule's two-sided p-value for comparison (2 x the smaller share of
-    replicates on either side of 0): benchmarks/emergence_size.py reports its size."""
-    hit, lens = np.asarray(hit, bool), np.asarray(lens, int)
-    n = len(lens)
-    w = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
-    em, ind, pl = _stats(w, hit, lens)
-    d = em - (ind if key == "positions" else pl)
-    return float(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0))))
