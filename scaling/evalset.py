@@ -34,7 +34,13 @@ correlated (same style, same identifiers), so the standard error is the cluster-
 with G the number of documents among the n windows. With one window per document it is
 the ordinary standard error of the mean; with m equal windows per document it is
 sd(document means) / sqrt(G), whatever m is: more windows from the same documents do
-not buy precision that more documents would. With G < 2 it is undefined (NaN).
+not buy precision that more documents would. With G < 2 it is undefined (NaN). It counts
+the documents as drawn from a population (the held-out loss generalises to new documents
+like these), so it does not shrink below the spread of the documents' losses weighted by
+their token shares, however many windows are scored. `eval_loss_stderr_windows` is the
+smaller part that the window draw alone adds given these validation documents (what
+another `eval_seed` changes): exact for a simple random sample of n of M windows,
+sqrt((1 - n/M) s^2 / n) with s^2 the variance of the window losses (0 when n = M).
 `EvalSet.by_document` gives, per document, the target tokens scored and the sum of their
 losses (a window's T targets count for its document, the clustering unit), from which
 the noise model resamples documents; sum(loss_sum) / sum(tokens) is the eval loss.
@@ -108,8 +114,10 @@ class EvalSet:
     """A fixed list of validation windows (see the module docstring)."""
 
     def __init__(self, val_tokens: np.ndarray, starts: np.ndarray, documents: np.ndarray,
-                 seq_len: int, ident: dict | None = None):
+                 seq_len: int, ident: dict | None = None, population: int | None = None):
         self._val = val_tokens
+        # M: the validation windows the set is sampled from (default: the set is all of them)
+        self.population = int(len(starts) if population is None else population)
         self.ident = dict(ident or {"seq_len": int(seq_len)})  # what set_id hashes
         self.starts = np.asarray(starts, dtype=np.int64)  # token offset of each window
         self.documents = np.asarray(documents, dtype=np.int64)  # document index per window
@@ -159,7 +167,7 @@ class EvalSet:
         if not 1 <= k <= self.n_windows:
             raise ValueError(f"prefix({k}): need 1 <= k <= n_windows = {self.n_windows}")
         return EvalSet(self._val, self.starts[:k], self.documents[:k], self.seq_len,
-                       self.ident)
+                       self.ident, self.population)
 
     def summarize(self, window_losses: np.ndarray, weights: np.ndarray | None = None,
                   by_document: bool = False) -> dict:
@@ -177,6 +185,7 @@ class EvalSet:
             "eval_loss": float(losses.mean() if weights is None
                                else np.sum(w * losses) / np.sum(w)),
             "eval_loss_stderr": cluster_robust_stderr(losses, self.documents, w),
+            "eval_loss_stderr_windows": self.window_draw_stderr(losses),
             "eval_tokens": self.tokens,
             "eval_documents": self.n_documents,
             "eval_windows": self.n_windows,
@@ -187,6 +196,16 @@ class EvalSet:
             tokens = np.full(losses.shape, float(self.seq_len)) if weights is None else w
             out["eval_by_document"] = self.by_document(losses, tokens)
         return out
+
+    def window_draw_stderr(self, window_losses: np.ndarray) -> float:
+        """The standard error from which windows were drawn, the documents given: the
+        finite-population SRS formula of the module doc (NaN with fewer than 2 windows)."""
+        losses = np.asarray(window_losses, dtype=np.float64).reshape(-1)
+        n = losses.size
+        if n < 2:
+            return float("nan")
+        fpc = max(0.0, 1.0 - n / max(self.population, n))
+        return float(np.sqrt(fpc * losses.var(ddof=1) / n))
 
     def by_document(self, window_losses: np.ndarray,
                     tokens: np.ndarray) -> dict[str, list]:
@@ -232,4 +251,4 @@ def build_eval_set(val_tokens: np.ndarray, doc_tokens: np.ndarray, seq_len: int,
     docs = window_documents(doc_tokens, total, seq_len)
     order = hashed_order(total, eval_seed)[:min(int(n_windows), total)]
     ident = {**(ident or {}), "seq_len": int(seq_len), "eval_seed": int(eval_seed)}
-    return EvalSet(val_tokens, order * seq_len, docs[order], seq_len, ident)
+    return EvalSet(val_tokens, order * seq_len, docs[order], seq_len, ident, total)

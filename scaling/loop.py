@@ -734,8 +734,8 @@ class _Run:
             **{k: ev[k] for k in ("eval_loss_by_position", "eval_loss_by_position_stderr") if k in ev},
             # the estimand (scaling.evalset), which windows (same id: same windows), the
             # draw, and per validation document the tokens scored and their loss sum
-            **{k: ev[k] for k in ("eval_estimand", "eval_set_id", "eval_loss_on_curve_set",
-                                  "eval_by_document") if k in ev},
+            **{k: ev[k] for k in ("eval_estimand", "eval_set_id", "eval_loss_stderr_windows",
+                                  "eval_loss_on_curve_set", "eval_by_document") if k in ev},
             "eval_seed": cfg.data.eval_seed,
             # best over the evals on the curve set's windows (the final eval's prefix)
             "best_eval_loss": min(curve_losses + ([final_on_curve] if final_on_curve is not None

@@ -84,6 +84,11 @@ def test_prefix_and_summary():
     assert s["eval_documents"] == len(set(es.documents.tolist())) == 4
     assert s["eval_estimand"] == EVAL_ESTIMAND == "per_token" and s["eval_set_id"] == es.set_id
     assert "eval_by_document" not in s
+    assert s["eval_loss_stderr_windows"] == pytest.approx(
+        np.sqrt((1 - 60 / es.population) * losses.var(ddof=1) / 60))
+    assert es.population == p.population == 124  # all windows of the stream
+    assert build_eval_set(np.arange(1000, dtype=np.uint16), np.array([1000]), 8, 10**6).summarize(
+        np.linspace(1, 2, 124))["eval_loss_stderr_windows"] == 0.0  # every window scored
     with pytest.raises(ValueError, match="window losses"):
         es.summarize(losses[:-1])
 
@@ -127,7 +132,7 @@ def test_the_sample_is_unbiased_for_the_per_token_loss():
     assert np.mean(doc_means) - population > 1.0  # the test can tell the two apart
 
     for n in (300, 60):  # the final set and a curve-sized prefix
-        est, se = [], []
+        est, se, se_windows = [], [], []
         for seed in range(40):
             es = build_eval_set(val, lengths, T, 300, eval_seed=seed)
             if n < es.n_windows:
@@ -135,12 +140,16 @@ def test_the_sample_is_unbiased_for_the_per_token_loss():
             s = es.summarize(unigram_losses(val, es, neg_log_p))
             est.append(s["eval_loss"])
             se.append(s["eval_loss_stderr"])
+            se_windows.append(s["eval_loss_stderr_windows"])
         est = np.array(est)
         # unbiased: the mean over 40 draws is within 4 of its standard errors of the truth
         assert abs(est.mean() - population) < 4 * est.std(ddof=1) / np.sqrt(len(est)), (n, est.mean(), population)
         # the cluster-robust stderr counts the documents as drawn too (next test), so it is
         # at least the spread of redrawing windows from these fixed documents
         assert est.std(ddof=1) < 1.2 * np.median(se), (n, est.std(ddof=1), np.median(se))
+        # ... and that spread is what the window-draw stderr says
+        ratio = est.std(ddof=1) / np.sqrt(np.mean(np.square(se_windows)))
+        assert 0.6 < ratio < 1.6, (n, ratio)
         # draws differ: the seed redraws the windows
         assert np.unique(est).size > 30
 
@@ -261,6 +270,7 @@ def test_the_loop_records_the_contract_and_compares_like_with_like(tmp_path, mon
     r = train(load_config(None, EVAL_RUN), tmp_path / "run")
     assert r["status"] == "done"
     assert r["eval_estimand"] == "per_token" and r["eval_seed"] == 0 and len(r["eval_set_id"]) == 16
+    assert 0 < r["eval_loss_stderr_windows"] < r["eval_loss_stderr"]
     bd = r["eval_by_document"]
     assert sum(bd["tokens"]) == r["eval_tokens"] == 2048 and len(bd["doc"]) == r["eval_documents"]
     assert sum(bd["loss_sum"]) / sum(bd["tokens"]) == pytest.approx(r["final_eval_loss"], rel=1e-9)
