@@ -7,12 +7,17 @@
     python -m analysis fit --law frontier curves.csv --run-col point_id --c-col flops --loss-col eval_loss
     python -m analysis analyze sweeps/my_sweep [--out report_dir]
     python -m analysis lr-law sweeps/my_lr_sweep [--accounting total] [--json]
+    python -m analysis fit --law auto runs.csv --predict-at 1e9:2e10 7e10:1.4e12 [--json]
+    python -m analysis backtest runs.csv [--holdout-top 0.25 | --fit-below-N N | --fit-below-C C]
 
 ``--law chinchilla`` is Chinchilla Approach 3, ``isoflop`` Approach 2 (rows grouped by the
 compute column; N or D may be missing and is then derived from C = 6 N D), ``power`` a power
 law of the loss in one column (``--x``), ``frontier`` the compute-efficient frontier of a
-long-format learning-curve table, ``kaplan`` Kaplan et al.'s joint L(N, D). ``--json`` prints
-one JSON object.
+long-format learning-curve table, ``kaplan`` Kaplan et al.'s joint L(N, D), ``shared`` and
+``datacon`` the other laws of L(N, D) (analysis/ndlaws.py), ``auto`` the L(N, D) law with the
+smallest backtest error. ``--predict-at N:D`` (laws of N and D) predicts the loss of given runs
+with a prediction interval; ``backtest`` scores each law's extrapolation (analysis/cli_predict.py,
+analysis/backtest.py). ``--json`` prints one JSON object.
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .cli_predict import add_backtest_parser, add_fit_args, add_predictions, backtest_main, check_args
 from .load import CANDIDATES
 
-LAWS = ("power", "frontier", "chinchilla", "isoflop", "kaplan")
+LAWS = ("power", "frontier", "chinchilla", "isoflop", "kaplan", "shared", "datacon", "auto")
 SEED_NOISE_HELP = ("relative seed-to-seed sd of one run's loss measured elsewhere (e.g. 0.003), used "
                    "only where the sweep has no repeated seeds (analysis/noise.py)")
 
@@ -75,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="isoflop: estimator of each budget's minimum (default: auto, chosen per fit, "
                         "with the reason, see analysis/isoflop_choice.py); all three are reported")
     f.add_argument("--json", action="store_true", help="print one JSON object")
+    add_fit_args(f)  # --predict-at, --u-col
     f.add_argument("--seed-noise", type=float, default=None, metavar="REL", help=SEED_NOISE_HELP)
     a = sub.add_parser("analyze", help="write a report folder (figures, tables, summary.md)")
     a.add_argument("source", help="sweep folder or results table")
@@ -99,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     lw.add_argument("--n-boot", type=int, default=200)
     lw.add_argument("--seed", type=int, default=0)
     lw.add_argument("--json", action="store_true", help="print one JSON object")
+    add_backtest_parser(sub)
     return ap
 
 
@@ -188,13 +196,14 @@ def _fit(args, df: pd.DataFrame) -> tuple[dict, str]:
     boot, noise = _bootstrap_choice(args, df)
     if noise is not None and args.law in ("chinchilla", "kaplan", "isoflop"):
         out["noise_model"] = noise.sentence
-    if args.law in ("chinchilla", "kaplan"):
+    if args.law in ("chinchilla", "kaplan", "shared", "datacon", "auto"):
         _require(df, ("N", "D"), args.law)
+    c_rows = df["C"] if "C" in df and np.isfinite(pd.to_numeric(df["C"], errors="coerce")).all() else None
     if args.law == "chinchilla":
         from .chinchilla import fit_approach3
 
         fit = fit_approach3(df["N"], df["D"], df["loss"], loss_fn=args.loss_fn, delta=args.delta,
-                            bootstrap=boot, noise=noise, **opts)
+                            bootstrap=boot, noise=noise, C=c_rows, **opts)
         names = ["E", "A", "B", "alpha", "beta", "a", "b", "G"] + (["sigma"] if "sigma" in fit.params else [])
         out.update(fit.to_dict())
         text = "Chinchilla Approach 3: L(N, D) = E + A/N^alpha + B/D^beta\n" + fit.describe(names)
@@ -209,13 +218,21 @@ def _fit(args, df: pd.DataFrame) -> tuple[dict, str]:
             t = fit.optimal_table(args.predict)
             out["predictions"] = json.loads(t.to_json(orient="records"))
             text += "\n\n" + t.to_string(index=False, float_format=lambda v: fmt(v, 4))
+        text = add_predictions(fit, args, out, text)
     elif args.law == "kaplan":
         from .chinchilla import fit_kaplan
 
         fit = fit_kaplan(df["N"], df["D"], df["loss"], loss_fn=args.loss_fn, delta=args.delta,
-                         bootstrap=boot, noise=noise, **opts)
+                         bootstrap=boot, noise=noise, C=c_rows, **opts)
         out.update(fit.to_dict())
         text = "Kaplan et al.: L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D\n" + fit.describe()
+        text = add_predictions(fit, args, out, text)
+    elif args.law in ("shared", "datacon", "auto"):
+        from .cli_predict import fit_nd
+
+        fit, more, text = fit_nd(args, df, boot, noise)
+        out.update(more)
+        text = add_predictions(fit, args, out, text)
     elif args.law == "isoflop":
         from .isoflop import fit_isoflop
 
@@ -316,6 +333,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.cmd == "lr-law":
         return _lr_law(args)
+    if args.cmd == "backtest":
+        return backtest_main(args)
+    bad = check_args(args) if args.cmd == "fit" else None
+    if bad:
+        print(json.dumps({"law": args.law, "error": bad}) if args.json else f"error: {bad}",
+              file=sys.stdout if args.json else sys.stderr)
+        return 2
     if args.cmd == "analyze":
         from .report import analyze
 

@@ -117,13 +117,13 @@ def summary_table(res: dict) -> pd.DataFrame:
     rows = []
     for name, r in res["laws"].items():
         if "mean_abs_rel_error" not in r:
-            rows.append({"law": name, "form": r["form"], "mean |rel. error|": "–",
-                         "max |rel. error|": "–", "coverage": "–",
+            rows.append({"law": name, "form": r["form"], "mean abs. rel. error": "–",
+                         "max abs. rel. error": "–", "coverage": "–",
                          "note": r.get("error") or r.get("note", "")})
             continue
         rows.append({"law": name, "form": r["form"],
-                     "mean |rel. error|": f"{r['mean_abs_rel_error'] * 100:.2f} %",
-                     "max |rel. error|": f"{r['max_abs_rel_error'] * 100:.2f} %",
+                     "mean abs. rel. error": f"{r['mean_abs_rel_error'] * 100:.2f} %",
+                     "max abs. rel. error": f"{r['max_abs_rel_error'] * 100:.2f} %",
                      "coverage": f"{r['n_inside']}/{r['n']}",
                      "note": f"misspec sd {r['misspec']['s0'] * 100:.2g} % + {r['misspec']['s1'] * 100:.2g} %/decade"
                      if r.get("misspec") else ""})

@@ -140,7 +140,7 @@ def fit_shared(N, D, loss, *, C=None, loss_fn: str = "huber", delta: float = 1e-
 def fit_datacon(N, D, loss, *, U=None, C=None, loss_fn: str = "huber", delta: float = 1e-3,
                 n_boot: int = 200, boot_starts: int = 8, seed: int = 0, level: float = LEVEL,
                 ftol: float = FTOL, max_iter: int = 1000, bootstrap: str = "noise", noise=None,
-                backtest: bool = True):
+                backtest: bool = True, starts=None):
     """Muennighoff et al.'s data-constrained form (module docstring). ``U``: unique tokens per
     row; None (or no row repeating its data): D' = D, and the fit is :func:`fit_approach3`'s,
     labelled ``datacon`` and saying so in ``info["datacon"]``."""
@@ -150,7 +150,7 @@ def fit_datacon(N, D, loss, *, U=None, C=None, loss_fn: str = "huber", delta: fl
     Da = np.asarray(D, dtype=np.float64)
     repeats = Ua is not None and bool(np.any(np.isfinite(Ua) & (Ua > 0) & (Da > Ua * (1 + 1e-9))))
     if not repeats:
-        fit = fit_approach3(N, D, loss, C=C, boot_starts=boot_starts, **common)
+        fit = fit_approach3(N, D, loss, C=C, boot_starts=boot_starts, starts=starts, **common)
         fit.kind = "datacon"
         fit.info["datacon"] = ("no unique-token column: D' = D, the data-constrained law is "
                                "Chinchilla's" if Ua is None else
@@ -178,7 +178,10 @@ def fit_datacon(N, D, loss, *, U=None, C=None, loss_fn: str = "huber", delta: fl
 
 
 def fit_law(name: str, N, D, loss, *, C=None, U=None, **kw):
-    """Fit one of :data:`ND_LAWS` (``kw``: the fit functions' options)."""
+    """Fit one of :data:`ND_LAWS` (``kw``: the fit functions' options; ``starts`` is
+    Chinchilla's (a, b, e, alpha, beta) start grid and applies to chinchilla only)."""
+    if name in ("shared", "kaplan"):
+        kw.pop("starts", None)
     if name == "chinchilla":
         return fit_approach3(N, D, loss, C=C, **kw)
     if name == "kaplan":

@@ -23,8 +23,9 @@ at up to four cuts in compute (the training set keeps 50-90 % of the rows, cut b
 distinct compute levels so that an IsoFLOP budget is never split), and predicts the runs above
 each cut. The log residuals r of those predictions, at distances x (decades beyond the cut's
 largest fitted C), give ``E[r^2] = s0^2 + s1^2 x^2`` by non-negative least squares:
-``misspec_sd(x) = sqrt(s0^2 + s1^2 x^2)``, growing with distance where the data say so (s1 > 0)
-and flat where they do not. ``s0`` is at least the full fit's robust in-sample residual scale
+``misspec_sd(x) = sqrt(s0^2 + s1^2 x^2)``, growing with distance where the data say so (the
+slope more than ``GROWTH_Z`` = 2 standard errors above 0; else s1 = 0 and s0 the residuals'
+root mean square). ``s0`` is at least the full fit's robust in-sample residual scale
 (1.4826 median |r|). The residuals include the held-out runs' own noise (which a future run has
 too) and the sub-fits' parameter error (larger than the full fit's): the estimate errs wide.
 The refits start from the full-data optimum and the starts of its best distinct basins, as the
@@ -54,6 +55,9 @@ CUT_RANGE = (0.5, 0.9)
 MAX_CUTS = 4
 # compute values within this many decades are one level (an IsoFLOP budget)
 LEVEL_TOL_DEC = 0.01
+# the misspecification grows with distance only when the slope of r^2 on x^2 is this many
+# standard errors above 0
+GROWTH_Z = 2.0
 
 
 # --------------------------------------------------------------------------------------
@@ -196,7 +200,17 @@ def misspec_from_residuals(x, r, floor: float) -> tuple[float, float]:
     if r.size < 3 or np.ptp(x) < 1e-9:
         return max(float(np.sqrt(np.mean(r ** 2))), floor), 0.0
     A = np.stack([np.ones_like(x), x ** 2], axis=1)
-    coef, _ = nnls(A, r ** 2)
+    q = r ** 2
+    coef, _ = nnls(A, q)
+    # keep the growth only where the data support it: the slope of r^2 on x^2 more than
+    # GROWTH_Z standard errors above 0 (ordinary least squares' standard error)
+    ols, *_ = np.linalg.lstsq(A, q, rcond=None)
+    dof = max(q.size - 2, 1)
+    s2 = float(np.sum((q - A @ ols) ** 2)) / dof
+    cov = s2 * np.linalg.pinv(A.T @ A)
+    se = math.sqrt(max(cov[1, 1], 0.0))
+    if coef[1] <= 0 or ols[1] < GROWTH_Z * se:
+        return max(float(np.sqrt(np.mean(q))), floor), 0.0
     return max(float(np.sqrt(coef[0])), floor), float(np.sqrt(coef[1]))
 
 

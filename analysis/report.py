@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import emergence, plots
+from . import emergence, plots, report_backtest
 from .chinchilla import fit_approach3, fit_kaplan
 from .frontier import fit_approach1, fit_frontier
 from . import families as fam
@@ -377,7 +377,7 @@ def analyze(
             try:
                 a3 = fit_approach3(rows["N"], rows["D"], rows["loss"], n_boot=n_boot, seed=seed,
                                    loss_fn=loss_fn, bootstrap=boot,
-                                   noise=noise if measured else None)
+                                   noise=noise if measured else None, C=rows["C"])
                 rep.add_params("Approach 3: E + A/N^α + B/D^β", a3,
                                ["E", "A", "B", "alpha", "beta", "a", "b"] + (["sigma"] if "sigma" in a3.params else []))
                 p = a3.params
@@ -563,8 +563,8 @@ def analyze(
         rep.figure("optimal_allocation", "Compute-optimal N and D against compute: "
                    + (shown + ", and " if shown else "")
                    + "the fitted power laws with 95% bands"
-                   + (", including Approach 3's closed form (which assumes C = 6 N D with the "
-                      "fitted N)" if a3 is not None else "") + ".",
+                   + (", including Approach 3's allocation (minimised along the table's own "
+                      "C(N, D), the same compute axis as Approach 2)" if a3 is not None else "") + ".",
                    lambda: plots.optimal_allocation(iso=iso_ok, a1=a1, a3=a3, runs=rows,
                                                     C_range=[rows["C"].min(), rows["C"].max()],
                                                     c_label=_c_label(df)),
@@ -602,6 +602,10 @@ def analyze(
                 f"{value_ci(first['D_opt'], first['D_opt_low'], first['D_opt_high'], 3)}"
                 + (f", loss {value_ci(first['loss_opt'], first['loss_opt_low'], first['loss_opt_high'], 4)}"
                    if np.isfinite(first["loss_opt"]) else "") + ".")
+
+    if len(rows):  # "Does the law extrapolate?" (analysis/report_backtest.py)
+        report_backtest.section(rep, rows, n_boot=n_boot, seed=seed, boot=boot,
+                                noise=noise if measured else None, c_label=_c_label(df))
 
     # ---------------------------------------------------------------- optimizers
     _optimizer_section(rep, df, done, n_boot=n_boot, seed=seed)
