@@ -138,14 +138,22 @@ def sample_from_run(run_dir, prompt: str = "", *, max_new_tokens: int = 200,
     folder = run_dir / "checkpoints"
     if not folder.is_dir():  # never create it: sampling writes nothing
         raise ConfigError(f"{run_dir} has no checkpoint to sample from yet")
+    tokenizer = load_corpus(cfg.data, cfg.model.seq_len).tokenizer
+    try:  # a token-shard run reads ids: text is bad input, one line
+        ids = [int(t) for t in tokenizer.encode(prompt)] if prompt else [tokenizer.eot_id]
+    except ValueError as e:
+        raise ConfigError(f"--prompt {prompt!r}: {e}") from None
+    bad = [t for t in ids if not 0 <= t < cfg.model.vocab_size]
+    if bad:
+        raise ConfigError(f"--prompt {prompt!r}: token id(s) {', '.join(map(str, bad[:5]))} "
+                          f"outside the model's vocabulary; allowed: 0 to "
+                          f"{cfg.model.vocab_size - 1}")
     ckpt = Checkpointer(folder, keep=cfg.train.keep_checkpoints, create=False)
     restored = ckpt.restore_latest(Trainer(cfg).abstract_checkpoint())
     ckpt.close()
     if restored is None:
         raise ConfigError(f"{run_dir} has no checkpoint to sample from yet")
     state, meta = restored
-    tokenizer = load_corpus(cfg.data, cfg.model.seq_len).tokenizer
-    ids = list(tokenizer.encode(prompt)) if prompt else [tokenizer.eot_id]
     new = generate(state.params, cfg.model, ids, max_new_tokens, temperature=temperature,
                    top_k=top_k, seed=seed)
     return prompt + tokenizer.decode(new)

@@ -257,3 +257,32 @@ def test_result_records_what_its_numbers_depend_on(sweep, tmp_path):
     assert not (trunk / "checkpoints" / "10").exists()
     branch = train(tiny(f"train.init_from={trunk}", "train.init_step=10"), tmp_path / "branch")
     assert branch["resumed_from_step"] == 0 and branch["branch_origin"].startswith("step 0")
+
+
+@pytest.mark.slow
+def test_sample_on_a_token_shard_run_with_text_or_out_of_vocabulary_ids(tmp_path):
+    from scaling.config import load_config
+    from scaling.loop import train
+    from tests.test_shards import SEQ, VOCAB, make_docs, write_corpus
+
+    folder = write_corpus(tmp_path / "shards", make_docs(n_shards=8, docs_per_shard=20))
+    cfg = load_config(None, [
+        f"data.corpus=tokens:{folder}", f"data.tokens_vocab_size={VOCAB}",
+        f"data.cache_dir={tmp_path / 'cache'}", "data.val_fraction=0.3",
+        "model.vocab_size=300", "model.n_layer=1", "model.d_model=32", "model.n_head=2",
+        f"model.seq_len={SEQ}", "train.batch_size=4", "train.steps=4", "train.log_every=1",
+        "train.eval_every=0", f"train.eval_tokens={8 * SEQ}", "train.curve_eval_tokens=0",
+        "train.progress=false", "optim.warmup_steps=1",
+    ])
+    run = tmp_path / "run"
+    train(cfg, run)
+    listing = sorted(p.name for p in run.rglob("*"))
+    for prompt, words in [("def f():", "token ids separated by spaces"),
+                          ("5 300 7", "token id(s) 300 outside the model's vocabulary"),
+                          ("-1", "token id(s) -1 outside")]:
+        out = cli("sample", run, "--prompt", prompt, "--max-new-tokens", "3", timeout=300)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert words in out.stderr.strip().splitlines()[-1]
+    assert sorted(p.name for p in run.rglob("*")) == listing  # nothing written
+    ok = cli("sample", run, "--prompt", "5 7", "--max-new-tokens", "3", timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
