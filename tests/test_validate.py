@@ -75,24 +75,34 @@ def results(spec) -> pd.DataFrame:
 class FakeFit:
     """Answers `fit --predict C` with N_opt and `fit --predict-at N:D` with an interval."""
 
-    def __init__(self, n_opt: float):
-        self.n_opt = n_opt
+    def __init__(self, n_opt: float, shift: float = 0.0):
+        self.n_opt, self.shift = n_opt, shift
         self.calls: list[list[str]] = []
 
     def __call__(self, args):
         self.calls.append(list(args))
         table = pd.read_csv(args[2])
         self.tables = getattr(self, "tables", []) + [table]
-        if "--predict" in args:
-            cs = [float(c) for c in args[args.index("--predict") + 1: args.index("--n-boot")]]
-            preds = [{"C": c, "N_opt": self.n_opt, "D_opt": c / (6 * self.n_opt),
-                      "loss_opt": 2.0} for c in cs]
+        out = {"law": "chinchilla"}
+        stop = args.index("--n-boot")
+        if "--predict-at" in args:
+            at = args.index("--predict-at")
+            first = args.index("--predict") + 1 if "--predict" in args else at
+            cs, targets = args[first: at], args[at + 1: stop]
         else:
-            n, d = (float(x) for x in args[args.index("--predict-at") + 1].split(":"))
-            loss = law(n, d)
-            preds = [{"N": n, "D": d, "loss": loss, "low": loss - 0.05, "high": loss + 0.05,
-                      "param_low": loss - 0.02, "param_high": loss + 0.02, "misspec_sd": 0.02}]
-        return 0, "some log line\n" + json.dumps({"law": "chinchilla", "predictions": preds}) + "\n"
+            cs, targets = args[args.index("--predict") + 1: stop], []
+        out["compute_optimal"] = [{"C": float(c), "N_opt": self.n_opt,
+                                   "D_opt": float(c) / (6 * self.n_opt), "loss_opt": 2.0}
+                                  for c in cs]
+        preds = []
+        for t in targets:
+            n, d = (float(x) for x in t.split(":"))
+            loss = law(n, d) + self.shift
+            preds.append({"N": n, "D": d, "loss": loss, "low": loss - 0.05, "high": loss + 0.05,
+                          "param_low": loss - 0.02, "param_high": loss + 0.02,
+                          "misspec_sd": 0.02})
+        out["predictions"] = preds
+        return 0, "some log line\n" + json.dumps(out) + "\n"
 
 
 # --------------------------------------------------------------------------- spec
@@ -151,8 +161,9 @@ def test_planning_fits_the_sweeps_rows_snaps_n_opt_and_predicts_before_training(
     fitted = fake.tables[0]
     assert set(fitted["point_id"]) == set(res.loc[res["role"] != "trunk", "point_id"])
     assert (sweep / "validate" / "fit_rows.csv").exists()
-    assert "--predict" in fake.calls[0] and "2000000000000.0" in fake.calls[0]
-    assert fake.calls[0][fake.calls[0].index("--seed") + 1] == str(V.SEED)
+    (call,) = fake.calls  # one fit: N_opt and the loss at every candidate size
+    assert call[call.index("--predict") + 1] == "2000000000000.0"
+    assert call[call.index("--seed") + 1] == str(V.SEED)
     # snapped: the accounting's N (N_total) nearest N_opt among the shape rule's shapes
     rec = vp.requested["validate"]
     assert rec["N"] == vp.n_params_total and rec["N_opt"] == n_opt
@@ -172,8 +183,7 @@ def test_planning_fits_the_sweeps_rows_snaps_n_opt_and_predicts_before_training(
     pred = rec["prediction"]
     assert pred["loss"] == pytest.approx(law(vp.n_params_total, vp.tokens))
     assert pred["low"] < pred["loss"] < pred["high"] and pred["made_before_training"]
-    at = fake.calls[1][fake.calls[1].index("--predict-at") + 1]
-    assert at == f"{float(vp.n_params_total)!r}:{float(vp.tokens)!r}"
+    assert f"{float(vp.n_params_total)!r}:{float(vp.tokens)!r}" in call
     assert report["points"][0]["id"] == vp.point_id
 
 
@@ -191,10 +201,9 @@ def test_the_decision_is_the_same_on_a_rerun_and_the_first_prediction_is_kept(tm
     row = {"point_id": vp.point_id, "status": "done", "group": "validate", "role": "run",
            "final_eval_loss": 9.0, "N_total": vp.n_params_total, "D": vp.tokens}
     res2 = pd.concat([res, pd.DataFrame([row])], ignore_index=True)
-    fake = FakeFit(9e4)
+    fake = FakeFit(9e4, shift=0.1)  # a fit that would predict otherwise now
     (again,), _ = V.plan_validation(spec, sweep, res2, runner=fake)
-    assert again.point_id == vp.point_id and again.requested == vp.requested
-    assert len(fake.calls) == 1  # the allocation only: the recorded prediction is kept
+    assert again.point_id == vp.point_id and again.requested == vp.requested  # the first kept
     assert vp.point_id not in set(fake.tables[0]["point_id"])  # validation rows not fitted
 
 
@@ -234,3 +243,14 @@ def test_run_followup_runs_the_validation_point_last(tmp_path, monkeypatch):
     report = stages.run_followup(spec, tmp_path, execute)
     assert len(ran[-1]) == 1 and report["validate"]["points"][0]["id"] == ran[-1][0]
     assert json.loads((tmp_path / "followup.json").read_text())["validate"]["law"] == "chinchilla"
+
+
+def test_n_opt_outside_the_candidate_sizes_is_snapped_and_predicted_on_its_own(tmp_path):
+    spec = load_spec(spec_file(tmp_path))
+    fake = FakeFit(4e3)  # far below the largest budget's sizes: not among the fit's sizes
+    (vp,), _ = V.plan_validation(spec, tmp_path, results(spec), runner=fake)
+    assert abs(math.log(vp.n_params_total / 4e3)) < 0.3
+    assert len(fake.calls) == 2 and fake.calls[1][fake.calls[1].index("--predict-at") + 1] == \
+        f"{float(vp.n_params_total)!r}:{float(vp.tokens)!r}"
+    assert vp.requested["validate"]["prediction"]["loss"] == pytest.approx(
+        law(vp.n_params_total, vp.tokens))

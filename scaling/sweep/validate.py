@@ -11,21 +11,22 @@ each multiple k:
 1. Fit rows: the results of the sweep's own points (points added by bracketing or seeds
    included), cooldown trunks and validation points excluded, written to
    `<sweep>/validate/fit_rows.csv` (plain rows of results.csv).
-2. Allocation: Chinchilla's Approach 3, L = E + A/N^alpha + B/D^beta, fitted by
-   `python -m analysis fit --law chinchilla` in a fresh process (scaling never imports
-   analysis; cf. scaling.cli's report), gives the compute-optimal N_opt at C = k x C_max,
-   with N as the table's accounting counts it (N_total under "total") and the law's own
-   C = 6 N D.
+2. Allocation: Chinchilla's Approach 3, L = E + A/N^alpha + B/D^beta, fitted once by
+   `python -m analysis fit --law chinchilla --predict C --predict-at N:D ...` in a fresh
+   process (scaling never imports analysis; cf. scaling.cli's report), gives the
+   compute-optimal N_opt at C = k x C_max (N as the table's accounting counts it, N_total
+   under "total"; the allocation minimises the law along the table's own C(N, D),
+   analysis/prediction.py) and the predicted loss at every size the snap could choose.
 3. Snap: among the shapes of the largest budget's shape rule (or its preset ladder), the
    one whose N (the accounting's) is nearest N_opt in log; D = C / (training FLOPs charged
    per token) under the spec's accounting (C_exact under "total"), steps rounded as for
    every point. The point is planned by its source point's own [sweep] table
    (`SweepSpec.resize`: warm-up rule, lr or lr law, evaluations, overrides; under a
    cooldown rule a plain wsd run), with no tokens_per_param_range, in group "validate".
-4. Prediction, before training: `fit --law chinchilla --predict-at N:D` at the snapped
-   (N, D): the loss with its 95 % prediction interval (parameter bootstrap plus the law's
-   misspecification), kept in point.json's `requested["validate"]` with the target C, the
-   law, N_opt unsnapped and the fit's size.
+4. Prediction, before training: the fit's loss at the snapped (N, D) with its 95 %
+   prediction interval (parameter bootstrap plus the law's misspecification), kept in
+   point.json's `requested["validate"]` with the target C, the law, N_opt unsnapped and
+   the fit's size.
 5. The point is an ordinary sweep point with its own stable id (a killed run resumes).
    A rerun recomputes the same decision from the same results: point estimates do not
    depend on the bootstrap and its seed is fixed. A point.json that already holds the
@@ -63,7 +64,7 @@ ALLOCATION = ("Approach 3 (L = E + A/N^alpha + B/D^beta fitted on the sweep's re
 SEED = 0  # the fit's bootstrap seed: fixed, so a rerun makes the same decision
 N_BOOT = 200
 LEVEL = 0.95
-SNAP_STEPS = 12  # targets N_opt x 2^(k/8), k = -12..12, are snapped by the shape rule
+SNAP_STEPS = 12  # past the candidates' range: targets N_opt x 2^(k/8), k = -12..12
 POINT_FILE = "point.json"
 FINISHED = ("done", "diverged", "failed")
 
@@ -134,7 +135,7 @@ def _fit_json(runner: Runner, args: list[str]) -> dict:
 
 def allocation(fit: dict, C: float) -> dict:
     """{"N_opt", "D_opt", "loss_opt" (+ _low/_high)} of budget C from a `fit --predict C` JSON."""
-    for key in ("predictions", "optimal", "allocations"):
+    for key in ("compute_optimal", "predictions"):
         for rec in fit.get(key) or []:
             if isinstance(rec, dict) and "N_opt" in rec and math.isclose(
                     float(rec.get("C", math.nan)), C, rel_tol=1e-9):
@@ -180,23 +181,29 @@ def source_point(spec: SweepSpec, points: list[Point], results: pd.DataFrame) ->
     return min(cands, key=lambda p: (loss.get(p.point_id, math.inf), order[p.point_id]))
 
 
-def snap(spec: SweepSpec, src: Point, n_opt: float, budget: float) -> tuple[Point, list[dict]]:
-    """The point at `budget` whose shape's N (the accounting's) is nearest `n_opt` in log.
+def candidates(spec: SweepSpec, src: Point, budget: float, n_lo: float, n_hi: float
+               ) -> list[Point]:
+    """The source planned at `budget` at every size of its ladder with N (the accounting's)
+    about within [n_lo, n_hi], sorted by N.
 
-    Candidates: the source's preset ladder (every preset of its family), or its shape rule
-    applied to non-embedding targets n_opt x (N / N_acc of the source) x 2^(k/8),
-    k = -SNAP_STEPS..SNAP_STEPS. Ties: the smaller N. Returns (point, the candidates tried).
+    Sizes: the source's preset ladder (every preset of its family), or its shape rule
+    applied to non-embedding targets 2^(k/8) apart over the range (rescaled by the source's
+    non-embedding share of N). A size that does not fit the budget is skipped; none fitting
+    is a SpecError naming followup.validate.
     """
     if "preset" in src.requested:
         sizes = [{"preset": name} for name in presets_of(src.config.model.arch)]
     else:
         ratio = src.n_params / src.n_accounted  # non-embedding share, at the source's size
-        sizes = [{"n_target": n_opt * ratio * 2.0 ** (k / 8.0)}
-                 for k in range(-SNAP_STEPS, SNAP_STEPS + 1)]
+        steps = max(0, math.ceil(8 * math.log2(n_hi / n_lo)))
+        sizes = [{"n_target": n_lo * ratio * 2.0 ** (k / 8.0)} for k in range(steps + 1)]
     made: dict[str, Point] = {}
     reasons = []
     for size in sizes:
-        p, why_not = spec.resize(src, budget=budget, **size)
+        try:
+            p, why_not = spec.resize(src, budget=budget, **size)
+        except SpecError as e:  # e.g. a warm-up of N tokens longer than the run's decay start
+            p, why_not = None, str(e)
         if p is None:
             reasons.append(why_not)
             continue
@@ -204,11 +211,20 @@ def snap(spec: SweepSpec, src: Point, n_opt: float, budget: float) -> tuple[Poin
     if not made:
         raise SpecError(f"{spec.path}: followup.validate: no model size fits C = {budget:.4g}: "
                         + "; ".join(sorted(set(reasons))[:3]))
-    best = min(made.values(), key=lambda p: (round(abs(math.log(p.n_accounted / n_opt)), 12),
-                                             p.n_accounted))
-    tried = sorted({(p.n_accounted, f"{p.config.model.n_layer}x{p.config.model.d_model}")
-                    for p in made.values()})
-    return best, [{"N": n, "shape": s} for n, s in tried]
+    return sorted(made.values(), key=lambda p: (p.n_accounted, p.point_id))
+
+
+def nearest(cands: list[Point], n_opt: float) -> Point:
+    """The candidate whose N (the accounting's) is nearest `n_opt` in log (the smaller on a tie)."""
+    return min(cands, key=lambda p: (round(abs(math.log(p.n_accounted / n_opt)), 12),
+                                     p.n_accounted))
+
+
+def snap(spec: SweepSpec, src: Point, n_opt: float, budget: float) -> Point:
+    """The point at `budget` whose N is nearest `n_opt`, among the sizes of the ladder
+    within a factor 2^(SNAP_STEPS/8) of it."""
+    r = 2.0 ** (SNAP_STEPS / 8.0)
+    return nearest(candidates(spec, src, budget, n_opt / r, n_opt * r), n_opt)
 
 
 def as_validation(p: Point, record: dict) -> Point:
@@ -259,21 +275,45 @@ def plan_validation(spec: SweepSpec, sweep_dir: Path, results: pd.DataFrame,
     if not table.exists() or table.read_text() != text:
         table.write_text(text)
     budgets = [k * c_max for k in multiples]
-    # the point estimate of N_opt does not depend on the bootstrap: none for the allocation
-    alloc_fit = _fit_json(runner, ["--law", LAW, str(table), "--predict", *map(repr, budgets),
-                                   "--n-boot", "0", "--seed", str(SEED), "--json"])
+    # One fit answers both questions: N_opt of each budget (`--predict C`) and the loss of
+    # every size the snap could choose (`--predict-at`), sizes from the largest budget's
+    # smallest N to k x its largest (N_opt grows as C^a with a < 1)
+    top = [p.n_accounted for p in points if p.compute_budget == c_max and p.role != "trunk"]
+    cands = {k: candidates(spec, src, C, min(top), max(top) * k)
+             for k, C in zip(multiples, budgets)}
+    targets = [(float(p.n_accounted), float(p.tokens)) for ps in cands.values() for p in ps]
+    fit_args = ["--law", LAW, str(table), "--predict", *map(repr, budgets), "--predict-at",
+                *(f"{n!r}:{d!r}" for n, d in targets), "--n-boot", str(N_BOOT),
+                "--seed", str(SEED), "--json"]
+    try:
+        fit = _fit_json(runner, fit_args)
+        fit_error = None
+    except RuntimeError as e:  # perhaps --predict-at is refused: N_opt alone, no prediction
+        fit_error = str(e)
+        log.warning("followup.validate: %s; fitting again for N_opt alone", e)
+        fit = _fit_json(runner, ["--law", LAW, str(table), "--predict", *map(repr, budgets),
+                                 "--n-boot", "0", "--seed", str(SEED), "--json"])
     out = []
     for k, C in zip(multiples, budgets):
-        opt = allocation(alloc_fit, C)
-        point, tried = snap(spec, src, float(opt["N_opt"]), C)
+        opt = allocation(fit, C)
+        n_opt = float(opt["N_opt"])
+        point = nearest(cands[k], n_opt)
+        tried = cands[k]
+        if point.point_id in (cands[k][0].point_id, cands[k][-1].point_id):  # at an edge
+            point = snap(spec, src, n_opt, C)
+            tried = [point] + tried
         record = _recorded(sweep_dir, point.point_id)
         if record is None:
             N, D = float(point.n_accounted), float(point.tokens)
             try:
-                pred_fit = _fit_json(runner, ["--law", LAW, str(table), "--predict-at",
-                                              f"{N!r}:{D!r}", "--n-boot", str(N_BOOT),
-                                              "--seed", str(SEED), "--json"])
-                pred = prediction(pred_fit, N, D)
+                if fit_error:
+                    raise RuntimeError(fit_error)
+                try:
+                    pred = prediction(fit, N, D)
+                except RuntimeError:  # snapped outside the candidates: ask for it
+                    pred = prediction(_fit_json(runner, [
+                        "--law", LAW, str(table), "--predict-at", f"{N!r}:{D!r}", "--n-boot",
+                        str(N_BOOT), "--seed", str(SEED), "--json"]), N, D)
             except RuntimeError as e:  # the run is still worth having: the report predicts
                 log.warning("validation run x%g: no prediction before training: %s", k, e)
                 pred = {"error": str(e)}
@@ -282,11 +322,14 @@ def plan_validation(spec: SweepSpec, sweep_dir: Path, results: pd.DataFrame,
             record = {
                 "multiple": k, "C_target": C, "largest_budget": c_max,
                 "accounting": spec.accounting, "law": LAW, "allocation": ALLOCATION,
-                "N_opt": float(opt["N_opt"]), "D_opt": opt.get("D_opt"),
-                "loss_opt": opt.get("loss_opt"),
+                "N_opt": n_opt, "D_opt": opt.get("D_opt"), "loss_opt": opt.get("loss_opt"),
+                "N_opt_interval": [opt.get("N_opt_low"), opt.get("N_opt_high")],
                 "N": N, "D": D, "C": point.flops, "shape": f"{point.config.model.n_layer}x"
                 f"{point.config.model.d_model}", "N_non_embedding": point.n_params,
-                "N_total": point.n_params_total, "shapes_tried": tried,
+                "N_total": point.n_params_total,
+                "shapes_tried": [{"N": n, "shape": sh} for n, sh in sorted(
+                    {(q.n_accounted, f"{q.config.model.n_layer}x{q.config.model.d_model}")
+                     for q in tried})],
                 "prediction": pred, "level": LEVEL,
                 "fit": {"rows": int(len(rows)), "table": "validate/fit_rows.csv",
                         "n_boot": N_BOOT, "seed": SEED, "source_point": src.point_id},
@@ -333,7 +376,7 @@ def guess(spec: SweepSpec) -> list[tuple[float, Point]]:
     out = []
     for k in multiples:
         try:
-            p, _ = snap(spec, src, mid * math.sqrt(k), k * src.compute_budget)
+            p = snap(spec, src, mid * math.sqrt(k), k * src.compute_budget)
         except SpecError:
             continue
         out.append((k, p))
