@@ -7,8 +7,9 @@ fresh draw of every noise source the intervals claim to cover, each sweep fitted
 Replicate r trains experiments/demo.toml with train.seed = 3r (initialisation and, as
 data_seed = -1 follows it, the data order), its [followup] seed points at seeds 3r+1 and
 3r+2 (so no seed is shared between replicates), and data.eval_seed = r (another uniform
-sample of the held-out windows: the eval-set draw). Each sweep is analysed alone
-(analysis.report.analyze, the report a user gets), and the spread of its Approach 2 and
+sample of the held-out windows: the eval-set draw). Each sweep is fitted alone
+(`python -m analysis fit --law isoflop|chinchilla SWEEP`: the rows and noise model the
+report uses), and the spread of its Approach 2 and
 Approach 3 exponents a over the K sweeps is compared with the intervals one sweep reports:
 
     ratio = sd(a over sweeps) / (mean half-width of the 95 % intervals / 1.96)
@@ -35,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-FITS = {"approach2": "Approach 2 (IsoFLOP)", "approach3": "Approach 3"}
+LAWS = {"approach2": "isoflop", "approach3": "chinchilla"}
 
 
 def train(spec: Path, out: Path, r: int, extra: list[str], workers: int | None) -> float:
@@ -55,21 +56,23 @@ def train(spec: Path, out: Path, r: int, extra: list[str], workers: int | None) 
 
 
 def fit_one(sweep: Path, n_boot: int) -> dict:
-    """Analyse one sweep alone; a, its 95 % interval, and the noise sentence per approach."""
-    from analysis.report import analyze
-
-    rep = analyze(sweep, sweep / "report_calibration", n_boot=n_boot, seed=0)
-    fits = json.loads((rep / "fits.json").read_text())
+    """Fit one sweep alone as a user would (`python -m analysis fit --law isoflop|chinchilla
+    SWEEP --json`: the rows and the noise model of `analyze`, without its figures and
+    back-tests); a, its 95 % interval, and the noise model's sentence per approach."""
     out = {}
-    for key, prefix in FITS.items():
-        name = next((k for k in fits if k.startswith(prefix)), None)
-        f = fits.get(name) or {}
+    for key, law in LAWS.items():
+        cmd = [sys.executable, "-m", "analysis", "fit", "--law", law, str(sweep), "--json",
+               "--n-boot", str(n_boot), "--seed", "0"]
+        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        try:
+            f = json.loads(p.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            f = {"error": (p.stderr or p.stdout).strip()[-500:]}
         a = (f.get("params") or {}).get("a")
         ci = (f.get("ci") or {}).get("a") or [None, None]
-        out[key] = {"a": a, "lo": ci[0], "hi": ci[1],
-                    "noise": (f.get("info") or {}).get("noise_source")}
-    summary = (rep / "summary.md").read_text()
-    out["sentence"] = next((ln[2:] for ln in summary.splitlines() if ln.startswith("- Intervals:")), None)
+        out[key] = {"a": a, "lo": ci[0], "hi": ci[1], "noise": f.get("noise_model"),
+                    "error": f.get("error"), "estimator": (f.get("info") or {}).get("estimator")}
+    out["sentence"] = out["approach2"]["noise"] or out["approach3"]["noise"]
     return out
 
 
@@ -79,7 +82,7 @@ def _num(v) -> float:
 
 def summarize(per: list[dict]) -> dict:
     res = {}
-    for key in FITS:
+    for key in LAWS:
         a = np.array([_num(p[key]["a"]) for p in per])
         hw = np.array([(_num(p[key]["hi"]) - _num(p[key]["lo"])) / 2 for p in per])
         ok = np.isfinite(a)
@@ -98,6 +101,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates per fit (the report's default)")
     ap.add_argument("--workers", type=int, default=None, help="run_sweep --workers")
     ap.add_argument("--analyze-only", action="store_true", help="fit the sweeps already in --out")
+    ap.add_argument("--train-only", type=str, default=None, metavar="R,R,...",
+                    help="only train these replicates (e.g. 0,4: several such processes can share the work), no fit")
     ap.add_argument("overrides", nargs="*", help="section.key=value for every point of every replicate")
     args = ap.parse_args(argv)
     if args.seeds < 2:
@@ -107,6 +112,17 @@ def main(argv=None) -> int:
     spec = Path(args.spec)
     name = None
     per, walls = [], []
+    if args.train_only is not None:
+        try:
+            reps = [int(x) for x in args.train_only.split(",") if x.strip()]
+        except ValueError:
+            reps = [-1]
+        if not reps or not all(0 <= r < args.seeds for r in reps):
+            print(f"error: --train-only = {args.train_only}: replicate numbers in [0, {args.seeds})", file=sys.stderr)
+            return 2
+        for r in reps:
+            print(f"[r{r}] trained in {train(spec, out, r, args.overrides, args.workers):.0f} s", flush=True)
+        return 0
     for r in range(args.seeds):
         if not args.analyze_only:
             walls.append(train(spec, out, r, args.overrides, args.workers))

@@ -1,5 +1,10 @@
 """Follow-up stages of a sweep: IsoFLOP bracketing; widen edge learning rates, then seeds.
 
+Seeds at IsoFLOP points (`followup.seeds_at = { size = "middle", budgets = 3 }` with
+`seeds`): the middle size of the smallest budgets re-run with each seed, a cooldown branch
+from its own trunk at that seed (scaling.sweep.followup.seed_points); it replaces the
+seeds at the best learning rates. analysis.noise pools their spread into the fits' noise.
+
 IsoFLOP bracketing (`followup.bracket = { max_extra = 4 }`): while a budget's best size is
 the smallest or largest tried, the next size outwards is planned and run, up to stated
 limits; the rule is in scaling.sweep.bracket, the driver is `run_bracket`.

@@ -286,3 +286,29 @@ def test_cli_seed_noise_bad_value_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "analysis", "fit", "--law", "isoflop", str(folder),
                         "--seed-noise", "2"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--seed-noise" in r.stderr
+
+
+@pytest.mark.slow
+def test_report_states_the_noise_model_in_one_sentence(tmp_path):
+    from analysis.report import analyze
+
+    folder, _ = _sweep_with_documents(tmp_path / "sw", seeds=(0, 1, 2))
+    out = analyze(folder, n_boot=20)
+    summary = (out / "summary.md").read_text()
+    lines = [ln for ln in summary.splitlines() if ln.startswith("- Intervals: noise bootstrap")]
+    assert len(lines) == 1, summary
+    assert "shared across runs (documents resampled jointly, 40 documents)" in lines[0]
+    assert "pooled over 3 cells with 3 seeds" in lines[0]
+    fits = json.loads((out / "fits.json").read_text())
+    assert fits["Approach 2 (IsoFLOP)"]["info"]["noise_source"].startswith("eval documents shared (40)")
+
+
+def test_fit_cli_on_a_sweep_folder_uses_the_two_part_model(tmp_path):
+    folder, _ = _sweep_with_documents(tmp_path / "sw", seeds=(0, 1, 2))
+    r = subprocess.run([sys.executable, "-m", "analysis", "fit", "--law", "isoflop", str(folder),
+                        "--json", "--n-boot", "20"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["noise_model"].startswith("Intervals: noise bootstrap with the eval-set noise shared")
+    assert "pooled over 3 cells with 3 seeds" in out["noise_model"]
+    assert out["info"]["noise_source"].startswith("eval documents shared (40) + seed")

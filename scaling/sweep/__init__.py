@@ -58,6 +58,8 @@ with those sections merged over it) plus the tables that make it a sweep:
     partition = "gpu"
     [followup]                        # the seed stage: seed_followup(spec, best_lr)
     seeds = [1, 2]
+    seeds_at = { size = "middle", budgets = 3 }   # IsoFLOP: the seeds at the middle size of
+                                      #   the 3 smallest budgets instead (scaling/sweep/followup.py)
     bracket = { max_extra = 4 }       # IsoFLOP: add sizes outwards until each budget's minimum
                                       #   is bracketed (scaling/sweep/bracket.py)
     validate = [10]                   # IsoFLOP: then train the law's compute-optimal model at
