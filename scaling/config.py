@@ -330,6 +330,7 @@ class TrainConfig:
     init_from: str = ""      # a run folder (relative paths: to this run's folder) whose checkpoint at init_step starts this run: a cooldown branch of a trunk run
     init_step: int = 0
     save_steps: str = ""     # comma-separated steps at which a checkpoint is kept for good (in keep/), for branches
+    eval_steps: str = ""     # comma-separated extra curve-eval steps (a cooldown trunk: its branches' eval steps)
     progress: bool = True
     # Comma-separated trackers (scaling.tracking): "jsonl" (metrics.jsonl, always on),
     # "tensorboard" (event files in <run>/tensorboard), "wandb" (Weights & Biases; works
@@ -360,6 +361,11 @@ class TrainConfig:
         return tuple(sorted({int(s) for s in self.save_steps.split(",") if s.strip().isdigit()}))
 
     @property
+    def extra_eval_steps(self) -> frozenset[int]:
+        """The steps of `eval_steps` (curve evals besides every eval_every-th step)."""
+        return frozenset(int(s) for s in self.eval_steps.split(",") if s.strip().isdigit())
+
+    @property
     def batch_seed(self) -> int:
         return self.seed if self.data_seed < 0 else self.data_seed
 
@@ -386,6 +392,10 @@ class TrainConfig:
                 f"train.save_steps = {self.save_steps!r}: comma-separated steps in "
                 f"[1, train.steps = {self.steps}]"
             )
+        bad = [s for s in self.eval_steps.split(",") if s.strip() and not s.strip().isdigit()]
+        if bad or any(not 0 < k <= self.steps for k in self.extra_eval_steps):
+            raise ConfigError(f"train.eval_steps = {self.eval_steps!r}: comma-separated steps in "
+                              f"[1, train.steps = {self.steps}]")
         if not self.divergence_factor > 1.0:
             raise ConfigError(
                 f"train.divergence_factor = {self.divergence_factor}: must be > 1"
@@ -499,7 +509,7 @@ class Config:
 NON_SEMANTIC = ("name", "train.progress", "train.parallel", "train.log_every",
                 "train.checkpoint_every", "train.keep_checkpoints",
                 # a cooldown branch computes exactly what a separate run of its config would
-                "train.init_from", "train.init_step", "train.save_steps",
+                "train.init_from", "train.init_step", "train.save_steps", "train.eval_steps",
                 # trackers and the profiler watch a run; they do not change it
                 "train.trackers", "train.wandb_project", "train.profile_steps")
 

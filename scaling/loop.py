@@ -244,6 +244,12 @@ def _branch_from_trunk(s: _Setup) -> tuple[Any, dict] | None:
         return None
     trunk_state, meta = restored
     _check_corpus(s, meta, tdir)
+    _, missing = _separate_run_rows(s, read_metrics(tdir), t.init_step)
+    if missing:  # its curve would not be the separate run's: train as that run instead
+        log.warning("trunk %s lacks %s%s (train.log_every / eval_every / eval_steps): %s trains "
+                    "from step 0", tdir, missing[0], f" and {len(missing) - 1} more" * (len(missing) > 1),
+                    s.run_dir)
+        return None
     # The trunk's weights, moments and step count under the branch's own peak lr and schedule.
     host_state = s.trainer.reschedule(trunk_state)
     log.info("branching %s from %s at step %d", s.run_dir, tdir, t.init_step)
@@ -498,12 +504,50 @@ class _MetricsLog:
 
 def _curve_so_far(s: _Setup, start_step: int, branch: dict | None) -> list[dict]:
     """The metrics rows a run starts from: its own up to the resumed step, or, for a branch
-    starting at its branch step, its trunk's rows up to there (marked "trunk": true), so
-    its learning curve is whole."""
-    fresh_branch = branch is not None and start_step == branch["branched_at_step"]
-    source = Path(branch["trunk_dir"]) if fresh_branch else s.run_dir
-    rows = [r for r in read_metrics(source) if r.get("step", 0) <= start_step]
-    return [dict(r, trunk=True) for r in rows] if fresh_branch else rows
+    starting at its branch step, the rows a separate run of its config would have written
+    up to there, taken from its trunk (marked "trunk": true), so its learning curve, best
+    eval loss and divergence monitor are the separate run's."""
+    if branch is not None and start_step == branch["branched_at_step"]:
+        rows, _ = _separate_run_rows(s, read_metrics(Path(branch["trunk_dir"])), start_step)
+        return [dict(r, trunk=True) for r in rows]
+    return [r for r in read_metrics(s.run_dir) if r.get("step", 0) <= start_step]
+
+
+def _logged_step(t, step: int) -> bool:
+    """Whether a run of train config `t` writes its training loss at `step`."""
+    return step % t.log_every == 0 or step in (1, t.steps)
+
+
+def _curve_eval_step(t, step: int) -> bool:
+    """Whether a run of train config `t` evaluates the curve set after `step` (not the last)."""
+    return (bool(t.eval_every) and step % t.eval_every == 0 or step in t.extra_eval_steps) \
+        and step < t.steps
+
+
+def _curve_set_id(s: _Setup) -> str:
+    """The id of the windows this run's curve evals score (as `_Evaluator` picks them)."""
+    t, T = s.cfg.train, s.cfg.model.seq_len
+    windows = max(1, min(t.curve_eval_tokens or t.eval_tokens, t.eval_tokens) // T)
+    return s.data.eval_set(min(windows, max(1, t.eval_tokens // T)), s.cfg.data.eval_seed).set_id
+
+
+def _separate_run_rows(s: _Setup, trunk_rows: list[dict], k: int) -> tuple[list[dict], list[str]]:
+    """From a trunk's metrics, the rows a separate run of this (branch) config writes up to
+    step k: training-loss rows at its own logged steps, curve evals at its own eval steps
+    before k on its own curve set (the one at k, if any, the branch computes itself). Also
+    what the trunk lacks of them ([] when none)."""
+    t, curve_id = s.cfg.train, _curve_set_id(s)
+    losses = {r["step"]: r for r in trunk_rows if "loss" in r and r["step"] <= k}
+    evals = {r["step"]: r for r in trunk_rows if "eval_loss" in r and not r.get("eval_final")
+             and r.get("eval_set_id") == curve_id and r["step"] < k}
+    want_loss = [j for j in range(1, k + 1) if _logged_step(t, j)]
+    want_eval = [j for j in range(1, k) if _curve_eval_step(t, j)]
+    rows = sorted([losses[j] for j in want_loss if j in losses]
+                  + [evals[j] for j in want_eval if j in evals],
+                  key=lambda r: (r["step"], "eval_loss" in r))
+    missing = ([f"the training loss at step {j}" for j in want_loss if j not in losses]
+               + [f"a curve eval at step {j}" for j in want_eval if j not in evals])
+    return rows, missing
 
 
 class _Run:
@@ -571,7 +615,7 @@ class _Run:
         done_step, fut = self.pending
         self.pending = None
         t = self.s.cfg.train
-        logged = done_step % t.log_every == 0 or done_step in (1, t.steps)
+        logged = _logged_step(t, done_step)
         # between logged steps only the loss is read (the divergence monitor's input)
         mt = self.s.driver.fetch_metrics(fut, None if logged else ("loss",))
         if logged:
@@ -637,6 +681,9 @@ class _Run:
         shard = s.driver.batch_shard
         kept = set(t.kept_steps)  # parsed once, not on every step
         batch = s.driver.place_batch(s.data.train_batch(self.step, t.batch_size, t.batch_seed, shard))
+        if self.step > 0 and _curve_eval_step(t, self.step) and \
+                not any(e["step"] == self.step for e in self.evals):
+            self.eval_now(final=False)  # a branch at an eval step: the trunk's state there
         try:
             while self.step < t.steps:
                 self.profiler.before_step(self.step + 1)
@@ -653,7 +700,7 @@ class _Run:
                 if self.step in kept:
                     self.read_pending()
                     self._counted(lambda: _keep(s, self.state, self.step, self.wall()))
-                if t.eval_every and self.step % t.eval_every == 0 and not is_last:
+                if _curve_eval_step(t, self.step):
                     self.eval_now(final=False)
                 if is_last:
                     self.read_pending()

@@ -36,21 +36,52 @@ def losses(run_dir, after=0):
     return [(r["step"], r["loss"]) for r in read_metrics(run_dir) if "loss" in r and r["step"] > after]
 
 
+TIMING = ("tokens_per_s", "mfu", "trunk")  # wall-clock figures; the branch's marker
+
+
+def rows(run_dir):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(run_dir)]
+
+
 def test_a_branch_equals_the_separate_run(tmp_path):
-    train(trunk_cfg(), tmp_path / "trunk")
+    # Log and eval cadences that do not divide the branch step 12: the trunk logs step 12
+    # (its last) and evaluates at its own steps (5, 10, its final eval at 12); a separate
+    # run logs 1, 5, 10, 15, 20 and evaluates at its own steps. The trunk evaluates at
+    # its branches' eval steps too (train.eval_steps, as scaling.sweep.cooldown plans it).
+    train(trunk_cfg("train.log_every=5", 'train.eval_steps="3,6,9"'), tmp_path / "trunk")
     assert sorted(p.name for p in (tmp_path / "trunk" / "keep").iterdir() if p.name.isdigit()) == ["12", "8"]
-    # Evaluating more often than the trunk does not make the branch another run.
-    branch = train(branch_cfg('train.init_from="../trunk"', "train.init_step=12", "train.eval_every=4"),
-                   tmp_path / "branch")
+    for every in (5, 3):  # 12 % 5 != 0; 12 % 3 == 0: the branch evaluates step 12 itself
+        extra = ("train.log_every=5", f"train.eval_every={every}")
+        branch = train(branch_cfg('train.init_from="../trunk"', "train.init_step=12", *extra),
+                       tmp_path / f"branch{every}")
+        separate = train(branch_cfg(*extra), tmp_path / f"separate{every}")
+        assert branch["trunk"] == "trunk" and branch["branched_at_step"] == 12
+        assert separate["trunk"] is None
+        # the same compiled programs on the same CPU: bit for bit
+        assert losses(tmp_path / f"branch{every}") == losses(tmp_path / f"separate{every}")
+        # every row the separate run wrote (losses: the divergence monitor's inputs; curve
+        # evals: best_eval_loss's), and no other, up to the timing figures
+        assert rows(tmp_path / f"branch{every}") == rows(tmp_path / f"separate{every}")
+        for key in ("final_eval_loss", "best_eval_loss", "status", "final_train_loss"):
+            assert branch[key] == separate[key], key
+        assert branch.get("divergence_reason") == separate.get("divergence_reason")
+        # The branch's curve starts with the trunk's rows, marked as such.
+        marked = read_metrics(tmp_path / f"branch{every}")
+        assert all(r.get("trunk") for r in marked if r["step"] < 12)
+        assert not any(r.get("trunk") for r in marked if r["step"] > 12)
+
+
+def test_a_trunk_without_the_separate_runs_evals_is_not_branched_from(tmp_path, caplog):
+    """A trunk that did not evaluate at the branch's eval steps (a branch added later, an
+    eval_every changed): the branch trains from step 0, as the separate run, and says why."""
+    train(trunk_cfg(), tmp_path / "trunk")  # evaluates at 5, 10
+    with caplog.at_level("WARNING", logger="scaling.loop"):
+        r = train(branch_cfg('train.init_from="../trunk"', "train.init_step=12",
+                             "train.eval_every=4"), tmp_path / "branch")
+    assert "lacks a curve eval at step 4" in caplog.text and "from step 0" in caplog.text
+    assert r["trunk"] is None and r["resumed_from_step"] == 0
     separate = train(branch_cfg("train.eval_every=4"), tmp_path / "separate")
-    assert branch["trunk"] == "trunk" and branch["branched_at_step"] == 12
-    assert separate["trunk"] is None
-    assert losses(tmp_path / "branch") == losses(tmp_path / "separate")  # exact, on CPU
-    assert branch["final_eval_loss"] == separate["final_eval_loss"]
-    # The branch's curve starts with the trunk's rows, marked as such.
-    rows = read_metrics(tmp_path / "branch")
-    assert all(r.get("trunk") for r in rows if r["step"] <= 12)
-    assert not any(r.get("trunk") for r in rows if r["step"] > 12)
+    assert rows(tmp_path / "branch") == rows(tmp_path / "separate")
 
 
 def test_a_killed_branch_resumes_as_a_branch(tmp_path):

@@ -99,7 +99,14 @@ def test_trunks_and_branches(tmp_path):
     differ = {k for k in tf if tf[k] != bf[k]}
     assert differ <= {"name", "optim.schedule", "optim.decay_fraction", "optim.decay_shape",
                       "train.steps", "train.eval_every", "train.save_steps", "train.init_from",
-                      "train.init_step", "train.eval_tokens"}
+                      "train.init_step", "train.eval_tokens", "train.eval_steps"}
+    # the trunk evaluates wherever a branch's separate run does before the branch's k
+    for t in trunks:
+        tr = t.config.train
+        done = {j for j in range(1, tr.steps) if j % tr.eval_every == 0} | tr.extra_eval_steps
+        for b in (b for b in branches if b.depends_on == t.point_id):
+            e = b.config.train.eval_every
+            assert set(range(e, b.config.train.init_step, e)) <= done, (b.label, e)
     # a trunk's final eval is a learning-curve point (its loss is no result): the curve's
     # eval sample, not the whole eval set
     assert t.config.train.eval_tokens == min(b.config.train.eval_tokens,

@@ -25,7 +25,10 @@ half to even, as optim rounds). The group's TRUNK is the same config with a cons
 learning rate, train.steps = max k_b and a checkpoint kept at every k_b
 (train.save_steps), whose final eval covers only the curve's eval sample
 (train.eval_tokens = curve_eval_tokens: a trunk's loss is no result, analysis.branches
-leaves it out). The warm-up W is the same for the trunk and all its branches, since a
+leaves it out), and which also evaluates at every step where a branch's separate run
+evaluates before the branch's k (train.eval_steps), so that a branch's curve evals, best
+eval loss and divergence monitor are exactly the separate run's (a trunk without them is
+not branched from: scaling.loop trains the branch from step 0). The warm-up W is the same for the trunk and all its branches, since a
 branch continues the trunk: it is the warm-up the planner gives the group's SHORTEST
 point (from warmup_tokens, warmup_fraction or optim.warmup_steps), the one that fits
 every member. A branch's k_b must lie after the warm-up (k_b > W), else the spec is
@@ -130,7 +133,12 @@ def _branch_group(path: Path, members: list[Point], cooldown: dict, evals: int |
         return [dataclasses.replace(p, point_id=point_id(cfg), config=cfg, requested=req)]
 
     longest = max(members, key=lambda p: p.steps)
-    trunk = _trunk(longest, sorted(set(starts.values())), warmup, evals, members)
+    # the curve evals each branch's separate run makes before its k: the trunk makes them
+    # (train.eval_steps), so a branch's curve and best eval loss are that run's
+    branch_evals = {j for p in members if p.config.train.eval_every
+                    for j in range(p.config.train.eval_every, starts[p.steps],
+                                   p.config.train.eval_every)}
+    trunk = _trunk(longest, sorted(set(starts.values())), warmup, evals, members, branch_evals)
     out = [trunk]
     for p in members:
         k = starts[p.steps]
@@ -147,7 +155,7 @@ def _branch_group(path: Path, members: list[Point], cooldown: dict, evals: int |
 
 
 def _trunk(longest: Point, starts: list[int], warmup: int, evals: int | None,
-           members: list[Point]) -> Point:
+           members: list[Point], branch_evals: set[int] = frozenset()) -> Point:
     """The constant-lr run every branch of the group starts from (module docstring)."""
     steps = starts[-1]
     per_step = longest.config.train.batch_size * longest.config.model.seq_len
@@ -163,6 +171,10 @@ def _trunk(longest: Point, starts: list[int], warmup: int, evals: int | None,
                "name": name}
     if evals is not None:
         changes["train.eval_every"] = max(1, math.ceil(steps / evals))
+    every = changes.get("train.eval_every", longest.config.train.eval_every)
+    extra = sorted(j for j in branch_evals if j < steps and not (every and j % every == 0))
+    if extra:
+        changes["train.eval_steps"] = ",".join(str(j) for j in extra)
     # A trunk's final loss is no result (analysis.branches leaves trunks out): its last eval
     # is one more learning-curve point, on the curve's eval sample, not the full eval set.
     curve_tokens = longest.config.train.curve_eval_tokens
