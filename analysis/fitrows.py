@@ -3,7 +3,8 @@
 From a table loaded by :func:`analysis.load.load_results`, :func:`select_fit_rows`:
 
 1. leaves out cooldown trunks (:mod:`analysis.branches`: a trunk runs at a constant learning
-   rate and is a source of branches, not a result);
+   rate and is a source of branches, not a result) and validation runs
+   (:mod:`analysis.validation`: they test the fits);
 2. keeps the done rows with a finite positive loss, N, D and C (:func:`analysis.load.done`;
    the loader counts the others by reason);
 3. :func:`scaling_rows`: one model family and one optimizer (the one with the lowest loss at
@@ -25,6 +26,7 @@ from . import families as fam
 from .branches import TRUNK_NOTE, annotate_roles, drop_trunks, is_trunk
 from .load import done as done_rows
 from .noise import seed_cells
+from .validation import VALIDATION_NOTE, drop_validation
 
 
 def _sig(v, digits=6):
@@ -92,11 +94,13 @@ class FitRows:
     trunks: pd.DataFrame
     roles: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    validation: pd.DataFrame = field(default_factory=pd.DataFrame)  # analysis/validation.py
 
     def left_out(self) -> list[str]:
         """What the selection left out or combined, trunks first, in words."""
-        n = len(self.trunks)
-        return ([f"{n} cooldown trunk run(s) left out ({TRUNK_NOTE})"] if n else []) + list(self.notes)
+        n, v = len(self.trunks), len(self.validation)
+        return ([f"{n} cooldown trunk run(s) left out ({TRUNK_NOTE})"] if n else []) + (
+            [f"{v} validation run(s) left out ({VALIDATION_NOTE})"] if v else []) + list(self.notes)
 
 
 def select_fit_rows(df: pd.DataFrame) -> FitRows:
@@ -107,9 +111,11 @@ def select_fit_rows(df: pd.DataFrame) -> FitRows:
     roles = df[[c for c in ("point_id", "role", "trunk", "branched_at_step") if c in df]].copy()
     trunks = df[is_trunk(df)]
     table, n_trunks = drop_trunks(df)
+    table, validation = drop_validation(table)  # runs that test the fits are not fitted
     done = done_rows(table)
     rows, notes = scaling_rows(done) if len(done) else (done, [])
     rows.attrs = dict(table.attrs)
     if "compute_budget" in rows and np.isfinite(pd.to_numeric(rows["compute_budget"], errors="coerce")).any():
         rows.attrs["budget_col"] = "compute_budget"
-    return FitRows(rows=rows, done=done, table=table, trunks=trunks, roles=roles, notes=notes)
+    return FitRows(rows=rows, done=done, table=table, trunks=trunks, roles=roles, notes=notes,
+                   validation=validation)

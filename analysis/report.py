@@ -53,6 +53,7 @@ from . import families as fam
 from .branches import TRUNK_NOTE, compute_spent, compute_text, fit_curves, split_curves
 from .followups import added_points, added_points_section
 from .fitrows import reference_optimizer, scaling_rows, select_fit_rows  # noqa: F401 (re-exported)
+from . import validation
 from .isoflop import fit_isoflop
 from .load import describe_dropped, load_curves, load_results
 from .noise import noise_model
@@ -606,6 +607,8 @@ def analyze(
     if len(rows):  # "Does the law extrapolate?" (analysis/report_backtest.py)
         report_backtest.section(rep, rows, n_boot=n_boot, seed=seed, boot=boot,
                                 noise=noise if measured else None, c_label=_c_label(df))
+    # "Does the prediction hold? (a 10x run)": runs of followup.validate (analysis/validation.py)
+    validation.add_to_report(rep, sel.validation, a3, df.attrs.get("folder"))
 
     # ---------------------------------------------------------------- optimizers
     _optimizer_section(rep, df, done, n_boot=n_boot, seed=seed)

@@ -104,3 +104,14 @@ def test_a_report_gets_the_section_and_the_fits_json_list():
     assert "inside the 95 % prediction interval" in rep.findings[0]
     V.add_to_report(rep, val.iloc[:0], FakeFit())  # no validation rows: nothing added
     assert len(rep.sections) == 1 and np.isfinite(rep.fits["validation"][0]["C"])
+
+
+def test_the_shared_row_selection_leaves_validation_runs_out_of_every_fit():
+    from analysis.fitrows import select_fit_rows
+
+    df = table()
+    df.attrs = {"folder": None}
+    sel = select_fit_rows(df)
+    assert list(sel.rows["point_id"]) == ["a", "b"] and list(sel.done["point_id"]) == ["a", "b"]
+    assert list(sel.validation["point_id"]) == ["v"]
+    assert any(line.startswith("1 validation run(s) left out") for line in sel.left_out())
