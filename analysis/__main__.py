@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .cli_predict import add_backtest_parser, add_fit_args, add_predictions, backtest_main, check_args
+from .cli_checks import check_fit_options, check_fit_rows
 from .load import CANDIDATES
 
 LAWS = ("power", "frontier", "chinchilla", "isoflop", "kaplan", "shared", "datacon", "auto")
@@ -176,6 +177,7 @@ def _load(args) -> pd.DataFrame:
     if len(df) == 0:
         raise ValueError(f"{p}: no row can be fitted ({len(full)} rows; "
                          + (describe_dropped(full) or "none has status done") + ")")
+    check_fit_rows(args, df)  # too few rows for the law, or for --drop-highest-loss
     if args.drop_highest_loss > 0:
         df = df.sort_values("loss").iloc[: -args.drop_highest_loss]
     return df
@@ -335,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         return _lr_law(args)
     if args.cmd == "backtest":
         return backtest_main(args)
-    bad = check_args(args) if args.cmd == "fit" else None
+    bad = (check_args(args) or check_fit_options(args)) if args.cmd == "fit" else None
     if bad:
         print(json.dumps({"law": args.law, "error": bad}) if args.json else f"error: {bad}",
               file=sys.stdout if args.json else sys.stderr)

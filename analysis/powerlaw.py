@@ -165,7 +165,20 @@ def fit_power_law(
         fit.fill_intervals()
     if irreducible:
         _check_floor(fit, float(L.min()))
+    _check_trend(fit, y)
     return fit
+
+
+def _check_trend(fit: PowerLawFit, y: np.ndarray, tiny: float = 1e-6) -> None:
+    """No parameter is identified when the losses show no decrease in x (all equal, or a
+    fit with alpha ~ 0 and x_c at infinity): any E, x_c, alpha pair fits a flat line."""
+    al, xc = fit.params["alpha"], fit.params["x_c"]
+    if np.ptp(y) > 0 and math.isfinite(xc) and abs(al) >= tiny:
+        return
+    why = ("the losses are all equal: no trend in " + fit.info.get("x", "x")) if np.ptp(y) == 0 \
+        else f"alpha = {al:.3g}, x_c = {xc:.3g}: no decrease in {fit.info.get('x', 'x')} to identify"
+    for k in list(fit.params):
+        fit.mark_unidentified(k, why)
 
 
 def _check_floor(fit: PowerLawFit, lmin: float, fraction: float = 1e-3) -> None:
