@@ -9,6 +9,9 @@ IsoFLOP bracketing (`followup.bracket = { max_extra = 4 }`): while a budget's be
 the smallest or largest tried, the next size outwards is planned and run, up to stated
 limits; the rule is in scaling.sweep.bracket, the driver is `run_bracket`.
 
+A validation run (`followup.validate = [10]`), last: the law fitted on the sweep's results
+predicts, then a run at 10x the largest budget checks it (scaling.sweep.validate).
+
 A fair optimizer comparison tunes the learning rate of every (optimizer, size) pair and
 then re-runs each pair's best rate with more seeds. A spec asks for this with
 
