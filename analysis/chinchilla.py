@@ -380,7 +380,7 @@ def kaplan_starts() -> np.ndarray:
 def fit_kaplan(N, D, loss, *, loss_fn: str = "huber", delta: float = 1e-3, n_boot: int = 200,
                boot_starts: int = 6, seed: int = 0, level: float = LEVEL,
                ftol: float = FTOL, max_iter: int = 1000, bootstrap: str = "noise",
-               noise=None, C=None, backtest: bool = True) -> KaplanFit:
+               noise=None, C=None, backtest: bool = True, starts=None) -> KaplanFit:
     """Kaplan et al.'s L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D (no irreducible
     term), same robust log-space loss and bootstrap (``bootstrap``, ``noise``) as
     :func:`fit_approach3`."""
@@ -390,7 +390,7 @@ def fit_kaplan(N, D, loss, *, loss_fn: str = "huber", delta: float = 1e-3, n_boo
     C_fit = None if C is None else np.asarray(C, dtype=np.float64)[keep]
     law = KaplanNDLaw(np.log(N), np.log(D))
     y = np.log(L)
-    starts = law.to_internal(kaplan_starts())
+    starts = law.to_internal(kaplan_starts() if starts is None else np.asarray(starts, dtype=np.float64))
     opt = {"ftol": ftol, "max_iter": max_iter}
     res = fit_multistart(law, y, starts, loss=loss_fn, delta=delta, **opt)
 

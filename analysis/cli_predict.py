@@ -171,32 +171,28 @@ def add_predictions(fit, args, out: dict, text: str) -> str:
 
 
 def load_rows(args) -> pd.DataFrame:
-    """The rows a backtest fits: a sweep folder's scaling-law rows as the report uses them
-    (trunks out, best lr per cell, seeds averaged), or a table's done rows."""
-    from .branches import annotate_roles, drop_trunks
-    from .load import describe_dropped, done, load_results
-    from .report import scaling_rows
+    """The rows a backtest fits: the same selection as ``analyze`` and ``fit``
+    (analysis/fitrows.py: trunks out, done rows, one family and optimizer, seed cells)."""
+    from .fitrows import select_fit_rows
+    from .load import describe_dropped, load_results
 
     p = Path(args.table)
     df = load_results(p, n_col=args.n_col, d_col=args.d_col, c_col=args.c_col,
                       loss_col=args.loss_col, status_col=args.status_col, accounting=args.accounting)
     attrs = dict(df.attrs)
-    if df.attrs.get("folder"):
-        annotate_roles(df, df.attrs.get("folder"))
-        df, _ = drop_trunks(df)
-    rows = done(df)
-    if df.attrs.get("folder") and len(rows):
-        rows, _ = scaling_rows(rows)
-    rows = rows.copy()
+    sel = select_fit_rows(df)
+    rows = sel.rows.copy()
     rows.attrs = attrs
+    rows.attrs["left_out"] = sel.left_out()
+    if len(rows) == 0:
+        raise ValueError(f"{p}: no row can be fitted ({describe_dropped(df) or 'none has status done'})")
     for k in ("N", "D", "C"):
         if k not in rows or not np.isfinite(pd.to_numeric(rows[k], errors="coerce")).all():
             if k == "C" and "N" in rows and "D" in rows:
                 rows["C"] = 6.0 * rows["N"] * rows["D"]
                 rows.attrs.setdefault("derived", []).append("C = 6 N D (no compute column)")
                 continue
-            raise ValueError(f"{p}: backtest needs finite {k} on every row "
-                             f"({describe_dropped(df) or 'pass --' + k.lower() + '-col'})")
+            raise ValueError(f"{p}: backtest needs finite {k} on every row (pass --{k.lower()}-col)")
     if args.drop_highest_loss > 0:
         rows = rows.sort_values("loss").iloc[: -args.drop_highest_loss]
     return rows
@@ -231,6 +227,8 @@ def backtest_main(args) -> int:
         print(json.dumps(res, default=_default))
     else:
         print(f"{args.table}: {len(rows)} rows; {rows.attrs.get('convention')}")
+        for note in rows.attrs.get("left_out", []):
+            print(f"({note})")
         print(describe(res))
     return 0
 

@@ -120,13 +120,14 @@ def _generic(kind, cls, law, ext_starts, to_params, N, D, L, keep, C, *, loss_fn
 def fit_shared(N, D, loss, *, C=None, loss_fn: str = "huber", delta: float = 1e-3,
                n_boot: int = 200, boot_starts: int = 8, seed: int = 0, level: float = LEVEL,
                ftol: float = FTOL, max_iter: int = 1000, bootstrap: str = "noise", noise=None,
-               backtest: bool = True) -> SharedFit:
+               backtest: bool = True, starts=None) -> SharedFit:
     """E + A/N^g + B/D^g from the grid a, b in {0, 5, ..., 25}, e in {-1, -0.5, ..., 1},
     g in {0, 0.5, ..., 2} (900 starts)."""
     N, D, L, keep = clean_nd(N, D, loss)
     law = SharedExponentLaw(np.log(N), np.log(D))
-    starts = grid(np.arange(0.0, 25.1, 5.0), np.arange(0.0, 25.1, 5.0), np.arange(-1.0, 1.01, 0.5),
-                  np.arange(0.0, 2.01, 0.5))
+    if starts is None:
+        starts = grid(np.arange(0.0, 25.1, 5.0), np.arange(0.0, 25.1, 5.0),
+                      np.arange(-1.0, 1.01, 0.5), np.arange(0.0, 2.01, 0.5))
 
     def to_params(e):
         a, b, ee, g = e
@@ -162,8 +163,9 @@ def fit_datacon(N, D, loss, *, U=None, C=None, loss_fn: str = "huber", delta: fl
     U_ = np.minimum(Ua[keep], D_)
     law = DataConstrainedLaw(np.log(N_), np.log(D_), np.log(U_))
     ab = np.arange(0.0, 25.1, 5.0)
-    starts = grid(ab, ab, [-1.0, 0.0, 1.0], [0.25, 0.75, 1.5], [0.25, 0.75, 1.5],
-                  np.log([2.0, 10.0, 50.0]))
+    if starts is None or np.shape(starts)[-1] != 6:  # Chinchilla's 5-column grid: not ours
+        starts = grid(ab, ab, [-1.0, 0.0, 1.0], [0.25, 0.75, 1.5], [0.25, 0.75, 1.5],
+                      np.log([2.0, 10.0, 50.0]))
 
     def to_params(e):
         a, b, ee, al, be, s = e
@@ -177,11 +179,14 @@ def fit_datacon(N, D, loss, *, U=None, C=None, loss_fn: str = "huber", delta: fl
     return fit
 
 
-def fit_law(name: str, N, D, loss, *, C=None, U=None, **kw):
+def fit_law(name: str, N, D, loss, *, C=None, U=None, own_starts=None, **kw):
     """Fit one of :data:`ND_LAWS` (``kw``: the fit functions' options; ``starts`` is
-    Chinchilla's (a, b, e, alpha, beta) start grid and applies to chinchilla only)."""
+    Chinchilla's (a, b, e, alpha, beta) start grid and applies to chinchilla only;
+    ``own_starts``: external starts of the law ``name`` itself, replacing its grid)."""
     if name in ("shared", "kaplan"):
         kw.pop("starts", None)
+    if own_starts is not None:
+        kw["starts"] = own_starts
     if name == "chinchilla":
         return fit_approach3(N, D, loss, C=C, **kw)
     if name == "kaplan":
@@ -227,6 +232,13 @@ def fit_auto(N, D, loss, *, C=None, U=None, candidates=ND_LAWS, n_boot: int = 20
     else:
         chosen = "chinchilla" if "chinchilla" in candidates else next(iter(fits))
         why = "no backtest was possible on this table (too few compute levels): chinchilla by default"
-    final = fit_law(chosen, N, D, loss, C=C, U=U, n_boot=n_boot, **kw) if n_boot > 0 else fits[chosen]
+    if n_boot > 0:  # the bootstrap for the chosen law only, refitted from its own optimum
+        final = fit_law(chosen, N, D, loss, C=C, U=U, n_boot=n_boot,
+                        own_starts=getattr(fits[chosen], "refit_starts", None), **kw)
+        final.info["n_starts"] = fits[chosen].info.get("n_starts")
+        final.info["auto_refit"] = ("the chosen law refitted with its bootstrap from the candidate "
+                                    "fit's optimum and basins (same optimum as the full grid)")
+    else:
+        final = fits[chosen]
     final.info["auto"] = {"chosen": chosen, "why": why}
     return final, {"chosen": chosen, "why": why, "candidates": table}

@@ -379,6 +379,9 @@ def attach(fit, *, law: Law, y, N, D, C, starts, P: int, loss: str, delta: float
     Cr = np.where(np.isfinite(Cr) & (Cr > 0), Cr, rel.C(N, D))
     fit.c_relation = rel
     fit.c_max = float(np.max(Cr))
+    # the optimum and the starts of its best distinct basins, in the law's external
+    # parameters: a refit of the same rows from these finds the same optimum (auto's bootstrap)
+    fit.refit_starts = law.to_external(np.asarray(starts)[:, :P])
     floor = robust_scale(resid) if resid is not None else 0.0
     if backtest:
         fit.misspec = rolling_backtest(law, y, Cr, N, D, starts, P=P, loss=loss, delta=delta,
