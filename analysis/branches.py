@@ -17,6 +17,11 @@ and cools down to S. Rules the analysis keeps:
 - Compute actually spent (:func:`compute_spent`): each trunk once, plus each branch's
   cooldown only, C x (S - k) / S; against the cost of separate runs: every non-trunk row's
   whole C. C is the compute under the accounting in use (loader's canonical ``C``).
+  Training only, and training + evaluation: a run's evals cost C / (3 D) (its forward
+  FLOPs per token, same accounting) x the tokens its evals ran through the model
+  (result.json ``eval_forward_tokens``); a branch spends only the evals after its trunk
+  (less ``eval_forward_tokens_from_trunk``), a separate run all of them. Task evals
+  (decoding, ``data.tasks``) are not counted.
 
 The role columns come from the results table when it has them ("role", "trunk",
 "branched_at_step"), else from each point folder's point.json / result.json (plain JSON;
@@ -33,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 ROLE_COLUMNS = ("role", "trunk", "branched_at_step")
+EVAL_COLUMNS = ("eval_forward_tokens", "eval_forward_tokens_from_trunk")
 
 
 def _read_json(path: Path) -> dict:
@@ -111,6 +117,34 @@ TRUNK_NOTE = ("a cooldown trunk runs at a constant learning rate to the latest b
               "in every branch, so it is a source of branches, not a result")
 
 
+def _eval_tokens(rows: pd.DataFrame, folder) -> pd.DataFrame:
+    """EVAL_COLUMNS of `rows`: the table's own, else each point's result.json (NaN where
+    neither has them: results from before they were recorded)."""
+    out = pd.DataFrame(index=rows.index, columns=list(EVAL_COLUMNS), dtype=float)
+    for c in EVAL_COLUMNS:
+        if c in rows.columns:
+            out[c] = pd.to_numeric(rows[c], errors="coerce")
+    pts = Path(folder) / "points" if folder is not None else None
+    if pts is not None and pts.is_dir() and "point_id" in rows.columns:
+        for i in rows.index:
+            if out.loc[i].isna().any():
+                res = _read_json(pts / str(rows.at[i, "point_id"]) / "result.json")
+                for c in EVAL_COLUMNS:
+                    if not np.isfinite(out.at[i, c]) and isinstance(res.get(c), (int, float)):
+                        out.at[i, c] = float(res[c])
+    return out
+
+
+def _eval_flops(rows: pd.DataFrame, c: pd.Series, folder) -> tuple[pd.Series, pd.Series]:
+    """(eval FLOPs a row spent, eval FLOPs it would spend as a separate run): C / (3 D)
+    per forward token; a branch spent only the evals after its trunk."""
+    tok = _eval_tokens(rows, folder)
+    per_token = c / pd.to_numeric(rows["D"], errors="coerce") / 3.0
+    whole = per_token * tok["eval_forward_tokens"]
+    inherited = (per_token * tok["eval_forward_tokens_from_trunk"]).where(rows["role"] == "branch", 0.0)
+    return whole - inherited, whole
+
+
 def compute_spent(df: pd.DataFrame, *, statuses=("done",)) -> dict | None:
     """FLOPs actually spent by trunks and branches against separate runs, or None when
     the table has no branch.
@@ -155,6 +189,18 @@ def compute_spent(df: pd.DataFrame, *, statuses=("done",)) -> dict | None:
         out[f"separate{tag}"] = separate
         out[f"ratio{tag}"] = spent / separate if separate > 0 else math.nan
         if key == "C":
+            # + evaluation (module doc); NaN when a counted row has no record of it
+            ev_spent, ev_whole = _eval_flops(rows, c, df.attrs.get("folder"))
+            known = bool(np.isfinite(ev_spent).all() and np.isfinite(ev_whole).all())
+            out["eval_spent"] = float(ev_spent.sum()) if known else math.nan
+            out["eval_separate"] = float(ev_whole[~trunk].sum()) if known else math.nan
+            out["spent_with_eval"] = spent + out["eval_spent"]
+            out["separate_with_eval"] = separate + out["eval_separate"]
+            out["ratio_with_eval"] = (out["spent_with_eval"] / out["separate_with_eval"]
+                                      if out["separate_with_eval"] > 0 else math.nan)
+            out["eval_rule"] = ("eval FLOPs = C / (3 D) x eval_forward_tokens (forward passes of "
+                                "every curve and final eval); a branch less the evals its trunk "
+                                "made (eval_forward_tokens_from_trunk); task evals not counted")
             out["trunks"] = float(c[trunk].sum())
             out["cooldowns"] = float((c * frac)[branch].sum())
             # the trunks and branches alone, against the branches run separately
@@ -171,11 +217,17 @@ def compute_text(cs: dict) -> str:
         return f"{v:.3g}" if isinstance(v, float) and math.isfinite(v) else "n/a"
     line = (f"Cooldown branches: {cs['n_trunks']} trunk(s) and {cs['n_branches']} branch(es)"
             + (f" beside {cs['n_runs']} separate run(s)" if cs["n_runs"] else "")
-            + f" spent C = {f(cs['spent'])} FLOPs (trunks {f(cs['trunks'])} once + cooldowns "
+            + f" spent C = {f(cs['spent'])} FLOPs in training (trunks {f(cs['trunks'])} once + cooldowns "
             f"{f(cs['cooldowns'])}"
             + (f" + separate runs {f(cs['spent'] - cs['trunks'] - cs['cooldowns'])}" if cs["n_runs"] else "")
             + f"); as separate runs from step 0 the same results would cost {f(cs['separate'])}: "
             f"{f(cs['ratio'])}x ({cs.get('convention') or 'accounting as in the table'}")
+    if math.isfinite(cs.get("ratio_with_eval", math.nan)):
+        line += (f"; with evaluation (forward passes, C/(3D) per token) {f(cs['spent_with_eval'])} "
+                 f"against {f(cs['separate_with_eval'])}: {f(cs['ratio_with_eval'])}x, of which "
+                 f"evals {f(cs['eval_spent'])} against {f(cs['eval_separate'])}")
+    elif "ratio_with_eval" in cs:
+        line += "; evaluation FLOPs not known (results without eval_forward_tokens): training only"
     if cs["n_runs"]:
         line += (f"; the trunks and branches alone: {f(cs['branches_spent'])} against "
                  f"{f(cs['branches_separate'])} for the branches run separately, "

@@ -513,6 +513,11 @@ def _curve_so_far(s: _Setup, start_step: int, branch: dict | None) -> list[dict]
     return [r for r in read_metrics(s.run_dir) if r.get("step", 0) <= start_step]
 
 
+def _forward_tokens(ev: dict, seq_len: int) -> int:
+    """Tokens one evaluation ran through the model (its windows x seq_len; 0 for none)."""
+    return int(ev.get("eval_windows") or 0) * seq_len
+
+
 def _logged_step(t, step: int) -> bool:
     """Whether a run of train config `t` writes its training loss at `step`."""
     return step % t.log_every == 0 or step in (1, t.steps)
@@ -778,6 +783,13 @@ class _Run:
             "eval_documents": ev.get("eval_documents"),
             "eval_windows": ev.get("eval_windows"),
             "curve_eval_tokens": self.evaluate.curve_set.tokens,
+            # tokens through the model's forward pass in evaluation: every eval of the curve
+            # and the final one; those of a branch's curve done by its trunk, apart
+            # (analysis.branches counts eval compute from them)
+            "eval_forward_tokens": sum(_forward_tokens(e, m.seq_len) for e in self.evals)
+            + _forward_tokens(ev, m.seq_len),
+            "eval_forward_tokens_from_trunk": sum(_forward_tokens(e, m.seq_len)
+                                                  for e in self.evals if e.get("trunk")),
             **{k: ev[k] for k in ("eval_loss_by_position", "eval_loss_by_position_stderr") if k in ev},
             # the estimand (scaling.evalset), which windows (same id: same windows), the
             # draw, and per validation document the tokens scored and their loss sum

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.branches import annotate_roles, compute_spent, drop_trunks, fit_curves, split_curves
+from analysis.branches import (annotate_roles, compute_spent, compute_text, drop_trunks,
+                               fit_curves, split_curves)
 from analysis.followups import added_points, added_points_section
 from analysis.load import load_results
 from analysis.report import analyze
@@ -24,7 +25,11 @@ def _loss(N, D):
     return 1.8 + 400 / N ** 0.35 + 300 / D ** 0.3
 
 
-def cooldown_sweep(folder: Path, with_role_column: bool = False, bracket: bool = False) -> Path:
+EVAL_EVERY, EVAL_TOKENS = 20, 2048  # every run evaluates each 20 steps (and at its end)
+
+
+def cooldown_sweep(folder: Path, with_role_column: bool = False, bracket: bool = False,
+                   evals: bool = True) -> Path:
     """A sweep folder as scaling writes it: per size a trunk (group "trunk", constant lr,
     steps = the latest branch start, an absurdly low loss that must never be fitted) and a
     branch per length; point.json carries requested.role/trunk/branched_at_step, and a
@@ -48,6 +53,10 @@ def cooldown_sweep(folder: Path, with_role_column: bool = False, bracket: bool =
             res = {"status": "done", "final_eval_loss": loss}
             if role == "branch":
                 res.update({"trunk": tid, "branched_at_step": k})
+            if evals:  # forward tokens of its evals; a branch's before k were its trunk's
+                res["eval_forward_tokens"] = EVAL_TOKENS * (steps // EVAL_EVERY)
+                res["eval_forward_tokens_from_trunk"] = (
+                    EVAL_TOKENS * ((k - 1) // EVAL_EVERY) if role == "branch" else 0)
             (d / "result.json").write_text(json.dumps(res))
             row = {"point_id": pid, "label": pid, "group": "trunk" if role == "trunk" else "",
                    "status": "done", "N": N, "N_total": 2 * N, "D": D, "C": 12 * N * D,
@@ -98,6 +107,29 @@ def _expected_spent(field: str = "C_exact"):
         spent += per_step * max(ks) + sum(per_step * (S - k) for S, k in zip(LENGTHS, ks))
         sep += sum(per_step * S for S in LENGTHS)
     return spent, sep
+
+
+def test_compute_spent_with_evaluation(tmp_path):
+    """Training + eval: a run's evals cost C/(3D) = 4N FLOPs per forward token here
+    (C = 12 N D); a trunk evaluates to its end (160 steps: 8 evals), a branch of S = 100
+    (k = 80) spends 2 of its 5 evals, of S = 200 (k = 160) 3 of its 10; separate runs all."""
+    df = load_results(cooldown_sweep(tmp_path / "sw"))
+    annotate_roles(df, tmp_path / "sw")
+    cs = compute_spent(df)
+    spent, sep = _expected_spent()
+    ev_spent = sum(4 * N * EVAL_TOKENS * (8 + 2 + 3) for N in SIZES)
+    ev_sep = sum(4 * N * EVAL_TOKENS * (5 + 10) for N in SIZES)
+    assert math.isclose(cs["eval_spent"], ev_spent) and math.isclose(cs["eval_separate"], ev_sep)
+    assert math.isclose(cs["ratio_with_eval"], (spent + ev_spent) / (sep + ev_sep))
+    assert math.isclose(cs["ratio"], spent / sep)  # training only, as before
+    text = compute_text(cs)
+    assert f"{(spent + ev_spent) / (sep + ev_sep):.3g}x" in text and f"{spent / sep:.3g}x" in text
+    # results from before the eval tokens were recorded: not known, never a guess
+    df = load_results(cooldown_sweep(tmp_path / "old", evals=False))
+    annotate_roles(df, tmp_path / "old")
+    cs = compute_spent(df)
+    assert math.isnan(cs["ratio_with_eval"]) and math.isclose(cs["ratio"], spent / sep)
+    assert "evaluation FLOPs not known" in compute_text(cs)
 
 
 @pytest.mark.parametrize("with_role_column", [False, True])
@@ -167,6 +199,7 @@ def test_report_excludes_trunks_and_states_compute(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "3 cooldown trunk run(s) left out" in summary
     assert f"{spent / sep:.3g}x" in summary
+    assert "with evaluation" in summary and math.isfinite(fits["compute"]["ratio_with_eval"])
     assert "scaling-law rows: 6;" in summary
     # points added by follow-up stages, and why
     assert "## Points added by follow-up stages" in summary

@@ -65,6 +65,12 @@ def test_a_branch_equals_the_separate_run(tmp_path):
         for key in ("final_eval_loss", "best_eval_loss", "status", "final_train_loss"):
             assert branch[key] == separate[key], key
         assert branch.get("divergence_reason") == separate.get("divergence_reason")
+        # eval compute (analysis.branches): the separate run's, less what the trunk evaluated
+        assert branch["eval_forward_tokens"] == separate["eval_forward_tokens"] > 0
+        assert separate["eval_forward_tokens_from_trunk"] == 0
+        before_k = sum(r["eval_windows"] * 32 for r in read_metrics(tmp_path / f"separate{every}")
+                       if "eval_loss" in r and r["step"] < 12)
+        assert branch["eval_forward_tokens_from_trunk"] == before_k > 0
         # The branch's curve starts with the trunk's rows, marked as such.
         marked = read_metrics(tmp_path / f"branch{every}")
         assert all(r.get("trunk") for r in marked if r["step"] < 12)
