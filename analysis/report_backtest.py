@@ -25,7 +25,7 @@ def figure(res: dict, c_label: str = "compute C (FLOPs)"):
     laws = [n for n, r in res["laws"].items() if r.get("runs")]
     k = len(laws)
     with paper_style():
-        fig, axes = new_figure(2, width=7.2, height=3.0)
+        fig, axes = new_figure(2, width=7.2, height=3.4)
         ax1, ax2 = axes[0]
         allv = []
         for j, name in enumerate(laws):
@@ -58,7 +58,8 @@ def figure(res: dict, c_label: str = "compute C (FLOPs)"):
         ax1.set_xlabel("observed loss (held-out run)")
         ax1.set_ylabel("predicted loss (95% PI)")
         ax1.set_title("(a) Held-out runs: predicted vs observed", fontsize=9)
-        ax1.legend(loc="lower right", fontsize=6.5)
+        h, lab = ax1.get_legend_handles_labels()
+        fig.legend(h, lab, loc="outside lower center", ncol=2, fontsize=7)
         ax2.axhline(0, color="black", lw=0.8)
         ax2.axvline(res["C_max_fit"], color="0.5", lw=0.8, ls=":")
         ax2.text(res["C_max_fit"], 0.02, " largest fitted C", transform=ax2.get_xaxis_transform(),
