@@ -115,6 +115,7 @@ def test_garbled_and_cut_metrics_lines_are_named(sweep, caplog):
     assert not [r for r in caplog.records if str(b / "metrics.jsonl") in r.getMessage()]
 
 
+@pytest.mark.slow
 def test_analyze_rebuilds_garbage_and_stale_tables_from_the_points(sweep):
     spec, sw, (a, b) = sweep
     (sw / "results.parquet").write_bytes(b"garbage")
@@ -137,6 +138,7 @@ def test_analyze_a_sweep_with_no_finished_point_says_so(sweep):
     assert not (sw.parent / "report").exists()
 
 
+@pytest.mark.slow
 def test_a_corrupt_newest_checkpoint_is_replaced(tmp_path):
     """After the restore falls back from a corrupt final checkpoint, the rerun's final
     checkpoint replaces it (it was skipped as 'already saved')."""
@@ -241,6 +243,7 @@ def test_a_missing_trunk_is_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_result_records_what_its_numbers_depend_on(sweep, tmp_path):
     """The thread count (XLA's reduction order) and a branch's origin are in result.json;
     a branch whose trunk has no checkpoint at init_step says it trained from step 0."""
