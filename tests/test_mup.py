@@ -96,18 +96,21 @@ def test_sp_first_losses_unchanged(name):
 
 
 @pytest.mark.parametrize("opt,tie", [("adamw", True), ("sgd", False)])
-def test_mup_at_base_width_equals_sp_bit_for_bit(opt, tie):
+def test_mup_at_base_width_equals_sp(opt, tie):
+    # Two programs (the SP and the µP config) doing the same arithmetic at width_mult 1;
+    # XLA may fuse them differently, so float32 rounding, not bits (a missing or wrong
+    # multiplier is off by far more than 1e-6).
     sp, mup = config(32, "sp", opt, tie=tie), config(32, "mup", opt, tie=tie)
     assert mup.model.width_mult == 1.0
     p_sp, p_mup = init_params(sp.model, 0), init_params(mup.model, 0)
     for a, b in zip(jax.tree.leaves(p_sp), jax.tree.leaves(p_mup)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_array_max_ulp(np.asarray(a), np.asarray(b), maxulp=2)
     batches = random_batches()
     end_sp, losses_sp = manual_losses(sp, batches)
     end_mup, losses_mup = manual_losses(mup, batches)
-    assert losses_sp == losses_mup
+    assert losses_sp == pytest.approx(losses_mup, rel=1e-6, abs=0)
     for a, b in zip(jax.tree.leaves(end_sp), jax.tree.leaves(end_mup)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
 
 
 # --------------------------------------------------------------------------------------
@@ -197,8 +200,8 @@ def test_mup_adam_step_of_hidden_matrices_scales_as_one_over_width():
     k_sp = np.asarray(u_sp["blocks"]["mlp"]["fc"]["kernel"])
     k_mup = np.asarray(u_mup["blocks"]["mlp"]["fc"]["kernel"])
     np.testing.assert_allclose(k_mup, k_sp / 4, rtol=1e-6)
-    np.testing.assert_array_equal(np.asarray(u_mup["token_embed"]["embedding"]),
-                                  np.asarray(u_sp["token_embed"]["embedding"]))
+    np.testing.assert_allclose(np.asarray(u_mup["token_embed"]["embedding"]),  # two programs
+                               np.asarray(u_sp["token_embed"]["embedding"]), rtol=1e-6)
 
 
 # --------------------------------------------------------------------------------------
