@@ -10,7 +10,8 @@ uses the same conventions:
     exact              3 x every matmul of the forward pass (multiply-add = 2 FLOPs),
                        output layer included: the C_exact accounting
 
-Also `xla_flops` (XLA's own count from a compiled executable), a table of dense peak
+Also `xla_flops` (XLA's own count from a compiled executable: a rolled loop's body counted
+once; a run's C_xla comes from `scaling.xla_count`, which counts every trip), a table of dense peak
 FLOP/s for accelerators and a measured peak for CPUs. MFU is measured against the peak
 of the arithmetic the matmuls really run in (`peak_precision`: TF32 for float32 on
 GPUs at jax's default precision), which the run records beside the MFU.
