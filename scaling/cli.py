@@ -99,7 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     from scaling.runtime import setup_logging
 
     setup_logging()
-    from scaling.runfiles import DiskFull
     from scaling.stopping import Interrupted, stop_requests
 
     # train and run: SIGTERM / Ctrl-C at any moment (set-up, compile, training, between
@@ -111,7 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:  # bad input: one clear line, no traceback, nothing trained
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except DiskFull as e:  # the path and the space it needs; finished results are kept
+    except OSError as e:  # a full disk: the path and the space it needs; results are kept
+        from scaling.runfiles import DiskFull
+
+        if not isinstance(e, DiskFull):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:  # SIGTERM / Ctrl-C: the loop saved a checkpoint first

@@ -186,11 +186,16 @@ def unreadable_files(point_dir: str | Path) -> list[str]:
         except json.JSONDecodeError as e:
             bad.append(f"{path}: not JSON ({e.msg} at line {e.lineno})")
             continue
-        cfg = obj if name == CONFIG_FILE else (obj.get("config") if isinstance(obj, dict) else None)
-        if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k), dict)
+        if name == POINT_FILE:  # a JSON object; its config, if it has one, a config
+            if not isinstance(obj, dict):
+                bad.append(f"{path}: not a point record (not a JSON object)")
+                continue
+            if "config" not in obj:
+                continue
+            obj = obj["config"]
+        if not isinstance(obj, dict) or not all(isinstance(obj.get(k), dict)
                                                 for k in ("model", "train")):
-            bad.append(f"{path}: not a {'config' if name == CONFIG_FILE else 'point record'} "
-                       "(no [model] and [train] tables)")
+            bad.append(f"{path}: not a config (no [model] and [train] tables)")
     return bad
 
 
