@@ -277,3 +277,25 @@ def test_cli_backtest_on_csv_and_sweep_folder(tmp_path, capsys):
         assert main(["backtest", str(p), *bad]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and bad[0] in err[0]
+
+
+@pytest.mark.slow
+def test_epoch_backtest_below_1e21_flops():
+    """benchmarks/README.md's public-data backtest: the Chinchilla-form laws fitted below 1e21
+    FLOPs predict the 23 runs above to ~1 % (deterministic: the point fits), Kaplan's form
+    (no irreducible term) about twice as far off; most held-out runs inside the intervals."""
+    from pathlib import Path
+
+    df = pd.read_csv(Path(__file__).parent / "data" / "chinchilla" / "svg_extracted_data.csv")
+    df = df.sort_values("loss").iloc[:-5]
+    N = df["Model Size"].to_numpy(float)
+    C = df["Training FLOP"].to_numpy(float)
+    rows = pd.DataFrame({"N": N, "D": C / (6 * N), "C": C, "loss": df["loss"].to_numpy(float)})
+    res = run_backtest(rows, laws=("chinchilla", "shared", "kaplan"), fit_below_C=1e21, n_boot=50,
+                       bootstrap="cases")
+    assert res["n_held_out"] == 23
+    ch, sh, ka = (res["laws"][k] for k in ("chinchilla", "shared", "kaplan"))
+    assert ch["mean_abs_rel_error"] == pytest.approx(0.0105, abs=0.001)
+    assert sh["mean_abs_rel_error"] < 0.012
+    assert ka["mean_abs_rel_error"] > 1.5 * ch["mean_abs_rel_error"]
+    assert ch["coverage"] >= 0.75 and sh["coverage"] >= 0.75
