@@ -345,6 +345,18 @@ def _keep(s: _Setup, state, step: int, wall: float) -> None:
 # --------------------------------------------------------------------------------------
 
 
+def _one_device_step(s: _Setup, state, batch) -> tuple:
+    """(step, state, batch) of the step as one device runs it, with one device's shapes
+    and no collectives: what XLA's count of a pmap / shard_map step is (times the devices,
+    `devices_flops_factor`), countable without the map's axis (scaling.xla_count)."""
+    pmap, n = s.driver.kind == "pmap", s.driver.n_devices
+    one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:] if pmap else x.shape, x.dtype),
+                       state)
+    rows = batch.shape[1:] if pmap else (batch.shape[0] // n, *batch.shape[1:])
+    return (jax.jit(partial(s.trainer.train_step_body, axis_name=None)), one,
+            jax.ShapeDtypeStruct(rows, batch.dtype))
+
+
 def _compile(s: _Setup, state, first_batch) -> tuple[Any, Any, float, tuple]:
     per_position = s.cfg.train.eval_per_position
     key = repr((compile_key(s.cfg), per_position, s.driver.kind, [str(d) for d in s.driver.devices]))
@@ -354,8 +366,7 @@ def _compile(s: _Setup, state, first_batch) -> tuple[Any, Any, float, tuple]:
         eval_fn = s.driver.compile(partial(s.trainer.eval_step_body, per_position=per_position),
                                    state.params, first_batch, donate=False)
         compile_time = time.perf_counter() - t0  # the count below is not part of it
-        count = xla_count.step_flops(s.driver.wrap(s.trainer.train_step_body, donate=False),
-                                     state, first_batch)
+        count = xla_count.step_flops(*_one_device_step(s, state, first_batch))
         _COMPILED[key] = (step_fn, eval_fn, count)
         return step_fn, eval_fn, compile_time, count
     step_fn, eval_fn, count = _COMPILED[key]
