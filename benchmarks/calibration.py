@@ -147,6 +147,17 @@ def main(argv=None) -> int:
               f"ratio sd / (hw / 1.96) = {v['ratio']:.2f} (target [0.6, 1.6])")
     if per and per[0].get("sentence"):
         print(f"noise model (replicate 0): {per[0]['sentence']}")
+    print("\nMarkdown (benchmarks/README.md):\n")
+    print("| replicate | train.seed (+ follow-up seeds) | data.eval_seed | a, Approach 2 [95 %] | a, Approach 3 [95 %] |")
+    print("|---|---|---|---|---|")
+    for r, p in enumerate(per):
+        f2, f3 = p["approach2"], p["approach3"]
+        print(f"| r{r} | {3 * r} ({3 * r + 1}, {3 * r + 2}) | {r} | {_num(f2['a']):.3f} [{_num(f2['lo']):.3f}, "
+              f"{_num(f2['hi']):.3f}] | {_num(f3['a']):.3f} [{_num(f3['lo']):.3f}, {_num(f3['hi']):.3f}] |")
+    print("\n| approach | mean a | sd(a) over sweeps | mean half-width | ratio sd / (hw / 1.96) |")
+    print("|---|---|---|---|---|")
+    for key, v in res.items():
+        print(f"| {key} | {v['mean_a']:.3f} | {v['sd_a']:.4f} | {v['mean_halfwidth']:.4f} | {v['ratio']:.2f} |")
     out.mkdir(parents=True, exist_ok=True)
     (out / "calibration.json").write_text(json.dumps({"replicates": per, "summary": res, "wall_s": walls},
                                                      indent=2, default=str))
