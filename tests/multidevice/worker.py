@@ -47,6 +47,7 @@ def main(argv):
             "devices": jax.device_count(), "processes": jax.process_count(),
             "parallel": result.get("parallel"), "device_count": result.get("device_count"),
             "D": result.get("D"), "mfu": result.get("mfu"),
+            "C_xla_ratio": (result["C_xla"] / result["C_exact"]) if "C_xla" in result else None,
             "eval_loss": result.get("final_eval_loss"),
             "by_position": result.get("eval_loss_by_position"),
         }))
