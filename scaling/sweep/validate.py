@@ -60,7 +60,8 @@ GROUP = "validate"
 STAGE = "validate"
 LAW = "chinchilla"
 ALLOCATION = ("Approach 3 (L = E + A/N^alpha + B/D^beta fitted on the sweep's results): "
-              "N_opt at C = 6 N D, snapped to the nearest shape, D from C under the accounting")
+              "N_opt along the table's own C(N, D), snapped to the nearest shape of the shape "
+              "rule, D from C under the accounting")
 SEED = 0  # the fit's bootstrap seed: fixed, so a rerun makes the same decision
 N_BOOT = 200
 LEVEL = 0.95
