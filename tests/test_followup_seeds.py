@@ -49,6 +49,12 @@ def test_demo_seed_points_are_middle_sizes_with_their_own_trunks():
         assert b.config.train.init_step == src.config.train.init_step
         assert b.config.train.init_step in [int(k) for k in t.config.train.save_steps.split(",")]
         assert t.config.train.steps >= b.config.train.init_step
+        # the trunk evaluates wherever the branch's separate run would before k, so the
+        # branch starts from it instead of training from step 0 (scaling.sweep.cooldown)
+        e, te = b.config.train.eval_every, t.config.train.eval_every
+        want = set(range(e, b.config.train.init_step, e))
+        have = t.config.train.extra_eval_steps | set(range(te, t.config.train.steps + 1, te))
+        assert want <= have
         # the branch is its source with another seed, nothing else
         keys = ("train.seed",)
         assert _semantic_without(b.config, keys) == _semantic_without(src.config, keys)

@@ -148,9 +148,14 @@ def seed_points(spec: SweepSpec, seeds, at: dict) -> list[Point]:
         starts = sorted({int(b.branched_at_step) for b in branches})
         steps = starts[-1]
         every = min(t0.config.train.eval_every, steps) if t0.config.train.eval_every else 0
+        # the curve evals each chosen branch's separate run makes before its k, as
+        # scaling.sweep.cooldown plans a trunk's (train.eval_steps)
+        evals = {j for b in branches if b.config.train.eval_every
+                 for j in range(b.config.train.eval_every, int(b.branched_at_step), b.config.train.eval_every)}
+        extra = sorted(j for j in evals if j < steps and not (every and j % every == 0))
         cfg = t0.config.replace({"train.seed": s, "train.steps": steps, "name": f"{t0.config.name}_s{s}_to{steps}",
                                  "train.save_steps": ",".join(str(k) for k in starts),
-                                 "train.eval_every": every})
+                                 "train.eval_every": every, "train.eval_steps": ",".join(map(str, extra))})
         tid = point_id(cfg)
         tokens = steps * cfg.train.batch_size * cfg.model.seq_len
         f6, fx = 6.0 * t0.n_params * tokens, train_flops_per_token(cfg.model) * tokens
