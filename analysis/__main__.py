@@ -33,6 +33,7 @@ import pandas as pd
 
 from .cli_predict import add_backtest_parser, add_fit_args, add_predictions, backtest_main, check_args
 from .cli_checks import check_fit_options, check_fit_rows
+from .result import json_default
 from .load import CANDIDATES
 
 LAWS = ("power", "frontier", "chinchilla", "isoflop", "kaplan", "shared", "datacon", "auto")
@@ -128,7 +129,7 @@ def _lr_law(args) -> int:
            "N": {"total": "N_total", "kaplan": "N_non_embedding"}.get(acc or "", "N as in the table"),
            "trunks_excluded": df.attrs.get("n_trunks", 0), "laws": res}
     if args.json:
-        print(json.dumps(out, default=_default))
+        print(json.dumps(out, default=json_default))
     else:
         print(describe(res, df.attrs.get("convention", ""), acc))
     if all("error" in r for r in res):
@@ -369,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {msg}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(out, default=_default))
+        print(json.dumps(out, default=json_default))
     else:
         print(f"{args.table}: {out['n_rows']} rows fitted of {out['n_rows_table']}; {out['convention']}")
         if df.attrs.get("dropped_line"):
@@ -387,16 +388,6 @@ def main(argv: list[str] | None = None) -> int:
             print(out["noise_model"])
     return 0
 
-
-def _default(o):
-    if isinstance(o, (np.floating, float)):
-        f = float(o)
-        return f if math.isfinite(f) else None
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    return str(o)
 
 
 if __name__ == "__main__":

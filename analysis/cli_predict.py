@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .ndlaws import FORMS, ND_LAWS
+from .result import json_default
 
 U_COLUMNS = ("unique_tokens", "U_D", "U", "max_unique_tokens")
 
@@ -224,7 +225,7 @@ def backtest_main(args) -> int:
     res.update({"source": str(args.table), "convention": rows.attrs.get("convention"),
                 "accounting": rows.attrs.get("accounting"), "n_rows": int(len(rows))})
     if args.json:
-        print(json.dumps(res, default=_default))
+        print(json.dumps(res, default=json_default))
     else:
         print(f"{args.table}: {len(rows)} rows; {rows.attrs.get('convention')}")
         for note in rows.attrs.get("left_out", []):
@@ -232,13 +233,3 @@ def backtest_main(args) -> int:
         print(describe(res))
     return 0
 
-
-def _default(o):
-    if isinstance(o, (np.floating, float)):
-        f = float(o)
-        return f if math.isfinite(f) else None
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    return str(o)

@@ -50,7 +50,7 @@ import re
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
+from scipy import optimize
 
 METRICS = ("exact_match", "token_accuracy", "edit_distance", "answer_logprob")
 LABELS = {"exact_match": "exact match", "token_accuracy": "per-token accuracy (teacher-forced)",

@@ -52,7 +52,7 @@ from .frontier import fit_approach1, fit_frontier
 from . import families as fam
 from .branches import TRUNK_NOTE, compute_spent, compute_text, fit_curves, split_curves
 from .followups import added_points, added_points_section
-from .fitrows import reference_optimizer, scaling_rows, select_fit_rows  # noqa: F401 (re-exported)
+from .fitrows import reference_optimizer, select_fit_rows
 from . import validation
 from .isoflop import fit_isoflop
 from .load import describe_dropped, load_curves, load_results
@@ -61,7 +61,7 @@ from .optimizers import (EdgeOfGridWarning, best_lr, best_lr_runs, compute_laws,
                          compute_multiplier, lr_scaling, lr_sensitivity, seed_spread)
 from .powerlaw import fit_power_law
 from .predict import compute_optimal
-from .result import fmt
+from .result import fmt, json_default
 from .style import FigureWriter
 from .tables import to_markdown, value_ci, write_table
 
@@ -213,9 +213,14 @@ def _eval_set(df: pd.DataFrame, done: pd.DataFrame) -> str:
         if col in done and pd.to_numeric(done[col], errors="coerce").notna().any():
             v = pd.to_numeric(done[col], errors="coerce").dropna()
             parts.append(f"{fmt(float(v.median()), 3)} {unit}" + ("" if v.nunique() == 1 else " (median)"))
+    est = ""
+    if "eval_estimand" in done:
+        kinds = sorted(str(v) for v in done["eval_estimand"].dropna().unique())
+        est = (" (held-out per-token loss: every validation token weighted equally)"
+               if kinds == ["per_token"] else f" (estimands: {', '.join(kinds)})" if kinds else "")
     if parts:
-        return f"`{loss}` over " + " in ".join(parts)
-    return f"`{loss}` (the table records no eval set size)"
+        return f"`{loss}` over " + " in ".join(parts) + est
+    return f"`{loss}`{est} (the table records no eval set size)"
 
 
 def _params_table(rows: list[dict]) -> pd.DataFrame:
@@ -380,14 +385,20 @@ def analyze(
                                    loss_fn=loss_fn, bootstrap=boot,
                                    noise=noise if measured else None, C=rows["C"])
                 rep.add_params("Approach 3: E + A/N^α + B/D^β", a3,
-                               ["E", "A", "B", "alpha", "beta", "a", "b"] + (["sigma"] if "sigma" in a3.params else []))
+                               ["E", "A", "B", "alpha", "beta", "a", "b"]
+                               + [k for k in ("a_C", "b_C", "sigma") if k in a3.params])
                 p = a3.params
                 rep.findings.append(
                     f"Approach 3: L(N, D) = {_param_text(a3, 'E')} + {fmt(p['A'], 4)}/N^{p['alpha']:.3f} + "
                     f"{fmt(p['B'], 4)}/D^{p['beta']:.3f}; compute-optimal N ∝ C^a "
                     f"{'(conditional on the full model) ' if a3.unidentified else ''}with a = "
                     f"{value_ci(p['a'], *a3.interval('a'), 3)} and D ∝ C^b with b = "
-                    f"{value_ci(p['b'], *a3.interval('b'), 3)} ({len(rows)} runs, "
+                    f"{value_ci(p['b'], *a3.interval('b'), 3)} along C = 6ND"
+                    + (f"; along the table's own compute ({_c_label(df)}, the IsoFLOP budgets' axis) "
+                       f"a_C = {value_ci(p['a_C'], *a3.interval('a_C'), 3)}, "
+                       f"b_C = {value_ci(p['b_C'], *a3.interval('b_C'), 3)}"
+                       if "a_C" in p else "")
+                    + f" ({len(rows)} runs, "
                     f"{a3.info['n_starts']} starts, mean |log residual| "
                     f"{a3.info['mean_abs_log_residual']:.4f}; {_boot_text(a3)}; {conv}).")
                 if a3.unidentified:
@@ -623,22 +634,13 @@ def analyze(
     if rep.param_rows:
         rep.table(_params_table(rep.param_rows), "parameters",
                   "Fitted parameters with 95% bootstrap percentile intervals")
-    (out / "fits.json").write_text(json.dumps(rep.fits, indent=2, default=_json_default))
+    (out / "fits.json").write_text(json.dumps(rep.fits, indent=2, default=json_default))
     for name, error in rep.writer.wait().items():  # a figure must never sink the report
         rep.figures = [f for f in rep.figures if f[0] != name]
         rep.skip(f"figure `{name}`", error)
     _write_summary(rep, time.time() - t0)
     return out
 
-
-def _json_default(o):
-    if isinstance(o, (np.floating, float)):
-        return None if not math.isfinite(float(o)) else float(o)
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    return str(o)
 
 
 def _optimizer_section(rep: _Report, df: pd.DataFrame, done: pd.DataFrame, *, n_boot: int, seed: int):

@@ -144,6 +144,19 @@ class FitResult:
         return "\n".join(lines)
 
 
+def json_default(o):
+    """`json.dumps(default=...)` for fit outputs: numpy scalars as Python numbers, a non-finite
+    float as null (JSON has no NaN), anything else as its string."""
+    if isinstance(o, (np.floating, float)):
+        f = float(o)
+        return f if math.isfinite(f) else None
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    return str(o)
+
+
 def fmt(v: float, digits: int = 4) -> str:
     """Compact number formatting for tables and legends."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):

@@ -86,7 +86,7 @@ def test_a_trunk_without_the_separate_runs_evals_is_not_branched_from(tmp_path, 
                              "train.eval_every=4"), tmp_path / "branch")
     assert "lacks a curve eval at step 4" in caplog.text and "from step 0" in caplog.text
     assert r["trunk"] is None and r["resumed_from_step"] == 0
-    separate = train(branch_cfg("train.eval_every=4"), tmp_path / "separate")
+    train(branch_cfg("train.eval_every=4"), tmp_path / "separate")
     assert rows(tmp_path / "branch") == rows(tmp_path / "separate")
 
 
@@ -96,7 +96,7 @@ def test_a_killed_branch_resumes_as_a_branch(tmp_path):
     assert train(c, tmp_path / "branch", stop_after_steps=3)["status"] == "stopped"
     r = train(c, tmp_path / "branch")
     assert r["resumed_from_step"] == 15 and r["branched_at_step"] == 12
-    separate = train(branch_cfg(), tmp_path / "separate")
+    train(branch_cfg(), tmp_path / "separate")
     assert losses(tmp_path / "branch") == losses(tmp_path / "separate")
 
 
