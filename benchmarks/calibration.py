@@ -123,22 +123,32 @@ def main(argv=None) -> int:
         for r in reps:
             print(f"[r{r}] trained in {train(spec, out, r, args.overrides, args.workers):.0f} s", flush=True)
         return 0
+    fitted, unfinished = [], []
     for r in range(args.seeds):
         if not args.analyze_only:
             walls.append(train(spec, out, r, args.overrides, args.workers))
         folders = [p.parent for p in (out / f"r{r}").glob("*/spec.toml")]
-        if len(folders) != 1:
+        if len(folders) > 1:
             raise SystemExit(f"replicate {r}: expected one sweep folder under {out / f'r{r}'}, found {folders}")
+        if not folders or not (folders[0] / "followup.json").exists():  # written when the sweep ends
+            unfinished.append(r)  # only with --analyze-only: a trained replicate always has it
+            continue
         name = folders[0]
+        fitted.append(r)
         t0 = time.time()
         per.append(fit_one(name, args.n_boot))
         f2, f3 = per[-1]["approach2"], per[-1]["approach3"]
         print(f"[r{r}] a2 = {_num(f2['a']):.4f} [{_num(f2['lo']):.4f}, {_num(f2['hi']):.4f}]  "
               f"a3 = {_num(f3['a']):.4f} [{_num(f3['lo']):.4f}, {_num(f3['hi']):.4f}]  "
               f"(analysis {time.time() - t0:.0f} s)", flush=True)
+    if unfinished:
+        print(f"\nreplicates not finished, left out: {unfinished} ({len(fitted)} of {args.seeds} fitted)")
+    if len(per) < 2:
+        print("error: fewer than 2 finished replicates", file=sys.stderr)
+        return 1
     res = summarize(per)
     print("\nreplicate  train.seed  eval_seed  a (Approach 2) [95 %]          a (Approach 3) [95 %]")
-    for r, p in enumerate(per):
+    for r, p in zip(fitted, per):
         f2, f3 = p["approach2"], p["approach3"]
         print(f"r{r:<9} {3 * r:<11} {r:<10} {_num(f2['a']):.4f} [{_num(f2['lo']):.4f}, {_num(f2['hi']):.4f}]"
               f"    {_num(f3['a']):.4f} [{_num(f3['lo']):.4f}, {_num(f3['hi']):.4f}]")
@@ -150,7 +160,7 @@ def main(argv=None) -> int:
     print("\nMarkdown (benchmarks/README.md):\n")
     print("| replicate | train.seed (+ follow-up seeds) | data.eval_seed | a, Approach 2 [95 %] | a, Approach 3 [95 %] |")
     print("|---|---|---|---|---|")
-    for r, p in enumerate(per):
+    for r, p in zip(fitted, per):
         f2, f3 = p["approach2"], p["approach3"]
         print(f"| r{r} | {3 * r} ({3 * r + 1}, {3 * r + 2}) | {r} | {_num(f2['a']):.3f} [{_num(f2['lo']):.3f}, "
               f"{_num(f2['hi']):.3f}] | {_num(f3['a']):.3f} [{_num(f3['lo']):.3f}, {_num(f3['hi']):.3f}] |")
@@ -159,9 +169,10 @@ def main(argv=None) -> int:
     for key, v in res.items():
         print(f"| {key} | {v['mean_a']:.3f} | {v['sd_a']:.4f} | {v['mean_halfwidth']:.4f} | {v['ratio']:.2f} |")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "calibration.json").write_text(json.dumps({"replicates": per, "summary": res, "wall_s": walls},
+    (out / "calibration.json").write_text(json.dumps({"replicates": dict(zip(fitted, per)), "unfinished": unfinished,
+                                                     "summary": res, "wall_s": walls},
                                                      indent=2, default=str))
-    print(json.dumps({k: {m: v[m] for m in ("sd_a", "mean_halfwidth", "ratio")} for k, v in res.items()}))
+    print(json.dumps({k: {m: v[m] for m in ("sd_a", "mean_halfwidth", "ratio", "n")} for k, v in res.items()}))
     return 0
 
 
