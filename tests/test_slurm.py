@@ -360,7 +360,9 @@ def test_cancelled_job_is_resubmitted_alone_and_resumes(tmp_path, steps_per_s):
     assert other_rec["job_id"] == other_job and other_rec["attempt"] == 1  # left alone
     resumed = read_result(victim)
     assert resumed["status"] == "done" and resumed["resumed_from_step"] >= every
-    assert resumed["resumed_from_step"] % every == 0 and read_result(other)["resumed_from_step"] == 0
+    # scancel sends SIGTERM first: the job checkpoints the step it is at and exits (so the resume
+    # starts there, not at the last periodic checkpoint); the other point never stopped
+    assert read_result(other)["resumed_from_step"] == 0
     steps_logged = [r["step"] for r in read_metrics(victim) if "loss" in r]
     assert steps_logged == sorted(set(steps_logged))  # no duplicated steps after the resume
     res = pd.read_csv(sweep_dir / "results.csv").set_index("point_id")
