@@ -1,6 +1,6 @@
 """Points that a sweep's follow-up stages added, and why (for the report).
 
-Three stages add points after the planned ones (scaling/stages.py; read here as plain JSON):
+Three stages add points after the planned ones (scaling/sweep/stages.py; read here as plain JSON):
 
 - IsoFLOP bracketing: a budget whose best size was at the edge of its sizes gets the next
   size outwards. Each such point's point.json has ``requested.stage = "bracket"`` and

@@ -170,7 +170,7 @@ def orphans(sweep_parent: Path, wait_s: float = 30.0) -> list[int]:
             except OSError:
                 continue
             text = [c.decode(errors="replace") for c in cmd]
-            if "scaling.executors" in text and any(str(sweep_parent) in c for c in text):
+            if "scaling.executors.local" in text and any(str(sweep_parent) in c for c in text):
                 alive.append(int(d.name))
         if not alive or time.monotonic() > deadline:
             return alive

@@ -24,8 +24,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from scaling.config import load_config  # noqa: E402
-from scaling.parallel import Driver  # noqa: E402
-from scaling.train import Trainer  # noqa: E402
+from scaling.train.parallel import Driver  # noqa: E402
+from scaling.train.step import Trainer  # noqa: E402
 
 CPU_SHAPES = [  # (name, overrides)
     ("L2 d128 T128 B32", ["model.n_layer=2", "model.d_model=128", "model.n_head=4",

@@ -38,7 +38,7 @@ args=(experiments/tiny.toml --run-dir "$run" model.compute_dtype=bfloat16 train.
       train.checkpoint_every=150 train.progress=false)
 timeout 120 python3 -c "
 import sys; sys.argv=['x']
-from scaling.config import load_config; from scaling.loop import train
+from scaling.config import load_config; from scaling.train.loop import train
 cfg = load_config('experiments/tiny.toml', ['model.compute_dtype=bfloat16', 'train.steps=300',
                   'train.checkpoint_every=150', 'train.progress=false'])
 print(train(cfg, '$run', stop_after_steps=150))"

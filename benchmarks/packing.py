@@ -1,11 +1,11 @@
-"""Packed parameters (scaling.packing) against the tree: compile time, kernels, step time.
+"""Packed parameters (scaling.train.packing) against the tree: compile time, kernels, step time.
 
     taskset -c 0 python benchmarks/packing.py 1x16x64x16 1x32x64x16 2x48x64x16 2x128x128x32
     taskset -c 0 python benchmarks/packing.py 2x128x128x32 --limits 0 4096 65536 1e9
 
 Each shape is LxDxTxB (layers, d_model, seq_len, batch; vocab 256, learned positions,
 tied embeddings, head size 16, AdamW with clipping and decay: the demo's step). For each
-packing limit (scaling.packing.PACK_MAX_ELEMENTS: parameters with more elements stay
+packing limit (scaling.train.packing.PACK_MAX_ELEMENTS: parameters with more elements stay
 whole; 0 = nothing packed, the step on the tree) the real step is built
 (`Trainer.compile_step`'s body, the CPU step compiler options), compiled from an empty
 cache, and timed in alternating rounds; the table gives the median step time. Run it on
@@ -24,9 +24,11 @@ tune_host_runtime()
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from scaling import packing, train as train_mod  # noqa: E402
+from scaling.train import packing  # noqa: E402
+
+from scaling.train import step as train_mod
 from scaling.config import Config, ModelConfig, OptimConfig, TrainConfig  # noqa: E402
-from scaling.train import Trainer  # noqa: E402
+from scaling.train.step import Trainer  # noqa: E402
 
 
 def build(shape: str, limit: int):

@@ -8,7 +8,7 @@ End to end: each timing runs `run_sweep.py run SPEC --no-progress` in a fresh pr
 a fresh sweep folder, on an empty persistent compile cache (SCALINGLAB_COMPILE_CACHE); the
 tokenized corpus is cached once beforehand and shared, so both rules pay the same start-up.
 "old" is SCALINGLAB_SIDE_BY_SIDE=0 (every point in one process, one after another);
-"new" is the default rule (scaling.executors.side_by_side_plan). Rules alternate within
+"new" is the default rule (scaling.executors.local.side_by_side_plan). Rules alternate within
 each repeat (old, new, then new, old, ...) so that a machine shared with others loads both
 alike; the table gives each timing, the ratio new/old per repeat, and its range. Both
 rules must finish every point; the largest difference in final eval loss between them is
@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 def warm_corpus(spec_path: str, overrides: list[str]) -> None:
     """Tokenize and cache the spec's corpora once (both rules then find them cached)."""
-    from scaling.data import load_corpus
+    from scaling.data.dataset import load_corpus
     from scaling.sweep import load_spec
 
     seen = set()
@@ -165,7 +165,7 @@ from scaling.runtime import tune_host_runtime
 tune_host_runtime()
 import jax, numpy as np, jax.numpy as jnp
 from scaling.config import Config, ModelConfig, OptimConfig, TrainConfig
-from scaling.train import Trainer
+from scaling.train.step import Trainer
 L, d, H, T, B = map(int, sys.argv[2:7]); secs = float(sys.argv[7])
 m = ModelConfig(n_layer=L, d_model=d, n_head=H, seq_len=T, vocab_size=256,
                 pos_encoding="learned", tie_embeddings=True)
@@ -202,7 +202,7 @@ def _rates(shape, pins: list[str | None], secs: float) -> list[float]:
 
 
 def step_table(args) -> None:
-    from scaling.accounting import flops_per_token
+    from scaling.accounting.counts import flops_per_token
     from scaling.config import ModelConfig
 
     cores = sorted(os.sched_getaffinity(0))

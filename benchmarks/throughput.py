@@ -7,10 +7,10 @@
                                                  # PyTorch from another environment
 
 For every shape the table gives N (non-embedding parameters), tokens/s, achieved FLOP/s
-(tokens/s x the exact training FLOPs per token of scaling.accounting), MFU against the
+(tokens/s x the exact training FLOPs per token of scaling.accounting.counts), MFU against the
 device's dense peak (on CPU: $SCALINGLAB_CPU_PEAK_FLOPS or a measured matmul peak),
 and compile time: cold (an empty persistent cache) / warm (loaded from the cache).
-The JAX step is `scaling.train.Trainer(cfg).compile_step()`, the jitted, donated
+The JAX step is `scaling.train.step.Trainer(cfg).compile_step()`, the jitted, donated
 `(state, batch_Bx(T+1)) -> (state, metrics)` that training runs.
 
 The machine may be shared, so JAX and PyTorch steps are measured in alternating
@@ -42,9 +42,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from scaling import accounting  # noqa: E402
+from scaling.accounting import counts as accounting  # noqa: E402
 from scaling.config import Config, ModelConfig, OptimConfig, TrainConfig  # noqa: E402
-from scaling.presets import PRESETS  # noqa: E402
+from scaling.config.presets import PRESETS  # noqa: E402
 
 # (name, n_layer, d_model, n_head, seq_len, batch, vocab): issue 15's three shapes, the
 # ones it measured against nanoGPT's model.py (c1, c2, c3)
@@ -68,7 +68,7 @@ def make_config(n_layer, d_model, n_head, seq_len, batch, vocab=256, **model_kw)
 def make_jax_step(cfg: Config):
     """(compiled step, state, batch, cold compile s, warm compile s)."""
     try:
-        from scaling.train import Trainer
+        from scaling.train.step import Trainer
     except ImportError:  # pragma: no cover - only before train.py existed
         Trainer = None
     rng = np.random.default_rng(0)

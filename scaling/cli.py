@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from scaling.runtime import setup_logging
 
     setup_logging()
-    from scaling.stopping import Interrupted, stop_requests
+    from scaling.train.stopping import Interrupted, stop_requests
 
     # train and run: SIGTERM / Ctrl-C at any moment (set-up, compile, training, between
     # points) stop cleanly with one line; other commands keep Python's Ctrl-C
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk: the path and the space it needs; results are kept
-        from scaling.runfiles import DiskFull
+        from scaling.runs.runfiles import DiskFull
 
         if not isinstance(e, DiskFull):
             raise
@@ -129,7 +129,7 @@ def cmd_train(args) -> int:
     from scaling.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    from scaling.loop import TrunkNotReady, train
+    from scaling.train.loop import TrunkNotReady, train
     from scaling.runtime import enable_compilation_cache
 
     enable_compilation_cache()
@@ -152,7 +152,7 @@ def _print_result(run_dir: Path, r: dict) -> None:
 
 
 def cmd_sample(args) -> int:
-    from scaling.sampling import sample_from_run
+    from scaling.evaluation.sampling import sample_from_run
 
     text = sample_from_run(args.run_dir, args.prompt, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, top_k=args.top_k, seed=args.seed)
@@ -172,7 +172,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from scaling.executors import run_sweep
+    from scaling.executors.local import run_sweep
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers = {args.workers}: expected an integer >= 1")
@@ -189,7 +189,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from scaling.results import check_sweep_dir, format_status
+    from scaling.runs.results import check_sweep_dir, format_status
 
     check_sweep_dir(args.sweep_dir)  # before SLURM is asked anything
     if args.watch:
@@ -201,7 +201,7 @@ def cmd_status(args) -> int:
 
 def _refresh_slurm(sweep_dir: str) -> None:
     if (Path(sweep_dir) / "slurm").exists():  # ask SLURM for the jobs' states first
-        from scaling.slurm import refresh
+        from scaling.executors.slurm import refresh
 
         refresh(sweep_dir)
 
@@ -212,7 +212,7 @@ def _watch(sweep_dir: str, interval: float) -> int:
     import math
     import time
 
-    from scaling.results import format_status, watch_summary
+    from scaling.runs.results import format_status, watch_summary
 
     if not math.isfinite(interval) or interval <= 0:
         raise ConfigError(f"--interval = {interval}: expected a number of seconds > 0")
@@ -259,7 +259,7 @@ def _refresh_tables(source) -> None:
     """A sweep folder's tables are rebuilt from its point folders (the truth) before the
     analysis reads them: a stale or garbled results.parquet is never fitted. ConfigError
     if no point has finished."""
-    from scaling.results import points_dir, write_tables
+    from scaling.runs.results import points_dir, write_tables
 
     source = Path(source)
     if not (source.is_dir() and points_dir(source).is_dir()):
@@ -272,7 +272,7 @@ def _refresh_tables(source) -> None:
 
 
 def cmd_ngram(args) -> int:
-    from scaling.ngram import base_config, default_run_dir, run_ngram
+    from scaling.evaluation.ngram import base_config, default_run_dir, run_ngram
     from scaling.sweep import load_spec
 
     if args.order < 1:

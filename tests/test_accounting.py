@@ -10,13 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scaling import accounting, xla_count
-from scaling.accounting import (FlopCounts, ParamCounts, count_tree, flops_per_token,
+from scaling.accounting import counts as accounting
+
+from scaling.accounting import xla_count
+from scaling.accounting.counts import (FlopCounts, ParamCounts, count_tree, flops_per_token,
                                 lookup_peak, mfu, param_counts, peak_flops, xla_flops)
 from scaling.config import ModelConfig
 from scaling.models import param_shapes
 from scaling.models.transformer import loss_fn
-from scaling.presets import PRESETS
+from scaling.config.presets import PRESETS
 
 SHAPES = [
     dict(n_layer=1, d_model=16, n_head=2, vocab_size=37, seq_len=8),
@@ -194,7 +196,7 @@ def test_a_run_records_every_trip_of_its_accumulation_loop(tmp_path):
     [0.9, 1.2] (a model this small spends ~10 % beside its matmuls); XLA's own count
     of the compiled step gave ~0.5."""
     from scaling.config import load_config
-    from scaling.loop import train
+    from scaling.train.loop import train
 
     cfg = load_config(None, [
         "model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.seq_len=32",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from scaling.config import Config, ConfigError, from_dict, load_config, parse_overrides
-from scaling.presets import PRESETS
+from scaling.config.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parent.parent
 

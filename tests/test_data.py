@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scaling import neardup
+from scaling.data import neardup
 from scaling.config import ConfigError, DataConfig, load_config
-from scaling.data import (DataError, TokenData, _Collector, load_corpus, read_corpus,
+from scaling.data.dataset import (DataError, TokenData, _Collector, load_corpus, read_corpus,
                           split_documents, stdlib_group, token_dtype, window_permutation)
-from scaling.tokenizer import ByteTokenizer
+from scaling.data.tokenizer import ByteTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
@@ -425,7 +425,7 @@ def test_eval_set_is_fixed_and_spread(stdlib_cfg, stdlib_data):
         rows = np.concatenate([fresh.batch(i, b)[0] for i in range(fresh.n_batches(b))])
         assert np.array_equal(rows[:512], np.concatenate([es.batch(i, 7)[0]
                                                           for i in range(es.n_batches(7))])[:512])
-    # a uniform sample of the windows (scaling.evalset): many documents, prefixes nest
+    # a uniform sample of the windows (scaling.data.evalset): many documents, prefixes nest
     whole = stdlib_data.eval_set(10**9)
     assert whole.n_documents <= stdlib_data.n_val_documents
     assert 50 < es.n_documents < 512

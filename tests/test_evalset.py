@@ -4,7 +4,7 @@ cluster-robust stderr, per-document sums, and the loop's use of it."""
 import numpy as np
 import pytest
 
-from scaling.evalset import (EVAL_ESTIMAND, EvalSet, build_eval_set, cluster_robust_stderr,
+from scaling.data.evalset import (EVAL_ESTIMAND, EvalSet, build_eval_set, cluster_robust_stderr,
                              hashed_order, window_documents)
 
 
@@ -221,17 +221,17 @@ def test_data_eval_seed_is_validated():
 
 def test_the_ngram_baseline_records_the_same_contract(monkeypatch, tmp_path):
     from scaling.config import load_config
-    from scaling.data import TokenData
-    from scaling.ngram import run_ngram
-    from scaling.tokenizer import ByteTokenizer
-    import scaling.loop  # noqa: F401  imported before the patch: it keeps the real load_corpus
+    from scaling.data.dataset import TokenData
+    from scaling.evaluation.ngram import run_ngram
+    from scaling.data.tokenizer import ByteTokenizer
+    import scaling.train.loop  # noqa: F401  imported before the patch: it keeps the real load_corpus
 
     rng = np.random.default_rng(0)
     tokens = rng.integers(97, 110, size=2500).astype(np.uint32)
     meta = {"n_train_tokens": 1500, "n_val_tokens": 1000, "fingerprint": "x" * 64,
             "corpus": "synthetic", "train_bytes": 1500, "val_doc_tokens": [100, 600, 50, 250]}
     data = TokenData(ByteTokenizer(), tokens, meta, 8)
-    monkeypatch.setattr("scaling.data.load_corpus", lambda data_cfg, seq_len: data)
+    monkeypatch.setattr("scaling.data.dataset.load_corpus", lambda data_cfg, seq_len: data)
     for seed in (0, 1):
         cfg = load_config(None, ["model.seq_len=8", "train.eval_tokens=400",
                                  f"data.eval_seed={seed}"])
@@ -255,9 +255,9 @@ EVAL_RUN = [
 
 def test_the_loop_records_the_contract_and_compares_like_with_like(tmp_path, monkeypatch):
     from scaling.config import load_config
-    from scaling.loop import _DivergenceMonitor, train
-    from scaling.results import RESULT_COLUMNS
-    from scaling.runfiles import read_metrics
+    from scaling.train.loop import _DivergenceMonitor, train
+    from scaling.runs.results import RESULT_COLUMNS
+    from scaling.runs.runfiles import read_metrics
 
     checked = []
     original = _DivergenceMonitor.check_final_eval

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from scaling import executors
+from scaling.executors import local as executors
 from scaling.config import Config, ModelConfig, TrainConfig
-from scaling.results import collect, format_status, point_state, watch_summary
+from scaling.runs.results import collect, format_status, point_state, watch_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -219,7 +219,7 @@ def test_watch_of_a_finished_sweep_ends_by_itself(sweep):
 
 
 def test_watch_shows_running_points_and_ctrl_c_exits_0(sweep):
-    from scaling.runfiles import acquire_run_lock, release_run_lock
+    from scaling.runs.runfiles import acquire_run_lock, release_run_lock
 
     d = make_point(sweep, "r")
     make_point(sweep, "p")

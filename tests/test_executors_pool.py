@@ -6,9 +6,9 @@ import json
 
 import pandas as pd
 
-from scaling import executors
-from scaling.results import point_state
-from scaling.runfiles import read_result
+from scaling.executors import local as executors
+from scaling.runs.results import point_state
+from scaling.runs.runfiles import read_result
 from scaling.sweep import load_spec
 from tests.test_sweep_run import write_spec
 

@@ -1,5 +1,5 @@
 """[followup] seeds_at: extra seeds at a few IsoFLOP points, each cooldown branch from its own
-trunk at that seed (scaling/sweep/followup.py, scaling/stages.py); planning only, no training."""
+trunk at that seed (scaling/sweep/followup.py, scaling/sweep/stages.py); planning only, no training."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from scaling.stages import run_followup
+from scaling.sweep.stages import run_followup
 from scaling.sweep import SpecError, load_spec
 from scaling.sweep.followup import chosen_points, seed_cost, seed_points
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from scaling import runfiles
+from scaling.runs import runfiles
 from scaling.config import ConfigError
-from scaling.results import format_status, is_locked, point_lock, point_state, write_tables
-from scaling.runfiles import (LOCK_FILE, CorruptRunFile, RunFolderBusy, atomic_write_text,
+from scaling.runs.results import format_status, is_locked, point_lock, point_state, write_tables
+from scaling.runs.runfiles import (LOCK_FILE, CorruptRunFile, RunFolderBusy, atomic_write_text,
                               clean_stale_temps, lock_owner, read_result, run_lock)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,7 +97,7 @@ def test_a_kill_during_the_table_write_leaves_nothing_after_the_next_write(tmp_p
     (sweep / "points").mkdir(parents=True)
     script = textwrap.dedent(f"""
         import os, signal
-        from scaling.runfiles import atomic_write
+        from scaling.runs.runfiles import atomic_write
         def die(tmp):
             tmp.write_text("half a tab")
             os.kill(os.getpid(), signal.SIGKILL)
@@ -127,7 +127,7 @@ def _env():
 
 HOLDER = """
 import sys
-from scaling.runfiles import run_lock
+from scaling.runs.runfiles import run_lock
 with run_lock(sys.argv[1]):
     print("held", flush=True)
     sys.stdin.read()
@@ -247,7 +247,7 @@ def test_lock_file_mode_follows_the_umask(tmp_path):
 
 
 def test_corrupt_result_is_shown_and_rebuilt_and_the_sweep_goes_on(tmp_path, caplog):
-    from scaling import executors
+    from scaling.executors import local as executors
     from tests.test_sweep_run import write_spec
 
     spec = write_spec(tmp_path, tokens="5_120", lrs="1e-3, 3e-3")  # 2 points x 20 steps
@@ -301,7 +301,7 @@ def test_status_of_a_missing_or_non_sweep_folder_is_an_error(tmp_path):
 CORRUPT_CKPT = """
 import glob, sys
 import jax, numpy as np
-from scaling.checkpoint import Checkpointer
+from scaling.train.checkpoint import Checkpointer
 from scaling.runtime import setup_logging
 setup_logging()
 d, what = sys.argv[1], sys.argv[2]
@@ -331,8 +331,8 @@ def test_corrupt_checkpoint_gives_one_warning_line(tmp_path, what, step, words):
 
 
 def test_slurm_and_executors_do_not_import_each_other():
-    code = ("import sys, scaling.slurm; assert 'scaling.executors' not in sys.modules; "
-            "import scaling.executors as e, scaling.point_runner as p; assert e.run_point is p.run_point")
+    code = ("import sys, scaling.executors.slurm; assert 'scaling.executors.local' not in sys.modules; "
+            "import scaling.executors.local as e, scaling.executors.point_runner as p; assert e.run_point is p.run_point")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -15,11 +15,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from scaling import executors
+from scaling.executors import local as executors
 from scaling.config import ConfigError
-from scaling.point_runner import point_config
-from scaling.results import format_status, point_state, write_tables
-from scaling.runfiles import read_result
+from scaling.executors.point_runner import point_config
+from scaling.runs.results import format_status, point_state, write_tables
+from scaling.runs.runfiles import read_result
 from tests.test_sweep_run import write_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,7 +108,7 @@ def test_garbled_and_cut_metrics_lines_are_named(sweep, caplog):
     n = len(lines)
     lines[2] = "{\"step\": 10, \"loss\": \x00garbage"
     (a / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:7])  # cut last
-    with caplog.at_level(logging.WARNING, logger="scaling.results"):
+    with caplog.at_level(logging.WARNING, logger="scaling.runs.results"):
         write_tables(sw)
     said = [r.getMessage() for r in caplog.records if str(a / "metrics.jsonl") in r.getMessage()]
     assert len(said) == 1 and "2 unreadable line(s)" in said[0] and f"3, {n}" in said[0], said
@@ -142,9 +142,9 @@ def test_analyze_a_sweep_with_no_finished_point_says_so(sweep):
 def test_a_corrupt_newest_checkpoint_is_replaced(tmp_path):
     """After the restore falls back from a corrupt final checkpoint, the rerun's final
     checkpoint replaces it (it was skipped as 'already saved')."""
-    from scaling.checkpoint import Checkpointer
-    from scaling.loop import train
-    from scaling.train import Trainer
+    from scaling.train.checkpoint import Checkpointer
+    from scaling.train.loop import train
+    from scaling.train.step import Trainer
     from tests.test_loop import tiny
 
     run_dir = tmp_path / "run"
@@ -170,7 +170,7 @@ def _enospc(*a, **k):
 
 
 def test_a_full_disk_in_train_is_one_line(tmp_path, monkeypatch, capsys):
-    from scaling import checkpoint
+    from scaling.train import checkpoint
     from scaling.cli import main
 
     monkeypatch.setattr(checkpoint.Checkpointer, "save", _enospc)
@@ -187,7 +187,7 @@ def test_a_full_disk_in_train_is_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_a_full_disk_in_a_sweep_keeps_the_results_and_stops_cleanly(sweep, monkeypatch, capsys):
-    from scaling import results
+    from scaling.runs import results
     from scaling.cli import main
 
     spec, sw, (a, b) = sweep
@@ -215,7 +215,7 @@ def test_a_full_disk_in_a_sweep_keeps_the_results_and_stops_cleanly(sweep, monke
 
 
 def test_train_into_a_finished_run_of_another_config_is_refused(sweep):
-    from scaling.loop import train
+    from scaling.train.loop import train
 
     spec, sw, (a, b) = sweep
     before = (a / "result.json").read_text()
@@ -249,7 +249,7 @@ def test_result_records_what_its_numbers_depend_on(sweep, tmp_path):
     a branch whose trunk has no checkpoint at init_step says it trained from step 0."""
     import os
 
-    from scaling.loop import train
+    from scaling.train.loop import train
     from tests.test_loop import tiny
 
     spec, sw, (a, b) = sweep
@@ -265,7 +265,7 @@ def test_result_records_what_its_numbers_depend_on(sweep, tmp_path):
 @pytest.mark.slow
 def test_sample_on_a_token_shard_run_with_text_or_out_of_vocabulary_ids(tmp_path):
     from scaling.config import load_config
-    from scaling.loop import train
+    from scaling.train.loop import train
     from tests.test_shards import SEQ, VOCAB, make_docs, write_corpus
 
     folder = write_corpus(tmp_path / "shards", make_docs(n_shards=8, docs_per_shard=20))

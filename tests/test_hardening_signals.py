@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from scaling.runfiles import read_metrics, read_result
+from scaling.runs.runfiles import read_metrics, read_result
 from tests.test_sweep_run import SPEC
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,7 +130,7 @@ def test_ctrl_c_on_a_two_worker_sweep_is_one_line(tmp_path):
 
 SLOW_COMPILE = """
 import sys, time
-import scaling.loop as loop
+import scaling.train.loop as loop
 real = loop._compile
 def slow(*a):
     print("compiling", flush=True)
@@ -143,7 +143,7 @@ sys.exit(main(sys.argv[1:]))
 
 SLOW_SETUP = """
 import sys, time
-import scaling.executors as ex
+import scaling.executors.local as ex
 real = ex.preflight
 def slow(spec):
     print("preflight", flush=True)
@@ -188,7 +188,7 @@ def test_sigterm_during_a_sweeps_set_up_exits_143_with_one_line(tmp_path):
 SLURM_JOB = """
 import json, signal, sys
 signal.signal(signal.SIGTERM, lambda signum, frame: None)  # submitit's "bypass" of SIGTERM
-from scaling.slurm import PointJob
+from scaling.executors.slurm import PointJob
 print(json.dumps(PointJob(sys.argv[1])(sys.argv[2])), flush=True)
 """
 
@@ -197,8 +197,8 @@ print(json.dumps(PointJob(sys.argv[1])(sys.argv[2])), flush=True)
 def test_a_slurm_job_checkpoints_on_sigterm_and_leaves_its_point_pending(tmp_path):
     """SLURM preempts or cancels with SIGTERM (then SIGKILL after a grace time); submitit
     ignores SIGTERM. The job checkpoints at its step and ends; a requeue resumes there."""
-    from scaling import executors
-    from scaling.results import point_state
+    from scaling.executors import local as executors
+    from scaling.runs.results import point_state
     from scaling.sweep import load_spec
 
     sweep = executors.prepare_sweep(load_spec(long_spec(tmp_path, lrs="1e-3")), tmp_path / "sw")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from scaling.config import ConfigError, load_config
-from scaling.loop import train
-from scaling.runfiles import read_metrics, read_result
+from scaling.train.loop import train
+from scaling.runs.runfiles import read_metrics, read_result
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,9 +129,9 @@ def test_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
     for f in newest.rglob("*"):
         if f.is_file() and f.stat().st_size > 0 and "state" in str(f):
             f.write_bytes(b"garbage")
-    with caplog.at_level(logging.WARNING, logger="scaling.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="scaling.train.checkpoint"):
         r = train(tiny(), run_dir)
-    said = [x.getMessage() for x in caplog.records if x.name == "scaling.checkpoint"]
+    said = [x.getMessage() for x in caplog.records if x.name == "scaling.train.checkpoint"]
     assert len(said) == 1 and "step 20" in said[0] and "cannot be restored" in said[0]
     assert r["resumed_from_step"] == 10 and r["status"] == "done"
     assert losses(run_dir) == losses(_fresh(tmp_path))
@@ -160,13 +160,13 @@ def test_one_compile_per_shape_whatever_lr_steps_and_warmup(tmp_path):
     """The peak lr and the whole schedule live in the train state, so points of one shape
     that differ in lr, D (steps) and warm-up share one compiled step; each still follows its
     own learning rate."""
-    import scaling.loop
+    import scaling.train.loop
 
-    scaling.loop._COMPILED.clear()
+    scaling.train.loop._COMPILED.clear()
     a = train(tiny("train.steps=6", "optim.lr=1e-3", "train.eval_every=0"), tmp_path / "a")
     b = train(tiny("train.steps=9", "optim.lr=3e-3", "optim.warmup_steps=5", "train.eval_every=0"),
               tmp_path / "b")
-    assert len(scaling.loop._COMPILED) == 1
+    assert len(scaling.train.loop._COMPILED) == 1
     assert b["compile_time_s"] < 0.1
     lr_a = [r["lr"] for r in read_metrics(tmp_path / "a") if "lr" in r]
     lr_b = [r["lr"] for r in read_metrics(tmp_path / "b") if "lr" in r]
@@ -188,7 +188,7 @@ def test_a_corpus_too_small_stops_before_anything_is_written(tmp_path):
 
 
 def _monitor(steps=200, log_every=1, rise=0.25):
-    from scaling.loop import _DivergenceMonitor
+    from scaling.train.loop import _DivergenceMonitor
 
     return _DivergenceMonitor(tiny(f"train.steps={steps}", f"train.log_every={log_every}",
                                    f"train.divergence_rise={rise}"))
@@ -278,7 +278,7 @@ def test_sigterm_and_ctrl_c_checkpoint_then_exit(tmp_path, sig, code):
 
 
 def test_a_second_train_on_the_same_folder_is_refused(tmp_path):
-    from scaling.runfiles import RunFolderBusy
+    from scaling.runs.runfiles import RunFolderBusy
 
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(_cli_train(run_dir), cwd=ROOT, stdout=subprocess.DEVNULL,

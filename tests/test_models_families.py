@@ -16,16 +16,16 @@ import optax
 import pytest
 
 from scaling import models
-from scaling.accounting import count_tree, flops_per_token, param_counts, xla_flops
+from scaling.accounting.counts import count_tree, flops_per_token, param_counts, xla_flops
 from scaling.config import ConfigError, ModelConfig, load_config
-from scaling.evalset import build_eval_set
-from scaling.loop import train
-from scaling.masking import (IGNORE, MaskedEvalSet, MaskedTokenData, mask_windows, n_selected,
+from scaling.data.evalset import build_eval_set
+from scaling.train.loop import train
+from scaling.data.masking import (IGNORE, MaskedEvalSet, MaskedTokenData, mask_windows, n_selected,
                              train_keys)
 from scaling.models import encoder, lstm
-from scaling.presets import LSTM_PRESETS
-from scaling.runfiles import read_metrics, read_result
-from scaling.train import masked_lm_losses
+from scaling.config.presets import LSTM_PRESETS
+from scaling.runs.runfiles import read_metrics, read_result
+from scaling.train.step import masked_lm_losses
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -297,13 +297,13 @@ def test_each_family_resumes_bit_identically(family, tmp_path):
     assert last < first - 0.5  # it learns
     if family == "encoder":  # scored tokens: 15 % of each window's 32 positions
         assert full["eval_tokens"] == full["eval_windows"] * n_selected(32)
-    from scaling.results import point_row
+    from scaling.runs.results import point_row
 
     row = point_row("s", tmp_path / "full")  # the results table's columns
     assert (row["arch"], row["objective"]) == (family, full["objective"])
     if family == "lstm":  # attention keys do not apply
         assert full["n_head"] is None and full["d_ff"] is None and row["n_head"] is None
-    # XLA's count with every trip of the time / layer loops counted (scaling.xla_count)
+    # XLA's count with every trip of the time / layer loops counted (scaling.accounting.xla_count)
     assert 0.9 < full["C_xla"] / full["C_exact"] < 1.3, full["C_xla"] / full["C_exact"]
 
 
@@ -321,7 +321,7 @@ def test_bad_combinations_fail_before_training(tmp_path):
     # at their defaults the attention keys are inert: a transformer preset switches family
     assert load_config(ROOT / "experiments" / "tiny.toml", ["model.arch=lstm"]).model.d_model == 80
     # sampling an encoder run is refused before anything is loaded
-    from scaling.sampling import generate, sample_from_run
+    from scaling.evaluation.sampling import generate, sample_from_run
 
     run = tmp_path / "enc"
     run.mkdir()
@@ -406,7 +406,7 @@ def test_shard_map_and_pmap_on_two_devices_match_one_device(family, tmp_path):
 def test_masked_lm_step_with_micro_batches_matches_one_pass():
     """Gradient accumulation averages per-micro-batch masked means; every window scores the
     same number of positions, so that is the mean over the whole batch's scored tokens."""
-    from scaling.train import Trainer
+    from scaling.train.step import Trainer
 
     data = MaskedTokenData(_FakeData(), mask_id=256)
     batch = jnp.asarray(data.train_batch(3, 8, seed=0))
@@ -421,7 +421,7 @@ def test_masked_lm_step_with_micro_batches_matches_one_pass():
 
 
 def test_lstm_samples_left_to_right():
-    from scaling.sampling import generate
+    from scaling.evaluation.sampling import generate
 
     cfg = ModelConfig(arch="lstm", n_layer=1, d_model=16, vocab_size=40, seq_len=8)
     params = models.init_params(cfg, 0)

@@ -1,5 +1,5 @@
 """µP (model.parametrization = "mup"): inits, multipliers, per-layer learning rates, the
-refusals, SP left unchanged, and the coordinate check (scaling.coordcheck)."""
+refusals, SP left unchanged, and the coordinate check (scaling.evaluation.coordcheck)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import optax
 import pytest
 
 from scaling.config import MUP_OPTIMIZERS, OPTIMIZERS, ConfigError, from_dict
-from scaling.coordcheck import coord_check, main as coordcheck_main, within
+from scaling.evaluation.coordcheck import coord_check, main as coordcheck_main, within
 from scaling.models import init_params
 from scaling.models.transformer import loss_fn
-from scaling.optim import make_runtime_optimizer, mup_lr_multipliers, mup_role
-from scaling.train import Trainer
+from scaling.train.optim import make_runtime_optimizer, mup_lr_multipliers, mup_role
+from scaling.train.step import Trainer
 
 VOCAB = 256  # the byte tokenizer's
 
@@ -62,7 +62,7 @@ def manual_losses(cfg, batches, with_model=True):
 # SP unchanged; µP at the base width is SP
 # --------------------------------------------------------------------------------------
 
-# First four losses of fixed SP configs through scaling.train, recorded on main before µP
+# First four losses of fixed SP configs through scaling.train.step, recorded on main before µP
 # was added (commit c13c83a), float32 on CPU, with the step compiled at XLA's default
 # -O3. The CPU step is compiled at -O1 since (scaling.runtime.compiler_options), which
 # rounds differently: the losses agree to ~2e-7 relative, so they are compared to 1e-6
@@ -242,7 +242,7 @@ def test_bad_mup_config_refused(model, match):
 
 
 def test_trainer_step_uses_mup_learning_rates():
-    """The training step (scaling.train) builds its optimizer with the model config, so
+    """The training step (scaling.train.step) builds its optimizer with the model config, so
     a µP run gets µP's per-layer learning rates (needs train.py to pass model_config to
     make_runtime_optimizer)."""
     cfg = config(128, "mup", "adam")

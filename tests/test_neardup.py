@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scaling.neardup import (MIN_CONTAINED_SHINGLES, NEAR_DUP_THRESHOLD, intersections, jaccard,
+from scaling.data.neardup import (MIN_CONTAINED_SHINGLES, NEAR_DUP_THRESHOLD, intersections, jaccard,
                              near_duplicate_pairs, normalize, overlap_pairs, shingles)
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scaling.data import TokenData
-from scaling.ngram import KneserNey, modified_kn_discounts, run_ngram
-from scaling.tokenizer import ByteTokenizer
+from scaling.data.dataset import TokenData
+from scaling.evaluation.ngram import KneserNey, modified_kn_discounts, run_ngram
+from scaling.data.tokenizer import ByteTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,7 +90,7 @@ def _token_data(seq_len=8):
 
 def test_eval_loss_is_the_mean_of_minus_log_p_over_the_eval_targets(monkeypatch, tmp_path):
     data = _token_data()
-    monkeypatch.setattr("scaling.data.load_corpus", lambda data_cfg, seq_len: data)
+    monkeypatch.setattr("scaling.data.dataset.load_corpus", lambda data_cfg, seq_len: data)
     from scaling.config import load_config
 
     cfg = load_config(None, ["model.seq_len=8", "train.eval_tokens=400"])
@@ -133,7 +133,7 @@ def test_cli_writes_a_result_folder(tmp_path):
 
 def test_a_sweep_spec_gives_one_data_setup_and_a_folder_inside_the_sweep(tmp_path):
     from scaling.config import ConfigError
-    from scaling.ngram import base_config, default_run_dir
+    from scaling.evaluation.ngram import base_config, default_run_dir
     from scaling.sweep import load_spec
 
     spec = load_spec(ROOT / "experiments/architectures.toml")

@@ -1,4 +1,4 @@
-"""Optimizer registry, schedules, weight-decay masks, clipping, warm-up (scaling.optim)."""
+"""Optimizer registry, schedules, weight-decay masks, clipping, warm-up (scaling.train.optim)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from scaling.config import OPTIMIZERS, SCHEDULES, ConfigError, OptimConfig
-from scaling.optim import (
+from scaling.train.optim import (
     decay_mask,
     describe_optimizer,
     make_optimizer,
@@ -707,7 +707,7 @@ def test_mup_decoupled_decay_is_scaled_by_the_learning_rate_multiplier(opt, role
     lr x m_l x wd x w, m_l its learning-rate multiplier (1/4 for Adam's hidden matrices,
     4 for SGD's readout): the decay goes through the multiplier, as torch's AdamW applies
     decay with a group's lr. microsoft/mup's MuAdamW/MuSGD also multiply weight_decay by
-    1/m_l, keeping lr x wd width-independent: not what this code does (scaling/optim.py)."""
+    1/m_l, keeping lr x wd width-independent: not what this code does (scaling/train/optim.py)."""
     from scaling.config import from_dict
     from scaling.models import init_params
 

@@ -1,4 +1,4 @@
-"""Packed parameters (scaling.packing): the step on packed vectors computes what the step
+"""Packed parameters (scaling.train.packing): the step on packed vectors computes what the step
 on the tree computes; checkpoints still hold the tree."""
 
 from __future__ import annotations
@@ -10,13 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scaling import models, train as train_mod
-from scaling.checkpoint import Checkpointer
+from scaling import models
+
+from scaling.train import step as train_mod
+from scaling.train.checkpoint import Checkpointer
 from scaling.config import Config, ModelConfig, OptimConfig, TrainConfig
-from scaling.loop import train
-from scaling.packing import ParamPacking
+from scaling.train.loop import train
+from scaling.train.packing import ParamPacking
 from scaling.runtime import compiler_options
-from scaling.train import Trainer
+from scaling.train.step import Trainer
 
 MODEL = ModelConfig(n_layer=2, d_model=32, n_head=2, vocab_size=256, seq_len=16,
                     tie_embeddings=False)

@@ -53,7 +53,7 @@ def test_shard_map_pmap_and_accumulation_match_one_device(single, tmp_path):
         assert r["device_count"] == 8 and r["D"] == single["D"]
         close(r["losses"], single["losses"])
         close(r["evals"], single["evals"])
-        # XLA's count, every loop trip, one device's program x the devices (scaling.xla_count):
+        # XLA's count, every loop trip, one device's program x the devices (scaling.accounting.xla_count):
         # each device repeats the optimizer's update, +6 % here (2 sequences per device)
         assert 1 <= r["C_xla_ratio"] / single["C_xla_ratio"] < 1.15, (r["C_xla_ratio"], single)
     assert (sm["parallel"], pm["parallel"]) == ("shard_map", "pmap")

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from scaling.config import Config, load_config
-from scaling.evalset import EvalSet
-from scaling.loop import train
-from scaling.runfiles import read_metrics, read_result
+from scaling.data.evalset import EvalSet
+from scaling.train.loop import train
+from scaling.runs.runfiles import read_metrics, read_result
 from scaling.sweep import point_id
 
 TINY = [

@@ -8,7 +8,7 @@ import pytest
 from scaling.config import ModelConfig
 from scaling.models import init_params
 from scaling.models.transformer import Transformer
-from scaling.sampling import filter_logits, generate
+from scaling.evaluation.sampling import filter_logits, generate
 
 CFG = ModelConfig(n_layer=1, d_model=32, n_head=2, vocab_size=48, seq_len=12, init_std=0.5)
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from scaling.config import ConfigError, DataConfig, load_config
-from scaling.data import _ORDER_SALT, TokenData, _name_hash, load_corpus, split_groups
-from scaling.loop import train
-from scaling.runfiles import read_metrics
-from scaling.shards import ShardTokenizer
+from scaling.data.dataset import _ORDER_SALT, TokenData, _name_hash, load_corpus, split_groups
+from scaling.train.loop import train
+from scaling.runs.runfiles import read_metrics
+from scaling.data.shards import ShardTokenizer
 
 VOCAB, EOT = 300, 299
 SEQ = 16

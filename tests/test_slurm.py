@@ -25,9 +25,9 @@ import pandas as pd
 import pytest
 
 from scaling.config import ConfigError
-from scaling.results import format_status
-from scaling.runfiles import read_metrics, read_result
-from scaling.slurm import _expand, _parse, query_states, read_record, refresh, sbatch_parameters
+from scaling.runs.results import format_status
+from scaling.runs.runfiles import read_metrics, read_result
+from scaling.executors.slurm import _expand, _parse, query_states, read_record, refresh, sbatch_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH, SEQ = 8, 32
@@ -74,7 +74,7 @@ def test_branches_are_submitted_after_their_trunk_job(tmp_path, monkeypatch):
     """A branch's job depends (afterok) on its trunk's job, new or already queued; a branch
     whose trunk is done goes with the free points; one whose trunk failed and is not
     resubmitted is not submitted. No cluster: submitit's executor is replaced."""
-    from scaling import slurm
+    from scaling.executors import slurm
 
     pdir = tmp_path / "sw" / "points"
     trunks = {"b1": "t", "b3": "t2", "b4": "t4", "b5": "t5"}
@@ -137,7 +137,7 @@ def test_parse_squeue_and_sacct_lines():
 
 
 def test_coordinator_falls_back_to_localhost_when_the_node_name_does_not_resolve(monkeypatch):
-    from scaling.slurm import _coordinator_fallback
+    from scaling.executors.slurm import _coordinator_fallback
 
     # a private copy: what the function sets must not leak to the jobs later tests submit
     monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items()
@@ -226,7 +226,7 @@ def write_spec(path: Path, name: str, *, steps: int, seeds=(0,), checkpoint_ever
 
 
 def sweep(spec: Path, out: Path, *, wait: bool = True) -> dict:
-    from scaling.executors import run_sweep
+    from scaling.executors.local import run_sweep
 
     return run_sweep(spec, out=out, executor="slurm", progress=False, wait=wait)
 
@@ -454,7 +454,7 @@ def test_two_task_job_trains_like_one_process(tmp_path):
     """Two srun tasks on the node, one CPU device each, joined by jax.distributed."""
     import numpy as np
 
-    from scaling.executors import run_sweep
+    from scaling.executors.local import run_sweep
 
     spec = write_spec(tmp_path / "dp.toml", "dp", steps=20, log_every=1, eval_every=10, cpus=2,
                       slurm='time_min = 10\nextra = { "ntasks-per-node" = 2 }')

@@ -5,8 +5,8 @@ import math
 
 import pandas as pd
 
-from scaling import executors
-from scaling.runfiles import RESULT_FILE, write_json_atomic
+from scaling.executors import local as executors
+from scaling.runs.runfiles import RESULT_FILE, write_json_atomic
 
 SPEC = """
 name = "lrs"
@@ -45,9 +45,9 @@ def fake_train(cfg, run_dir, **kw):
 
 
 def test_edge_optimum_is_widened_then_seeded(tmp_path, monkeypatch):
-    import scaling.loop
+    import scaling.train.loop
 
-    monkeypatch.setattr(scaling.loop, "train", fake_train)
+    monkeypatch.setattr(scaling.train.loop, "train", fake_train)
     spec = tmp_path / "lrs.toml"
     spec.write_text(SPEC)
     # workers=1: points train in this process, where the fake train is patched in

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from scaling import stages
+from scaling.sweep import stages
 from scaling.sweep import SpecError, format_plan, load_spec
 from scaling.sweep.bracket import propose, series_key
 

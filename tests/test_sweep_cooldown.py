@@ -1,6 +1,6 @@
 """Cooldown branches, per-size warm-up (warmup_tokens) and lr law (lr_law): planning only.
 
-Fast (no training): every test plans specs; one imports scaling.optim to check that a
+Fast (no training): every test plans specs; one imports scaling.train.optim to check that a
 branch's k is where the wsd schedule starts its decay.
 """
 
@@ -140,7 +140,7 @@ evals_per_run = 4
 
 
 def test_branch_k_is_where_wsd_starts_decaying(tmp_path):
-    from scaling.optim import schedule
+    from scaling.train.optim import schedule
 
     spec = load_spec(cooldown_spec(tmp_path))
     for b in (p for p in spec.points if p.role == "branch"):

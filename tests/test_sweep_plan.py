@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from scaling.accounting import flops_per_token
-from scaling.accounting import param_counts as acc_param_counts
+from scaling.accounting.counts import flops_per_token
+from scaling.accounting.counts import param_counts as acc_param_counts
 from scaling.config import ConfigError, ModelConfig
 from scaling.sweep import (
     Point,

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from scaling import executors
-from scaling.results import format_status, point_state
-from scaling.runfiles import read_metrics, read_result
+from scaling.executors import local as executors
+from scaling.runs.results import format_status, point_state
+from scaling.runs.runfiles import read_metrics, read_result
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,16 +106,16 @@ def test_kill_and_rerun_finishes_every_point_exactly_once(tmp_path):
 
 
 def test_failure_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
-    import scaling.loop
+    import scaling.train.loop
 
-    real_train = scaling.loop.train
+    real_train = scaling.train.loop.train
 
     def flaky(cfg, run_dir, **kw):
         if cfg.optim.lr == 1e-3:
             raise RuntimeError("boom in point")
         return real_train(cfg, run_dir, **kw)
 
-    monkeypatch.setattr(scaling.loop, "train", flaky)
+    monkeypatch.setattr(scaling.train.loop, "train", flaky)
     spec = write_spec(tmp_path, tokens="5_120")
     # workers=1: in this process, where the patched train() is seen
     summary = executors.run_sweep(spec, out=tmp_path / "sw", progress=False, workers=1)
@@ -126,7 +126,7 @@ def test_failure_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     failed = json.loads((summary["sweep_dir"] / "points" / bad["point_id"] / "failed.json").read_text())
     assert "Traceback" in failed["traceback"] and "boom in point" in failed["traceback"]
     # Fixed, the rerun retries only the failed point.
-    monkeypatch.setattr(scaling.loop, "train", real_train)
+    monkeypatch.setattr(scaling.train.loop, "train", real_train)
     summary = executors.run_sweep(spec, out=tmp_path / "sw", progress=False, workers=1)
     assert summary["counts"] == {"done": 2}
     assert not (summary["sweep_dir"] / "points" / bad["point_id"] / "failed.json").exists()

@@ -1,5 +1,5 @@
-"""Synthetic tasks (scaling/tasks.py), their mixing into batches and their metrics
-(scaling/taskeval.py): deterministic, disjoint, exact, and absent when not asked for."""
+"""Synthetic tasks (scaling/data/tasks.py), their mixing into batches and their metrics
+(scaling/evaluation/taskeval.py): deterministic, disjoint, exact, and absent when not asked for."""
 
 import math
 from pathlib import Path
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from scaling.config import ConfigError, from_dict, load_config
-from scaling.data import DataError, TokenData, make_task_mix, window_permutation
-from scaling.tasks import TASKS, TaskMix, _Rand, held_out
-from scaling.taskeval import levenshtein, metrics_of
-from scaling.tokenizer import ByteTokenizer
+from scaling.data.dataset import DataError, TokenData, make_task_mix, window_permutation
+from scaling.data.tasks import TASKS, TaskMix, _Rand, held_out
+from scaling.evaluation.taskeval import levenshtein, metrics_of
+from scaling.data.tokenizer import ByteTokenizer
 
 EOT = 0
 
@@ -25,7 +25,7 @@ def synthetic(n_tokens=5000, seq_len=32, n_val=100) -> TokenData:
 
 
 def reference_batch(data: TokenData, step: int, B: int, seed: int) -> np.ndarray:
-    """The documented batch formula (scaling/data.py, 'Batches'), written out again."""
+    """The documented batch formula (scaling/data/dataset.py, 'Batches'), written out again."""
     out = []
     for row in range(B):
         p = step * B + row
@@ -230,7 +230,7 @@ def test_tasks_that_cannot_fit_a_batch_or_a_sequence_are_refused(tmp_path):
     with pytest.raises(DataError, match="model.seq_len = 16 must be >= 19"):
         make_task_mix({"addition": 0.1}, ByteTokenizer(), 16)
     with pytest.raises(ConfigError, match="model.seq_len"):  # before anything is written
-        from scaling.loop import train
+        from scaling.train.loop import train
         cfg = load_config(None, ["model.n_layer=1", "model.d_model=32", "model.n_head=2",
                                  "model.seq_len=16", "data.max_corpus_bytes=300000",
                                  f"data.cache_dir={tmp_path / 'cache'}", "train.steps=5",
@@ -241,8 +241,8 @@ def test_tasks_that_cannot_fit_a_batch_or_a_sequence_are_refused(tmp_path):
 
 
 def test_bpe_instances_encode_prompt_and_answer_apart(tmp_path):
-    from scaling.tokenizer import BPETokenizer
-    from scaling.taskeval import TaskEvaluator
+    from scaling.data.tokenizer import BPETokenizer
+    from scaling.evaluation.taskeval import TaskEvaluator
     from scaling.config import ModelConfig
 
     texts = [f"{a}+{b}={a + b} abc>abc" for a in range(50) for b in range(50)]
@@ -261,8 +261,8 @@ def test_bpe_instances_encode_prompt_and_answer_apart(tmp_path):
 
 
 def test_a_run_with_tasks_reports_every_metric(tmp_path):
-    from scaling.loop import train
-    from scaling.runfiles import read_metrics
+    from scaling.train.loop import train
+    from scaling.runs.runfiles import read_metrics
 
     cfg = load_config(None, ["model.n_layer=1", "model.d_model=32", "model.n_head=2",
                              "model.seq_len=32", "data.max_corpus_bytes=300000",
@@ -278,6 +278,6 @@ def test_a_run_with_tasks_reports_every_metric(tmp_path):
         assert 0 <= r[f"task/{sub}/token_accuracy"] <= 1 and r[f"task/{sub}/answer_logprob"] < 0
     evals = [row for row in read_metrics(tmp_path / "run") if "eval_loss" in row]
     assert len(evals) == 2 and all("task/copy/exact_match" in row for row in evals)
-    from scaling.results import point_row
+    from scaling.runs.results import point_row
     row = point_row("s", tmp_path / "run")  # the results table gets one column per key
     assert row["task/addition_3/token_accuracy"] == r["task/addition_3/token_accuracy"]

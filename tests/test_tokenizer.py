@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from scaling.config import DataConfig
-from scaling.data import corpus_tokenizer
-from scaling.tokenizer import (EOT_TEXT, BPETokenizer, ByteTokenizer, Tokenizer,
+from scaling.data.dataset import corpus_tokenizer
+from scaling.data.tokenizer import (EOT_TEXT, BPETokenizer, ByteTokenizer, Tokenizer,
                                bpe_cache_path, make_tokenizer)
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -23,7 +23,7 @@ SAMPLES = [
 
 @pytest.fixture(scope="module")
 def stdlib_texts():
-    from scaling.data import read_corpus
+    from scaling.data.dataset import read_corpus
 
     corpus = read_corpus(DataConfig(max_corpus_bytes=400_000))
     return corpus.train_texts()
@@ -105,12 +105,12 @@ def test_make_tokenizer_byte():
 
 
 def test_tokenizer_does_not_import_data():
-    """The dependency goes one way: scaling.data imports scaling.tokenizer, never back."""
+    """The dependency goes one way: scaling.data.dataset imports scaling.data.tokenizer, never back."""
     import ast
 
-    import scaling.tokenizer as module
+    import scaling.data.tokenizer as module
 
     tree = ast.parse(Path(module.__file__).read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert "scaling.data" not in imported and "scaling" not in imported
+    assert "scaling.data.dataset" not in imported and "scaling" not in imported

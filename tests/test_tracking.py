@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scaling import tracking
+from scaling.train import tracking
 from scaling.config import ConfigError, load_config
-from scaling.loop import train
-from scaling.runfiles import read_metrics
+from scaling.train.loop import train
+from scaling.runs.runfiles import read_metrics
 
 TINY = [
     "model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.seq_len=32",
@@ -204,7 +204,7 @@ def test_wandb_that_cannot_start_warns_and_training_goes_on(tmp_path, monkeypatc
         raise wandb.errors.CommError("no network")
 
     monkeypatch.setattr(wandb, "init", refuse)
-    with caplog.at_level(logging.WARNING, logger="scaling.tracking"):
+    with caplog.at_level(logging.WARNING, logger="scaling.train.tracking"):
         r = train(tiny("train.trackers='wandb'"), tmp_path / "run")
     assert r["status"] == "done"
     assert any("W&B tracking is off" in m and "no network" in m for m in caplog.messages)

@@ -1,4 +1,4 @@
-"""The train step (scaling.train): one compile per shape, runtime lr and schedule, exact
+"""The train step (scaling.train.step): one compile per shape, runtime lr and schedule, exact
 checkpoint round trip."""
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scaling import models, train as train_mod
-from scaling.checkpoint import Checkpointer
+from scaling import models
+
+from scaling.train import step as train_mod
+from scaling.train.checkpoint import Checkpointer
 from scaling.config import Config, ModelConfig, OptimConfig, TrainConfig
-from scaling.optim import make_runtime_optimizer, schedule
+from scaling.train.optim import make_runtime_optimizer, schedule
 from scaling.runtime import compiler_options
-from scaling.train import Trainer, compile_key
+from scaling.train.step import Trainer, compile_key
 
 MODEL = ModelConfig(n_layer=1, d_model=16, n_head=2, vocab_size=32, seq_len=8)
 
@@ -95,7 +97,7 @@ def test_state_carries_the_schedule_and_restores_exactly(tmp_path):
     assert int(host.schedule.decay_start) == 40 - 8
     assert float(host.lr) == np.float32(3e-3)
     ckpt = Checkpointer(tmp_path / "ckpt")
-    ckpt.save(2, t.to_checkpoint(host), {"step": 2})  # as scaling.loop saves: the tree
+    ckpt.save(2, t.to_checkpoint(host), {"step": 2})  # as scaling.train.loop saves: the tree
     on_disk, meta = ckpt.restore_latest(t.abstract_checkpoint())
     ckpt.close()
     assert meta["step"] == 2

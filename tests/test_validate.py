@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from scaling import stages
+from scaling.sweep import stages
 from scaling.cli import main as cli_main
 from scaling.sweep import SpecError, format_plan, load_spec
 from scaling.sweep import validate as V

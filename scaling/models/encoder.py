@@ -8,7 +8,7 @@ with bidirectional attention.
 Same blocks, numerics, positional encodings and parametrisation (SP or µP) as
 scaling.models.transformer; only the attention is unmasked (every position sees the whole
 window), so the logits at a position depend on the tokens after it too. Trained with the
-masked-LM objective (`data.objective = "mlm"`, scaling.masking): the loss is read at the
+masked-LM objective (`data.objective = "mlm"`, scaling.data.masking): the loss is read at the
 selected positions only.
 
 The [MASK] token: id `cfg.vocab_size` (one past the vocabulary), so the input embedding

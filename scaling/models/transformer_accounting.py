@@ -19,7 +19,7 @@ Training FLOPs per token (3 x forward: the backward costs two forwards):
              softmax or optimizer, which are O(N) or O(T) and small.
 
 Both functions return plain tuples, (non_embedding, embedding, total) and (kaplan, exact),
-which `scaling.accounting` wraps; this file imports nothing heavy, so a sweep can be
+which `scaling.accounting.counts` wraps; this file imports nothing heavy, so a sweep can be
 planned without jax.
 """
 

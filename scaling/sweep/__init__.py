@@ -25,7 +25,7 @@ with those sections merged over it) plus the tables that make it a sweep:
     # lr_law = { lr = 3e-3, n_ref = 1e5, exponent = -0.25 }  # optim.lr = lr (N / n_ref)^exponent
     zip = [["model", "optim.lr"]]     # axes zipped together; all others: product
     [sweep.model]                     # axis "model": the size ladder, one of
-    presets = ["n25k", "n100k"]       #   named presets (scaling/presets.py), or
+    presets = ["n25k", "n100k"]       #   named presets (scaling/config/presets.py), or
     n = [2e4, 1e5]                    #   target N, with a shape rule:
     aspect_ratio = 32                 #   d_model / n_layer (or n_layer = k fixed),
     head_dim = 16                     #   head size (or n_head = k fixed), d_multiple = 8
@@ -70,7 +70,7 @@ with those sections merged over it) plus the tables that make it a sweep:
 
 Model families (`model.arch`, also as an axis or override): a size (preset name or target
 N) means the same nominal N in every family, met by the family's own ladder: the LSTM has
-its own presets under the same names (scaling/presets.py) and its shape rule uses
+its own presets under the same names (scaling/config/presets.py) and its shape rule uses
 N ~ 8 L d^2 with d a multiple of d_multiple (default 8), needing no head_dim or n_head.
 
 Axes are named "model", "data", "compute", "seed" and "section.key"; the grid is their
@@ -121,7 +121,7 @@ Where the code is: `spec.py` reads, merges and validates the TOML; `plan.py` bui
 axes, applies overrides and derives each point; `ladder.py` snaps target sizes to shapes;
 `points.py` holds Point, SweepSpec and point ids; `display.py` the plan table and time
 estimates; `followup.py` the seed stage; `cooldown.py` trunks and branches; `bracket.py`
-the decisions of the IsoFLOP bracketing stage (driven by scaling.stages); `validate.py`
+the decisions of the IsoFLOP bracketing stage (driven by scaling.sweep.stages); `validate.py`
 the validation run at a multiple of the largest budget.
 """
 

@@ -5,7 +5,7 @@ A spec asks for it with
     [followup]
     bracket = { max_extra = 4 }   # at most this many sizes added per budget
 
-and a [sweep.compute] axis. After the budgets have run (scaling.stages drives it), each
+and a [sweep.compute] axis. After the budgets have run (scaling.sweep.stages drives it), each
 budget's SERIES (its points that differ only in size: same budget, same other axes; seeds
 pooled, the loss of a size being the mean final eval loss of its finished seeds) is
 looked at once every point of it has finished:
@@ -13,7 +13,7 @@ looked at once every point of it has finished:
   - its best size is the one with the lowest loss among sizes with status done;
   - if a done size lies on each side of it, the minimum is bracketed: nothing to add;
   - otherwise the next size outwards on the open side is planned: the next preset of
-    scaling.presets (by exact N) for a preset ladder, or, for a ladder of target N, the
+    scaling.config.presets (by exact N) for a preset ladder, or, for a ladder of target N, the
     edge's target times the ladder's own step (edge target / its inner neighbour's; 2x
     with one size), snapped by the table's shape rule (stepping on while the snapped shape
     is one already tried, at most 4 steps). The new point is its source planned at the
@@ -37,7 +37,7 @@ from typing import Any
 
 import pandas as pd
 
-from scaling.presets import presets_of
+from scaling.config.presets import presets_of
 from scaling.sweep.points import Point, SweepSpec, param_counts
 
 FINISHED = ("done", "diverged", "failed")
@@ -161,7 +161,7 @@ def _next_size(spec: SweepSpec, by_size: dict[int, list[Point]], sizes: list[dic
         ladder = _preset_ladder(src)
         beyond = [(n, name) for n, name in ladder if outward(n) and n not in tried]
         if not beyond:
-            return [], f"ladder end: no preset {word} than {edge} in scaling.presets"
+            return [], f"ladder end: no preset {word} than {edge} in scaling.config.presets"
         _, name = beyond[-1] if side == "small" else beyond[0]
         return _resized(spec, srcs, {"preset": name})
     if "n_target" in src.requested:

@@ -20,7 +20,7 @@ S_b, starting from the trunk's checkpoint at step
 
     k_b = S_b - D_b,   D_b = min(max(round(fraction x S_b), 1), S_b - W)
 
-which is exactly where scaling.optim's wsd schedule starts decaying (Python's round,
+which is exactly where scaling.train.optim's wsd schedule starts decaying (Python's round,
 half to even, as optim rounds). The group's TRUNK is the same config with a constant
 learning rate, train.steps = max k_b and a checkpoint kept at every k_b
 (train.save_steps), whose final eval covers only the curve's eval sample
@@ -28,7 +28,7 @@ learning rate, train.steps = max k_b and a checkpoint kept at every k_b
 leaves it out), and which also evaluates at every step where a branch's separate run
 evaluates before the branch's k (train.eval_steps), so that a branch's curve evals, best
 eval loss and divergence monitor are exactly the separate run's (a trunk without them is
-not branched from: scaling.loop trains the branch from step 0). The warm-up W is the same for the trunk and all its branches, since a
+not branched from: scaling.train.loop trains the branch from step 0). The warm-up W is the same for the trunk and all its branches, since a
 branch continues the trunk: it is the warm-up the planner gives the group's SHORTEST
 point (from warmup_tokens, warmup_fraction or optim.warmup_steps), the one that fits
 every member. A branch's k_b must lie after the warm-up (k_b > W), else the spec is
@@ -63,10 +63,10 @@ _D_KEYS = ("tokens", "tokens_per_param", "compute", "steps_exact", "rounding", "
 
 
 def decay_start(steps: int, fraction: float, warmup: int) -> int:
-    """Step at which scaling.optim's wsd schedule starts its decay: S - D.
+    """Step at which scaling.train.optim's wsd schedule starts its decay: S - D.
 
     D = min(max(round(fraction x S), 1), S - W) with Python's round (half to even), as
-    scaling.optim._wsd_decay_steps counts it; the tests check the two agree.
+    scaling.train.optim._wsd_decay_steps counts it; the tests check the two agree.
     """
     decay = min(max(int(round(fraction * steps)), 1), steps - warmup)
     return steps - decay

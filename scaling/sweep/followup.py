@@ -1,4 +1,4 @@
-"""Follow-up seeds (used by scaling.stages): more seeds at the best learning rates, or at a few
+"""Follow-up seeds (used by scaling.sweep.stages): more seeds at the best learning rates, or at a few
 IsoFLOP points (`seeds_at`) to measure the seed-to-seed spread for the whole fit."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def seed_followup(spec: SweepSpec, best_lr: dict[tuple[str, int | str], float],
     Seeds equal to the stage-1 seed are skipped. `seeds=None` uses the spec's
     [followup] seeds. The runner calls this after stage 1 and runs the returned points
     in the same sweep folder; their ids are stable like every other point's. `points`:
-    the stage-1 points to pick from (default: the spec's; scaling.stages adds the
+    the stage-1 points to pick from (default: the spec's; scaling.sweep.stages adds the
     points of widened learning-rate grids).
     """
     if seeds is None:

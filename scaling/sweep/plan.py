@@ -319,7 +319,7 @@ def _family_shape(sets: dict[str, Any], draft: "_Draft", base: dict) -> dict[str
     """`sets` with the draft's size re-derived for the point's family, where a sweep axis
     or a [[point]] set model.arch away from the base config's: a size (preset name or
     target N) means the same nominal N in every family, met by that family's ladder
-    (scaling.presets, ladder_shape). Unchanged when the family is the base's."""
+    (scaling.config.presets, ladder_shape). Unchanged when the family is the base's."""
     arch, req = _arch_of(sets), draft.requested
     other_family = arch != _arch_of(base)
     if "n_target" in req:

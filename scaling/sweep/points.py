@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scaling import accounting
+from scaling.accounting import counts as accounting
 from scaling.config import Config, ModelConfig
 
 
@@ -121,12 +121,12 @@ _LABEL_ONLY = ("model.preset", "data.cache_dir")
 
 
 # --------------------------------------------------------------------------------------
-# Accounting (scaling.accounting when present; the closed form otherwise)
+# Accounting (scaling.accounting.counts when present; the closed form otherwise)
 # --------------------------------------------------------------------------------------
 
 
 def param_counts(m: ModelConfig) -> tuple[int, int]:
-    """(N non-embedding, N total), from scaling.accounting's closed form."""
+    """(N non-embedding, N total), from scaling.accounting.counts's closed form."""
     pc = accounting.param_counts(m)
     return int(pc.non_embedding), int(pc.total)
 

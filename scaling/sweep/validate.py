@@ -5,7 +5,7 @@ A spec asks for it with
     [followup]
     validate = [10]       # multiples of the sweep's largest compute budget (each > 1)
 
-and a [sweep.compute] axis. After the sweep's other stages (scaling.stages drives it), for
+and a [sweep.compute] axis. After the sweep's other stages (scaling.sweep.stages drives it), for
 each multiple k:
 
 1. Fit rows: the results of the sweep's own points (points added by bracketing or seeds
@@ -50,7 +50,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from scaling.presets import presets_of
+from scaling.config.presets import presets_of
 from scaling.sweep.points import Point, SweepSpec
 from scaling.sweep.spec import SpecError
 

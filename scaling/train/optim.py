@@ -9,7 +9,7 @@ Two forms of one optimizer:
     tx = make_runtime_optimizer(cfg.optim)             # no schedule inside
     updates, state = tx.update(grads, state, params, lr=lr_t)
 
-The second is what scaling.train compiles: the learning rate of each update is a traced
+The second is what scaling.train.step compiles: the learning rate of each update is a traced
 value computed from the train state (peak lr x `schedule_multiplier(step, ScheduleParams)`),
 so the compiled step does not depend on the peak lr, the step count or the schedule's
 shape, and one compiled step serves every point of a sweep with the same model, batch and
@@ -145,7 +145,7 @@ def param_kind(path: tuple, leaf: Any) -> str:
         norms and biases)
     The untied output head (`unembed/kernel` in scaling.models.transformer) is a weight matrix like
     any other projection: it is decayed by default (it is a lookup table only for the
-    parameter count's Kaplan convention, see scaling.accounting, not for the optimizer).
+    parameter count's Kaplan convention, see scaling.accounting.counts, not for the optimizer).
     """
     names = [_key_name(k) for k in path]
     if names and names[-1] == "value" and isinstance(path[-1], jax.tree_util.GetAttrKey):
@@ -274,7 +274,7 @@ def scale_by_mup(model: ModelConfig, optimizer: str,
                  multipliers: Callable[[Any], Any] | None = None) -> optax.GradientTransformation:
     """Multiply each leaf of the update by its µP learning-rate multiplier (static
     floats from the tree's paths and the model config, or from `multipliers(updates)`
-    when given: scaling.packing's per group; 1.0 leaves are left untouched)."""
+    when given: scaling.train.packing's per group; 1.0 leaves are left untouched)."""
     if multipliers is None:
         multipliers = lambda tree: mup_lr_multipliers(tree, model, optimizer)  # noqa: E731
 
@@ -646,7 +646,7 @@ def make_runtime_optimizer(cfg: OptimConfig, model: ModelConfig | None = None,
     parameter's µP multiplier when `model` is a µP config. Depends on no field of
     RUNTIME_OPTIM_FIELDS.
 
-    `packing` (a scaling.packing.ParamPacking): the transformation takes the packed dict
+    `packing` (a scaling.train.packing.ParamPacking): the transformation takes the packed dict
     of parameters, gradients and moments instead of the tree, its decay mask and µP
     multipliers one per group."""
     _decay_shape(cfg)

@@ -17,7 +17,7 @@ Documents. llm.c writes the document delimiter (`<|endoftext|>`, `data.tokens_eo
 tokens before a shard's first delimiter (a document cut at a shard boundary) are a
 document of their own. Documents are named `<shard file>#<k>`.
 
-Split, order and cache follow `scaling.data`'s rules for every corpus. The group (the
+Split, order and cache follow `scaling.data.dataset`'s rules for every corpus. The group (the
 unit of the validation split) is the shard file, so whole shards are held out by the
 hash of their name, with the same fallback (at least one shard held out, at least one
 trained on); a corpus of one shard has one group per document instead (as a .jsonl
@@ -57,7 +57,7 @@ _CHECK_CHUNK = 1 << 24  # tokens checked against the vocabulary per pass
 
 
 def _error(msg: str):
-    from scaling.data import DataError
+    from scaling.data.dataset import DataError
 
     return DataError(msg)
 
@@ -193,7 +193,7 @@ def _cache_key(shards: list[Shard], vocab: int, eot: int, val_fraction: float) -
 
 def load_token_shards(data_cfg: "DataConfig", seq_len: int, *, verify: bool = True):
     """TokenData of a `tokens:` corpus: split, ordered and cached as the module says."""
-    from scaling.data import (FORMAT_VERSION, TokenData, _load_cached, resolve_cache_dir)
+    from scaling.data.dataset import (FORMAT_VERSION, TokenData, _load_cached, resolve_cache_dir)
 
     spec, vocab, eot = data_cfg.corpus, data_cfg.tokens_vocab_size, eot_id(data_cfg)
     if len({s.name for s in shard_paths(spec)}) != len(shard_paths(spec)):
@@ -219,8 +219,8 @@ def load_token_shards(data_cfg: "DataConfig", seq_len: int, *, verify: bool = Tr
 
 def _build(shards: list[Shard], spec: str, vocab: int, eot: int, val_fraction: float,
            dtype: np.dtype, bin_path: Path, meta_path: Path, key: str, fmt: int) -> None:
-    from scaling.data import _ORDER_SALT, _name_hash, split_documents, write_token_file
-    from scaling.runfiles import atomic_write_text
+    from scaling.data.dataset import _ORDER_SALT, _name_hash, split_documents, write_token_file
+    from scaling.runs.runfiles import atomic_write_text
 
     t0 = time.perf_counter()
     docs = _documents(shards, eot)

@@ -11,7 +11,7 @@ uses the same conventions:
                        output layer included: the C_exact accounting
 
 Also `xla_flops` (XLA's own count from a compiled executable: a rolled loop's body counted
-once; a run's C_xla comes from `scaling.xla_count`, which counts every trip), a table of dense peak
+once; a run's C_xla comes from `scaling.accounting.xla_count`, which counts every trip), a table of dense peak
 FLOP/s for accelerators and a measured peak for CPUs. MFU is measured against the peak
 of the arithmetic the matmuls really run in (`peak_precision`: TF32 for float32 on
 GPUs at jax's default precision), which the run records beside the MFU.
@@ -235,7 +235,7 @@ def peak_flops(device: Any = None, dtype: Any = "float32") -> float:
     if peak is None:
         raise KeyError(
             f"no peak FLOP/s known for device kind {device.device_kind!r}; add it to "
-            "scaling.accounting.PEAK_TABLE"
+            "scaling.accounting.counts.PEAK_TABLE"
         )
     return peak / passes
 

@@ -24,7 +24,7 @@ only held-out ones. Membership depends on nothing but the problem, so train and 
 disjoint for every seed. Evaluation instances are the same for every run (a fixed seed,
 EVAL_SEED): up to `n_eval` distinct held-out problems per sub-task (k = 1 has only ~25).
 
-Randomness is splitmix64 of integer keys (as `scaling.data`), independent of numpy.
+Randomness is splitmix64 of integer keys (as `scaling.data.dataset`), independent of numpy.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ N_EVAL = 200  # evaluation instances per sub-task (fewer where fewer are held ou
 def eval_width(tokenizer, names: Sequence[str]) -> int:
     """The width the evaluation of the tasks `names` needs: longest [eot] + prompt plus
     longest answer + [eot] over their evaluation instances (model.seq_len must be >= it - 1;
-    `scaling.taskeval` feeds all but the final [eot])."""
+    `scaling.evaluation.taskeval` feeds all but the final [eot])."""
     prompt = answer = 0
     for task, sub in eval_subtasks(names):
         for p in task.eval_problems(sub, N_EVAL):
@@ -191,7 +191,7 @@ class TaskMix:
 
     def layout(self, step: int, batch_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """(task index per row, -1 for corpus; sequence index within its stream per row)."""
-        from scaling.data import window_permutation
+        from scaling.data.dataset import window_permutation
 
         before = self.task_before(step, batch_size)
         after = self.task_before(step + 1, batch_size)

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scaling.config import ModelConfig, OptimConfig
-from scaling.optim import decay_mask, mup_lr_multipliers
+from scaling.train.optim import decay_mask, mup_lr_multipliers
 
 # A parameter with more elements than this is not packed (see the module's docstring):
 # 2^16 float32 values (256 KB), ~ the size above which a CPU kernel's fixed cost no

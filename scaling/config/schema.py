@@ -39,7 +39,7 @@ class ModelConfig:
     # the family, a module of scaling.models: "transformer" (decoder, next-token), "lstm"
     # (recurrent, next-token), "encoder" (bidirectional, masked-LM: data.objective = "mlm")
     arch: Literal["transformer", "lstm", "encoder"] = "transformer"
-    preset: str = ""  # a name from scaling.presets.PRESETS; explicit keys override it
+    preset: str = ""  # a name from scaling.config.presets.PRESETS; explicit keys override it
     n_layer: int = 2
     d_model: int = 128
     n_head: int = 4
@@ -55,7 +55,7 @@ class ModelConfig:
     init_std: float = 0.02
     # µP (Yang et al. 2022, Tensor Programs V): "sp" is the standard parametrisation
     # above; "mup" rescales inits, the output logits, the attention scale and the per-layer
-    # learning rates with width (see scaling/models/transformer.py and scaling/optim.py `mup_lr_multipliers`)
+    # learning rates with width (see scaling/models/transformer.py and scaling/train/optim.py `mup_lr_multipliers`)
     # so that a learning rate tuned at one width transfers. At d_model = mup_base_width,
     # µP equals SP except the attention scale (mup_attn_mult / head_dim).
     parametrization: Literal["sp", "mup"] = "sp"
@@ -150,11 +150,11 @@ class DataConfig:
     # a folder of text files or a .jsonl file, or "hf:<dataset name>[:<config>]"
     # ("hf:json:/path/file.jsonl" loads a local file through the `datasets` package),
     # or "tokens:<path>": pre-tokenized llm.c/nanoGPT .bin shards (a file, a folder of
-    # .bin files or a glob; scaling.shards), which need tokens_vocab_size.
+    # .bin files or a glob; scaling.data.shards), which need tokens_vocab_size.
     corpus: str = "stdlib"
     # "next_token" (causal LM: transformer, lstm) | "mlm" (BERT's masked LM: 15 % of each
     # window's positions selected, 80/10/10 mask/random/unchanged; model.arch = "encoder";
-    # scaling.masking)
+    # scaling.data.masking)
     objective: Literal["next_token", "mlm"] = "next_token"
     tokenizer: Literal["byte", "bpe"] = "byte"
     bpe_vocab_size: int = 512  # only for tokenizer = "bpe"
@@ -165,16 +165,16 @@ class DataConfig:
     #                             to a multiple of seq_len), repeating epochs
     max_corpus_bytes: int = 0  # > 0: read at most this many bytes of the corpus
     # which validation windows the eval set holds: a salt of their hashed order
-    # (scaling.evalset); 0, 1, 2, ... draw independent uniform samples of the windows
+    # (scaling.data.evalset); 0, 1, 2, ... draw independent uniform samples of the windows
     eval_seed: int = 0
     cache_dir: str = ""  # "" means $SCALINGLAB_CACHE or ~/.cache/scalinglab
     tokens_vocab_size: int = 0  # "tokens:" corpora: the vocabulary the shards were made with
     #                             (GPT-2: 50257); every token must be below it
     tokens_eot_id: int = -1  # "tokens:" corpora: the id that starts each document (llm.c
     #                          writes <|endoftext|> before every document); -1: tokens_vocab_size - 1
-    # Synthetic tasks mixed into training (scaling/tasks.py): task name -> fraction of the
+    # Synthetic tasks mixed into training (scaling/data/tasks.py): task name -> fraction of the
     # training sequences, e.g. { addition = 0.1 }; {}: none. Each is evaluated per eval
-    # (scaling/taskeval.py) as task/<sub-task>/<metric>.
+    # (scaling/evaluation/taskeval.py) as task/<sub-task>/<metric>.
     tasks: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -192,7 +192,7 @@ class DataConfig:
         if not 0 <= self.eval_seed < 2 ** 63:
             raise ConfigError(f"data.eval_seed = {self.eval_seed}: must be an integer in "
                               "[0, 2**63)")
-        from scaling.tasks import check_tasks
+        from scaling.data.tasks import check_tasks
         check_tasks(self.tasks)
         if self.tasks and self.is_token_shards:
             raise ConfigError(f"data.tasks = {self.tasks}: needs a text tokenizer to write task "
@@ -310,7 +310,7 @@ class TrainConfig:
     seed: int = 0  # initialisation and batch order
     data_seed: int = -1  # -1: same as seed
     eval_every: int = 50  # 0: only at the end
-    # Evaluation on the corpus's fixed eval set (scaling.data: windows spread over every
+    # Evaluation on the corpus's fixed eval set (scaling.data.dataset: windows spread over every
     # validation document, the same for every run of a corpus). The final evaluation uses
     # eval_tokens of it (rounded down to whole windows of seq_len); the evaluations along
     # the learning curve use its first curve_eval_tokens (0: all eval_tokens).
@@ -325,14 +325,14 @@ class TrainConfig:
     parallel: Literal["auto", "none", "pmap", "shard_map"] = "auto"
     divergence_factor: float = 3.0  # loss above factor * initial loss => diverged
     # A sustained rise of the smoothed loss this fraction above its running minimum (and a
-    # final eval loss this far above the run's best) => diverged (scaling.loop._DivergenceMonitor)
+    # final eval loss this far above the run's best) => diverged (scaling.train.loop._DivergenceMonitor)
     divergence_rise: float = 0.25
     init_from: str = ""      # a run folder (relative paths: to this run's folder) whose checkpoint at init_step starts this run: a cooldown branch of a trunk run
     init_step: int = 0
     save_steps: str = ""     # comma-separated steps at which a checkpoint is kept for good (in keep/), for branches
     eval_steps: str = ""     # comma-separated extra curve-eval steps (a cooldown trunk: its branches' eval steps)
     progress: bool = True
-    # Comma-separated trackers (scaling.tracking): "jsonl" (metrics.jsonl, always on),
+    # Comma-separated trackers (scaling.train.tracking): "jsonl" (metrics.jsonl, always on),
     # "tensorboard" (event files in <run>/tensorboard), "wandb" (Weights & Biases; works
     # offline with WANDB_MODE=offline). E.g. "tensorboard,wandb".
     trackers: str = ""
@@ -451,7 +451,7 @@ class Config:
                     f"data.tasks with data.objective = {self.data.objective!r}: task evals decode "
                     "answers token by token, which needs a next-token (causal) model; use "
                     "model.arch = 'transformer' or 'lstm'")
-            from scaling.tasks import check_tasks
+            from scaling.data.tasks import check_tasks
             check_tasks(self.data.tasks, self.train.batch_size)
         for key in ("eval_tokens", "curve_eval_tokens"):
             value = getattr(self.train, key)
@@ -587,9 +587,9 @@ def from_dict(raw: dict[str, Any], overrides: list[str] | dict | None = None) ->
 
 
 def preset_values(name: Any, arch: Any = "transformer") -> dict[str, Any]:
-    """The shape keys of preset `name` for the family `arch` (scaling.presets: one size
+    """The shape keys of preset `name` for the family `arch` (scaling.config.presets: one size
     ladder per family, the same names for the same nominal N)."""
-    from scaling.presets import presets_of
+    from scaling.config.presets import presets_of
 
     PRESETS = presets_of(arch)
     if name not in PRESETS:

@@ -2,7 +2,7 @@
 
     run_point(sweep_dir, point_id)   train or resume the point; record a failure
 
-The local executor (scaling.executors) and the SLURM jobs (scaling.slurm) both call
+The local executor (scaling.executors.local) and the SLURM jobs (scaling.executors.slurm) both call
 `run_point`; it lives here, apart from both, so that neither executor module imports
 the other.
 """
@@ -17,9 +17,9 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from scaling.config import from_dict
-from scaling.results import (CONFIG_FILE, FAILED_FILE, POINT_FILE, point_lock, points_dir,
+from scaling.runs.results import (CONFIG_FILE, FAILED_FILE, POINT_FILE, point_lock, points_dir,
                              read_result_checked, unreadable_files)
-from scaling.runfiles import CorruptRunFile, DiskFull, read_json, set_aside, write_json_atomic
+from scaling.runs.runfiles import CorruptRunFile, DiskFull, read_json, set_aside, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def run_point(sweep_dir: str | Path, point_id: str, *, progress_position: int = 
     `lock=False`: do not take the point's lock (the other tasks of a multi-task SLURM
     job, whose task 0 holds it); such a task never sets a file aside.
     """
-    from scaling.loop import train
+    from scaling.train.loop import train
 
     point_dir = points_dir(sweep_dir) / point_id
     done, _ = read_result_checked(point_dir)

@@ -120,11 +120,11 @@ def sample_from_run(run_dir, prompt: str = "", *, max_new_tokens: int = 200,
     """
     from pathlib import Path
 
-    from scaling.checkpoint import Checkpointer
+    from scaling.train.checkpoint import Checkpointer
     from scaling.config import ConfigError, from_dict
-    from scaling.data import load_corpus
-    from scaling.runfiles import CONFIG_FILE, read_json
-    from scaling.train import Trainer
+    from scaling.data.dataset import load_corpus
+    from scaling.runs.runfiles import CONFIG_FILE, read_json
+    from scaling.train.step import Trainer
 
     check_sampling(max_new_tokens, temperature, top_k, min_new_tokens=1)
     run_dir = Path(run_dir)

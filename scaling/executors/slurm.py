@@ -17,14 +17,14 @@ Each call
      rebuilding the tables as points end. Ctrl-C stops waiting, never the jobs: run
      the sweep again to pick them up.
 
-Inside a job, `PointJob` calls `scaling.point_runner.run_point`. It is a submitit
+Inside a job, `PointJob` calls `scaling.executors.point_runner.run_point`. It is a submitit
 Checkpointable: on the time-limit or preemption signal (USR2, sbatch `--signal`),
-it checkpoints the run at its current step (`scaling.loop.save_now`) and submitit
+it checkpoints the run at its current step (`scaling.train.loop.save_now`) and submitit
 requeues the job, which resumes from that checkpoint. On SIGTERM (preemption, `scancel`)
 a one-task job finishes its step, checkpoints and ends with an "interrupted" value: the
 point stays pending and a requeued or resubmitted job resumes there. A job with several tasks
 (`nodes` > 1, or `extra."ntasks-per-node"` > 1) runs one process per task under
-`srun`; they join through `jax.distributed` (`scaling.parallel.initialize_distributed`)
+`srun`; they join through `jax.distributed` (`scaling.train.parallel.initialize_distributed`)
 and train data-parallel over all devices; task 0 holds the point's lock.
 
 [slurm] keys (scaling.sweep.SLURM_KEYS) -> sbatch flags:
@@ -42,7 +42,7 @@ and train data-parallel over all devices; task 0 holds the point's lock.
 
 points/<id>/slurm.json: job_id ("123_4" in an array), array_job_id, array_task_id,
 state (the SLURM state; active ones named PENDING / RUNNING / REQUEUED / SUBMITTED as
-scaling.results expects), slurm_state (as SLURM spells it), submitted, stdout, stderr,
+scaling.runs.results expects), slurm_state (as SLURM spells it), submitted, stdout, stderr,
 tasks, attempt (submissions of this point so far) and history (earlier jobs). submitit's
 files (batch scripts, pickles, logs <job id>_<task>_log.out/.err) are in <sweep>/slurm/.
 
@@ -67,9 +67,9 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from scaling.config import ConfigError
-from scaling.results import (FAILED_FILE, SLURM_FILE, blocked_by, point_state, points_dir,
+from scaling.runs.results import (FAILED_FILE, SLURM_FILE, blocked_by, point_state, points_dir,
                              read_result_checked, trunk_of, write_tables)
-from scaling.runfiles import write_json_atomic
+from scaling.runs.runfiles import write_json_atomic
 
 try:  # submitit is an optional dependency (extras "slurm" and "dev")
     from submitit.helpers import Checkpointable as _JobBase
@@ -86,7 +86,7 @@ MAX_ARRAY = 1000  # points per job array
 SUBMIT_GRACE_S = 120  # a job this young that neither squeue nor sacct knows is still submitting
 DONE_GRACE_S = 60  # a point with a result whose job still shows as running: stop waiting after this
 
-# SLURM states -> the names scaling.results.point_state knows as queued/running
+# SLURM states -> the names scaling.runs.results.point_state knows as queued/running
 _ACTIVE = {
     "PENDING": "PENDING", "SUSPENDED": "PENDING", "RESV_DEL_HOLD": "PENDING",
     "REQUEUED": "REQUEUED", "REQUEUE_HOLD": "REQUEUED", "REQUEUE_FED": "REQUEUED",
@@ -113,7 +113,7 @@ class PointJob(_JobBase):
         self.sweep_dir = str(sweep_dir)
 
     def __call__(self, point_id: str) -> dict:
-        from scaling.point_runner import run_point
+        from scaling.executors.point_runner import run_point
         from scaling.runtime import enable_compilation_cache, setup_logging
 
         setup_logging()
@@ -135,7 +135,7 @@ class PointJob(_JobBase):
             _stop_on_sigterm()
         # Only one process may hold the point's lock; in a multi-task job that is task 0,
         # the others train alongside it (they never write the point's files).
-        from scaling.stopping import Interrupted
+        from scaling.train.stopping import Interrupted
 
         try:
             result = run_point(self.sweep_dir, point_id, progress=False, lock=rank == 0)
@@ -171,7 +171,7 @@ class PointJob(_JobBase):
             log.warning("point %s: multi-task job signalled; resuming from the newest "
                         "periodic checkpoint", point_id)
         else:
-            loop = sys.modules.get("scaling.loop")  # not imported yet: nothing to save
+            loop = sys.modules.get("scaling.train.loop")  # not imported yet: nothing to save
             step = loop.save_now() if loop is not None else None
             log.warning("point %s: signalled (time limit or preemption); checkpoint %s", point_id,
                         f"saved at step {step}" if step is not None else "not saved now")
@@ -199,12 +199,12 @@ def _retry_saves_on_signal() -> None:
 
     def on_signal(signum, frame):
         deadline = time.monotonic() + SAVE_RETRY_S
-        loop_log = logging.getLogger("scaling.loop")
+        loop_log = logging.getLogger("scaling.train.loop")
         level = loop_log.level
         previous_alarm = None
 
         def attempt(_signum=None, _frame=None):
-            loop = sys.modules.get("scaling.loop")
+            loop = sys.modules.get("scaling.train.loop")
             training = loop is not None and getattr(loop, "_SAVE_NOW", None) is not None
             if training and time.monotonic() < deadline:
                 loop_log.setLevel(logging.ERROR)  # "could not checkpoint" on every try
@@ -231,7 +231,7 @@ def _stop_on_sigterm() -> None:
     that a requeued or resubmitted job resumes at that step. Multi-task jobs keep
     submitit's handling: a save is collective, and the tasks may see the signal at
     different steps."""
-    from scaling import stopping
+    from scaling.train import stopping
 
     stopping.quiet()  # SLURM signals every process of the step: a repeat is no emergency
     stopping.claim(signal.SIGTERM)
@@ -240,7 +240,7 @@ def _stop_on_sigterm() -> None:
 def _coordinator_fallback() -> None:
     """jax.distributed finds its coordinator at the job's first node *by name*; where that
     name does not resolve (a single machine without DNS) and the job has one node, point
-    it at 127.0.0.1 through the explicit variables scaling.parallel also reads."""
+    it at 127.0.0.1 through the explicit variables scaling.train.parallel also reads."""
     nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST", "")
     first = re.split(r"[,\[]", nodes, maxsplit=1)[0]
     if not first or int(os.environ.get("SLURM_JOB_NUM_NODES", "1")) != 1:

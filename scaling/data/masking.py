@@ -20,7 +20,7 @@ The random numbers are a splitmix64 hash of (key, position, stream), so they nee
 generator state. A window is the first T = seq_len tokens of the loader's windows of
 seq_len + 1 tokens (the extra next-token target is unused).
 
-`MaskedTokenData` wraps a TokenData (scaling.data) to hand the training loop masked
+`MaskedTokenData` wraps a TokenData (scaling.data.dataset) to hand the training loop masked
 batches and a `MaskedEvalSet`, whose summary weights each window by its number of
 scored tokens (k each: equal weights, so the eval loss is the mean over every scored token
 and the standard error is the evalset's cluster-robust one).
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from scaling.evalset import EvalSet, _mix64
+from scaling.data.evalset import EvalSet, _mix64
 
 MASK_RATE = 0.15
 MASK_PROB, RANDOM_PROB = 0.8, 0.1  # of the selected positions; the rest stay unchanged

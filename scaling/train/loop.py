@@ -5,7 +5,7 @@
       metrics.jsonl     one JSON line per logged step and per evaluation
       checkpoints/      orbax checkpoints (state + data position + corpus fingerprint + config)
       result.json       written last and atomically: the run's done marker and summary
-      .lock             held while a process trains here (scaling.runfiles.run_lock)
+      .lock             held while a process trains here (scaling.runs.runfiles.run_lock)
 
 `train(config, run_dir)` starts the run, resumes it from its newest checkpoint, or,
 if result.json exists, returns that result without training. Batches are a pure
@@ -17,7 +17,7 @@ anything is written), `_restore_or_init`, `_compile`, the step loop (`_Run.loop`
 `_Evaluator` and `_DivergenceMonitor`), and `_Run.result`. SIGTERM and SIGINT (Ctrl-C)
 end a run cleanly: the current step finishes, a checkpoint is saved, `Interrupted` is
 raised (the CLI prints one line and exits 143 / 130); a second Ctrl-C exits at once. A
-signal during set-up or compile stops before the loop (scaling.stopping).
+signal during set-up or compile stops before the loop (scaling.train.stopping).
 
 Evaluation uses the corpus's fixed eval set (`TokenData.eval_set`): a uniform sample of
 the validation windows (drawn by `data.eval_seed`), the same for every run of a corpus, so
@@ -49,25 +49,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scaling import accounting, tracking, xla_count
-from scaling.checkpoint import Checkpointer
+from scaling.accounting import counts as accounting
+
+from scaling.train import tracking
+
+from scaling.accounting import xla_count
+from scaling.train.checkpoint import Checkpointer
 from scaling.config import Config, ConfigError, from_dict
-from scaling.data import TokenData, load_corpus
-from scaling.masking import MaskedTokenData
+from scaling.data.dataset import TokenData, load_corpus
+from scaling.data.masking import MaskedTokenData
 from scaling.models import encoder
-from scaling.parallel import Driver, check_batch, initialize_distributed, make_driver
-from scaling.runfiles import (CONFIG_FILE, METRICS_FILE, RESULT_FILE, DiskFull,
+from scaling.train.parallel import Driver, check_batch, initialize_distributed, make_driver
+from scaling.runs.runfiles import (CONFIG_FILE, METRICS_FILE, RESULT_FILE, DiskFull,
                               atomic_write_text, disk_full_in, json_default, read_json,
                               read_metrics, read_result, run_lock, write_json_atomic)
-from scaling.optim import schedule_multiplier
-from scaling.stopping import Interrupted, check as _check_stop, requested as _stop_requested, stop_requests
-from scaling.taskeval import TaskEvaluator
-from scaling.train import Trainer, compile_key, runtime_values
+from scaling.train.optim import schedule_multiplier
+from scaling.train.stopping import Interrupted, check as _check_stop, requested as _stop_requested, stop_requests
+from scaling.evaluation.taskeval import TaskEvaluator
+from scaling.train.step import Trainer, compile_key, runtime_values
 
 log = logging.getLogger(__name__)
 
 # Compiled executables reused across runs of the same shape in one process (sweeps), with
-# XLA's count of the step's FLOPs, every loop trip counted (scaling.xla_count: flops, or
+# XLA's count of the step's FLOPs, every loop trip counted (scaling.accounting.xla_count: flops, or
 # None and why not).
 _COMPILED: dict[str, tuple[Any, Any, tuple[float | None, str | None]]] = {}
 
@@ -348,7 +352,7 @@ def _keep(s: _Setup, state, step: int, wall: float) -> None:
 def _one_device_step(s: _Setup, state, batch) -> tuple:
     """(step, state, batch) of the step as one device runs it, with one device's shapes
     and no collectives: what XLA's count of a pmap / shard_map step is (times the devices,
-    `devices_flops_factor`), countable without the map's axis (scaling.xla_count)."""
+    `devices_flops_factor`), countable without the map's axis (scaling.accounting.xla_count)."""
     pmap, n = s.driver.kind == "pmap", s.driver.n_devices
     one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:] if pmap else x.shape, x.dtype),
                        state)
@@ -416,7 +420,7 @@ class _Evaluator:
             summary["eval_loss_on_curve_set"] = self.curve_set.summarize(window_losses[:k])["eval_loss"]
         if positions:
             summary.update(es.summarize_positions(np.concatenate(positions)))
-        if self.tasks is not None:  # data.tasks: task/<sub-task>/<metric> (scaling.taskeval)
+        if self.tasks is not None:  # data.tasks: task/<sub-task>/<metric> (scaling.evaluation.taskeval)
             tree = self.s.trainer.params_tree(params if d.kind == "none" else d.fetch_state(params))
             summary.update(self.tasks(tree))
         return summary
@@ -721,7 +725,7 @@ class _Run:
                 if is_last:
                     self.read_pending()
                     self.eval_now(final=True)
-                elif _stop_requested() is not None:  # SIGTERM / Ctrl-C (scaling.stopping)
+                elif _stop_requested() is not None:  # SIGTERM / Ctrl-C (scaling.train.stopping)
                     self.read_pending()
                     self.checkpoint()
                     raise Interrupted(_stop_requested(), self.step, s.run_dir)
@@ -802,7 +806,7 @@ class _Run:
             "eval_forward_tokens_from_trunk": sum(_forward_tokens(e, m.seq_len)
                                                   for e in self.evals if e.get("trunk")),
             **{k: ev[k] for k in ("eval_loss_by_position", "eval_loss_by_position_stderr") if k in ev},
-            # the estimand (scaling.evalset), which windows (same id: same windows), the
+            # the estimand (scaling.data.evalset), which windows (same id: same windows), the
             # draw, and per validation document the tokens scored and their loss sum
             **{k: ev[k] for k in ("eval_estimand", "eval_set_id", "eval_loss_stderr_windows",
                                   "eval_loss_on_curve_set", "eval_by_document") if k in ev},
@@ -884,7 +888,7 @@ def train(cfg: Config, run_dir: str | Path, *, progress_position: int = 0,
     """
     run_dir = Path(run_dir)
     # SIGTERM / Ctrl-C at any phase: set-up and compile stop before the loop, the loop
-    # after its step and a checkpoint (scaling.stopping)
+    # after its step and a checkpoint (scaling.train.stopping)
     with stop_requests():
         _check_stop()
         _check_same_config(cfg, run_dir)  # a finished run of another config is no answer

@@ -1,6 +1,6 @@
 """Task evaluation: held-out instances of `data.tasks`, scored four ways (emergence studies).
 
-For every sub-task (`scaling.tasks`: addition_1 .. addition_5, copy) a fixed set of up to
+For every sub-task (`scaling.data.tasks`: addition_1 .. addition_5, copy) a fixed set of up to
 N_EVAL held-out instances, the same for every run, is fed as `[eot] + prompt` and scored:
 
 - `exact_match`: greedy decoding (argmax, len(answer) tokens) reproduces the answer and
@@ -21,7 +21,7 @@ evidence about the hard digits; `answer_tokens` (mean L, the answer's tokens wit
 and `n` (instances). `exact_match_excess_positions` and `exact_match_excess_pl`: EM minus
 each prediction from the hit matrix (all-right rows), with a paired bootstrap over instances
 (`_stderr`, `_lo`/`_hi` 95 %), and `exact_match_excess_positions_p`: a permutation test of
-independent position errors (scaling/taskstats.py). Keys: `task/<sub-task>/<metric>` and
+independent position errors (scaling/evaluation/taskstats.py). Keys: `task/<sub-task>/<metric>` and
 `task/<sub-task>/<metric>_stderr`. Greedy output equals the answer iff every
 teacher-forced argmax is right, so exact match is the product of the per-token hits.
 
@@ -42,8 +42,8 @@ import numpy as np
 
 from scaling import models
 from scaling.config import ModelConfig
-from scaling.tasks import N_EVAL, eval_subtasks
-from scaling.taskstats import paired_excess, permutation_p
+from scaling.data.tasks import N_EVAL, eval_subtasks
+from scaling.evaluation.taskstats import paired_excess, permutation_p
 
 EVAL_BATCH = 128
 METRICS = ("exact_match", "token_accuracy", "edit_distance", "answer_logprob")
@@ -128,7 +128,7 @@ def metrics_of(answers: list[list[int]], logp: np.ndarray, hit: np.ndarray,
     out["answer_logprob"], out["answer_logprob_stderr"] = _mean_se(lp)
     out["exact_match_independent"], out["exact_match_independent_stderr"] = \
         _independent(hit & mask, lens)
-    # EM minus each prediction, paired over instances (scaling/taskstats.py); from the hits
+    # EM minus each prediction, paired over instances (scaling/evaluation/taskstats.py); from the hits
     pe = paired_excess(hit & mask, lens)
     for k in ("positions", "pl"):
         out[f"exact_match_excess_{k}"] = pe[k]

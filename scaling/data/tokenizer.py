@@ -17,7 +17,7 @@ and `decode(ids) -> str`.
   the training text and the vocabulary size, so later runs load it instead of training.
 
 `make_tokenizer(data_cfg, texts, text_sha256)` builds the tokenizer a DataConfig asks for
-(`scaling.data.corpus_tokenizer(data_cfg)` supplies a BPE's training texts).
+(`scaling.data.dataset.corpus_tokenizer(data_cfg)` supplies a BPE's training texts).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Iterable, Protocol, Sequence, runtime_checkabl
 
 import numpy as np
 
-from scaling.runfiles import atomic_write_text
+from scaling.runs.runfiles import atomic_write_text
 from scaling.runtime import cache_dir
 
 if TYPE_CHECKING:
@@ -197,7 +197,7 @@ def make_tokenizer(data_cfg: "DataConfig", texts: Sequence[str] | None = None,
     """The tokenizer `data_cfg` asks for.
 
     For "bpe", `texts` (the training documents) and `text_sha256` (their identity) are
-    required: this module knows nothing of corpora (`scaling.data.corpus_tokenizer`
+    required: this module knows nothing of corpora (`scaling.data.dataset.corpus_tokenizer`
     reads and splits the corpus and calls `load_or_train_bpe`), so that the import goes
     one way only, data -> tokenizer."""
     if data_cfg.tokenizer == "byte":
@@ -206,6 +206,6 @@ def make_tokenizer(data_cfg: "DataConfig", texts: Sequence[str] | None = None,
         raise ValueError(f"data.tokenizer = {data_cfg.tokenizer!r}: allowed 'byte', 'bpe'")
     if texts is None or text_sha256 is None:
         raise ValueError("a BPE tokenizer needs its training texts and their sha256; "
-                         "use scaling.data.corpus_tokenizer(data_cfg) to read them")
+                         "use scaling.data.dataset.corpus_tokenizer(data_cfg) to read them")
     return load_or_train_bpe(texts, text_sha256, data_cfg.bpe_vocab_size,
                              cache_dir(data_cfg.cache_dir))

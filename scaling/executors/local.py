@@ -5,8 +5,8 @@
 The `local` executor runs points one after another in this process (reusing the
 compiled step across points of the same shape), or, with `workers > 1` (default: one
 per local GPU), in worker processes that each claim points through the points' file
-locks. The `slurm` executor (scaling.slurm) submits points as SLURM jobs. Whatever
-runs a point calls `scaling.point_runner.run_point`, which trains or resumes it in its
+locks. The `slurm` executor (scaling.executors.slurm) submits points as SLURM jobs. Whatever
+runs a point calls `scaling.executors.point_runner.run_point`, which trains or resumes it in its
 folder and records a failure, with its traceback, instead of stopping the sweep.
 Temporary files that killed writers left in the sweep folder are removed when the
 sweep is prepared again.
@@ -26,12 +26,12 @@ import time
 from pathlib import Path
 
 from scaling.config import ConfigError
-from scaling.point_runner import FINISHED, point_config, run_point
-from scaling.results import (POINT_FILE, blocked_by, point_state, points_dir,
+from scaling.executors.point_runner import FINISHED, point_config, run_point
+from scaling.runs.results import (POINT_FILE, blocked_by, point_state, points_dir,
                              running_progress, trunk_of, write_tables)
-from scaling.runfiles import (CorruptRunFile, DiskFull, atomic_write_text, clean_stale_temps,
+from scaling.runs.runfiles import (CorruptRunFile, DiskFull, atomic_write_text, clean_stale_temps,
                               read_json, write_json_atomic)
-from scaling.stopping import Interrupted, check as check_stop, quiet, requested, stop_requests
+from scaling.train.stopping import Interrupted, check as check_stop, quiet, requested, stop_requests
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,8 @@ def preflight(spec) -> None:
     """Checks that need the corpus or the devices, for every point, before any training."""
     import jax
 
-    from scaling.data import load_corpus
-    from scaling.parallel import check_batch, resolve_driver
+    from scaling.data.dataset import load_corpus
+    from scaling.train.parallel import check_batch, resolve_driver
 
     seen = set()
     for p in spec.points:
@@ -168,7 +168,7 @@ def _available_memory() -> float:
 
 def step_flops(point_dir: Path) -> float:
     """Exact training FLOPs of one optimizer step of the point (0.0 if unreadable)."""
-    from scaling.accounting import flops_per_token
+    from scaling.accounting.counts import flops_per_token
 
     try:
         cfg = point_config(point_dir)
@@ -500,7 +500,7 @@ class _Worker:
         if slot.get("cores"):
             env["SCALINGLAB_WORKER_CORES"] = ",".join(map(str, slot["cores"]))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scaling.executors", "worker", str(sweep_dir)],
+            [sys.executable, "-m", "scaling.executors.local", "worker", str(sweep_dir)],
             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self._buffer = ""
         self.said = ""  # the message of a "nospace" reply
@@ -696,14 +696,14 @@ def run_sweep(spec_path: str | Path, overrides: list[str] | None = None, *, out:
             estimates = {p.point_id: _estimate(p) for p in points}
             run_local(sweep_dir, ids, progress=progress, workers=workers, estimates=estimates)
         elif ids:
-            from scaling.slurm import run_slurm
+            from scaling.executors.slurm import run_slurm
 
             run_slurm(spec, sweep_dir, ids, wait=wait, progress=progress)  # wait=False: submit only
         return write_tables(sweep_dir)
 
     execute(list(spec.points))
     waiting = kind == "local" or (wait is not False and not os.environ.get("SCALINGLAB_SLURM_NO_WAIT"))
-    from scaling.stages import run_followup, wanted
+    from scaling.sweep.stages import run_followup, wanted
 
     if wanted(spec) and not waiting:
         log.warning("the [followup] stage needs the first stage's results: run the sweep "
@@ -719,4 +719,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "worker":
         _worker_main(sys.argv[2])
     else:
-        sys.exit("usage: python -m scaling.executors worker SWEEP_DIR  (point ids on stdin)")
+        sys.exit("usage: python -m scaling.executors.local worker SWEEP_DIR  (point ids on stdin)")

@@ -3,11 +3,11 @@
 Names say the non-embedding parameter count N (Kaplan et al.'s definition,
 12 * n_layer * d_model^2 for d_ff = 4 d, biases and norms aside), so a sweep over
 presets reads as a sweep over N. The names are nominal rungs of a roughly 2x ladder;
-the exact N (biases and layer norms included, from scaling.accounting.param_counts)
+the exact N (biases and layer norms included, from scaling.accounting.counts.param_counts)
 is in the right-hand column and lies within 15% of the name (checked in the tests). The head size is 32 up to d 256 and 64 above;
 the aspect ratio d_model / n_layer stays between 32 and 64, the range where
 Kaplan et al. found loss insensitive to shape. The exact N of each preset is
-`scaling.accounting.param_counts` and is checked in the tests.
+`scaling.accounting.counts.param_counts` and is checked in the tests.
 """
 
 PRESETS: dict[str, dict] = {

@@ -18,7 +18,7 @@ in the token stream, and belongs to a *group*, the unit of the validation split:
 - a `.jsonl` file: one document (and group) per line, the string in `data.text_field`.
 - any other file: UTF-8 text, cut at line ends into documents of about
   `TEXT_FILE_BLOCK_BYTES` bytes (named `<file>#<k>`), one group each.
-- "tokens:<path>": pre-tokenized llm.c/nanoGPT `.bin` shards (`scaling.shards`): documents
+- "tokens:<path>": pre-tokenized llm.c/nanoGPT `.bin` shards (`scaling.data.shards`): documents
   start at the delimiter id, group = shard file, then the split, order and cache below.
 - "hf:<name>[:<config>]": a Hugging Face dataset through the optional `datasets`
   package, split `data.hf_split`, field `data.text_field`, one document (and group) per
@@ -34,7 +34,7 @@ depends on nothing but the group's name, and near copies inside one package (the
 `encodings/cp*.py` codec tables) are held out or trained on together. If that selects no
 group of the corpus, the group with the smallest hash is held out (and if it selected
 all, the one with the largest hash trains). Then near-duplicates across the split are
-removed (`scaling.neardup`, on the sets of 8-byte whitespace-normalized shingles): every
+removed (`scaling.data.neardup`, on the sets of 8-byte whitespace-normalized shingles): every
 training document whose exact Jaccard similarity with a held-out document is >= 0.8, or
 which contains >= 80 % of a held-out document's shingles or has >= 80 % of its own inside
 one (containment; the smaller of the two must have >= 256 shingles), is dropped; a
@@ -66,7 +66,7 @@ held-out row of the capped corpus, whose evaluation stays clean.
 
 Order. Within each split documents are ordered by a second name hash, so any prefix of
 the training stream (`max_unique_tokens`) is a random sample of documents, and the
-validation stream's documents come in a hashed order (see `scaling.evalset`).
+validation stream's documents come in a hashed order (see `scaling.data.evalset`).
 
 Cache. The token streams (train then validation, uint16 when the vocabulary fits, else
 uint32) live in `<cache>/tokens/<key>.bin` with `<key>.json` beside it, where the key
@@ -87,10 +87,10 @@ perm(seed, epoch)[p % n_windows]; perm is an argsort of a splitmix64 hash, so it
 independent of the numpy version. Each epoch visits every window once; tokens seen =
 steps * batch_size * seq_len exactly. Evaluation uses `TokenData.eval_set(n, eval_seed)`:
 fixed validation windows, a uniform sample of all of them (so the eval loss estimates the
-per-token held-out loss), with a cluster-robust standard error (`scaling.evalset`).
+per-token held-out loss), with a cluster-robust standard error (`scaling.data.evalset`).
 
 Tasks. With `data.tasks` (e.g. { addition = 0.1 }), some rows of each batch are sequences
-of synthetic task instances (`scaling.tasks.TaskMix`: task t has exactly floor(S B f_t)
+of synthetic task instances (`scaling.data.tasks.TaskMix`: task t has exactly floor(S B f_t)
 of the first S steps' rows, at hashed positions); the corpus stream fills the other rows
 in its own order (task rows consume no corpus window, so an epoch still visits every
 window once). Without `data.tasks` batches are exactly as above.
@@ -114,13 +114,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 
-from scaling import neardup
+from scaling.data import neardup
 from scaling.config import ConfigError
-from scaling.evalset import EvalSet, build_eval_set
-from scaling.runfiles import atomic_write_text
+from scaling.data.evalset import EvalSet, build_eval_set
+from scaling.runs.runfiles import atomic_write_text
 from scaling.runtime import cache_dir
-from scaling.tasks import TaskMix, eval_width
-from scaling.tokenizer import Tokenizer, load_or_train_bpe, make_tokenizer
+from scaling.data.tasks import TaskMix, eval_width
+from scaling.data.tokenizer import Tokenizer, load_or_train_bpe, make_tokenizer
 
 if TYPE_CHECKING:
     from scaling.config import DataConfig
@@ -753,8 +753,8 @@ def load_corpus(data_cfg: "DataConfig", seq_len: int, *, verify: bool = True) ->
     `verify`: recompute the token fingerprint of a cached file before trusting it."""
     if seq_len < 1:
         raise DataError(f"model.seq_len = {seq_len}: must be > 0")
-    if data_cfg.is_token_shards:  # already tokens: split, ordered and cached by scaling.shards
-        from scaling.shards import load_token_shards
+    if data_cfg.is_token_shards:  # already tokens: split, ordered and cached by scaling.data.shards
+        from scaling.data.shards import load_token_shards
         return load_token_shards(data_cfg, seq_len, verify=verify)
     corpus = read_corpus(data_cfg)
     cache = resolve_cache_dir(data_cfg)
@@ -937,7 +937,7 @@ class TokenData:
 
     def _mixed_batch(self, step: int, batch_size: int, seed: int, index: int,
                      rows: int) -> np.ndarray:
-        """A batch with `data.tasks` rows in it (`scaling.tasks.TaskMix`): task rows at
+        """A batch with `data.tasks` rows in it (`scaling.data.tasks.TaskMix`): task rows at
         hashed positions, the corpus stream (not consumed by them) in the rest."""
         which, seq = self.tasks.layout(step, batch_size, seed)
         which, seq = which[index * rows:(index + 1) * rows], seq[index * rows:(index + 1) * rows]
@@ -952,7 +952,7 @@ class TokenData:
     def eval_set(self, n_windows: int, eval_seed: int = 0) -> EvalSet:
         """The first `n_windows` evaluation windows in the hashed order of `eval_seed`
         (`data.eval_seed`): a uniform sample of the validation windows, estimating the
-        per-token held-out loss (`scaling.evalset`); capped at `n_val_windows` (then every
+        per-token held-out loss (`scaling.data.evalset`); capped at `n_val_windows` (then every
         validation target is scored once). Cached per (n, seed); independent of batch size."""
         if int(n_windows) < 1:
             raise ValueError(f"eval_set({n_windows}): need n_windows >= 1")

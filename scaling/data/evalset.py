@@ -175,7 +175,7 @@ class EvalSet:
         estimand and the set's id; with `by_document`, also `eval_by_document`.
 
         `weights`: tokens scored per window when windows score different numbers of
-        tokens (the masked-LM eval, scaling.masking); the mean is then weighted by them."""
+        tokens (the masked-LM eval, scaling.data.masking); the mean is then weighted by them."""
         losses = np.asarray(window_losses, dtype=np.float64).reshape(-1)
         if losses.size != self.n_windows:
             raise ValueError(f"summarize: got {losses.size} window losses for "

@@ -3,7 +3,7 @@
 `train_step_body(state, batch) -> (state, metrics)` computes the loss and gradient on
 its (local) batch, optionally accumulated over micro-batches, averages gradients and
 metrics with `lax.pmean` over `axis_name` when one is bound (the data-parallel
-drivers in `scaling.parallel` bind "data"), and applies the optimizer update. The
+drivers in `scaling.train.parallel` bind "data"), and applies the optimizer update. The
 same function runs under plain `jit` on one device, under `jax.pmap` and under
 `jax.jit(jax.shard_map(...))`, so the three drivers cannot drift apart.
 
@@ -16,7 +16,7 @@ model shape, optimizer and batch -- different D, warm-up or lr included -- and t
 persistent compilation cache serves later processes.
 
 The state the step takes holds its parameters and optimizer moments packed into a few
-flat vectors (`scaling.packing`: one kernel per group for the optimizer's elementwise
+flat vectors (`scaling.train.packing`: one kernel per group for the optimizer's elementwise
 work instead of one per tensor); `Trainer.to_checkpoint` / `from_checkpoint` convert
 to and from the tree that checkpoints hold.
 """
@@ -37,14 +37,14 @@ import optax
 from scaling.config import Config, ModelConfig, OptimConfig
 from scaling import models
 from scaling.runtime import compiler_options
-from scaling.optim import (RUNTIME_OPTIM_FIELDS, ScheduleParams, make_runtime_optimizer,
+from scaling.train.optim import (RUNTIME_OPTIM_FIELDS, ScheduleParams, make_runtime_optimizer,
                            schedule_multiplier, schedule_params)
-from scaling.packing import ParamPacking
+from scaling.train.packing import ParamPacking
 
 
 class TrainState(NamedTuple):
     step: jax.Array  # int32 scalar: number of optimizer updates applied
-    params: Any  # packed while training (scaling.packing), the tree in a checkpoint
+    params: Any  # packed while training (scaling.train.packing), the tree in a checkpoint
     opt_state: Any  # the moments likewise
     lr: jax.Array  # float32 scalar: the peak learning rate (optim.lr), a value, not a constant
     schedule: ScheduleParams  # the schedule's values (warm-up, total, decay start, ...)
@@ -62,7 +62,7 @@ def next_token_loss(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Arra
 
 def masked_lm_losses(logits_BxTxV: jax.Array, labels_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(loss sum, scored count) per row, float32 [B] each: cross-entropy of the labels at
-    the positions the masking selected (labels >= 0; scaling.masking), in float32."""
+    the positions the masking selected (labels >= 0; scaling.data.masking), in float32."""
     scored_BxT = labels_BxT >= 0
     ce_BxT = optax.softmax_cross_entropy_with_integer_labels(
         logits_BxTxV.astype(jnp.float32), jnp.where(scored_BxT, labels_BxT, 0))
@@ -161,13 +161,13 @@ class Trainer:
 
     @property
     def packing(self) -> ParamPacking:
-        """How the state's parameters and moments are packed (scaling.packing)."""
+        """How the state's parameters and moments are packed (scaling.train.packing)."""
         return _packing(self.model_config, self.step_optim)
 
     @property
     def optimizer(self) -> optax.GradientTransformationExtraArgs:
         """The optimizer without a schedule, on packed parameters: `update(..., lr=...)`
-        (see scaling.optim)."""
+        (see scaling.train.optim)."""
         return make_runtime_optimizer(self.step_optim, self.model_config, self.packing)
 
     def _initializer(self) -> Callable:
@@ -210,7 +210,7 @@ class Trainer:
 
     @property
     def masked_lm(self) -> bool:
-        """data.objective = "mlm": batches are int32 [B, 2, T] (inputs, labels; scaling.masking)."""
+        """data.objective = "mlm": batches are int32 [B, 2, T] (inputs, labels; scaling.data.masking)."""
         return self.config.data.objective == "mlm"
 
     def loss(self, params, batch_BxT1: jax.Array) -> jax.Array:
