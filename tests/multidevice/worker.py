@@ -13,8 +13,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from scaling.config import load_config  # noqa: E402
-from scaling.loop import train  # noqa: E402
-from scaling.runfiles import read_metrics  # noqa: E402
+from scaling.train.loop import train  # noqa: E402
+from scaling.runs.runfiles import read_metrics  # noqa: E402
 
 BASE = [
     "model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.seq_len=32",
