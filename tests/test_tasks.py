@@ -281,3 +281,11 @@ def test_a_run_with_tasks_reports_every_metric(tmp_path):
     from scaling.runs.results import point_row
     row = point_row("s", tmp_path / "run")  # the results table gets one column per key
     assert row["task/addition_3/token_accuracy"] == r["task/addition_3/token_accuracy"]
+
+
+def test_config_knows_every_task_by_name():
+    # the config checks data.tasks against its own list, without importing the tasks
+    from scaling.config import TASK_NAMES
+    from scaling.data.tasks import TASKS
+
+    assert tuple(TASKS) == TASK_NAMES

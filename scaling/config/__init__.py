@@ -10,15 +10,16 @@ Nothing here imports jax: a config is checked before anything trains.
 """
 
 from scaling.config.schema import (IDENTITY_DEFAULTS, MUP_OPTIMIZERS, NON_FINITE_ALLOWED,
-                                   NON_SEMANTIC, OPTIMIZERS, SCHEDULES, SECTIONS, TRACKERS,
+                                   NON_SEMANTIC, OPTIMIZERS, SCHEDULES, SECTIONS, TASK_NAMES,
+                                   TRACKERS,
                                    Config, ConfigError, DataConfig, ModelConfig, OptimConfig,
-                                   TrainConfig, build_section, check_mup_optimizer,
+                                   TrainConfig, build_section, check_mup_optimizer, check_tasks,
                                    check_objective, coerce, from_dict, load_config,
                                    parse_overrides, parse_value, preset_values,
                                    read_config_file, split_key)
 
 __all__ = ["IDENTITY_DEFAULTS", "MUP_OPTIMIZERS", "NON_FINITE_ALLOWED", "NON_SEMANTIC",
-           "OPTIMIZERS", "SCHEDULES", "SECTIONS", "TRACKERS", "Config", "ConfigError",
+           "OPTIMIZERS", "SCHEDULES", "SECTIONS", "TASK_NAMES", "TRACKERS", "Config", "ConfigError",
            "DataConfig", "ModelConfig", "OptimConfig", "TrainConfig", "build_section",
-           "check_mup_optimizer", "check_objective", "coerce", "from_dict", "load_config",
+           "check_mup_optimizer", "check_objective", "check_tasks", "coerce", "from_dict", "load_config",
            "parse_overrides", "parse_value", "preset_values", "read_config_file", "split_key"]

@@ -19,6 +19,7 @@ import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -192,7 +193,6 @@ class DataConfig:
         if not 0 <= self.eval_seed < 2 ** 63:
             raise ConfigError(f"data.eval_seed = {self.eval_seed}: must be an integer in "
                               "[0, 2**63)")
-        from scaling.data.tasks import check_tasks
         check_tasks(self.tasks)
         if self.tasks and self.is_token_shards:
             raise ConfigError(f"data.tasks = {self.tasks}: needs a text tokenizer to write task "
@@ -228,6 +228,32 @@ class DataConfig:
 
 
 TRACKERS = ("jsonl", "tensorboard", "wandb")
+TASK_NAMES = ("addition", "copy")  # scaling.data.tasks.TASKS, in its order (asserted there)
+
+
+def check_tasks(tasks: dict, batch_size: int | None = None) -> None:
+    """ConfigError naming data.tasks for unknown names or bad fractions (see scaling.data.tasks.TaskMix)."""
+    allowed = ", ".join(repr(n) for n in TASK_NAMES)
+    for name, f in tasks.items():
+        if name not in TASK_NAMES:
+            raise ConfigError(f"data.tasks: unknown task {name!r}; allowed: {allowed}")
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1 \
+                or not math.isfinite(f):
+            raise ConfigError(f"data.tasks.{name} = {f!r}: the fraction of training "
+                              "sequences must be a number in (0, 1)")
+    total = sum(tasks.values())
+    if tasks and not total < 1:
+        raise ConfigError(f"data.tasks: fractions sum to {total:g}; they must sum to < 1 "
+                          "(the rest of each batch is the corpus)")
+    if batch_size is not None and tasks:
+        worst = sum(math.ceil(Fraction(str(f)) * batch_size) for f in tasks.values())
+        if worst > batch_size:
+            raise ConfigError(
+                f"data.tasks = {tasks}: with train.batch_size = {batch_size} one step may need "
+                f"{worst} task rows (sum of ceil(batch_size x fraction)); use fewer tasks, "
+                "smaller fractions or a larger batch")
+
+
 
 # Optimizers for which µP defines per-layer learning-rate rules (Yang et al. 2022, Table 3:
 # the Adam rule and the SGD rule; momentum/Nesterov follow SGD's).
@@ -451,7 +477,6 @@ class Config:
                     f"data.tasks with data.objective = {self.data.objective!r}: task evals decode "
                     "answers token by token, which needs a next-token (causal) model; use "
                     "model.arch = 'transformer' or 'lstm'")
-            from scaling.data.tasks import check_tasks
             check_tasks(self.data.tasks, self.train.batch_size)
         for key in ("eval_tokens", "curve_eval_tokens"):
             value = getattr(self.train, key)

@@ -129,6 +129,7 @@ TASKS: dict[str, Task] = {
                      lambda r, sub: addition_problem(r, int(sub.rsplit("_", 1)[1]))),
     "copy": Task("copy", ("copy",), lambda r, sub: copy_problem(r)),
 }
+# scaling.config.TASK_NAMES lists these names for the config's check (tests/test_tasks.py)
 
 
 N_EVAL = 200  # evaluation instances per sub-task (fewer where fewer are held out)
@@ -217,35 +218,6 @@ class TaskMix:
             parts.append(inst)
             n += len(inst)
         return np.concatenate(parts)[: self.seq_len + 1].astype(np.int32)
-
-
-def check_tasks(tasks: dict, batch_size: int | None = None) -> None:
-    """ConfigError naming data.tasks for unknown names or bad fractions (see TaskMix)."""
-    import math
-
-    from scaling.config import ConfigError
-
-    allowed = ", ".join(repr(n) for n in TASKS)
-    for name, f in tasks.items():
-        if name not in TASKS:
-            raise ConfigError(f"data.tasks: unknown task {name!r}; allowed: {allowed}")
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1 \
-                or not math.isfinite(f):
-            raise ConfigError(f"data.tasks.{name} = {f!r}: the fraction of training "
-                              "sequences must be a number in (0, 1)")
-    total = sum(tasks.values())
-    if tasks and not total < 1:
-        raise ConfigError(f"data.tasks: fractions sum to {total:g}; they must sum to < 1 "
-                          "(the rest of each batch is the corpus)")
-    if batch_size is not None and tasks:
-        from fractions import Fraction
-
-        worst = sum(math.ceil(Fraction(str(f)) * batch_size) for f in tasks.values())
-        if worst > batch_size:
-            raise ConfigError(
-                f"data.tasks = {tasks}: with train.batch_size = {batch_size} one step may need "
-                f"{worst} task rows (sum of ceil(batch_size x fraction)); use fewer tasks, "
-                "smaller fractions or a larger batch")
 
 
 def eval_subtasks(names: Sequence[str]) -> list[tuple[Task, str]]:
