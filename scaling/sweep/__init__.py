@@ -117,8 +117,11 @@ a label once its shape is written out, and data.cache_dir). A point's id depends
 own config only, so adding axis values leaves old ids unchanged. Duplicate points (same
 id) are dropped with a warning; the first one is kept.
 
-Where the code is: `spec.py` reads, merges and validates the TOML; `plan.py` builds the
-axes, applies overrides and derives each point; `ladder.py` snaps target sizes to shapes;
+Where the code is: `spec.py` reads and merges the TOML and checks its keys; `checks.py`
+checks the tables that are not axes (schedule keys, cooldown, slurm, followup, overrides);
+`plan.py` plans the whole spec; `axes.py` builds the drafts of a [sweep] table's axes;
+`resolve.py` resolves one draft into a point (overrides, D and steps, warm-up, evals, lr
+law); `ladder.py` snaps target sizes to shapes;
 `points.py` holds Point, SweepSpec and point ids; `display.py` the plan table and time
 estimates; `followup.py` the seed stage; `cooldown.py` trunks and branches; `bracket.py`
 the decisions of the IsoFLOP bracketing stage (driven by scaling.sweep.stages); `validate.py`

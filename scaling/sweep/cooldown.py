@@ -52,7 +52,7 @@ import math
 import re
 from pathlib import Path
 
-from scaling.sweep.points import Point, _LABEL_ONLY, _si, point_id, train_flops_per_token
+from scaling.sweep.points import Point, LABEL_ONLY, format_si, point_id, train_flops_per_token
 from scaling.sweep.spec import SpecError
 
 # Config keys in which the points of one group may differ (all derived from D).
@@ -75,7 +75,7 @@ def decay_start(steps: int, fraction: float, warmup: int) -> int:
 def group_key(point: Point) -> str:
     """What the points of one trunk share: the semantic config less the per-length keys."""
     d = point.config.semantic_dict()
-    for dotted in (*_PER_LENGTH, *_LABEL_ONLY):
+    for dotted in (*_PER_LENGTH, *LABEL_ONLY):
         section, key = dotted.split(".")
         d.get(section, {}).pop(key, None)
     return json.dumps(d, sort_keys=True, separators=(",", ":"))
@@ -163,7 +163,7 @@ def _trunk(longest: Point, starts: list[int], warmup: int, evals: int | None,
     name = longest.label
     if longest.compute_budget is not None and name.startswith(longest.group + "_"):
         name = name[len(longest.group) + 1:]
-    name, n = re.subn(r"(^|_)D[0-9.]+[kMGT]?(?=_|$)", rf"\1trunk_D{_si(tokens)}", name, count=1)
+    name, n = re.subn(r"(^|_)D[0-9.]+[kMGT]?(?=_|$)", rf"\1trunk_D{format_si(tokens)}", name, count=1)
     if not n:
         name = f"{name}_trunk"
     changes = {"optim.schedule": "constant", "optim.warmup_steps": warmup,

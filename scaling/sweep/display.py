@@ -7,7 +7,7 @@ import sys
 from typing import Any, Callable
 
 from scaling.accounting import counts as accounting
-from scaling.sweep.points import Point, SweepSpec, _si, train_flops_per_token
+from scaling.sweep.points import Point, SweepSpec, format_si, train_flops_per_token
 from scaling.sweep.validate import guess as validate_guess
 
 
@@ -115,8 +115,8 @@ def format_plan(spec: SweepSpec, tokens_per_s: Callable[[Point], float | None] |
             mark = "~"
         total_s += secs
         cfg = p.config
-        rows.append([p.point_id, cfg.name, p.group or "-", _role(p), _si(p.n_params),
-                     _si(p.n_params_total), _si(p.tokens), f"{p.flops_6nd:.3g}",
+        rows.append([p.point_id, cfg.name, p.group or "-", _role(p), format_si(p.n_params),
+                     format_si(p.n_params_total), format_si(p.tokens), f"{p.flops_6nd:.3g}",
                      f"{p.flops_exact:.3g}", str(cfg.train.steps), f"{p.tokens_per_param:.1f}",
                      str(cfg.optim.warmup_steps), f"{cfg.optim.lr:.3g}", mark + _hms(secs),
                      p.requested.get("derivation", "")])
@@ -137,7 +137,7 @@ def format_plan(spec: SweepSpec, tokens_per_s: Callable[[Point], float | None] |
         lines.append("  ".join(cells) + "  " + r[-1])
     spent = compute_spent(spec.points)
     lines.append(f"total: C_exact = {spent['C_exact']:.3g} FLOPs, C_6ND = {spent['C_6ND']:.3g}, "
-                 f"D = {_si(spent['D'])} tokens trained, est. time {_hms(total_s)} run one "
+                 f"D = {format_si(spent['D'])} tokens trained, est. time {_hms(total_s)} run one "
                  "after another")
     branched = [p for p in spec.points if p.role in ("trunk", "branch")]
     if branched:
@@ -207,7 +207,7 @@ def rule_lines(spec: SweepSpec) -> list[str]:
             f"{p.compute_budget:.3g}) at the size Approach 3, fitted on the sweep's results, calls "
             f"compute-optimal, snapped by the shape rule; its loss predicted before it trains "
             f"(a guess before the fit: {p.config.model.n_layer}x{p.config.model.d_model}, "
-            f"N = {_si(p.n_accounted)}, D = {_si(p.tokens)}, {p.steps} steps, "
+            f"N = {format_si(p.n_accounted)}, D = {format_si(p.tokens)}, {p.steps} steps, "
             f"~{_hms(estimate_seconds(p))})")
     return lines
 

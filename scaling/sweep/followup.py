@@ -72,32 +72,7 @@ def _same_size(p: Point, n: Any) -> bool:
 # relative seed sd for the whole fit). A cooldown branch continues its trunk, so a branch at
 # another seed needs its own trunk at that seed: one per (size, seed), trained only as far as
 # the latest chosen branch of that size leaves it.
-
-SEEDS_AT_KEYS = ("size", "budgets")
-SEEDS_AT_SIZES = ("middle",)
-
-
-def check_seeds_at(value: Any, path: Any, seeds=()) -> dict:
-    """followup.seeds_at = { size = "middle", budgets = K }: the middle size of each IsoFLOP
-    budget (the lower of two middles), in the K smallest budgets (default: all); it re-runs
-    them with followup.seeds, which must not be empty."""
-    if not seeds:
-        raise SpecError(f"{path}: followup.seeds_at needs followup.seeds (e.g. seeds = [1, 2])")
-    if not isinstance(value, dict):
-        raise SpecError(f"{path}: followup.seeds_at = {value!r}: expected a table "
-                        "{ size = \"middle\", budgets = 3 }")
-    bad = sorted(set(value) - set(SEEDS_AT_KEYS))
-    if bad:
-        raise SpecError(f"{path}: unknown key followup.seeds_at.{bad[0]}; allowed: {', '.join(SEEDS_AT_KEYS)}")
-    size = value.get("size", "middle")
-    if size not in SEEDS_AT_SIZES:
-        raise SpecError(f"{path}: followup.seeds_at.size = {size!r}: allowed: "
-                        + ", ".join(repr(s) for s in SEEDS_AT_SIZES))
-    budgets = value.get("budgets")
-    if budgets is not None and (isinstance(budgets, bool) or not isinstance(budgets, int) or budgets < 1):
-        raise SpecError(f"{path}: followup.seeds_at.budgets = {budgets!r}: expected an integer >= 1 "
-                        "(the number of smallest budgets to re-run)")
-    return {"size": size, "budgets": budgets}
+# (followup.seeds_at is checked by scaling.sweep.checks.check_seeds_at.)
 
 
 def chosen_points(spec: SweepSpec, at: dict) -> list[Point]:

@@ -94,7 +94,7 @@ class SweepSpec:
     notes: tuple[str, ...] = ()  # dropped sizes, de-duplicated points, ...
     accounting: str = "total"  # how every point's C and D/N are counted (ACCOUNTINGS)
     # point id -> resize(size) for IsoFLOP points: the same point planned at another size
-    # (scaling.sweep.plan._resize; used by the bracketing stage)
+    # (made by scaling.sweep.plan; used by the bracketing stage)
     resizers: dict = field(default_factory=dict, compare=False, repr=False)
     cooldown: tuple[dict, ...] = ()  # the [sweep.cooldown] tables in use
 
@@ -116,8 +116,9 @@ class SweepSpec:
         return new, why_not
 
 
-# Keys that do not change what a point computes (beyond scaling.config.NON_SEMANTIC).
-_LABEL_ONLY = ("model.preset", "data.cache_dir")
+# Keys that do not change what a point computes (beyond scaling.config.NON_SEMANTIC):
+# left out of point ids (and of the keys cooldown groups compare).
+LABEL_ONLY = ("model.preset", "data.cache_dir")
 
 
 # --------------------------------------------------------------------------------------
@@ -166,7 +167,7 @@ def point_id(config: Config) -> str:
         d.pop("name", None)
         for k in ("progress", "parallel", "log_every", "checkpoint_every", "keep_checkpoints"):
             d["train"].pop(k, None)
-    for dotted in _LABEL_ONLY:
+    for dotted in LABEL_ONLY:
         section, key = dotted.split(".")
         d.get(section, {}).pop(key, None)
     text = json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False)
@@ -182,14 +183,15 @@ _SHORT = {"optim.lr": "lr", "train.batch_size": "bs", "train.seed": "s",
           "optim.clip_norm": "clip", "optim.schedule": ""}
 
 
-def _axis_label(dotted: str, value: Any) -> str:
+def axis_label(dotted: str, value: Any) -> str:
+    """The label part of one axis value: "lr3e-3", "s1", "adamw", "d_model-64"."""
     if dotted == "optim.name":
         return str(value)
     short = _SHORT.get(dotted, dotted.split(".", 1)[1] + "-")
-    return f"{short}{_num(value)}"
+    return f"{short}{format_num(value)}"
 
 
-def _num(x: Any) -> str:
+def format_num(x: Any) -> str:
     """3e-3, 0.05, 20, 1e13: short and exact enough for labels and budget names."""
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return str(x)
@@ -202,7 +204,7 @@ def _num(x: Any) -> str:
     return f"{mant}e{int(exp)}"
 
 
-def _si(x: float) -> str:
+def format_si(x: float) -> str:
     """98.3k, 1.97M, 4.2G."""
     for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(x) >= div:
@@ -210,5 +212,6 @@ def _si(x: float) -> str:
     return f"{x:.3g}"
 
 
-def _size_label(n: int) -> str:
-    return "n" + _si(n)
+def size_label_of(n: int) -> str:
+    """The size label of a point without a preset: "n98.3k" for N = 98,304."""
+    return "n" + format_si(n)
