@@ -168,3 +168,42 @@ def test_keys_added_later_leave_point_identity_alone_at_their_defaults():
     for dotted in IDENTITY_DEFAULTS:
         section, key = dotted.split(".")
         assert key not in d[section], dotted
+
+
+def test_trackers_take_a_toml_list_or_a_comma_string(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[train]\ntrackers = ["tensorboard", "wandb"]\n')
+    listed = load_config(path)
+    comma = from_dict({"name": "c", "train": {"trackers": "tensorboard,wandb"}})
+    assert listed == comma  # the same config, kept as the comma string
+    assert listed.train.trackers == "tensorboard,wandb"
+    assert listed.train.tracker_names == ("jsonl", "tensorboard", "wandb")
+    from scaling.sweep import point_id
+
+    assert point_id(listed) == point_id(comma)
+    assert Config().replace(['train.trackers=["wandb"]']).train.trackers == "wandb"
+
+
+@pytest.mark.parametrize("trackers", [["tensorboard", "wandx"], "tensorboard,wandx"])
+def test_unknown_tracker_is_refused_naming_the_key_and_the_allowed_names(trackers):
+    with pytest.raises(ConfigError, match="train.trackers") as e:
+        from_dict({"train": {"trackers": trackers}})
+    assert "'wandx'" in str(e.value)
+    assert all(repr(n) in str(e.value) for n in ("jsonl", "tensorboard", "wandb"))
+
+
+def test_trackers_list_of_non_names_is_refused():
+    with pytest.raises(ConfigError, match="train.trackers"):
+        from_dict({"train": {"trackers": ["tensorboard", 1]}})
+
+
+def test_cli_bad_tracker_in_a_list_exits_2(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "run_sweep.py", "train", "experiments/tiny.toml",
+         'train.trackers=["tensorboard","wandx"]', "--run-dir", str(tmp_path / "run")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "train.trackers" in out.stderr and "wandx" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "run").exists()

@@ -3,20 +3,22 @@
 The names below are the public face of the package (`from scaling.config import Config,
 load_config`); the modules behind it:
 
-    schema.py    the sections, their checks, and reading them from TOML and overrides
-    presets.py   named model shapes forming a size ladder (model.preset = "n100k")
+    sections.py    the sections [model] [data] [optim] [train], each with its checks
+    run_config.py  Config (a whole run): checks across sections, identity keys, from_dict
+    parse.py       ConfigError; reading values: TOML files, overrides, type checks, presets
+    presets.py     named model shapes forming a size ladder (model.preset = "n100k")
 
 Nothing here imports jax: a config is checked before anything trains.
 """
 
-from scaling.config.schema import (IDENTITY_DEFAULTS, MUP_OPTIMIZERS, NON_FINITE_ALLOWED,
-                                   NON_SEMANTIC, OPTIMIZERS, SCHEDULES, SECTIONS, TASK_NAMES,
-                                   TRACKERS,
-                                   Config, ConfigError, DataConfig, ModelConfig, OptimConfig,
-                                   TrainConfig, build_section, check_mup_optimizer, check_tasks,
-                                   check_objective, coerce, from_dict, load_config,
-                                   parse_overrides, parse_value, preset_values,
-                                   read_config_file, split_key)
+from scaling.config.parse import (ConfigError, build_section, coerce, parse_overrides, parse_value,
+                                  preset_values, read_config_file)
+from scaling.config.run_config import (IDENTITY_DEFAULTS, MUP_OPTIMIZERS, NON_SEMANTIC, Config,
+                                       check_mup_optimizer, check_objective, from_dict,
+                                       load_config, split_key)
+from scaling.config.sections import (NON_FINITE_ALLOWED, OPTIMIZERS, SCHEDULES, SECTIONS,
+                                     TASK_NAMES, TRACKERS, DataConfig, ModelConfig, OptimConfig,
+                                     TrainConfig, check_tasks)
 
 __all__ = ["IDENTITY_DEFAULTS", "MUP_OPTIMIZERS", "NON_FINITE_ALLOWED", "NON_SEMANTIC",
            "OPTIMIZERS", "SCHEDULES", "SECTIONS", "TASK_NAMES", "TRACKERS", "Config", "ConfigError",

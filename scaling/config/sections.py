@@ -1,38 +1,21 @@
-"""Typed, frozen run configuration: model, data, optimizer and training sections.
+"""The sections of a run config: [model], [data], [optim], [train], each with its checks.
 
-A `Config` loads from a TOML file with sections `[model]`, `[data]`, `[optim]`,
-`[train]` (plus an optional top-level `name`) and takes `section.key=value`
-overrides from the command line. Every value is checked before anything is
-compiled: an unknown key, a wrong type or an impossible value raises
-`ConfigError` naming the key and what is allowed.
-
-    cfg = load_config("experiments/tiny.toml", ["model.d_model=256", "optim.lr=1e-3"])
+Typed, frozen dataclasses; every field's comment says what it means, and each section's
+`validate` raises ConfigError naming the key and what is allowed. `SECTIONS` maps the
+table names to the classes. The whole run (`Config`, and the checks across sections) is
+`scaling.config.run_config`; reading values into them is `scaling.config.parse`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import json
 import math
-import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal
 
-
-class ConfigError(ValueError):
-    """A configuration value is unknown, mistyped or impossible."""
-
-
-# --------------------------------------------------------------------------------------
-# Sections
-# --------------------------------------------------------------------------------------
-
-
+from scaling.config.parse import NAME_LIST, ConfigError
 @dataclass(frozen=True)
 class ModelConfig:
     """The model: its family (`arch`), shape and numerics."""
@@ -254,35 +237,6 @@ def check_tasks(tasks: dict, batch_size: int | None = None) -> None:
                 "smaller fractions or a larger batch")
 
 
-
-# Optimizers for which µP defines per-layer learning-rate rules (Yang et al. 2022, Table 3:
-# the Adam rule and the SGD rule; momentum/Nesterov follow SGD's).
-MUP_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
-
-
-def check_mup_optimizer(model: "ModelConfig", optim: "OptimConfig") -> None:
-    """Refuse µP with an optimizer for which µP defines no rule (LARS, LAMB)."""
-    if model.parametrization == "mup" and optim.name not in MUP_OPTIMIZERS:
-        raise ConfigError(
-            f"model.parametrization = 'mup' with optim.name = {optim.name!r}: µP defines "
-            f"per-layer learning rates only for {', '.join(MUP_OPTIMIZERS)}. LARS and LAMB "
-            "already normalise each layer's step by its trust ratio ||w|| / ||update||, which "
-            "replaces the per-layer width scaling µP would apply; use model.parametrization = "
-            "'sp' with them")
-
-
-def check_objective(model: "ModelConfig", data: "DataConfig") -> None:
-    """The encoder trains only on the masked-LM objective, and the masked-LM objective only
-    trains the encoder (a causal model would see no useful signal from it, and the
-    encoder would see its targets under the next-token objective)."""
-    if (model.arch == "encoder") != (data.objective == "mlm"):
-        raise ConfigError(
-            f"model.arch = {model.arch!r} with data.objective = {data.objective!r}: the "
-            "masked-LM objective goes with the bidirectional encoder only; use "
-            "model.arch = 'encoder' with data.objective = 'mlm', or model.arch = "
-            "'transformer' / 'lstm' with data.objective = 'next_token'")
-
-
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lars", "lamb")
 SCHEDULES = ("constant", "cosine", "linear", "wsd")
 
@@ -358,10 +312,11 @@ class TrainConfig:
     save_steps: str = ""     # comma-separated steps at which a checkpoint is kept for good (in keep/), for branches
     eval_steps: str = ""     # comma-separated extra curve-eval steps (a cooldown trunk: its branches' eval steps)
     progress: bool = True
-    # Comma-separated trackers (scaling.train.tracking): "jsonl" (metrics.jsonl, always on),
-    # "tensorboard" (event files in <run>/tensorboard), "wandb" (Weights & Biases; works
-    # offline with WANDB_MODE=offline). E.g. "tensorboard,wandb".
-    trackers: str = ""
+    # Trackers (scaling.train.tracking): "jsonl" (metrics.jsonl, always on), "tensorboard"
+    # (event files in <run>/tensorboard), "wandb" (Weights & Biases; works offline with
+    # WANDB_MODE=offline). A list, trackers = ["tensorboard", "wandb"], or the same names as
+    # one comma-separated string, "tensorboard,wandb"; kept as that string.
+    trackers: str = field(default="", metadata={NAME_LIST: True})
     wandb_project: str = "scalinglab"
     # "a,b": capture a jax.profiler trace of steps a to b (1-based, inclusive) into
     # <run>/profile (TensorBoard's profile plugin, or Perfetto); "": off
@@ -433,7 +388,7 @@ class TrainConfig:
         if unknown:
             raise ConfigError(
                 f"train.trackers = {self.trackers!r}: unknown {', '.join(map(repr, unknown))}; "
-                f"allowed: a comma-separated list of {', '.join(map(repr, TRACKERS))}"
+                f"allowed: a list (or a comma-separated string) of {', '.join(map(repr, TRACKERS))}"
             )
         if "wandb" in self.tracker_names and not self.wandb_project.strip():
             raise ConfigError("train.wandb_project = '': W&B needs a project name")
@@ -445,304 +400,12 @@ class TrainConfig:
                 f"1 <= first <= last <= train.steps = {self.steps} (e.g. '5,8'), or '' for off"
             )
 
-
-@dataclass(frozen=True)
-class Config:
-    """A whole run."""
-
-    name: str = "run"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def validate(self) -> "Config":
-        for section in SECTIONS:
-            _check_finite(getattr(self, section), section)
-            getattr(self, section).validate()
-        check_mup_optimizer(self.model, self.optim)
-        check_objective(self.model, self.data)
-        if self.train.eval_per_position and self.data.objective != "next_token":
-            raise ConfigError(
-                f"train.eval_per_position = true with data.objective = {self.data.objective!r}: "
-                "the loss by window position is defined for next-token prediction only")
-        if self.optim.warmup_steps >= self.train.steps:
-            raise ConfigError(
-                f"optim.warmup_steps = {self.optim.warmup_steps} must be smaller than "
-                f"train.steps = {self.train.steps}"
-            )
-        if self.data.tasks:
-            if self.data.objective != "next_token":
-                raise ConfigError(
-                    f"data.tasks with data.objective = {self.data.objective!r}: task evals decode "
-                    "answers token by token, which needs a next-token (causal) model; use "
-                    "model.arch = 'transformer' or 'lstm'")
-            check_tasks(self.data.tasks, self.train.batch_size)
-        for key in ("eval_tokens", "curve_eval_tokens"):
-            value = getattr(self.train, key)
-            if value and value < self.model.seq_len:
-                raise ConfigError(
-                    f"train.{key} = {value} is less than one window of model.seq_len = "
-                    f"{self.model.seq_len} tokens; use a multiple of seq_len"
-                    + (" (or 0: the same as eval_tokens)" if key == "curve_eval_tokens" else "")
-                )
-        if self.data.is_token_shards:
-            if self.model.vocab_size < self.data.tokens_vocab_size:
-                raise ConfigError(
-                    f"model.vocab_size = {self.model.vocab_size} is smaller than "
-                    f"data.tokens_vocab_size = {self.data.tokens_vocab_size}"
-                )
-        elif self.data.tokenizer == "byte" and self.model.vocab_size < 256:
-            raise ConfigError(
-                f"model.vocab_size = {self.model.vocab_size}: the byte tokenizer needs >= 256"
-            )
-        if self.data.tokenizer == "bpe" and self.model.vocab_size < self.data.bpe_vocab_size:
-            raise ConfigError(
-                f"model.vocab_size = {self.model.vocab_size} is smaller than "
-                f"data.bpe_vocab_size = {self.data.bpe_vocab_size}"
-            )
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    def semantic_dict(self) -> dict[str, Any]:
-        """The config less the keys that do not change what is computed (see NON_SEMANTIC)."""
-        d = self.to_dict()
-        for dotted in NON_SEMANTIC:
-            section, _, key = dotted.partition(".")
-            if key:
-                d[section].pop(key, None)
-            else:
-                d.pop(section, None)
-        for dotted, default in IDENTITY_DEFAULTS.items():
-            section, key = dotted.split(".")
-            if d.get(section, {}).get(key, default) == default:
-                d.get(section, {}).pop(key, None)
-        return d
-
-    def replace(self, overrides: dict[str, Any] | list[str] | None = None) -> "Config":
-        """A new, validated config with `section.key` overrides applied."""
-        return from_dict(self.to_dict(), overrides)
-
-
-# Keys that change how a run is executed or shown, not what it computes: a run may be
-# resumed with other values, and they do not enter a sweep point's identity.
-NON_SEMANTIC = ("name", "train.progress", "train.parallel", "train.log_every",
-                "train.checkpoint_every", "train.keep_checkpoints",
-                # a cooldown branch computes exactly what a separate run of its config would
-                "train.init_from", "train.init_step", "train.save_steps", "train.eval_steps",
-                # trackers and the profiler watch a run; they do not change it
-                "train.trackers", "train.wandb_project", "train.profile_steps")
-
-# Keys added after sweeps already existed: at these values they are left out of a point's
-# identity, so a sweep started before the key existed resumes into the same folders.
-IDENTITY_DEFAULTS: dict[str, Any] = {"model.arch": "transformer",
-                                     "data.objective": "next_token",
-                                     "train.eval_per_position": False,
-                                     "data.tasks": {}}
-
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "data": DataConfig,
     "optim": OptimConfig,
     "train": TrainConfig,
 }
-
-
-# --------------------------------------------------------------------------------------
-# Loading, overrides, type checking
-# --------------------------------------------------------------------------------------
-
-
-def read_config_file(path: str | Path, error: type[ConfigError] = ConfigError,
-                     what: str = "config file") -> dict[str, Any]:
-    """The raw tables of a TOML (or .json) file; `error` (naming the file) if it is missing
-    or does not parse. Shared by configs, sweep specs and the coordinate check."""
-    path = Path(path)
-    if not path.exists():
-        raise error(f"{what} {str(path)!r} does not exist")
-    text = path.read_text()
-    try:
-        return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise error(f"{path}: cannot parse: {e}") from None
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
-    """Config from a TOML (or JSON) file, with `section.key=value` overrides applied."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        raw = read_config_file(path)
-        raw.setdefault("name", Path(path).stem)
-    return from_dict(raw, overrides)
-
-
-def from_dict(raw: dict[str, Any], overrides: list[str] | dict | None = None) -> Config:
-    """Build and validate a Config from nested dicts ({'model': {...}, ...})."""
-    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
-    for key in raw:
-        if key != "name" and key not in SECTIONS:
-            raise ConfigError(
-                f"unknown config section {key!r}{_suggest(key, ['name', *SECTIONS])}; "
-                f"allowed: 'name', {', '.join(repr(s) for s in SECTIONS)}"
-            )
-    for dotted, value in parse_overrides(overrides).items():
-        section, key = split_key(dotted)
-        if section == "name":
-            raw["name"] = value
-        else:
-            raw.setdefault(section, {})[key] = value
-    sections = {}
-    for section, cls in SECTIONS.items():
-        values = raw.get(section, {})
-        if not isinstance(values, dict):
-            raise ConfigError(f"[{section}] must be a table of key = value, got {values!r}")
-        if section == "model" and values.get("preset"):
-            values = {**preset_values(values["preset"], values.get("arch", "transformer")),
-                      **values}
-        sections[section] = build_section(cls, section, values)
-    name = raw.get("name", "run")
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"name = {name!r}: must be a non-empty string")
-    return Config(name=name, **sections).validate()
-
-
-def preset_values(name: Any, arch: Any = "transformer") -> dict[str, Any]:
-    """The shape keys of preset `name` for the family `arch` (scaling.config.presets: one size
-    ladder per family, the same names for the same nominal N)."""
-    from scaling.config.presets import presets_of
-
-    PRESETS = presets_of(arch)
-    if name not in PRESETS:
-        raise ConfigError(
-            f"model.preset = {name!r}: unknown{_suggest(str(name), list(PRESETS))}; "
-            f"allowed: {', '.join(PRESETS)}"
-        )
-    return dict(PRESETS[name])
-
-
-def parse_overrides(overrides: list[str] | dict | None) -> dict[str, Any]:
-    """`["model.d_model=256", ...]` (strings parsed as TOML values) or a dict -> dict."""
-    if overrides is None:
-        return {}
-    if isinstance(overrides, dict):
-        return dict(overrides)
-    out: dict[str, Any] = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form section.key=value")
-        key, text = item.split("=", 1)
-        out[key.strip()] = parse_value(text.strip())
-    return out
-
-
-def parse_value(text: str) -> Any:
-    """A command-line value: a TOML literal if it parses as one, else the bare string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def split_key(dotted: str) -> tuple[str, str]:
-    """'model.d_model' -> ('model', 'd_model'); a bare key is looked up in all sections."""
-    if dotted == "name":
-        return "name", ""
-    if "." in dotted:
-        section, key = dotted.split(".", 1)
-        if section not in SECTIONS:
-            raise ConfigError(
-                f"unknown config section {section!r} in {dotted!r}"
-                f"{_suggest(section, list(SECTIONS))}; allowed: {', '.join(SECTIONS)}"
-            )
-        return section, key
-    owners = [s for s, cls in SECTIONS.items() if dotted in _field_names(cls)]
-    if len(owners) == 1:
-        return owners[0], dotted
-    if len(owners) > 1:
-        raise ConfigError(
-            f"key {dotted!r} is ambiguous: write one of {', '.join(f'{s}.{dotted}' for s in owners)}"
-        )
-    every = [f"{s}.{k}" for s, cls in SECTIONS.items() for k in _field_names(cls)]
-    raise ConfigError(f"unknown config key {dotted!r}{_suggest(dotted, every)}")
-
-
-def build_section(cls: type, section: str, values: dict[str, Any]):
-    names = _field_names(cls)
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in values.items():
-        if key not in names:
-            raise ConfigError(
-                f"unknown config key '{section}.{key}'{_suggest(key, names)}; "
-                f"allowed in [{section}]: {', '.join(names)}"
-            )
-        kwargs[key] = coerce(f"{section}.{key}", value, hints[key])
-    return cls(**kwargs)
-
-
-def coerce(where: str, value: Any, tp: Any) -> Any:
-    """Check `value` against the annotation `tp`, converting only lossless cases."""
-    origin = get_origin(tp)
-    if origin is Literal:
-        allowed = get_args(tp)
-        if value not in allowed:
-            raise ConfigError(
-                f"{where} = {value!r}: not allowed; allowed: {', '.join(repr(a) for a in allowed)}"
-            )
-        return value
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for arg in get_args(tp):
-            if arg is type(None):
-                if value is None:
-                    return None
-                continue
-            try:
-                return coerce(where, value, arg)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError("; ".join(errors))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} = {value!r}: expected a table, e.g. {{ name = value }}")
-        key_tp, value_tp = get_args(tp)
-        return {coerce(f"{where} key", k, key_tp): coerce(f"{where}.{k}", v, value_tp)
-                for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where} = {value!r}: expected true or false")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} = {value!r}: expected an integer")
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise ConfigError(f"{where} = {value!r}: expected an integer")
-            value = int(value)
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} = {value!r}: expected a number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} = {value!r}: expected a string")
-        return value
-    raise TypeError(f"unsupported annotation {tp!r} for {where}")
-
-
-def _field_names(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
-def _suggest(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _positive(obj: Any, *keys: str) -> None:
@@ -764,8 +427,8 @@ def _nonnegative(obj: Any, *keys: str) -> None:
 NON_FINITE_ALLOWED: frozenset[str] = frozenset()
 
 
-def _check_finite(obj: Any, section: str) -> None:
-    """Every float field is finite unless NON_FINITE_ALLOWED lists it.
+def check_finite(obj: Any, section: str) -> None:
+    """Every float field of a section is finite unless NON_FINITE_ALLOWED lists it.
 
     inf and nan parse as TOML floats and pass comparisons such as `lr > 0` (inf) or
     none at all (nan), then train to a diverged or meaningless run; checked here for
