@@ -172,7 +172,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from scaling.executors.local import run_sweep
+    from scaling.executors.sweep import run_sweep
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers = {args.workers}: expected an integer >= 1")

@@ -13,6 +13,8 @@ from types import SimpleNamespace
 import pytest
 
 from scaling.executors import local as executors
+from scaling.executors import order
+from scaling.executors import sweep as sweep_driver
 from scaling.config import Config, ModelConfig, TrainConfig
 from scaling.runs.results import collect, format_status, point_state, watch_summary
 
@@ -58,14 +60,14 @@ def test_order_puts_every_trunk_before_its_branches_and_largest_first(sweep):
     make_point(sweep, "big", d_model=128)
     make_point(sweep, "b2", trunk="t1", role="branch", branched_at_step=15)
     ids = ["b1", "small", "t1", "big", "b2"]
-    plan_order = executors.order_points(sweep, ids, largest_first=False)
+    plan_order = order.order_points(sweep, ids, largest_first=False)
     assert plan_order == ["t1", "b1", "small", "big", "b2"]
-    sized = executors.order_points(sweep, ids, largest_first=True)
+    sized = order.order_points(sweep, ids, largest_first=True)
     assert sized[0] == "big" and sized[-1] == "small"  # same steps: FLOPs decide
-    by_time = executors.order_points(sweep, ids, largest_first=True, seconds={"small": 99.0})
+    by_time = order.order_points(sweep, ids, largest_first=True, seconds={"small": 99.0})
     assert by_time[0] == "small"  # the planner's time estimate decides first
     assert sized.index("t1") < sized.index("b1") and sized.index("t1") < sized.index("b2")
-    flops = [executors.step_flops(sweep / "points" / p) for p in ("big", "t1", "small")]
+    flops = [order.step_flops(sweep / "points" / p) for p in ("big", "t1", "small")]
     assert flops[0] > flops[1] > flops[2] > 0
 
 
@@ -73,7 +75,7 @@ def test_queue_skips_a_branch_until_its_trunk_is_done(sweep):
     t = make_point(sweep, "t", role="trunk")
     make_point(sweep, "b", trunk="t", role="branch")
     make_point(sweep, "x")
-    q = executors.Queue(sweep, ["b", "t", "x"])  # the branch first: it must be skipped
+    q = order.Queue(sweep, ["b", "t", "x"])  # the branch first: it must be skipped
     assert q.take() == "t"
     assert q.take() == "x"  # the branch waits: its trunk is handed out, not done
     assert q.take() is None and q.todo == ["b"] and not q.blocked
@@ -85,7 +87,7 @@ def test_queue_skips_a_branch_until_its_trunk_is_done(sweep):
 def test_branch_of_a_failed_trunk_is_blocked_with_the_reason(sweep):
     t = make_point(sweep, "t", role="trunk")
     b = make_point(sweep, "b", trunk="t", role="branch", branched_at_step=12)
-    q = executors.Queue(sweep, ["t", "b"])
+    q = order.Queue(sweep, ["t", "b"])
     assert q.take() == "t"
     fail(t, "RuntimeError: trunk exploded")
     q.finished("t")
@@ -133,7 +135,7 @@ def test_branch_whose_trunk_is_not_in_this_run_waits_or_is_blocked(sweep, monkey
     make_point(sweep, "t", role="trunk")  # planned, never run here, never run at all
     make_point(sweep, "b", trunk="t", role="branch")
     monkeypatch.setattr(executors, "run_point", lambda *a, **k: pytest.fail("ran a branch"))
-    q = executors.Queue(sweep, ["b"])
+    q = order.Queue(sweep, ["b"])
     assert q.take() is None and "trunk t is not done" in q.blocked["b"]
 
 
@@ -177,12 +179,12 @@ def _point(requested: dict):
 
 
 def test_point_meta_has_accounting_and_the_branch_keys():
-    plain = executors.point_meta("s", _point({"lr": 1e-3}))
+    plain = sweep_driver.point_meta("s", _point({"lr": 1e-3}))
     assert plain["accounting"] == "total" and plain["C"] == 1.5e9
     assert plain["C_6ND"] == 6e3 and plain["C_exact"] == 1.5e9
     assert plain["role"] == "run" and plain["trunk"] is None
     assert plain["branched_at_step"] is None
-    branch = executors.point_meta("s", _point({"role": "branch", "trunk": "abc",
+    branch = sweep_driver.point_meta("s", _point({"role": "branch", "trunk": "abc",
                                                "branched_at_step": 80}))
     assert (branch["role"], branch["trunk"], branch["branched_at_step"]) == ("branch", "abc", 80)
 

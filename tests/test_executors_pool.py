@@ -7,6 +7,7 @@ import json
 import pandas as pd
 
 from scaling.executors import local as executors
+from scaling.executors import sweep as sweep_driver
 from scaling.runs.results import point_state
 from scaling.runs.runfiles import read_result
 from scaling.sweep import load_spec
@@ -21,7 +22,7 @@ def _make_branch(point_dir, trunk: str, step: int = 10) -> None:
 
 def _prepare(tmp_path, lrs):
     spec = write_spec(tmp_path, tokens="5_120", lrs=lrs)  # 20 steps each
-    sweep = executors.prepare_sweep(load_spec(spec), tmp_path / "sw")
+    sweep = sweep_driver.prepare_sweep(load_spec(spec), tmp_path / "sw")
     ids = [json.loads((d / "point.json").read_text())["point_id"]
            for d in sorted((sweep / "points").iterdir())]
     return sweep, ids

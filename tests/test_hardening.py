@@ -247,11 +247,11 @@ def test_lock_file_mode_follows_the_umask(tmp_path):
 
 
 def test_corrupt_result_is_shown_and_rebuilt_and_the_sweep_goes_on(tmp_path, caplog):
-    from scaling.executors import local as executors
+    from scaling.executors import sweep as sweep_driver
     from tests.test_sweep_run import write_spec
 
     spec = write_spec(tmp_path, tokens="5_120", lrs="1e-3, 3e-3")  # 2 points x 20 steps
-    first = executors.run_sweep(spec, out=tmp_path / "sw", progress=False)
+    first = sweep_driver.run_sweep(spec, out=tmp_path / "sw", progress=False)
     sweep = first["sweep_dir"]
     assert first["counts"] == {"done": 2}
     rebuilt, retrained = sorted((sweep / "points").glob("*"))
@@ -270,7 +270,7 @@ def test_corrupt_result_is_shown_and_rebuilt_and_the_sweep_goes_on(tmp_path, cap
     assert str(rebuilt / "result.json") in status.stdout
 
     with caplog.at_level(logging.WARNING):  # workers=1: the warnings are logged here
-        again = executors.run_sweep(spec, out=tmp_path / "sw", progress=False, workers=1)
+        again = sweep_driver.run_sweep(spec, out=tmp_path / "sw", progress=False, workers=1)
     assert again["counts"] == {"done": 2}
     for d in (rebuilt, retrained):
         assert any(str(d / "result.json") in r.getMessage() for r in caplog.records)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from scaling.executors import local as executors
+from scaling.executors import sweep as sweep_driver
 from scaling.config import ConfigError
 from scaling.executors.point_runner import point_config
 from scaling.runs.results import format_status, point_state, write_tables
@@ -35,7 +35,7 @@ def finished(tmp_path_factory):
     """A finished sweep of two points x 20 steps (spec path, sweep folder)."""
     base = tmp_path_factory.mktemp("finished")
     spec = write_spec(base, tokens="5_120", lrs="1e-3, 3e-3")
-    out = executors.run_sweep(spec, out=base / "sw", progress=False, workers=1)
+    out = sweep_driver.run_sweep(spec, out=base / "sw", progress=False, workers=1)
     assert out["counts"] == {"done": 2}
     return spec, out["sweep_dir"]
 
@@ -65,7 +65,7 @@ def test_non_utf8_config_and_point_files_are_named_and_healed(sweep, caplog):
     status = cli("status", sw)
     assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
     with caplog.at_level(logging.WARNING):
-        again = executors.run_sweep(spec, out=sw.parent, progress=False, workers=1)
+        again = sweep_driver.run_sweep(spec, out=sw.parent, progress=False, workers=1)
     assert again["counts"] == {"done": 2}
     assert len(list(a.glob("config.json.corrupt-*"))) == 1
     assert any(str(a / "config.json") in r.getMessage() for r in caplog.records)
@@ -91,7 +91,7 @@ def test_result_is_rebuilt_from_the_final_checkpoint_when_metrics_are_empty(swee
     (a / "result.json").unlink()
     (a / "metrics.jsonl").write_text("")
     with caplog.at_level(logging.WARNING):
-        again = executors.run_sweep(spec, out=sw.parent, progress=False, workers=1)
+        again = sweep_driver.run_sweep(spec, out=sw.parent, progress=False, workers=1)
     assert again["counts"] == {"done": 2}  # was: IndexError, on every rerun
     r = read_result(a)
     assert r["steps"] == 20 and r["resumed_from_step"] == 20

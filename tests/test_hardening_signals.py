@@ -143,7 +143,7 @@ sys.exit(main(sys.argv[1:]))
 
 SLOW_SETUP = """
 import sys, time
-import scaling.executors.local as ex
+import scaling.executors.sweep as ex
 real = ex.preflight
 def slow(spec):
     print("preflight", flush=True)
@@ -197,11 +197,11 @@ print(json.dumps(PointJob(sys.argv[1])(sys.argv[2])), flush=True)
 def test_a_slurm_job_checkpoints_on_sigterm_and_leaves_its_point_pending(tmp_path):
     """SLURM preempts or cancels with SIGTERM (then SIGKILL after a grace time); submitit
     ignores SIGTERM. The job checkpoints at its step and ends; a requeue resumes there."""
-    from scaling.executors import local as executors
+    from scaling.executors import sweep as sweep_driver
     from scaling.runs.results import point_state
     from scaling.sweep import load_spec
 
-    sweep = executors.prepare_sweep(load_spec(long_spec(tmp_path, lrs="1e-3")), tmp_path / "sw")
+    sweep = sweep_driver.prepare_sweep(load_spec(long_spec(tmp_path, lrs="1e-3")), tmp_path / "sw")
     (point,) = [d for d in (sweep / "points").iterdir() if d.is_dir()]
     proc = spawn(["-c", SLURM_JOB, sweep, point.name])
     wait_until(lambda: logged_step(point) >= 10, proc, "the job to train 10 steps")

@@ -226,7 +226,7 @@ def write_spec(path: Path, name: str, *, steps: int, seeds=(0,), checkpoint_ever
 
 
 def sweep(spec: Path, out: Path, *, wait: bool = True) -> dict:
-    from scaling.executors.local import run_sweep
+    from scaling.executors.sweep import run_sweep
 
     return run_sweep(spec, out=out, executor="slurm", progress=False, wait=wait)
 
@@ -454,7 +454,7 @@ def test_two_task_job_trains_like_one_process(tmp_path):
     """Two srun tasks on the node, one CPU device each, joined by jax.distributed."""
     import numpy as np
 
-    from scaling.executors.local import run_sweep
+    from scaling.executors.sweep import run_sweep
 
     spec = write_spec(tmp_path / "dp.toml", "dp", steps=20, log_every=1, eval_every=10, cpus=2,
                       slurm='time_min = 10\nextra = { "ntasks-per-node" = 2 }')

@@ -5,7 +5,7 @@ import math
 
 import pandas as pd
 
-from scaling.executors import local as executors
+from scaling.executors import sweep as sweep_driver
 from scaling.runs.runfiles import RESULT_FILE, write_json_atomic
 
 SPEC = """
@@ -51,7 +51,7 @@ def test_edge_optimum_is_widened_then_seeded(tmp_path, monkeypatch):
     spec = tmp_path / "lrs.toml"
     spec.write_text(SPEC)
     # workers=1: points train in this process, where the fake train is patched in
-    summary = executors.run_sweep(spec, out=tmp_path / "sw", progress=False, workers=1)
+    summary = sweep_driver.run_sweep(spec, out=tmp_path / "sw", progress=False, workers=1)
     sweep_dir = summary["sweep_dir"]
     table = pd.read_csv(sweep_dir / "results.csv")
     report = json.loads((sweep_dir / "followup.json").read_text())
@@ -68,6 +68,6 @@ def test_edge_optimum_is_widened_then_seeded(tmp_path, monkeypatch):
     assert set(zip(seeds["optimizer"], seeds["lr"])) == {("sgd", 10.0), ("adamw", 1.0)}
     assert (table["status"] == "done").all()
     # A rerun recomputes the same decisions and trains nothing new.
-    executors.run_sweep(spec, out=tmp_path / "sw", progress=False, workers=1)
+    sweep_driver.run_sweep(spec, out=tmp_path / "sw", progress=False, workers=1)
     assert len(pd.read_csv(sweep_dir / "results.csv")) == len(table)
     assert json.loads((sweep_dir / "followup.json").read_text()) == report

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from scaling.executors import local as executors
+from scaling.executors import sweep as sweep_driver
 from scaling.runs.results import format_status, point_state
 from scaling.runs.runfiles import read_metrics, read_result
 
@@ -118,7 +118,7 @@ def test_failure_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     monkeypatch.setattr(scaling.train.loop, "train", flaky)
     spec = write_spec(tmp_path, tokens="5_120")
     # workers=1: in this process, where the patched train() is seen
-    summary = executors.run_sweep(spec, out=tmp_path / "sw", progress=False, workers=1)
+    summary = sweep_driver.run_sweep(spec, out=tmp_path / "sw", progress=False, workers=1)
     assert summary["counts"] == {"done": 1, "failed": 1}
     table = results(summary["sweep_dir"])
     bad = table[table["status"] == "failed"].iloc[0]
@@ -127,18 +127,18 @@ def test_failure_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     assert "Traceback" in failed["traceback"] and "boom in point" in failed["traceback"]
     # Fixed, the rerun retries only the failed point.
     monkeypatch.setattr(scaling.train.loop, "train", real_train)
-    summary = executors.run_sweep(spec, out=tmp_path / "sw", progress=False, workers=1)
+    summary = sweep_driver.run_sweep(spec, out=tmp_path / "sw", progress=False, workers=1)
     assert summary["counts"] == {"done": 2}
     assert not (summary["sweep_dir"] / "points" / bad["point_id"] / "failed.json").exists()
 
 
 def test_extending_a_spec_adds_points_and_keeps_the_old(tmp_path):
     spec = write_spec(tmp_path, tokens="5_120", lrs="1e-3")
-    first = executors.run_sweep(spec, out=tmp_path / "sw", progress=False)
+    first = sweep_driver.run_sweep(spec, out=tmp_path / "sw", progress=False)
     (pid,) = results(first["sweep_dir"])["point_id"]
     old = (first["sweep_dir"] / "points" / pid / "result.json").read_text()
     write_spec(tmp_path, tokens="5_120", lrs="1e-3, 3e-3")
-    second = executors.run_sweep(spec, out=tmp_path / "sw", progress=False)
+    second = sweep_driver.run_sweep(spec, out=tmp_path / "sw", progress=False)
     table = results(second["sweep_dir"])
     assert len(table) == 2 and pid in set(table["point_id"])
     assert (second["sweep_dir"] / "points" / pid / "result.json").read_text() == old
@@ -168,7 +168,7 @@ def test_status_of_a_fresh_sweep_lists_pending_points(tmp_path):
     spec = write_spec(tmp_path, tokens="5_120")
     from scaling.sweep import load_spec
 
-    sweep_dir = executors.prepare_sweep(load_spec(spec), tmp_path / "sw")
+    sweep_dir = sweep_driver.prepare_sweep(load_spec(spec), tmp_path / "sw")
     text = format_status(sweep_dir)
     assert "pending 2" in text
     assert all(point_state(d) == "pending" for d in (sweep_dir / "points").glob("*"))

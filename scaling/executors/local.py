@@ -1,15 +1,15 @@
-"""Executors: run the points of a sweep, each exactly once, surviving any crash.
+"""The local executor: the points of a sweep on this machine, each exactly once.
 
-    run_sweep(spec)      plan -> sweep folder -> pre-flight checks -> executor -> tables
+    run_local(sweep_dir, point_ids, progress=True, workers=None)
 
-The `local` executor runs points one after another in this process (reusing the
-compiled step across points of the same shape), or, with `workers > 1` (default: one
-per local GPU), in worker processes that each claim points through the points' file
-locks. The `slurm` executor (scaling.executors.slurm) submits points as SLURM jobs. Whatever
-runs a point calls `scaling.executors.point_runner.run_point`, which trains or resumes it in its
-folder and records a failure, with its traceback, instead of stopping the sweep.
-Temporary files that killed writers left in the sweep folder are removed when the
-sweep is prepared again.
+Points run one after another in this process (reusing the compiled step across points of
+the same shape), or, with `workers > 1` (default: one per local GPU; on CPUs the
+side-by-side rule, `side_by_side_plan`), in long-lived worker processes
+(`python -m scaling.executors.local worker SWEEP_DIR`, fed point ids on stdin), each
+claiming its point through the point's file lock. Trunks run before their branches
+(`scaling.executors.order`). Every point runs through
+`scaling.executors.point_runner.run_point`. The whole sweep (plan, folder, pre-flight,
+stages) is `scaling.executors.sweep.run_sweep`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,104 +25,15 @@ import time
 from pathlib import Path
 
 from scaling.config import ConfigError
-from scaling.executors.point_runner import FINISHED, point_config, run_point
-from scaling.runs.results import (POINT_FILE, blocked_by, point_state, points_dir,
-                             running_progress, trunk_of, write_tables)
-from scaling.runs.runfiles import (CorruptRunFile, DiskFull, atomic_write_text, clean_stale_temps,
-                              read_json, write_json_atomic)
+from scaling.executors.order import Queue, order_points, step_flops
+from scaling.executors.point_runner import FINISHED, run_point
+from scaling.runs.results import POINT_FILE, point_state, points_dir, running_progress, write_tables
+from scaling.runs.runfiles import DiskFull
 from scaling.train.stopping import Interrupted, check as check_stop, quiet, requested, stop_requests
 
 log = logging.getLogger(__name__)
 
 
-# --------------------------------------------------------------------------------------
-# The sweep folder
-# --------------------------------------------------------------------------------------
-
-
-def prepare_sweep(spec, out: str | Path) -> Path:
-    """Create or extend the sweep folder; write each point's point.json. Trains nothing."""
-    sweep_dir = Path(out) / spec.name
-    pdir = points_dir(sweep_dir)
-    pdir.mkdir(parents=True, exist_ok=True)
-    for folder in (sweep_dir, *(d for d in pdir.iterdir() if d.is_dir())):
-        clean_stale_temps(folder)
-    spec_copy = sweep_dir / "spec.toml"
-    text = Path(spec.path).read_text()
-    if spec_copy.exists() and spec_copy.read_text(errors="replace") != text:
-        archive = sweep_dir / "specs"
-        archive.mkdir(exist_ok=True)
-        shutil.copy2(spec_copy, archive / f"spec.{time.strftime('%Y%m%d-%H%M%S')}.toml")
-    atomic_write_text(spec_copy, text)
-    add_points(sweep_dir, spec.name, spec.points)
-    return sweep_dir
-
-
-def add_points(sweep_dir: Path, sweep: str, points) -> None:
-    """Write each point's folder and point.json (rewritten only if it changed)."""
-    pdir = points_dir(sweep_dir)
-    for p in points:
-        d = pdir / p.point_id
-        d.mkdir(exist_ok=True)
-        meta = point_meta(sweep, p)
-        path = d / POINT_FILE
-        try:
-            old = read_json(path)
-        except CorruptRunFile as e:  # rewritten below from the plan
-            log.warning("%s; rewriting it from the plan", e)
-            old = None
-        if old != json.loads(json.dumps(meta)):
-            write_json_atomic(path, meta)
-
-
-def point_meta(sweep: str, p) -> dict:
-    """point.json: what the planner said of the point.
-
-    "C" is the compute under the point's accounting; "C_6ND" and "C_exact" are both
-    conventions. "role" ("run" | "trunk" | "branch"), "trunk" (a branch's trunk point id)
-    and "branched_at_step" come from the plan's `requested` record where it has them
-    (cooldown branches); a plain point is a "run" without a trunk.
-    """
-    req = p.requested or {}
-    role = req.get("role", "run")
-    branch = role == "branch"
-    return {
-        "sweep": sweep, "point_id": p.point_id, "label": p.config.name, "group": p.group,
-        "compute_budget": p.compute_budget, "N": p.n_params, "N_total": p.n_params_total,
-        "D": p.tokens, "accounting": p.accounting, "C": p.flops,
-        "C_6ND": p.flops_6nd, "C_exact": p.flops_exact, "tokens_per_param": p.tokens_per_param,
-        "role": role, "trunk": req.get("trunk") if branch else None,
-        "branched_at_step": req.get("branched_at_step") if branch else None,
-        "requested": p.requested, "config": p.config.to_dict(),
-    }
-
-
-def preflight(spec) -> None:
-    """Checks that need the corpus or the devices, for every point, before any training."""
-    import jax
-
-    from scaling.data.dataset import load_corpus
-    from scaling.train.parallel import check_batch, resolve_driver
-
-    seen = set()
-    for p in spec.points:
-        cfg = p.config
-        key = (repr(cfg.data), cfg.model.seq_len)
-        if key not in seen:
-            seen.add(key)
-            data = load_corpus(cfg.data, cfg.model.seq_len)
-            vocab = data.vocab_size
-        if vocab > cfg.model.vocab_size:
-            raise ConfigError(f"point {p.config.name}: model.vocab_size = {cfg.model.vocab_size} "
-                              f"is smaller than the tokenizer's vocabulary ({vocab})")
-        kind = resolve_driver(cfg.train.parallel)
-        n = 1 if kind == "none" else (jax.local_device_count() * jax.process_count())
-        check_batch(cfg.train.batch_size, cfg.train.micro_batches, n)
-
-
-# --------------------------------------------------------------------------------------
-# Local executor
-# --------------------------------------------------------------------------------------
 
 # Side by side (issue 15 §2). A point whose training step costs at most this many FLOPs
 # (exact training FLOPs per token x batch x seq_len) runs in a worker process pinned to one
@@ -164,116 +74,6 @@ def _available_memory() -> float:
     except OSError:
         pass
     return math.inf
-
-
-def step_flops(point_dir: Path) -> float:
-    """Exact training FLOPs of one optimizer step of the point (0.0 if unreadable)."""
-    from scaling.accounting.counts import flops_per_token
-
-    try:
-        cfg = point_config(point_dir)
-    except (CorruptRunFile, ConfigError, OSError):
-        return 0.0
-    return float(flops_per_token(cfg.model).exact) * cfg.train.batch_size * cfg.model.seq_len
-
-
-def _steps(point_dir: Path) -> int:
-    try:
-        return point_config(point_dir).train.steps
-    except (CorruptRunFile, ConfigError, OSError):
-        return 0
-
-
-def order_points(sweep_dir: Path, point_ids: list[str], *, largest_first: bool,
-                 seconds: dict[str, float] | None = None) -> list[str]:
-    """The order to run points in: every trunk before its branches.
-
-    `largest_first`: the longest-running first (by `seconds`, the planner's estimates,
-    else by training FLOPs: FLOPs per step x steps), so that side-by-side workers finish
-    together (longest-processing-time-first scheduling); otherwise the plan's order.
-    Either way a branch is moved after its trunk.
-    """
-    pdir = points_dir(sweep_dir)
-    ids = list(point_ids)
-    if largest_first:
-        seconds = seconds or {}
-
-        def work(pid: str) -> tuple[float, float]:
-            return (seconds.get(pid, 0.0), step_flops(pdir / pid) * _steps(pdir / pid))
-
-        cost = {pid: work(pid) for pid in ids}
-        ids.sort(key=lambda pid: cost[pid], reverse=True)  # stable: plan order among ties
-    placed: list[str] = []
-    seen: set[str] = set()
-
-    def place(pid: str, chain: tuple = ()) -> None:
-        if pid in seen or pid in chain:
-            return
-        trunk = trunk_of(pdir / pid)
-        if trunk in ids:
-            place(trunk, chain + (pid,))
-        seen.add(pid)
-        placed.append(pid)
-
-    for pid in ids:
-        place(pid)
-    return placed
-
-
-class Queue:
-    """Points left to run in this call, handed out in order once their trunk is done.
-
-    `take()` returns the next runnable point, or None when none is runnable now. A
-    branch is runnable once its trunk's result says done; while the trunk is still to
-    run here (queued or being run), the branch is skipped and comes back later. A branch
-    whose trunk ended otherwise (failed, diverged, corrupt) or is not this call's and
-    not done is dropped as blocked, with the reason logged (status shows it too).
-    """
-
-    def __init__(self, sweep_dir: Path, ordered: list[str]):
-        self.pdir = points_dir(sweep_dir)
-        self.todo = [pid for pid in ordered if point_state(self.pdir / pid) not in FINISHED]
-        self.active: set[str] = set()  # handed out, not yet returned by `finished`
-        self.blocked: dict[str, str] = {}
-
-    def __len__(self) -> int:
-        return len(self.todo)
-
-    def _trunk_pending(self, trunk: str) -> bool:
-        return trunk in self.todo or trunk in self.active or \
-            point_state(self.pdir / trunk) in ("running", "queued")
-
-    def take(self) -> str | None:
-        for pid in list(self.todo):
-            if point_state(self.pdir / pid) in FINISHED:  # another process finished it
-                self.todo.remove(pid)
-                continue
-            trunk = trunk_of(self.pdir / pid)
-            if trunk is None or point_state(self.pdir / trunk) == "done":
-                self.todo.remove(pid)
-                self.active.add(pid)
-                return pid
-            if not self._trunk_pending(trunk):
-                self._block(pid, blocked_by(self.pdir / pid) or f"trunk {trunk} is not done")
-        return None
-
-    def waits_elsewhere(self) -> bool:
-        """Whether a point left waits for a trunk that another process is running."""
-        return any(point_state(self.pdir / t) in ("running", "queued")
-                   for pid in self.todo if (t := trunk_of(self.pdir / pid)) is not None)
-
-    def give_up(self) -> None:
-        """Nothing runs and nothing can start: the points left are blocked."""
-        for pid in list(self.todo):
-            self._block(pid, blocked_by(self.pdir / pid) or "its trunk cannot run first")
-
-    def _block(self, pid: str, why: str) -> None:
-        self.todo.remove(pid)
-        self.blocked[pid] = why
-        log.warning("point %s not run: %s", pid, why)
-
-    def finished(self, pid: str) -> None:
-        self.active.discard(pid)
 
 
 
@@ -643,15 +443,6 @@ def _worker_loop(sweep_dir: str) -> None:
     os._exit(0)
 
 
-def _estimate(point) -> float:
-    from scaling.sweep import estimate_seconds
-
-    try:
-        return estimate_seconds(point)
-    except Exception:  # an estimate is a nicety, never a reason to stop
-        return 0.0
-
-
 def point_label(sweep_dir: Path, pid: str) -> str:
     try:
         return json.loads((points_dir(sweep_dir) / pid / POINT_FILE).read_text())["label"]
@@ -662,57 +453,6 @@ def point_label(sweep_dir: Path, pid: str) -> str:
 def _hms(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-# --------------------------------------------------------------------------------------
-# The whole sweep
-# --------------------------------------------------------------------------------------
-
-
-def run_sweep(spec_path: str | Path, overrides: list[str] | None = None, *, out: str | Path = "sweeps",
-              executor: str | None = None, variant: str | None = None,
-              progress: bool = True, workers: int | None = None,
-              wait: bool | None = None) -> dict:
-    """Plan, check, run (or resume) and tabulate a sweep. Returns counts per state."""
-    from scaling.runtime import enable_compilation_cache
-    from scaling.sweep import load_spec
-
-    spec = load_spec(spec_path, overrides, variant=variant)
-    kind = executor or spec.executor
-    if kind not in ("local", "slurm"):
-        raise ConfigError(f"executor = {kind!r}: allowed: 'local', 'slurm'")
-    if kind == "local":
-        preflight(spec)
-    sweep_dir = prepare_sweep(spec, out)
-    enable_compilation_cache()
-    ran: list[str] = []
-
-    def execute(points):  # -> the results table after running `points`
-        if points:
-            add_points(sweep_dir, spec.name, points)
-        ids = [p.point_id for p in points]
-        ran.extend(ids)
-        if kind == "local" and ids:
-            estimates = {p.point_id: _estimate(p) for p in points}
-            run_local(sweep_dir, ids, progress=progress, workers=workers, estimates=estimates)
-        elif ids:
-            from scaling.executors.slurm import run_slurm
-
-            run_slurm(spec, sweep_dir, ids, wait=wait, progress=progress)  # wait=False: submit only
-        return write_tables(sweep_dir)
-
-    execute(list(spec.points))
-    waiting = kind == "local" or (wait is not False and not os.environ.get("SCALINGLAB_SLURM_NO_WAIT"))
-    from scaling.sweep.stages import run_followup, wanted
-
-    if wanted(spec) and not waiting:
-        log.warning("the [followup] stage needs the first stage's results: run the sweep "
-                    "again once its jobs have finished")
-    elif wanted(spec):
-        run_followup(spec, sweep_dir, execute)
-    results = write_tables(sweep_dir)
-    mine = results[results["point_id"].isin(ran)]
-    return {"sweep_dir": sweep_dir, "counts": mine["status"].value_counts().to_dict()}
 
 
 if __name__ == "__main__":
