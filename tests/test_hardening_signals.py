@@ -188,7 +188,7 @@ def test_sigterm_during_a_sweeps_set_up_exits_143_with_one_line(tmp_path):
 SLURM_JOB = """
 import json, signal, sys
 signal.signal(signal.SIGTERM, lambda signum, frame: None)  # submitit's "bypass" of SIGTERM
-from scaling.executors.slurm import PointJob
+from scaling.executors.slurm_job import PointJob
 print(json.dumps(PointJob(sys.argv[1])(sys.argv[2])), flush=True)
 """
 

@@ -27,7 +27,8 @@ import pytest
 from scaling.config import ConfigError
 from scaling.runs.results import format_status
 from scaling.runs.runfiles import read_metrics, read_result
-from scaling.executors.slurm import _expand, _parse, query_states, read_record, refresh, sbatch_parameters
+from scaling.executors.slurm import read_record, refresh, sbatch_parameters
+from scaling.executors.slurm_states import _expand, _parse, query_states
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH, SEQ = 8, 32
@@ -137,7 +138,7 @@ def test_parse_squeue_and_sacct_lines():
 
 
 def test_coordinator_falls_back_to_localhost_when_the_node_name_does_not_resolve(monkeypatch):
-    from scaling.executors.slurm import _coordinator_fallback
+    from scaling.executors.slurm_job import _coordinator_fallback
 
     # a private copy: what the function sets must not leak to the jobs later tests submit
     monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items()
