@@ -145,9 +145,9 @@ def _load(args) -> pd.DataFrame:
 
     p = Path(args.table)
     if args.law == "frontier":
-        from .load import _read_table, prepare_curves
+        from .load import prepare_curves, read_table
 
-        cv = _read_table(p) if p.is_file() else None
+        cv = read_table(p) if p.is_file() else None
         if cv is None:
             raise FileNotFoundError(f"{p}: frontier needs a curves table file (no such file)")
         x = args.c_col or "flops"

@@ -59,7 +59,8 @@ NO_EVAL_NOTE = ("missing, final_train_loss present (not substituted: the train l
                 "quantity; load_results(train_loss_fallback=True) fits it)")
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def read_table(path: Path) -> pd.DataFrame:
+    """A table file as a DataFrame: Parquet, TSV (.tsv, .tab) or CSV, by its suffix."""
     suf = path.suffix.lower()
     if suf == ".parquet":
         return pd.read_parquet(path)
@@ -290,7 +291,7 @@ def load_results(
 
 def _read_any(src: Path) -> pd.DataFrame:
     try:
-        return _read_table(src)
+        return read_table(src)
     except pd.errors.EmptyDataError:
         raise ValueError(f"{src}: the file is empty (no header, no rows)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
@@ -413,7 +414,7 @@ def load_curves(
                                                            prefer=prefer, min_evals=min_evals)
         return None
     try:
-        cv = _read_table(src)
+        cv = read_table(src)
     except Exception:
         twin = folder / "curves.csv"
         if src.suffix == ".parquet" and twin.exists():

@@ -35,7 +35,7 @@ import pandas as pd
 from scipy import stats
 
 from .noise import loss_noise
-from .optimizers import _refine, best_lr, lr_sensitivity
+from .optimizers import best_lr, lr_sensitivity, refine_lr
 from .result import LEVEL, percentile_interval
 
 
@@ -139,7 +139,7 @@ def _fit_one(opt, b: pd.DataFrame, cells: pd.DataFrame, n_boot: int, rng, level:
             mb = np.where(fin, m * np.exp(np.where(fin, s / np.where(fin, m, 1), 0)
                                           * rng.standard_normal(m.size)), np.nan)
             i = int(np.nanargmin(mb))
-            lr_b.append(_refine(c["lr"].to_numpy(float), mb, i))
+            lr_b.append(refine_lr(c["lr"].to_numpy(float), mb, i))
         g, l_ = _line(logN, np.log10(lr_b), log_ref)
         gs.append(g)
         ls.append(l_)

@@ -59,7 +59,7 @@ def lr_sensitivity(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _refine(lrs: np.ndarray, means: np.ndarray, i: int, half_width: int = 2) -> float:
+def refine_lr(lrs: np.ndarray, means: np.ndarray, i: int, half_width: int = 2) -> float:
     """Vertex of a least-squares parabola in log10 lr through the best grid point and up to
     ``half_width`` finite neighbours on each side (clipped to the points used); the grid
     value itself when the parabola is not convex."""
@@ -101,7 +101,7 @@ def best_lr(sens: pd.DataFrame, *, warn: bool = True) -> pd.DataFrame:
         edge_side = "lowest lr tried" if i == 0 else ("highest lr tried" if i == len(lrs) - 1 else "")
         rows.append({
             "optimizer": opt, "N": N, "lr_best": float(lrs[i]),
-            "lr_refined": _refine(lrs, means, i) if not edge_side else float(lrs[i]),
+            "lr_refined": refine_lr(lrs, means, i) if not edge_side else float(lrs[i]),
             "loss": float(means[i]), "loss_std": float(g["loss_std"].iloc[i]),
             "n_seeds": int(g["n_seeds"].iloc[i]), "C": float(g["C"].iloc[i]),
             "edge": bool(edge_side), "edge_side": edge_side, "n_lr": len(lrs),
