@@ -10,8 +10,8 @@ import pytest
 
 from scaling.config import ModelConfig
 from scaling.models import init_params
-from scaling.models.transformer import (Transformer, attention, attention_packed, cross_entropy,
-                                        loss_fn)
+from scaling.models.attention import attention, attention_packed
+from scaling.models.transformer import Transformer, cross_entropy, loss_fn
 
 TINY = ModelConfig(n_layer=2, d_model=32, n_head=4, vocab_size=64, seq_len=16)
 
@@ -185,7 +185,7 @@ def test_scan_unroll_does_not_change_results():
 
 
 def test_rotary_scores_are_relative():
-    from scaling.models.transformer import apply_rotary
+    from scaling.models.positions import apply_rotary
     rng = np.random.default_rng(0)
     q, k = (jnp.asarray(rng.standard_normal((1, 10, 2, 8)), jnp.float32) for _ in range(2))
     pos = jnp.arange(10)
@@ -236,7 +236,7 @@ def test_bf16_compute_gives_float32_logits(tie):
 
 @pytest.mark.parametrize("I,O", [(8, 24), (24, 8)])  # x or dy is the one transposed
 def test_dense_rowmajor_gradient_matches_plain_matmul(I, O):
-    from scaling.models.transformer import dense_rowmajor
+    from scaling.models.dense import dense_rowmajor
     rng = np.random.default_rng(0)
     x, w, dy = (jnp.asarray(rng.standard_normal(s), jnp.float32)
                 for s in ((40, I), (I, O), (40, O)))
@@ -252,7 +252,7 @@ def test_dense_rowmajor_gradient_matches_plain_matmul(I, O):
 def test_dense_matches_flax_dense(dtype):
     """The transformer's Dense keeps nn.Dense's parameters, values and gradients."""
     import flax.linen as nn
-    from scaling.models.transformer import Dense
+    from scaling.models.dense import Dense
     x = jnp.asarray(np.random.default_rng(1).standard_normal((3, 5, 16)), jnp.float32)
     theirs = nn.Dense(12, dtype=dtype)
     params = theirs.init(jax.random.key(0), x)

@@ -1,6 +1,9 @@
 """Model families, one file each for the network and, beside it, its closed-form accounting.
 
     transformer.py             decoder-only transformer (GPT)
+    positions.py               its positional encodings (sinusoidal, rotary)
+    attention.py               its attention kernels (cuDNN's on GPUs, a CPU kernel)
+    dense.py                   its dense layers (row-major weight gradient on CPU)
     transformer_accounting.py  its N and FLOPs per token
     lstm.py                    stacked LSTM language model (next-token)
     lstm_accounting.py

@@ -35,7 +35,7 @@ def mask_id(cfg: ModelConfig) -> int:
 def Encoder(cfg: ModelConfig, attn_impl: str = "auto", scan_unroll: int | None = None):
     """Bidirectional encoder: tokens [B, T] int (ids < vocab_size, or the mask id) ->
     logits [B, T, V] float32: the transformer's module with unmasked attention and one
-    input-only token. attn_impl: see transformer.bidirectional_attention."""
+    input-only token. attn_impl: see attention.bidirectional_attention."""
     return Transformer(cfg, attn_impl, scan_unroll, causal=False, input_only_tokens=1)
 
 
