@@ -221,7 +221,7 @@ def test_watch_of_a_finished_sweep_ends_by_itself(sweep):
 
 
 def test_watch_shows_running_points_and_ctrl_c_exits_0(sweep):
-    from scaling.runs.runfiles import acquire_run_lock, release_run_lock
+    from scaling.runs.lock import acquire_run_lock, release_run_lock
 
     d = make_point(sweep, "r")
     make_point(sweep, "p")

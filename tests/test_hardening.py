@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from scaling.runs import runfiles
+from scaling.runs import lock
 from scaling.config import ConfigError
 from scaling.runs.results import format_status, is_locked, point_lock, point_state, write_tables
-from scaling.runs.runfiles import (LOCK_FILE, CorruptRunFile, RunFolderBusy, atomic_write_text,
-                              clean_stale_temps, lock_owner, read_result, run_lock)
+from scaling.runs.lock import RunFolderBusy, lock_owner, run_lock
+from scaling.runs.runfiles import LOCK_FILE, CorruptRunFile, atomic_write_text, clean_stale_temps, read_result
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,7 +127,7 @@ def _env():
 
 HOLDER = """
 import sys
-from scaling.runs.runfiles import run_lock
+from scaling.runs.lock import run_lock
 with run_lock(sys.argv[1]):
     print("held", flush=True)
     sys.stdin.read()
@@ -204,7 +204,7 @@ def test_lock_of_another_host_counts_until_its_heartbeat_is_stale(tmp_path):
     with pytest.raises(RunFolderBusy, match="in use by pid 4242 on host node-elsewhere"):
         with run_lock(run):
             pass
-    old = time.time() - runfiles.LOCK_STALE_S - 60
+    old = time.time() - lock.LOCK_STALE_S - 60
     os.utime(run / LOCK_FILE, (old, old))
     with run_lock(run):
         assert lock_owner(run)["pid"] == os.getpid()

@@ -278,7 +278,7 @@ def test_sigterm_and_ctrl_c_checkpoint_then_exit(tmp_path, sig, code):
 
 
 def test_a_second_train_on_the_same_folder_is_refused(tmp_path):
-    from scaling.runs.runfiles import RunFolderBusy
+    from scaling.runs.lock import RunFolderBusy
 
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(_cli_train(run_dir), cwd=ROOT, stdout=subprocess.DEVNULL,

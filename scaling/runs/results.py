@@ -13,7 +13,7 @@
 A point's state comes from its folder alone: `done` or `diverged` (result.json),
 `corrupt` (a result.json that cannot be read: the next run sets it aside and rebuilds
 the result from the final checkpoint, or retrains), `running` (its lock is held, see
-scaling.runs.runfiles.run_lock), `queued` (a SLURM job waits for it), `failed` (failed.json),
+scaling.runs.lock.run_lock), `queued` (a SLURM job waits for it), `failed` (failed.json),
 `blocked` (a cooldown branch whose trunk point failed, diverged or is corrupt: it is not
 run until a rerun of the sweep finishes the trunk), else `pending`. The tables are
 rebuilt from the folders, written atomically, whenever a point ends; deleting them
@@ -33,10 +33,10 @@ from typing import Iterator
 import pandas as pd
 
 from scaling.config import ConfigError
+from scaling.runs.lock import RunFolderBusy, acquire_run_lock, lock_owner, release_run_lock
 from scaling.runs.runfiles import (LOCK_FILE, METRICS_FILE, RESULT_FILE, CorruptRunFile,
-                              RunFolderBusy, acquire_run_lock, atomic_write, clean_stale_temps,
-                              lock_owner, read_metrics, read_metrics_checked, read_result,
-                              release_run_lock)
+                                   atomic_write, clean_stale_temps, read_metrics,
+                                   read_metrics_checked, read_result)
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def points_dir(sweep_dir: str | Path) -> Path:
 def point_lock(point_dir: Path) -> Iterator[bool]:
     """Hold the point's lock (True) or learn that another process holds it (False).
 
-    The point's lock is its run folder's lock (scaling.runs.runfiles.run_lock), so the
+    The point's lock is its run folder's lock (scaling.runs.lock.run_lock), so the
     training inside takes the same lock again (re-entrant) and nothing else can train
     the folder meanwhile. flock locks vanish with their process, so a killed worker
     never leaves a point marked as running.
