@@ -17,7 +17,8 @@ from scaling.config import MUP_OPTIMIZERS, OPTIMIZERS, ConfigError, from_dict
 from scaling.evaluation.coordcheck import coord_check, main as coordcheck_main, within
 from scaling.models import init_params
 from scaling.models.transformer import loss_fn
-from scaling.train.optim import make_runtime_optimizer, mup_lr_multipliers, mup_role
+from scaling.train.optimizers import make_runtime_optimizer
+from scaling.train.param_groups import mup_lr_multipliers, mup_role
 from scaling.train.step import Trainer
 
 VOCAB = 256  # the byte tokenizer's

@@ -1,4 +1,5 @@
-"""Optimizer registry, schedules, weight-decay masks, clipping, warm-up (scaling.train.optim)."""
+"""Optimizer registry, schedules, weight-decay masks, clipping, warm-up
+(scaling.train.optimizers, schedules, param_groups)."""
 
 from __future__ import annotations
 
@@ -13,17 +14,9 @@ import optax
 import pytest
 
 from scaling.config import OPTIMIZERS, SCHEDULES, ConfigError, OptimConfig
-from scaling.train.optim import (
-    decay_mask,
-    describe_optimizer,
-    make_optimizer,
-    make_runtime_optimizer,
-    param_kind,
-    schedule,
-    schedule_multiplier,
-    schedule_params,
-    trust_ratio_mask,
-)
+from scaling.train.optimizers import describe_optimizer, make_optimizer, make_runtime_optimizer
+from scaling.train.param_groups import decay_mask, param_kind, trust_ratio_mask
+from scaling.train.schedules import schedule, schedule_multiplier, schedule_params
 
 # Few distinct shapes on purpose: eager optax updates compile once per (op, shape).
 L, V, T, D, F = 2, 8, 8, 8, 8  # layers, vocab, positions, width, hidden
@@ -707,7 +700,8 @@ def test_mup_decoupled_decay_is_scaled_by_the_learning_rate_multiplier(opt, role
     lr x m_l x wd x w, m_l its learning-rate multiplier (1/4 for Adam's hidden matrices,
     4 for SGD's readout): the decay goes through the multiplier, as torch's AdamW applies
     decay with a group's lr. microsoft/mup's MuAdamW/MuSGD also multiply weight_decay by
-    1/m_l, keeping lr x wd width-independent: not what this code does (scaling/train/optim.py)."""
+    1/m_l, keeping lr x wd width-independent: not what this code does
+    (scaling/train/param_groups.py)."""
     from scaling.config import from_dict
     from scaling.models import init_params
 

@@ -140,7 +140,7 @@ evals_per_run = 4
 
 
 def test_branch_k_is_where_wsd_starts_decaying(tmp_path):
-    from scaling.train.optim import schedule
+    from scaling.train.schedules import schedule
 
     spec = load_spec(cooldown_spec(tmp_path))
     for b in (p for p in spec.points if p.role == "branch"):

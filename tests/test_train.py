@@ -15,7 +15,8 @@ from scaling import models
 from scaling.train import step as train_mod
 from scaling.train.checkpoint import Checkpointer
 from scaling.config import Config, ModelConfig, OptimConfig, TrainConfig
-from scaling.train.optim import make_runtime_optimizer, schedule
+from scaling.train.optimizers import make_runtime_optimizer
+from scaling.train.schedules import schedule
 from scaling.runtime import compiler_options
 from scaling.train.step import Trainer, compile_key
 

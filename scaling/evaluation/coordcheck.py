@@ -114,7 +114,7 @@ def measure_width(cfg: Config, batches: Sequence[np.ndarray]) -> list[dict[str, 
     import optax
 
     from scaling.models import build, init_params
-    from scaling.train.optim import make_runtime_optimizer
+    from scaling.train.optimizers import make_runtime_optimizer
     from scaling.train.step import next_token_loss
 
     model = build(cfg.model)

@@ -1,7 +1,9 @@
 """Training one run: the step, the optimizer, the drivers, and the loop around them.
 
     step.py        the pure per-device training step (Trainer) every driver reuses
-    optim.py       optimizers and learning-rate schedules, one path for all of them
+    optimizers.py  the optimizers, one path for all of them (clipping, decay, µP, LARS/LAMB)
+    schedules.py   learning-rate schedules: one formula with runtime values
+    param_groups.py  per parameter: decay mask, trust-ratio mask, µP multiplier
     packing.py     parameters packed into a few flat vectors while they train
     parallel.py    data-parallel drivers (one device, pmap, shard_map) of the step
     checkpoint.py  orbax checkpoints: train state + metadata

@@ -64,7 +64,7 @@ from scaling.runs.lock import run_lock
 from scaling.runs.runfiles import (CONFIG_FILE, METRICS_FILE, RESULT_FILE, DiskFull,
                               atomic_write_text, disk_full_in, json_default, read_json,
                               read_metrics, read_result, write_json_atomic)
-from scaling.train.optim import schedule_multiplier
+from scaling.train.schedules import schedule_multiplier
 from scaling.train.stopping import Interrupted, check as _check_stop, requested as _stop_requested, stop_requests
 from scaling.evaluation.taskeval import TaskEvaluator
 from scaling.train.step import Trainer, compile_key, runtime_values

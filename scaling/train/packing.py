@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scaling.config import ModelConfig, OptimConfig
-from scaling.train.optim import decay_mask, mup_lr_multipliers
+from scaling.train.param_groups import decay_mask, mup_lr_multipliers
 
 # A parameter with more elements than this is not packed (see the module's docstring):
 # 2^16 float32 values (256 KB), ~ the size above which a CPU kernel's fixed cost no
@@ -147,11 +147,11 @@ class ParamPacking:
 
     # ---- what the optimizer needs per group ---------------------------------------------
     def decay_mask(self, packed: Any) -> dict[str, bool]:
-        """`optim.decay_mask` for the packed dict: one bool per group."""
+        """`param_groups.decay_mask` for the packed dict: one bool per group."""
         return {g.name: g.decayed for g in self.groups}
 
     def lr_multipliers(self, packed: Any) -> dict[str, float]:
-        """`optim.mup_lr_multipliers` for the packed dict: one float per group."""
+        """`param_groups.mup_lr_multipliers` for the packed dict: one float per group."""
         return {g.name: g.lr_multiplier for g in self.groups}
 
     # ---- a whole TrainState ---------------------------------------------------------------

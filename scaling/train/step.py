@@ -37,8 +37,9 @@ import optax
 from scaling.config import Config, ModelConfig, OptimConfig
 from scaling import models
 from scaling.runtime import compiler_options
-from scaling.train.optim import (RUNTIME_OPTIM_FIELDS, ScheduleParams, make_runtime_optimizer,
-                           schedule_multiplier, schedule_params)
+from scaling.train.optimizers import make_runtime_optimizer
+from scaling.train.schedules import (RUNTIME_OPTIM_FIELDS, ScheduleParams, schedule_multiplier,
+                                     schedule_params)
 from scaling.train.packing import ParamPacking
 
 
@@ -167,7 +168,7 @@ class Trainer:
     @property
     def optimizer(self) -> optax.GradientTransformationExtraArgs:
         """The optimizer without a schedule, on packed parameters: `update(..., lr=...)`
-        (see scaling.train.optim)."""
+        (see scaling.train.optimizers)."""
         return make_runtime_optimizer(self.step_optim, self.model_config, self.packing)
 
     def _initializer(self) -> Callable:

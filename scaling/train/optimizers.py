@@ -1,4 +1,9 @@
-"""Optimizer registry and learning-rate schedules: one path for every optimizer.
+"""Optimizers: one path for every optimizer (sgd, momentum, nesterov, adam, adamw, lars,
+lamb), with a fixed schedule inside or the learning rate given per update.
+
+Learning-rate schedules are in scaling.train.schedules; which parameters decay, which
+LARS and LAMB adapt and what µP multiplies each one's rate by, in
+scaling.train.param_groups.
 
 Two forms of one optimizer:
 
@@ -24,29 +29,6 @@ The chain is always
 The fixed schedule is read by optax with the optimizer's own update count, so update k
 (0-based) uses `schedule(k)`; with warm-up the first update is exactly zero.
 
-Schedules (W = warmup_steps, T = total_steps, lr = peak, r = final_lr_ratio; the
-warm-up is counted inside T):
-
-    warm-up     s < W:  lr * s / W                   (linear from 0; skipped when W = 0)
-    constant    s >= W: lr
-    cosine      s >= W: lr * (r + (1 - r) * (1 + cos(pi * (s - W) / (T - W))) / 2)
-    linear      s >= W: lr * (1 - (1 - r) * (s - W) / (T - W))
-    wsd         warmup-stable-decay. D = round(decay_fraction * T) clipped to [1, T - W],
-                decay starts at S = T - D (never before W):
-                W <= s < S: lr (stable);  S <= s <= T: lr * (r + (1 - r) * f((s - S) / D))
-                with the decay shape f (`optim.decay_shape`, the cooldowns Hägele et al.
-                2024 compare; default linear):
-                  linear   f(x) = 1 - x
-                  cosine   f(x) = (1 + cos(pi x)) / 2
-                  1-sqrt   f(x) = 1 - sqrt(x)
-
-Every schedule ends at its final value at s = T and stays there for s > T. All of them
-are one formula with runtime values (`ScheduleParams`: W, T, decay start S, r and the
-shape): constant is a linear decay to r = 1, cosine and linear decay from S = W. The
-arithmetic follows optax's own schedules (`optax.linear_schedule`,
-`optax.cosine_decay_schedule`, `optax.join_schedules`) operation for operation, so the
-values are those the project's optax-built schedules gave.
-
 Weight decay (`weight_decay`, applied only where `decay_mask` is True) is decoupled for
 sgd, momentum, nesterov and adamw: it is never fed to a moment estimate, and an update is
 
@@ -60,144 +42,32 @@ trust ratio (and, for LARS, through the momentum), so the same number is not dir
 comparable across those two. Plain 'adam' with weight_decay > 0 is refused
 (ConfigError): decoupled decay on Adam *is* 'adamw', and coupled L2 would give
 weight_decay a different meaning than everywhere else.
-
-Default decay mask (see `decay_mask`): only weight matrices decay (the untied output head
-included) -- not biases, not norm scales/biases, not input embeddings.
-`decay_norms_and_biases` / `decay_embeddings` turn those on. LARS and LAMB adapt only
-matrices and embeddings layer-wise (`trust_ratio_mask`); see their docstrings for what
-biases and norm parameters get.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from scaling.config import (OPTIMIZERS, SCHEDULES, ConfigError, ModelConfig, OptimConfig,
-                            check_mup_optimizer)
+from scaling.config import OPTIMIZERS, ConfigError, ModelConfig, OptimConfig, check_mup_optimizer
+from scaling.train.param_groups import (decay_mask, mup_lr_multipliers, stacked_layers_mask,
+                                        trust_ratio_mask)
+from scaling.train.schedules import Schedule, decay_shape, schedule
 
-Schedule = Callable[[Any], jax.Array]
 Mask = Callable[[Any], Any]
 
 __all__ = [
     "make_optimizer",
     "make_runtime_optimizer",
-    "schedule",
-    "schedule_params",
-    "schedule_multiplier",
-    "ScheduleParams",
-    "DECAY_SHAPES",
-    "RUNTIME_OPTIM_FIELDS",
-    "decay_mask",
-    "trust_ratio_mask",
-    "stacked_layers_mask",
-    "param_kind",
-    "mup_role",
-    "mup_lr_multipliers",
+    "scale_by_mup",
     "lars",
     "lamb",
     "describe_optimizer",
     "OPTIMIZER_BUILDERS",
 ]
-
-
-# --------------------------------------------------------------------------------------
-# Parameter classification (drives both the decay mask and the LARS trust-ratio mask)
-# --------------------------------------------------------------------------------------
-
-NORM_LEAVES = ("scale", "bias")
-
-
-def _key_name(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def _is_norm_module(name: str) -> bool:
-    """'LayerNorm_0', 'RMSNorm', 'final_norm', 'ln_f', 'ln1' -> True; 'linear' -> False."""
-    tokens = [t for t in re.split(r"[_\W\d]+", name.lower()) if t]
-    return any("norm" in t or t == "ln" for t in tokens)
-
-
-def _is_input_embedding(name: str) -> bool:
-    """'token_embed', 'pos_embedding', 'wte_embed' -> True; 'unembed', 'Unembed_0' -> False."""
-    name = name.lower()
-    return "embed" in name and not name.startswith("unembed")
-
-
-def param_kind(path: tuple, leaf: Any) -> str:
-    """Classify one parameter by its path: 'norm_or_bias', 'embedding', 'matrix' or 'vector'.
-
-    Names, not shapes, decide first, because under nn.scan every block parameter carries
-    a leading layer axis (a stacked bias or LayerNorm scale has ndim 2):
-      - leaf named 'bias', or anything inside a norm module  -> 'norm_or_bias'
-      - a path component naming an input embedding (contains
-        'embed' but is not an output head: 'unembed...')     -> 'embedding'
-      - otherwise ndim >= 2                                   -> 'matrix'
-      - otherwise                                             -> 'vector' (decays with
-        norms and biases)
-    The untied output head (`unembed/kernel` in scaling.models.transformer) is a weight matrix like
-    any other projection: it is decayed by default (it is a lookup table only for the
-    parameter count's Kaplan convention, see scaling.accounting.counts, not for the optimizer).
-    """
-    names = [_key_name(k) for k in path]
-    if names and names[-1] == "value" and isinstance(path[-1], jax.tree_util.GetAttrKey):
-        names = names[:-1]  # boxed (nn.Partitioned-like) leaves
-    leaf_name = names[-1].lower() if names else ""
-    modules = names[:-1]
-    if leaf_name == "bias" or any(_is_norm_module(m) for m in modules):
-        return "norm_or_bias"
-    if any(_is_input_embedding(n) for n in names):
-        return "embedding"
-    if len(getattr(leaf, "shape", ())) >= 2:
-        return "matrix"
-    return "vector"
-
-
-def decay_mask(params: Any, cfg: OptimConfig) -> Any:
-    """Pytree of bools shaped like `params`: True where weight decay applies."""
-
-    def decide(path, leaf):
-        kind = param_kind(path, leaf)
-        if kind == "matrix":
-            return True
-        if kind == "embedding":
-            return bool(cfg.decay_embeddings)
-        return bool(cfg.decay_norms_and_biases)  # 'norm_or_bias' and 'vector'
-
-    return jax.tree_util.tree_map_with_path(decide, params)
-
-
-def trust_ratio_mask(params: Any) -> Any:
-    """Pytree of bools: True where LARS and LAMB apply their layer-wise trust ratio
-    (matrices and embeddings; never biases, norm parameters or other vectors)."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: param_kind(path, leaf) in ("matrix", "embedding"), params
-    )
-
-
-# scaling.models.transformer's nn.scan module: every parameter under it carries a leading layer axis.
-STACKED_MODULE = "blocks"
-
-
-def stacked_layers_mask(params: Any) -> Any:
-    """Pytree of bools: True where the leading axis of a parameter indexes layers (the
-    parameter lives under the model's nn.scan module `blocks` and has ndim >= 2), so a
-    "per-layer" norm is one norm per slice along axis 0, exactly as if the layers were
-    separate parameters (`scan_layers = False`)."""
-
-    def decide(path, leaf):
-        names = [_key_name(k) for k in path]
-        return STACKED_MODULE in names[:-1] and len(getattr(leaf, "shape", ())) >= 2
-
-    return jax.tree_util.tree_map_with_path(decide, params)
 
 
 def _layer_norm(x: jax.Array, stacked: bool) -> jax.Array:
@@ -207,67 +77,6 @@ def _layer_norm(x: jax.Array, stacked: bool) -> jax.Array:
     if stacked:
         return jnp.sqrt(jnp.sum(x * x, axis=tuple(range(1, x.ndim)), keepdims=True))
     return jnp.sqrt(jnp.sum(x * x))
-
-
-# --------------------------------------------------------------------------------------
-# µP's per-layer learning rates (Yang et al. 2022, Tensor Programs V, Table 3)
-# --------------------------------------------------------------------------------------
-#
-# With m = d_model / mup_base_width, the learning rate of each parameter is lr x:
-#
-#                         Adam family (adam, adamw)    SGD family (sgd, momentum, nesterov)
-#   hidden matrices       1 / m                        1
-#   embeddings, norms,    1                            m
-#     biases, vectors
-#   readout W_out         1                            m
-#
-# "hidden" = param_kind 'matrix' except the output head. The readout row is for the
-# multiplier form of scaling.models.transformer (logits = (mult / m) h . W_out, W_out at SP's init):
-# there W_out behaves like an input weight (one width-sized dimension), which is why
-# microsoft/mup's MuAdam leaves its rate alone and MuSGD scales it by m. A tied head is
-# the embedding, whose rule is the same. The multiplier scales the whole step of the
-# chain, the decoupled weight decay included (w <- w - lr m_l (direction + wd w)), as a
-# per-group lr does in torch's AdamW (p *= 1 - lr wd). This is a choice, and not
-# microsoft/mup's: its MuAdam/MuAdamW (mup/optim.py) divide a hidden matrix group's lr by
-# width_mult *and multiply its weight_decay by width_mult*, and MuSGD does the inverse pair,
-# so there lr x wd, the per-step shrinkage, is the same at every width. Here a hidden
-# matrix under Adam shrinks by lr wd / m per step (1/m of SP's at the same wd) and SGD's
-# readout by lr wd m; tests/test_optim.py pins it. So under µP a tuned weight_decay
-# transfers across widths with the update, not with the shrinkage (an optimum tuned with
-# MuAdamW corresponds to wd x m here). LARS and LAMB are refused under µP
-# (scaling.config.check_mup_optimizer): their trust ratios already set each layer's
-# step relative to its weights. At the base width (m = 1) every multiplier is 1 and the
-# update is SP's bit for bit (a multiplier of exactly 1 is not applied at all).
-
-ADAM_FAMILY = ("adam", "adamw")
-SGD_FAMILY = ("sgd", "momentum", "nesterov")
-
-
-def mup_role(path: tuple, leaf: Any) -> str:
-    """'readout' (the untied output head, a module named 'unembed...'), 'hidden' (other
-    weight matrices) or 'vector' (embeddings, norms, biases, other vectors)."""
-    names = [_key_name(k).lower() for k in path]
-    if any(n.startswith("unembed") for n in names[:-1]):
-        return "readout"
-    return "hidden" if param_kind(path, leaf) == "matrix" else "vector"
-
-
-def _mup_multiplier(role: str, optimizer: str, width_mult: float) -> float:
-    if optimizer in ADAM_FAMILY:
-        return 1.0 / width_mult if role == "hidden" else 1.0
-    if optimizer in SGD_FAMILY:
-        return 1.0 if role == "hidden" else width_mult
-    raise ConfigError(f"optim.name = {optimizer!r}: µP defines no learning-rate rule for it")
-
-
-def mup_lr_multipliers(params: Any, model: ModelConfig | None, optimizer: str) -> Any:
-    """Pytree of python floats shaped like `params`: each parameter's learning-rate
-    multiplier (all 1.0 under SP or without a model config; see the table above)."""
-    if model is None or model.parametrization != "mup":
-        return jax.tree.map(lambda _: 1.0, params)
-    m = model.width_mult
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: _mup_multiplier(mup_role(path, leaf), optimizer, m), params)
 
 
 def scale_by_mup(model: ModelConfig, optimizer: str,
@@ -286,123 +95,6 @@ def scale_by_mup(model: ModelConfig, optimizer: str,
         return scaled, state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
-
-
-# --------------------------------------------------------------------------------------
-# Schedules: one formula, runtime values
-# --------------------------------------------------------------------------------------
-
-DECAY_SHAPES = ("linear", "cosine", "1-sqrt")
-
-# OptimConfig fields that enter the compiled step only as runtime values (TrainState.lr
-# and TrainState.schedule), never as constants of the program. `decay_shape` is read with
-# getattr so that configs without the field (before it is added to OptimConfig) work.
-RUNTIME_OPTIM_FIELDS = ("lr", "schedule", "warmup_steps", "final_lr_ratio",
-                        "decay_fraction", "decay_shape")
-
-
-class ScheduleParams(NamedTuple):
-    """A schedule's values at run time (0-d arrays or numpy scalars; see `schedule`).
-
-    multiplier(s) = s / W                                  for s < W (warm-up)
-                  = 1                                      for W <= s < S (stable)
-                  = r + (1 - r) * f(min(s - S, D) / D)     for s >= S, D = T - S
-    """
-
-    warmup: Any  # int32  W
-    total: Any  # int32  T
-    decay_start: Any  # int32  S, W <= S < T
-    final_ratio: Any  # float32  r
-    decay_range: Any  # float32  1 - r, rounded once from float64 as optax does
-    shape: Any  # int32  index into DECAY_SHAPES
-
-
-def _decay_shape(cfg: OptimConfig) -> str:
-    shape = getattr(cfg, "decay_shape", "linear")
-    if shape not in DECAY_SHAPES:
-        raise ConfigError(
-            f"optim.decay_shape = {shape!r}: unknown; allowed: {', '.join(DECAY_SHAPES)}"
-        )
-    return shape
-
-
-def _wsd_decay_steps(cfg: OptimConfig, total_steps: int) -> int:
-    decay = int(round(cfg.decay_fraction * total_steps))
-    return min(max(decay, 1), total_steps - cfg.warmup_steps)
-
-
-def schedule_params(cfg: OptimConfig, total_steps: int) -> ScheduleParams:
-    """The runtime values of `cfg`'s schedule over `total_steps` updates (numpy scalars).
-
-    constant: a linear decay from S = W to r = 1 (so exactly 1 throughout); cosine and
-    linear: decay from S = W; wsd: from S = T - D with `optim.decay_shape`.
-    """
-    if cfg.schedule not in SCHEDULES:
-        raise ConfigError(
-            f"optim.schedule = {cfg.schedule!r}: unknown; allowed: {', '.join(SCHEDULES)}"
-        )
-    total_steps = int(total_steps)
-    W = int(cfg.warmup_steps)
-    if not 0 <= W < total_steps:
-        raise ConfigError(
-            f"optim.warmup_steps = {W} must be in [0, total_steps = {total_steps})"
-        )
-    shape, ratio, start = "linear", float(cfg.final_lr_ratio), W
-    if cfg.schedule == "constant":
-        ratio = 1.0
-    elif cfg.schedule == "cosine":
-        shape = "cosine"
-    elif cfg.schedule == "wsd":
-        shape = _decay_shape(cfg)
-        start = total_steps - _wsd_decay_steps(cfg, total_steps)
-    return ScheduleParams(
-        warmup=np.int32(W), total=np.int32(total_steps), decay_start=np.int32(start),
-        final_ratio=np.float32(ratio), decay_range=np.float32(1.0 - ratio),
-        shape=np.int32(DECAY_SHAPES.index(shape)),
-    )
-
-
-def schedule_multiplier(step: Any, p: ScheduleParams) -> jax.Array:
-    """The schedule at unit peak lr, float32; `step` and the fields of `p` may be traced.
-
-    Operation for operation optax's arithmetic as XLA compiles it: warm-up =
-    linear_schedule(0, 1, W), the decays = linear_schedule(1, r, D) /
-    cosine_decay_schedule(1, D, alpha=r) evaluated at s - S, joined with jnp.where at the
-    boundaries like join_schedules.
-    """
-    s = jnp.asarray(step, jnp.int32)
-    W = jnp.asarray(p.warmup, jnp.int32)
-    S = jnp.asarray(p.decay_start, jnp.int32)
-    D = (jnp.asarray(p.total, jnp.int32) - S).astype(jnp.float32)
-    r = jnp.asarray(p.final_ratio, jnp.float32)
-    rng = jnp.asarray(p.decay_range, jnp.float32)
-
-    # x / span is written x * (1 / span): XLA compiles a division by a constant (optax's
-    # schedules with python-int spans) into that multiplication, so this reproduces the
-    # compiled constant-schedule values bit for bit with the span a runtime value.
-    inv_W = 1.0 / jnp.maximum(W, 1).astype(jnp.float32)  # W = 0: warm-up never taken
-    warm = (0.0 - 1.0) * (1 - jnp.clip(s, 0, W).astype(jnp.float32) * inv_W) + 1.0
-
-    inv_D = 1.0 / D
-    count = jnp.clip((s - S).astype(jnp.float32), 0.0, D)
-    linear = rng * (1 - count * inv_D) + r
-    cosine = rng * (0.5 * (1 + jnp.cos(jnp.pi * count * inv_D))) + r
-    one_minus_sqrt = rng * (1 - jnp.sqrt(count * inv_D)) + r
-    decay = jnp.select([p.shape == 1, p.shape == 2], [cosine, one_minus_sqrt], linear)
-
-    main = jnp.where(s < S, jnp.float32(1.0), decay)
-    return jnp.where(s < W, warm, main).astype(jnp.float32)
-
-
-def schedule(cfg: OptimConfig, total_steps: int) -> Schedule:
-    """Learning rate (peak `cfg.lr` x the schedule) as a function of the update count."""
-    params = schedule_params(cfg, total_steps)
-    peak = float(cfg.lr)
-
-    def lr_at(step):
-        return schedule_multiplier(step, params) * jnp.float32(peak)
-
-    return lr_at
 
 
 # --------------------------------------------------------------------------------------
@@ -649,7 +341,7 @@ def make_runtime_optimizer(cfg: OptimConfig, model: ModelConfig | None = None,
     `packing` (a scaling.train.packing.ParamPacking): the transformation takes the packed dict
     of parameters, gradients and moments instead of the tree, its decay mask and µP
     multipliers one per group."""
-    _decay_shape(cfg)
+    decay_shape(cfg)
     return _build(cfg, scale_by_lr_argument(), model, packing)
 
 
@@ -660,7 +352,7 @@ def describe_optimizer(cfg: OptimConfig) -> str:
     if cfg.schedule != "constant":
         sched += f", final={cfg.final_lr_ratio:g}x lr"
     if cfg.schedule == "wsd":
-        sched += f", {_decay_shape(cfg)} decay over the last {cfg.decay_fraction:g}"
+        sched += f", {decay_shape(cfg)} decay over the last {cfg.decay_fraction:g}"
     sched += ")"
     parts = [cfg.name, f"lr={cfg.lr:.0e}", sched]
     if cfg.name in ("adam", "adamw", "lamb"):
