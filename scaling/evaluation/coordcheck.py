@@ -1,6 +1,6 @@
 """Coordinate check (Yang et al. 2022, Tensor Programs V, as microsoft/mup's test does it).
 
-    python -m scaling.evaluation.coordcheck CONFIG [--widths 64,128,256] [section.key=value ...]
+    python -m scaling.coordcheck CONFIG [--widths 64,128,256] [section.key=value ...]
                                         [--steps 4] [--out DIR]
 
 Trains the config's model at several widths d_model -- fixed depth, heads scaled with
@@ -257,7 +257,7 @@ def _parse_widths(text: str) -> list[int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m scaling.evaluation.coordcheck",
+    p = argparse.ArgumentParser(prog="python -m scaling.coordcheck",
                                 description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="a run config (TOML), or a self-contained sweep spec")
