@@ -129,7 +129,8 @@ def cmd_train(args) -> int:
     from scaling.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    from scaling.train.loop import TrunkNotReady, train
+    from scaling.train.loop import train
+    from scaling.train.prepare import TrunkNotReady
     from scaling.runtime import enable_compilation_cache
 
     enable_compilation_cache()

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from scaling.config import ConfigError, load_config
-from scaling.train.loop import TrunkNotReady, train
+from scaling.train.loop import train
+from scaling.train.prepare import TrunkNotReady
 from scaling.runs.runfiles import read_metrics
 
 BASE = [
@@ -81,7 +82,7 @@ def test_a_trunk_without_the_separate_runs_evals_is_not_branched_from(tmp_path, 
     """A trunk that did not evaluate at the branch's eval steps (a branch added later, an
     eval_every changed): the branch trains from step 0, as the separate run, and says why."""
     train(trunk_cfg(), tmp_path / "trunk")  # evaluates at 5, 10
-    with caplog.at_level("WARNING", logger="scaling.train.loop"):
+    with caplog.at_level("WARNING", logger="scaling.train.restore"):
         r = train(branch_cfg('train.init_from="../trunk"', "train.init_step=12",
                              "train.eval_every=4"), tmp_path / "branch")
     assert "lacks a curve eval at step 4" in caplog.text and "from step 0" in caplog.text

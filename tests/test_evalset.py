@@ -255,7 +255,8 @@ EVAL_RUN = [
 
 def test_the_loop_records_the_contract_and_compares_like_with_like(tmp_path, monkeypatch):
     from scaling.config import load_config
-    from scaling.train.loop import _DivergenceMonitor, train
+    from scaling.train.loop import train
+    from scaling.train.monitor import DivergenceMonitor as _DivergenceMonitor
     from scaling.runs.results import RESULT_COLUMNS
     from scaling.runs.runfiles import read_metrics
 

@@ -131,12 +131,12 @@ def test_ctrl_c_on_a_two_worker_sweep_is_one_line(tmp_path):
 SLOW_COMPILE = """
 import sys, time
 import scaling.train.loop as loop
-real = loop._compile
+real = loop.compile_steps
 def slow(*a):
     print("compiling", flush=True)
     time.sleep(4)
     return real(*a)
-loop._compile = slow
+loop.compile_steps = slow
 from scaling.cli import main
 sys.exit(main(sys.argv[1:]))
 """

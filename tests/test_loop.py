@@ -160,13 +160,13 @@ def test_one_compile_per_shape_whatever_lr_steps_and_warmup(tmp_path):
     """The peak lr and the whole schedule live in the train state, so points of one shape
     that differ in lr, D (steps) and warm-up share one compiled step; each still follows its
     own learning rate."""
-    import scaling.train.loop
+    import scaling.train.compiled
 
-    scaling.train.loop._COMPILED.clear()
+    scaling.train.compiled._COMPILED.clear()
     a = train(tiny("train.steps=6", "optim.lr=1e-3", "train.eval_every=0"), tmp_path / "a")
     b = train(tiny("train.steps=9", "optim.lr=3e-3", "optim.warmup_steps=5", "train.eval_every=0"),
               tmp_path / "b")
-    assert len(scaling.train.loop._COMPILED) == 1
+    assert len(scaling.train.compiled._COMPILED) == 1
     assert b["compile_time_s"] < 0.1
     lr_a = [r["lr"] for r in read_metrics(tmp_path / "a") if "lr" in r]
     lr_b = [r["lr"] for r in read_metrics(tmp_path / "b") if "lr" in r]
@@ -188,7 +188,7 @@ def test_a_corpus_too_small_stops_before_anything_is_written(tmp_path):
 
 
 def _monitor(steps=200, log_every=1, rise=0.25):
-    from scaling.train.loop import _DivergenceMonitor
+    from scaling.train.monitor import DivergenceMonitor as _DivergenceMonitor
 
     return _DivergenceMonitor(tiny(f"train.steps={steps}", f"train.log_every={log_every}",
                                    f"train.divergence_rise={rise}"))

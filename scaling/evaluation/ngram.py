@@ -255,7 +255,7 @@ def base_config(spec):
 def run_ngram(cfg, order: int, run_dir: str | Path) -> dict:
     """Count, score the final eval set, write `run_dir/result.json`; return the result."""
     from scaling.data.dataset import load_corpus
-    from scaling.train.loop import git_commit
+    from scaling.train.record import git_commit
     from scaling.runs.runfiles import atomic_write_text
 
     if int(order) < 1:
