@@ -53,14 +53,10 @@ import json
 
 import numpy as np
 
+from scaling.data.order import mix64
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 EVAL_ESTIMAND = "per_token"  # what eval_loss estimates (module doc)
-
-
-def _mix64(z: np.ndarray) -> np.ndarray:
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
 
 
 def window_documents(doc_tokens: np.ndarray, n_windows: int, seq_len: int) -> np.ndarray:
@@ -76,9 +72,9 @@ def hashed_order(n: int, eval_seed: int = 0) -> np.ndarray:
     if not 0 <= int(eval_seed) < 2 ** 63:
         raise ValueError(f"eval_seed = {eval_seed}: must be in [0, 2**63)")
     with np.errstate(over="ignore"):
-        salt = _mix64(np.array([int(eval_seed)], dtype=np.uint64) * _GOLDEN
-                      + np.uint64(0x5CA1AB1E))[0]
-        keys = _mix64(np.arange(n, dtype=np.uint64) * _GOLDEN + salt)
+        salt = mix64(np.array([int(eval_seed)], dtype=np.uint64) * _GOLDEN
+                     + np.uint64(0x5CA1AB1E))[0]
+        keys = mix64(np.arange(n, dtype=np.uint64) * _GOLDEN + salt)
     return np.argsort(keys, kind="stable").astype(np.int64)
 
 

@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from scaling.data.evalset import EvalSet, _mix64
+from scaling.data.evalset import EvalSet
+from scaling.data.order import mix64
 
 MASK_RATE = 0.15
 MASK_PROB, RANDOM_PROB = 0.8, 0.1  # of the selected positions; the rest stay unchanged
@@ -56,23 +57,23 @@ def _u64(x) -> np.ndarray:
 def train_keys(seed: int, step: int, rows: np.ndarray) -> np.ndarray:
     """uint64 key of each row of the global batch of `step` under data seed `seed`."""
     with np.errstate(over="ignore"):
-        k = _mix64(_TRAIN_DOMAIN ^ (_u64(seed & (2**63 - 1)) * _GOLDEN))
-        k = _mix64(k + _u64(step) * _GOLDEN)
-        return _mix64(k + _u64(rows) * _GOLDEN)
+        k = mix64(_TRAIN_DOMAIN ^ (_u64(seed & (2**63 - 1)) * _GOLDEN))
+        k = mix64(k + _u64(step) * _GOLDEN)
+        return mix64(k + _u64(rows) * _GOLDEN)
 
 
 def eval_keys(starts: np.ndarray) -> np.ndarray:
     """uint64 key of each validation window, from its token offset in the stream."""
     with np.errstate(over="ignore"):
-        return _mix64(_mix64(_EVAL_DOMAIN) + _u64(starts) * _GOLDEN)
+        return mix64(mix64(_EVAL_DOMAIN) + _u64(starts) * _GOLDEN)
 
 
 def _bits(keys_B: np.ndarray, T: int, stream: str) -> np.ndarray:
     """uint64 [B, T]: a hash of (row key, position, stream)."""
     with np.errstate(over="ignore"):
         pos = np.arange(T, dtype=np.uint64)
-        k = _mix64(keys_B[:, None] ^ (_STREAMS[stream] * np.uint64(0xD1B54A32D192ED03)))
-        return _mix64(k + pos[None, :] * _GOLDEN)
+        k = mix64(keys_B[:, None] ^ (_STREAMS[stream] * np.uint64(0xD1B54A32D192ED03)))
+        return mix64(k + pos[None, :] * _GOLDEN)
 
 
 def _uniform(bits: np.ndarray) -> np.ndarray:

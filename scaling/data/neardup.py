@@ -33,18 +33,14 @@ import re
 
 import numpy as np
 
+from scaling.data.order import mix64
+
 NEAR_DUP_THRESHOLD = 0.8
 MIN_CONTAINED_SHINGLES = 256  # containment counts only for a document this large or larger
 SHINGLE_BYTES = 8
 _WHITESPACE = re.compile(rb"\s+")
 _P = np.uint64(0x100000001B3)  # FNV prime, an odd multiplier
 _LOW24 = np.uint64((1 << 24) - 1)
-
-
-def _mix64(z: np.ndarray) -> np.ndarray:
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
 
 
 def normalize(text: str) -> bytes:
@@ -61,7 +57,7 @@ def shingles(text: str, k: int = SHINGLE_BYTES) -> np.ndarray:
             h = np.zeros(1, dtype=np.uint64)
             for x in b:
                 h = h * _P + x
-            return _mix64(h + np.uint64(len(b)))
+            return mix64(h + np.uint64(len(b)))
         # polynomial hash of every k-window by doubling: H_2m[i] = H_m[i] P^m + H_m[i+m]
         h, m, pw = b, 1, _P
         while 2 * m <= k:
@@ -71,7 +67,7 @@ def shingles(text: str, k: int = SHINGLE_BYTES) -> np.ndarray:
         h = h[:n]  # then the remaining k - m bytes (k need not be a power of two)
         for j in range(m, k):
             h = h * _P + b[j:j + n]
-        h = _mix64(h + np.uint64(k))
+        h = mix64(h + np.uint64(k))
     return _sorted_unique(h)
 
 

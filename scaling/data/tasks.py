@@ -24,7 +24,7 @@ only held-out ones. Membership depends on nothing but the problem, so train and 
 disjoint for every seed. Evaluation instances are the same for every run (a fixed seed,
 EVAL_SEED): up to `n_eval` distinct held-out problems per sub-task (k = 1 has only ~25).
 
-Randomness is splitmix64 of integer keys (as `scaling.data.dataset`), independent of numpy.
+Randomness is splitmix64 of integer keys (`scaling.data.order`), independent of numpy.
 """
 
 from __future__ import annotations
@@ -35,20 +35,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from scaling.data.order import M64, mix64_int, window_permutation
+
 EVAL_FRACTION = 0.25
 EVAL_SEED = 20220615  # evaluation instances: the same for every run and size
 _SPLIT_SALT = b"scalinglab-task:"
-_M64 = (1 << 64) - 1
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 ADDITION_DIGITS = (1, 2, 3, 4, 5)
 COPY_LENGTHS = (3, 8)
-
-
-def _mix64(z: int) -> int:
-    z &= _M64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
-    return z ^ (z >> 31)
 
 
 class _Rand:
@@ -57,12 +51,12 @@ class _Rand:
     def __init__(self, *keys: int):
         h = 0x5CA11AB
         for k in keys:
-            h = _mix64(h ^ _mix64(int(k) & _M64))
+            h = mix64_int(h ^ mix64_int(int(k) & M64))
         self.state, self.i = h, 0
 
     def below(self, n: int) -> int:
         self.i += 1
-        return _mix64(self.state + self.i * 0x9E3779B97F4A7C15) % n
+        return mix64_int(self.state + self.i * 0x9E3779B97F4A7C15) % n
 
 
 def held_out(key: str) -> bool:
@@ -192,11 +186,9 @@ class TaskMix:
 
     def layout(self, step: int, batch_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """(task index per row, -1 for corpus; sequence index within its stream per row)."""
-        from scaling.data.dataset import window_permutation
-
         before = self.task_before(step, batch_size)
         after = self.task_before(step + 1, batch_size)
-        order = window_permutation(batch_size, _mix64(seed ^ _PLACE_SALT), step)
+        order = window_permutation(batch_size, mix64_int(seed ^ _PLACE_SALT), step)
         which = np.full(batch_size, -1, np.int64)
         index = np.zeros(batch_size, np.int64)
         pos = 0
