@@ -11,8 +11,11 @@ import pytest
 
 from scaling.data import neardup
 from scaling.config import ConfigError, DataConfig, load_config
-from scaling.data.dataset import (DataError, TokenData, _Collector, load_corpus, read_corpus,
-                          split_documents, stdlib_group, token_dtype, window_permutation)
+from scaling.data.cache import token_dtype
+from scaling.data.corpora import DataError, _Collector, stdlib_group
+from scaling.data.dataset import TokenData, load_corpus, read_corpus
+from scaling.data.heldout import split_documents
+from scaling.data.order import window_permutation
 from scaling.data.tokenizer import ByteTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from scaling.config import ConfigError, DataConfig, load_config
-from scaling.data.dataset import _ORDER_SALT, TokenData, _name_hash, load_corpus, split_groups
+from scaling.data.dataset import TokenData, load_corpus
+from scaling.data.heldout import split_groups
+from scaling.data.order import ORDER_SALT, name_hash
 from scaling.train.loop import train
 from scaling.runs.runfiles import read_metrics
 from scaling.data.shards import ShardTokenizer
@@ -44,7 +46,7 @@ def expected_streams(shards: dict, val_fraction: float):
     val_groups = split_groups(list(shards), val_fraction)
     docs = [(f"{name}#{k}", name in val_groups, np.r_[EOT, d])
             for name, ds in shards.items() for k, d in enumerate(ds)]
-    docs.sort(key=lambda x: _name_hash(_ORDER_SALT, x[0]))
+    docs.sort(key=lambda x: name_hash(ORDER_SALT, x[0]))
     train = np.concatenate([t for _, v, t in docs if not v])
     val = [t for _, v, t in docs if v]
     return train, np.concatenate(val), [len(t) for t in val]

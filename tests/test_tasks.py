@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from scaling.config import ConfigError, from_dict, load_config
-from scaling.data.dataset import DataError, TokenData, make_task_mix, window_permutation
+from scaling.data.corpora import DataError
+from scaling.data.dataset import TokenData, make_task_mix
+from scaling.data.order import window_permutation
 from scaling.data.tasks import TASKS, TaskMix, _Rand, held_out
 from scaling.evaluation.taskeval import levenshtein, metrics_of
 from scaling.data.tokenizer import ByteTokenizer

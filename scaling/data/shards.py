@@ -17,16 +17,17 @@ Documents. llm.c writes the document delimiter (`<|endoftext|>`, `data.tokens_eo
 tokens before a shard's first delimiter (a document cut at a shard boundary) are a
 document of their own. Documents are named `<shard file>#<k>`.
 
-Split, order and cache follow `scaling.data.dataset`'s rules for every corpus. The group (the
-unit of the validation split) is the shard file, so whole shards are held out by the
-hash of their name, with the same fallback (at least one shard held out, at least one
-trained on); a corpus of one shard has one group per document instead (as a .jsonl
-file's rows). Within each split documents are ordered by the hash of their name, and
-the two streams (train, then validation) are written to the token cache, keyed by the
-shards' names, sizes and modification times, the vocabulary, the delimiter and
-`val_fraction`, and checked by the sha256 fingerprint of the tokens. Shards are taken
-as prepared: there is no near-duplicate pass (it works on text). `max_corpus_bytes`
-does not apply (it caps text); `max_unique_tokens` does, as for every corpus.
+Split, order and cache follow the rules for every corpus (`scaling.data.heldout`,
+`scaling.data.order`, `scaling.data.cache`). The group (the unit of the validation
+split) is the shard file, so whole shards are held out by the hash of their name, with
+the same fallback (at least one shard held out, at least one trained on); a corpus of
+one shard has one group per document instead (as a .jsonl file's rows). Within each
+split documents are ordered by the hash of their name, and the two streams (train, then
+validation) are written to the token cache, keyed by the shards' names, sizes and
+modification times, the vocabulary, the delimiter and `val_fraction`, and checked by the
+sha256 fingerprint of the tokens. Shards are taken as prepared: there is no
+near-duplicate pass (it works on text). `max_corpus_bytes` does not apply (it caps
+text); `max_unique_tokens` does, as for every corpus.
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
+from scaling.data.cache import FORMAT_VERSION, load_token_file, resolve_cache_dir, write_token_file
+from scaling.data.corpora import DataError
+from scaling.data.heldout import split_documents
+from scaling.data.order import ORDER_SALT, name_hash
+from scaling.runs.runfiles import atomic_write_text
+
 if TYPE_CHECKING:
     from scaling.config import DataConfig
 
@@ -54,12 +61,6 @@ FORMATS: dict[tuple[int, int], np.dtype] = {
 }
 SHARDS_FORMAT = 1  # bump when the reading rules change (invalidates the cache)
 _CHECK_CHUNK = 1 << 24  # tokens checked against the vocabulary per pass
-
-
-def _error(msg: str):
-    from scaling.data.dataset import DataError
-
-    return DataError(msg)
 
 
 class ShardTokenizer:
@@ -109,7 +110,7 @@ def shard_paths(spec: str) -> list[Path]:
     else:
         found = sorted(Path(p) for p in globlib.glob(str(path)) if Path(p).is_file())
     if not found:
-        raise _error(f"data.corpus = {spec!r}: no token shards found; allowed: 'tokens:' "
+        raise DataError(f"data.corpus = {spec!r}: no token shards found; allowed: 'tokens:' "
                      "followed by a .bin file, a folder of .bin files or a glob")
     return found
 
@@ -119,7 +120,7 @@ def read_header(path: Path, spec: str) -> Shard:
     where = f"data.corpus = {spec!r}: {path}"
     size = path.stat().st_size
     if size < HEADER_BYTES:
-        raise _error(f"{where}: {size} bytes, shorter than the {HEADER_BYTES}-byte header "
+        raise DataError(f"{where}: {size} bytes, shorter than the {HEADER_BYTES}-byte header "
                      "of a llm.c token shard")
     with open(path, "rb") as f:
         header = np.frombuffer(f.read(HEADER_BYTES), dtype="<i4")
@@ -127,10 +128,10 @@ def read_header(path: Path, spec: str) -> Shard:
     dtype = FORMATS.get((magic, version))
     if dtype is None:
         allowed = ", ".join(f"(magic {m}, version {v}: {d.name})" for (m, v), d in FORMATS.items())
-        raise _error(f"{where}: header magic {magic}, version {version} is not a llm.c token "
+        raise DataError(f"{where}: header magic {magic}, version {version} is not a llm.c token "
                      f"shard; allowed: {allowed}")
     if count < 0 or size != HEADER_BYTES + count * dtype.itemsize:
-        raise _error(f"{where}: the header says {count} {dtype.name} tokens "
+        raise DataError(f"{where}: the header says {count} {dtype.name} tokens "
                      f"({HEADER_BYTES + max(count, 0) * dtype.itemsize} bytes with the header) "
                      f"but the file has {size} bytes")
     return Shard(path, dtype, count)
@@ -144,7 +145,7 @@ def check_vocabulary(shard: Shard, vocab_size: int, spec: str) -> None:
         top = int(chunk.max())
         if top >= vocab_size:
             at = start + int(np.argmax(chunk >= vocab_size))
-            raise _error(f"data.corpus = {spec!r}: {shard.path} holds token {top} (first bad "
+            raise DataError(f"data.corpus = {spec!r}: {shard.path} holds token {top} (first bad "
                          f"token at position {at}), not below data.tokens_vocab_size = "
                          f"{vocab_size}")
 
@@ -191,44 +192,41 @@ def _cache_key(shards: list[Shard], vocab: int, eot: int, val_fraction: float) -
     return "tokens-" + hashlib.sha256(ident.encode()).hexdigest()[:32]
 
 
-def load_token_shards(data_cfg: "DataConfig", seq_len: int, *, verify: bool = True):
-    """TokenData of a `tokens:` corpus: split, ordered and cached as the module says."""
-    from scaling.data.dataset import (FORMAT_VERSION, TokenData, _load_cached, resolve_cache_dir)
-
+def load_token_shards(data_cfg: "DataConfig", *, verify: bool = True
+                      ) -> tuple[ShardTokenizer, np.ndarray, dict]:
+    """(tokenizer, tokens, meta) of a `tokens:` corpus, split, ordered and cached as the
+    module says: what `scaling.data.dataset.load_corpus` makes its TokenData of."""
     spec, vocab, eot = data_cfg.corpus, data_cfg.tokens_vocab_size, eot_id(data_cfg)
     if len({s.name for s in shard_paths(spec)}) != len(shard_paths(spec)):
-        raise _error(f"data.corpus = {spec!r}: shard file names are not unique")
+        raise DataError(f"data.corpus = {spec!r}: shard file names are not unique")
     shards = [read_header(p, spec) for p in shard_paths(spec)]
     dtype = np.dtype("<u2") if vocab <= 1 << 16 else np.dtype("<u4")
     key = _cache_key(shards, vocab, eot, data_cfg.val_fraction)
     bin_path = resolve_cache_dir(data_cfg) / "tokens" / f"{key}.bin"
     meta_path = bin_path.with_suffix(".json")
-    loaded = _load_cached(bin_path, meta_path, verify)
+    loaded = load_token_file(bin_path, meta_path, verify)
     if loaded is None:
         for sh in shards:
             check_vocabulary(sh, vocab, spec)
         _build(shards, spec, vocab, eot, data_cfg.val_fraction, dtype, bin_path, meta_path,
                key, FORMAT_VERSION)
-        loaded = _load_cached(bin_path, meta_path, verify=False)
+        loaded = load_token_file(bin_path, meta_path, verify=False)
         if loaded is None:
-            raise _error(f"could not build the token cache {bin_path}")
+            raise DataError(f"could not build the token cache {bin_path}")
     mm, meta = loaded
     meta = dict(meta, cache_file=str(bin_path))
-    return TokenData(ShardTokenizer(vocab, eot), mm, meta, seq_len, data_cfg.max_unique_tokens)
+    return ShardTokenizer(vocab, eot), mm, meta
 
 
 def _build(shards: list[Shard], spec: str, vocab: int, eot: int, val_fraction: float,
            dtype: np.dtype, bin_path: Path, meta_path: Path, key: str, fmt: int) -> None:
-    from scaling.data.dataset import _ORDER_SALT, _name_hash, split_documents, write_token_file
-    from scaling.runs.runfiles import atomic_write_text
-
     t0 = time.perf_counter()
     docs = _documents(shards, eot)
     if not docs:
-        raise _error(f"data.corpus = {spec!r}: the shards hold no tokens")
+        raise DataError(f"data.corpus = {spec!r}: the shards hold no tokens")
     is_val = split_documents([d.group for d in docs], val_fraction)
     if not is_val.any():
-        raise _error(f"data.corpus = {spec!r} has {len(docs)} document(s) in one group: too "
+        raise DataError(f"data.corpus = {spec!r} has {len(docs)} document(s) in one group: too "
                      "few to hold one out for validation; use more shards or documents")
     arrays = [sh.tokens() for sh in shards]
     counts: dict[str, dict[str, int]] = {}
@@ -238,7 +236,7 @@ def _build(shards: list[Shard], spec: str, vocab: int, eot: int, val_fraction: f
         nonlocal val_doc_tokens
         for split, val in (("train", False), ("val", True)):
             chosen = sorted((d for d, v in zip(docs, is_val) if bool(v) == val),
-                            key=lambda d: _name_hash(_ORDER_SALT, d.name))
+                            key=lambda d: name_hash(ORDER_SALT, d.name))
             lengths = _write_docs(f, chosen, arrays, dtype)
             counts[split] = {"tokens": int(sum(lengths)), "documents": len(chosen)}
             if val:
