@@ -175,30 +175,24 @@ class ChinchillaNoELaw(_LawInNAndD):
         return g
 
 
-class SharedExponentLaw(_LawInNAndD):
+class SharedExponentLaw(ChinchillaLaw):
     """log L = LSE(a - g log N, b - g log D, e): L = E + A/N^g + B/D^g, one exponent for both
-    terms (a parameter fewer than :class:`ChinchillaLaw`). External parameters (a, b, e, g)."""
+    terms (a parameter fewer than :class:`ChinchillaLaw`). External parameters (a, b, e, g).
+
+    :class:`ChinchillaLaw` with beta = alpha = g: its forward pass on (a, b, e, g, g), and
+    the gradient in g the sum of its gradients in alpha and beta."""
 
     names = ("a", "b", "e", "g")
     ALPHA = BETA = 3
+    _AS_CHINCHILLA = [0, 1, 2, 3, 3]  # (a, b, e, g) -> (a, b, e, alpha, beta)
 
     def forward(self, th):
-        a, b, e, g = (th[:, i : i + 1] for i in range(4))
-        z1 = np.subtract(a, g * self.u1)
-        z2 = np.subtract(b, g * self.u2)
-        pred, (w1, w2, w3) = _lse_weights(z1, z2, np.broadcast_to(e, z1.shape))
-        return pred, (w1, w2, w3)
+        return super().forward(th[:, self._AS_CHINCHILLA])
 
     def vjp(self, cache, v):
-        w1, w2, w3 = cache
-        q1 = v * w1
-        q2 = v * w2
-        g = np.empty((v.shape[0], 4))
-        g[:, 0] = q1.sum(axis=1)
-        g[:, 1] = q2.sum(axis=1)
-        g[:, 2] = (v * w3).sum(axis=1)
-        g[:, 3] = -(q1 @ self.u1) - (q2 @ self.u2)
-        return g
+        g = super().vjp(cache, v)
+        g[:, 3] += g[:, 4]
+        return g[:, :4]
 
 
 class DataConstrainedLaw(_LawInNAndD):
