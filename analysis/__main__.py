@@ -283,7 +283,7 @@ def _fit(args, df: pd.DataFrame) -> tuple[dict, str]:
                              + "); pass --n-col/--d-col/--c-col and --x")
         xs, ls = df[x].to_numpy(float), df["loss"].to_numpy(float)
         if args.envelope:
-            from .report import pareto_front
+            from .pareto import pareto_front
 
             idx = pareto_front(xs, ls)
             xs, ls = xs[idx], ls[idx]

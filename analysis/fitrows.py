@@ -26,11 +26,8 @@ from . import families as fam
 from .branches import TRUNK_NOTE, annotate_roles, drop_trunks, is_trunk
 from .load import done as done_rows
 from .noise import seed_cells
+from .result import sig
 from .validation import VALIDATION_NOTE, drop_validation
-
-
-def _sig(v, digits=6):
-    return float(f"{v:.{digits}g}") if np.isfinite(v) else v
 
 
 def reference_optimizer(done: pd.DataFrame) -> str | None:
@@ -65,8 +62,8 @@ def scaling_rows(done: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     vary = [c for c in ("lr", "seed") if c in d and d[c].nunique() > 1]
     if not vary:
         return d, notes
-    d["_Nk"] = d["N"].map(_sig)
-    d["_Dk"] = d["D"].map(_sig)
+    d["_Nk"] = d["N"].map(sig)
+    d["_Dk"] = d["D"].map(sig)
     hp = ["lr"] if "lr" in vary else []
     cells = seed_cells(d, ["_Nk", "_Dk"] + hp, mean=("N", "D", "C"),
                        first=("compute_budget", "point_id"))

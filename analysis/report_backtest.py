@@ -74,7 +74,7 @@ def figure(res: dict, c_label: str = "compute C (FLOPs)"):
 def section(rep, rows: pd.DataFrame, *, n_boot: int, seed: int, boot: str, noise, c_label: str,
             holdout_top: float = 0.25) -> None:
     """Run the backtest on the report's scaling-law rows and add its section, table and
-    figure to ``rep`` (analysis/report.py's _Report); a design that cannot be split is
+    figure to ``rep`` (analysis/report_writer.py's Report); a design that cannot be split is
     skipped with the reason."""
     title = "Does the law extrapolate?"
     if len(rows) < 7 or "C" not in rows or not np.isfinite(rows["C"].to_numpy(float)).all():

@@ -157,6 +157,12 @@ def json_default(o):
     return str(o)
 
 
+def sig(v, digits=6):
+    """``v`` rounded to ``digits`` significant figures (NaN and inf as they are): the key that
+    groups sizes, token counts and budgets equal to rounding."""
+    return float(f"{v:.{digits}g}") if np.isfinite(v) else v
+
+
 def fmt(v: float, digits: int = 4) -> str:
     """Compact number formatting for tables and legends."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
