@@ -57,7 +57,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from .laws import ChinchillaLaw, ChinchillaNoELaw, KaplanNDLaw, basin_starts, fit_multistart, grid
+from .laws import ChinchillaLaw, ChinchillaNoELaw, KaplanNDLaw
+from .multistart import basin_starts, fit_multistart, grid
 from .noise import LossNoise, noise_replicates, shared_factors
 from .prediction import CRelation, PredictiveMixin, attach
 from .result import LEVEL, FitResult, bootstrap_counts, one_sided_bound, percentile_interval

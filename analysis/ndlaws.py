@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from .chinchilla import clean_nd, fit_approach3, fit_kaplan, noise_sigma
-from .laws import DataConstrainedLaw, SharedExponentLaw, basin_starts, fit_multistart, grid
+from .laws import DataConstrainedLaw, SharedExponentLaw
+from .multistart import basin_starts, fit_multistart, grid
 from .noise import noise_replicates
 from .prediction import PredictiveMixin, attach
 from .result import LEVEL, FitResult, bootstrap_counts

@@ -13,7 +13,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from .laws import PowerLaw0, PowerLawE, basin_starts, fit_multistart, grid
+from .laws import PowerLaw0, PowerLawE
+from .multistart import basin_starts, fit_multistart, grid
 from .result import LEVEL, FitResult, bootstrap_counts
 
 

@@ -47,7 +47,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .laws import Law, fit_multistart
+from .laws import Law
+from .multistart import fit_multistart
 from .result import LEVEL, percentile_interval
 
 # share of the rows a backtest cut keeps for fitting (the cheapest ones)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import families as fam
-from . import plots
+from . import plot_axes, plots_families
 from .report_writer import Report
 from .result import fmt
 from .tables import to_markdown, value_ci
@@ -33,7 +33,7 @@ def section(rep: Report, df: pd.DataFrame, done: pd.DataFrame, source: Path, ngr
     if n_fam < 2 and ngrams.empty and not positions:
         rep.skip("model families", "one model family, no n-gram result, no per-position losses")
         return
-    n_label = plots.n_axis_label(df)
+    n_label = plot_axes.n_axis_label(df)
     n_words = n_label[n_label.index("(") + 1:-1] if "(" in n_label else "parameters"
     fits, rows_by, notes = fam.fit_families(done, n_boot=n_boot, seed=seed)
     lines = [f"- {n}" for n in notes]
@@ -71,7 +71,7 @@ def section(rep: Report, df: pd.DataFrame, done: pd.DataFrame, source: Path, ngr
             f"Eval loss against N ({n_words}) per model family at fixed D: runs (± eval stderr), "
             "the fitted (N_c/N)^α_N with its 95% band; horizontal: Kneser-Ney n-gram loss on the "
             "same tokens and eval windows (± stderr)", list(fits.values())),
-            lambda: plots.families_loss_vs_n(drawn, fits, ngrams, n_label))
+            lambda: plots_families.families_loss_vs_n(drawn, fits, ngrams, n_label))
     if positions:
         series = []
         for arch, rows in drawn.items():
@@ -83,7 +83,7 @@ def section(rep: Report, df: pd.DataFrame, done: pd.DataFrame, source: Path, ngr
             "Mean eval loss at each token position of the context window (log x), for several N "
             f"per family (colour: N, {n_words}; line style: family); dotted black: the "
             "Kneser-Ney n-gram scored on the same windows from the same in-window context"),
-            lambda: plots.loss_by_position(series, ngrams, n_label))
+            lambda: plots_families.loss_by_position(series, ngrams, n_label))
     elif n_fam >= 2:
         rep.skip("loss by position", "no run records per-position losses "
                  "(train.eval_per_position = true)")

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from . import plots
+from . import plots_optimizers
 from .optimizers import (EdgeOfGridWarning, best_lr, best_lr_runs, compute_laws,
                          compute_multiplier, lr_scaling, lr_sensitivity, seed_spread)
 from .report_writer import Report
@@ -66,10 +66,10 @@ def section(rep: Report, df: pd.DataFrame, done: pd.DataFrame, *, n_boot: int, s
     if has_grid:
         rep.figure("lr_sensitivity", "Final loss against learning rate per optimizer and size "
                    "(error bars: seed std; ×: diverged; ★: best, hollow when on the grid's edge).",
-                   lambda: plots.lr_sensitivity(sens, best))
+                   lambda: plots_optimizers.lr_sensitivity(sens, best))
         rep.figure("best_lr", "Best learning rate against N per optimizer with fitted "
                    "lr* = c N^γ (edge-of-grid points hollow, not fitted).",
-                   lambda: plots.best_lr(best, scal))
+                   lambda: plots_optimizers.best_lr(best, scal))
     bt = pd.DataFrame({
         "optimizer": best["optimizer"], "N": best["N"], "best lr (grid)": best["lr_best"],
         "best lr (refined)": best["lr_refined"],
@@ -127,7 +127,7 @@ def section(rep: Report, df: pd.DataFrame, done: pd.DataFrame, *, n_boot: int, s
                       "to reach its loss at the largest compute in the sweep")
         rep.figure("optimizer_compute", "Loss against compute per optimizer at its best learning "
                    "rate (error bars: seed std) with fitted L(C) and 95% bands.",
-                   lambda: plots.optimizer_compute(runs, laws, mults), fit=list(laws.values()))
+                   lambda: plots_optimizers.optimizer_compute(runs, laws, mults), fit=list(laws.values()))
         rep.findings.append(f"Optimizers: {ref} reaches the lowest loss at the largest compute; "
                             + "; ".join(f"{m['x']} needs {fmt(m['multiplier'], 3)}× "
                                         f"[{fmt(m['low'], 3)}, {fmt(m['high'], 3)}] its compute"

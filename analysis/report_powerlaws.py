@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import plots
+from . import plot_axes, plots
 from .pareto import pareto_front
 from .powerlaw import fit_power_law
 from .report_writer import Report, boot_text, c_label
@@ -61,6 +61,6 @@ def section(rep: Report, df: pd.DataFrame, rows: pd.DataFrame, *, n_boot: int, s
             rep.figure("loss_vs_size", "L(N), L(D) and L(C) on the Pareto front of the runs (grey: all runs), with power-law fits "
                        "(E + (x_c/x)^α) and 95% bootstrap bands; exponents in the legends.",
                        lambda: plots.loss_vs_size(rows, pl_fits, pl_env,
-                                                  labels={"N": plots.n_axis_label(df),
+                                                  labels={"N": plot_axes.n_axis_label(df),
                                                           "C": c_label(df)}), fit=list(pl_fits.values()))
     return pl_fits

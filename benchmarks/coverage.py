@@ -42,7 +42,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from analysis.isoflop import ESTIMATORS, fit_isoflop  # noqa: E402
+from analysis.isoflop import fit_isoflop  # noqa: E402
+from analysis.isoflop_minima import ESTIMATORS  # noqa: E402
 from analysis.synthetic import (ASYMMETRIC_LAW, TRUE_LAW, law_loss, profile_asymmetry,  # noqa: E402
                                 true_exponent, true_optimum)
 

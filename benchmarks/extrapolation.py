@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from analysis.backtest import run_backtest, summary_table  # noqa: E402
 from analysis.chinchilla import fit_approach3  # noqa: E402
-from analysis.laws import grid  # noqa: E402
+from analysis.multistart import grid  # noqa: E402
 from analysis.tables import to_markdown  # noqa: E402
 from analysis.synthetic import TRUE_LAW, law_loss, true_optimum  # noqa: E402
 

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from analysis.chinchilla import FTOL, fit_approach3, hoffmann_starts  # noqa: E402
-from analysis.laws import ChinchillaLaw, fit_multistart  # noqa: E402
+from analysis.laws import ChinchillaLaw  # noqa: E402
+from analysis.multistart import fit_multistart  # noqa: E402
 from analysis.result import bootstrap_counts  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "chinchilla" / "svg_extracted_data.csv"
@@ -103,7 +104,7 @@ def main() -> int:
             e = law.to_external(full.x[i])[0]
             a_full = e[4] / (e[3] + e[4])
             # objective of the reduced-start optimum on this resample
-            from analysis.laws import make_objective
+            from analysis.multistart import make_objective
 
             fg = make_objective(law, y, weights=W[i])
             red = law.to_internal(np.array([[np.log(S["A"][i]), np.log(S["B"][i]), np.log(S["E"][i]),

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from analysis.chinchilla import fit_approach3, hoffmann_starts
-from analysis.laws import ChinchillaLaw, make_objective
+from analysis.laws import ChinchillaLaw
+from analysis.multistart import make_objective
 
 DATA = Path(__file__).parent / "data" / "chinchilla" / "svg_extracted_data.csv"
 

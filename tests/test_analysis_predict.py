@@ -16,7 +16,7 @@ import pytest
 from analysis.__main__ import main
 from analysis.backtest import run_backtest, split
 from analysis.chinchilla import ChinchillaFit, fit_approach3
-from analysis.laws import grid
+from analysis.multistart import grid
 from analysis.ndlaws import DataConstrainedFit, fit_auto, fit_datacon, fit_law
 from analysis.prediction import CRelation, Misspec, fit_c_relation, misspec_from_residuals
 from analysis.synthetic import ASYMMETRIC_LAW, TRUE_LAW, law_loss, make_scaling_sweep, true_optimum

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from analysis.chinchilla import fit_approach3
-from analysis.isoflop import DEFAULT_ESTIMATOR, ESTIMATORS, fit_isoflop
-from analysis.laws import ChinchillaLaw, make_objective
+from analysis.isoflop import DEFAULT_ESTIMATOR, fit_isoflop
+from analysis.isoflop_minima import ESTIMATORS
+from analysis.laws import ChinchillaLaw
+from analysis.multistart import make_objective
 from analysis.noise import loss_noise, noise_replicates
 
 ROOT = Path(__file__).resolve().parents[1]
