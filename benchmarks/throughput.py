@@ -43,6 +43,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from scaling.accounting import counts as accounting  # noqa: E402
+from scaling.accounting import peaks  # noqa: E402
 from scaling.config import Config, ModelConfig, OptimConfig, TrainConfig  # noqa: E402
 from scaling.config.presets import PRESETS  # noqa: E402
 
@@ -181,10 +182,10 @@ def fmt_si(x: float) -> str:
 
 def cpu_table(shapes, seconds: float, with_torch: bool, torch_python: str | None = None,
               torch_gelu: str = "tanh") -> None:
-    peak = accounting.peak_flops(jax.devices()[0], "float32")
+    peak = peaks.peak_flops(jax.devices()[0], "float32")
     print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind} "
           f"({os.cpu_count()} cores), peak {fmt_si(peak)}FLOP/s fp32 "
-          f"({'env' if os.environ.get(accounting.CPU_PEAK_ENV) else 'measured matmul'})")
+          f"({'env' if os.environ.get(peaks.CPU_PEAK_ENV) else 'measured matmul'})")
     print("tok/s: median step (best step in brackets); FLOP/s and MFU from the median and the "
           "exact FLOPs/token;\ncompile: cold / from the persistent cache; load: 1-min load "
           "average when the row was measured")
@@ -212,11 +213,11 @@ def cpu_table(shapes, seconds: float, with_torch: bool, torch_python: str | None
         tps = [B * T / statistics.median(t) for t in times]
         best = [B * T / min(t) for t in times]
         row = (f"{name:19s} {fmt_si(n):>6s} | {tps[0]:7.0f} ({best[0]:5.0f}) "
-               f"{fmt_si(tps[0] * fpt):>6s} {accounting.mfu(tps[0], fpt, peak):5.1%} "
+               f"{fmt_si(tps[0] * fpt):>6s} {peaks.mfu(tps[0], fpt, peak):5.1%} "
                f"{jr.cold:4.1f}/{jr.warm:<4.2f} | ")
         if with_torch:
             row += (f"{tps[1]:7.0f} ({best[1]:5.0f}) {fmt_si(tps[1] * fpt):>6s} "
-                    f"{accounting.mfu(tps[1], fpt, peak):5.1%} | "
+                    f"{peaks.mfu(tps[1], fpt, peak):5.1%} | "
                     f"{tps[0] / tps[1]:4.2f} ({best[0] / best[1]:4.2f})")
         else:
             row += f"{'-':>15s} {'-':>6s} {'-':>5s} | {'-':>11s}"
@@ -233,7 +234,7 @@ def gpu_section(batches=(32, 16), steps: int = 20) -> None:
     Tries the larger batch first and falls back to the smaller one if it does not fit.
     """
     dev = jax.devices()[0]
-    peak = accounting.peak_flops(dev, "bfloat16")
+    peak = peaks.peak_flops(dev, "bfloat16")
     for batch in batches:
         cfg = make_config(12, 768, 12, 1024, batch, vocab=50304, compute_dtype="bfloat16")
         try:
@@ -256,8 +257,8 @@ def gpu_section(batches=(32, 16), steps: int = 20) -> None:
           f"{fmt_si(fpt.exact)}FLOP/token exact ({fmt_si(fpt.kaplan)} Kaplan), "
           f"compile {jr.cold:.1f} s")
     print(f"  step {step_s * 1e3:.1f} ms, {tps:,.0f} tokens/s, {fmt_si(tps * fpt.exact)}FLOP/s, "
-          f"MFU {accounting.mfu(tps, fpt.exact, peak):.1%} of {fmt_si(peak)}FLOP/s bf16 dense "
-          f"(Kaplan-count MFU {accounting.mfu(tps, fpt.kaplan, peak):.1%}; target >= 45%)")
+          f"MFU {peaks.mfu(tps, fpt.exact, peak):.1%} of {fmt_si(peak)}FLOP/s bf16 dense "
+          f"(Kaplan-count MFU {peaks.mfu(tps, fpt.kaplan, peak):.1%}; target >= 45%)")
 
 
 def main() -> None:

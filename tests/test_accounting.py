@@ -10,11 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scaling.accounting import counts as accounting
-
-from scaling.accounting import xla_count
+from scaling.accounting import peaks, xla_count
 from scaling.accounting.counts import (FlopCounts, ParamCounts, count_tree, flops_per_token,
-                                lookup_peak, mfu, param_counts, peak_flops, xla_flops)
+                                       param_counts, xla_flops)
+from scaling.accounting.peaks import lookup_peak, mfu, peak_flops
 from scaling.config import ModelConfig
 from scaling.models import param_shapes
 from scaling.models.transformer import loss_fn
@@ -239,12 +238,12 @@ def test_cpu_peak_env(monkeypatch):
 def test_cpu_peak_measured_and_cached(monkeypatch, tmp_path):
     monkeypatch.delenv("SCALINGLAB_CPU_PEAK_FLOPS", raising=False)
     monkeypatch.setenv("SCALINGLAB_CACHE", str(tmp_path))
-    monkeypatch.setattr(accounting, "_cpu_peak_memo", {})
-    p = accounting.measured_cpu_peak("float32", size=256, seconds=0.05)
+    monkeypatch.setattr(peaks, "_cpu_peak_memo", {})
+    p = peaks.measured_cpu_peak("float32", size=256, seconds=0.05)
     assert 1e8 < p < 1e14
     assert (tmp_path / "cpu_peak.json").exists()
-    accounting._cpu_peak_memo.clear()
-    assert accounting.measured_cpu_peak("float32", size=256, seconds=0.05) == p  # from disk
+    peaks._cpu_peak_memo.clear()
+    assert peaks.measured_cpu_peak("float32", size=256, seconds=0.05) == p  # from disk
 
 
 def test_mfu():
@@ -286,7 +285,7 @@ TPU4 = types.SimpleNamespace(platform="tpu", device_kind="TPU v4")
 ])
 def test_peak_follows_the_matmul_precision(device, dtype, setting, label, want):
     with jax.default_matmul_precision(setting):
-        assert accounting.peak_precision(device, dtype) == label
+        assert peaks.peak_precision(device, dtype) == label
         assert peak_flops(device, dtype) == pytest.approx(want, rel=1e-12)
 
 
@@ -294,20 +293,20 @@ def test_peak_precision_reads_the_global_setting():
     prior = jax.config.jax_default_matmul_precision
     try:
         jax.config.update("jax_default_matmul_precision", "highest")
-        assert accounting.peak_precision(H100, "float32") == "fp32"
+        assert peaks.peak_precision(H100, "float32") == "fp32"
         assert peak_flops(H100, "float32") == pytest.approx(66.9e12)
     finally:
         jax.config.update("jax_default_matmul_precision", prior)
-    assert accounting.peak_precision(H100, "float32") == "tf32"
+    assert peaks.peak_precision(H100, "float32") == "tf32"
 
 
 def test_peak_precision_cpu_and_errors(monkeypatch):
     cpu = jax.devices("cpu")[0]
     monkeypatch.setenv("SCALINGLAB_CPU_PEAK_FLOPS", "1.5e11")
-    assert accounting.peak_precision(cpu, "float32") == "cpu-configured"
+    assert peaks.peak_precision(cpu, "float32") == "cpu-configured"
     monkeypatch.delenv("SCALINGLAB_CPU_PEAK_FLOPS")
-    assert accounting.peak_precision(cpu, "bfloat16") == "cpu-measured"
+    assert peaks.peak_precision(cpu, "bfloat16") == "cpu-measured"
     with jax.default_matmul_precision("ANY_F8_ANY_F8_F32"), pytest.raises(ValueError, match="F8"):
-        accounting.peak_precision(H100, "float32")
+        peaks.peak_precision(H100, "float32")
     with pytest.raises(KeyError, match="PEAK_TABLE"):
         peak_flops(types.SimpleNamespace(platform="gpu", device_kind="Some GPU 9000"), "float32")

@@ -1,5 +1,7 @@
 """Compute accounting: what a run costs and how fast it goes.
 
-    counts.py      parameter counts, FLOPs per token, device peak FLOP/s and MFU
-    xla_count.py   XLA's own FLOP count of a step program, every loop trip counted
+    counts.py      parameter counts and FLOPs per token (each family's closed form, and
+                   XLA's count of a compiled executable)
+    xla_count.py   XLA's FLOP count of a step program, every loop trip counted (C_xla)
+    peaks.py       device peak FLOP/s (a table for accelerators, a measured CPU peak) and MFU
 """

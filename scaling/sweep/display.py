@@ -6,13 +6,13 @@ import os
 import sys
 from typing import Any, Callable
 
-from scaling.accounting import counts as accounting
+from scaling.accounting import peaks
 from scaling.sweep.points import Point, SweepSpec, format_si, train_flops_per_token
 from scaling.sweep.validate import guess as validate_guess
 
 
 ASSUMED_MFU = {"cpu": 0.3, "gpu": 0.35, "tpu": 0.4}
-# Used only where scaling.accounting.counts knows no peak (an unknown accelerator string).
+# Used only where scaling.accounting.peaks knows no peak (an unknown accelerator string).
 _FALLBACK_PEAK = {"cpu": 5.0e10, "gpu": 1.0e14, "tpu": 2.0e14}
 RUN_OVERHEAD_S = {"cpu": 8.0, "gpu": 30.0, "tpu": 30.0}  # start, data, compile
 STEP_OVERHEAD_S = {"cpu": 2e-3, "gpu": 5e-3, "tpu": 5e-3}  # dispatch, logging, per step
@@ -33,7 +33,7 @@ def achieved_flops(device: Any = None, dtype: str = "float32") -> tuple[float, s
     """(FLOP/s assumed achieved, how it was obtained) for the time estimates.
 
     `device`: None (jax's default device), a jax Device, or a device-kind string such as
-    "cpu" or "NVIDIA H100 80GB HBM3". Peak from scaling.accounting.counts (CPUs: measured once
+    "cpu" or "NVIDIA H100 80GB HBM3". Peak from scaling.accounting.peaks (CPUs: measured once
     and cached, or $SCALINGLAB_CPU_PEAK_FLOPS), times ASSUMED_MFU. Setting
     $SCALINGLAB_ACHIEVED_FLOPS replaces the whole estimate.
     """
@@ -45,7 +45,7 @@ def achieved_flops(device: Any = None, dtype: str = "float32") -> tuple[float, s
 
         device = jax.devices()[0]
     fam = _family(device)
-    acc = accounting
+    acc = peaks
     peak, source = None, "fallback guess"
     try:
         if fam == "cpu" and os.environ.get("SCALINGLAB_CPU_PEAK_FLOPS"):
@@ -72,7 +72,7 @@ def estimate_seconds(point: Point, device: Any = None) -> float:
     FLOPs are the training FLOPs per token including attention and the head
     (accounting.flops_per_token(...).exact, or the same closed form) x D, plus the
     evaluations (forward only, a third of that per token); achieved FLOP/s = peak x an
-    assumed MFU (ASSUMED_MFU; peak from scaling.accounting.counts, else a fallback table;
+    assumed MFU (ASSUMED_MFU; peak from scaling.accounting.peaks, else a fallback table;
     SCALINGLAB_ACHIEVED_FLOPS overrides both). Small models on a CPU run far below
     peak; expect a factor 2 either way until the runner's measured throughput is used.
     A cooldown branch is charged only the steps it trains itself (`Point.spent_steps`).

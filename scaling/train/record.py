@@ -23,7 +23,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from scaling.accounting import counts as accounting
+from scaling.accounting import peaks
 from scaling.config import Config
 from scaling.runs.runfiles import METRICS_FILE, atomic_write_text, json_default, read_metrics
 from scaling.train import tracking
@@ -133,8 +133,8 @@ class Record:
                  xla_count: tuple = (None, "not counted")):
         self.s, self.evaluate, self.start_step, self.branch = s, evaluate, start_step, branch
         cfg, t = s.cfg, s.cfg.train
-        self.peak = accounting.peak_flops(s.driver.devices[0], cfg.model.compute_dtype) * s.driver.n_devices
-        self.peak_precision = accounting.peak_precision(s.driver.devices[0], cfg.model.compute_dtype)
+        self.peak = peaks.peak_flops(s.driver.devices[0], cfg.model.compute_dtype) * s.driver.n_devices
+        self.peak_precision = peaks.peak_precision(s.driver.devices[0], cfg.model.compute_dtype)
         xla, self.xla_note = xla_count  # every loop trip counted, or None and why not
         self.xla_step_flops = None if xla is None else xla * s.driver.devices_flops_factor()
         history = curve_so_far(s, start_step, branch)
@@ -169,7 +169,7 @@ class Record:
         row = {**self.row(step), **metrics}
         if step > self.start_step and elapsed > 0:
             row["tokens_per_s"] = (step - self.start_step) * self.s.tokens_per_step / elapsed
-            row["mfu"] = accounting.mfu(row["tokens_per_s"], self.s.flops.exact, self.peak)
+            row["mfu"] = peaks.mfu(row["tokens_per_s"], self.s.flops.exact, self.peak)
         self.logged.append(row)
         self.write(row)
 
@@ -279,7 +279,7 @@ class Record:
             "wall_time_s": wall,
             "compile_time_s": compile_time,
             "tokens_per_s": tps,
-            "mfu": accounting.mfu(tps, s.flops.exact, self.peak),
+            "mfu": peaks.mfu(tps, s.flops.exact, self.peak),
             "mfu_peak_precision": self.peak_precision,
             "parallel": s.driver.kind,
             "device_kind": s.driver.devices[0].device_kind,
