@@ -1,6 +1,6 @@
 """Cooldown branches, per-size warm-up (warmup_tokens) and lr law (lr_law): planning only.
 
-Fast (no training): every test plans specs; one imports scaling.train.optim to check that a
+Fast (no training): every test plans specs; one imports scaling.train.schedules to check that a
 branch's k is where the wsd schedule starts its decay.
 """
 

@@ -39,7 +39,7 @@ class ModelConfig:
     init_std: float = 0.02
     # µP (Yang et al. 2022, Tensor Programs V): "sp" is the standard parametrisation
     # above; "mup" rescales inits, the output logits, the attention scale and the per-layer
-    # learning rates with width (see scaling/models/transformer.py and scaling/train/optim.py `mup_lr_multipliers`)
+    # learning rates with width (see scaling/models/transformer.py and scaling/train/param_groups.py `mup_lr_multipliers`)
     # so that a learning rate tuned at one width transfers. At d_model = mup_base_width,
     # µP equals SP except the attention scale (mup_attn_mult / head_dim).
     parametrization: Literal["sp", "mup"] = "sp"
@@ -305,7 +305,7 @@ class TrainConfig:
     parallel: Literal["auto", "none", "pmap", "shard_map"] = "auto"
     divergence_factor: float = 3.0  # loss above factor * initial loss => diverged
     # A sustained rise of the smoothed loss this fraction above its running minimum (and a
-    # final eval loss this far above the run's best) => diverged (scaling.train.loop._DivergenceMonitor)
+    # final eval loss this far above the run's best) => diverged (scaling.train.monitor.DivergenceMonitor)
     divergence_rise: float = 0.25
     init_from: str = ""      # a run folder (relative paths: to this run's folder) whose checkpoint at init_step starts this run: a cooldown branch of a trunk run
     init_step: int = 0

@@ -59,7 +59,7 @@ def dtype_of(name: str):
 # With m = d_model / mup_base_width (`ModelConfig.width_mult`), µP differs from SP in:
 #   hidden matrices (qkv, attn proj, fc, mlp proj)  init std  init_std / sqrt(m)
 #       (variance ~ 1/fan_in, equal to SP's at the base width; d_ff is taken to scale
-#       with d_model); their learning rates are set by scaling.train.optim.mup_lr_multipliers
+#       with d_model); their learning rates are set by scaling.train.param_groups.mup_lr_multipliers
 #   embeddings, norms, biases                       unchanged
 #   output logits                                   (mup_output_mult / m) * (h . W_out),
 #       W_out initialised like SP (std init_std) or to zero (mup_zero_readout); the

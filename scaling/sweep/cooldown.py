@@ -20,7 +20,7 @@ S_b, starting from the trunk's checkpoint at step
 
     k_b = S_b - D_b,   D_b = min(max(round(fraction x S_b), 1), S_b - W)
 
-which is exactly where scaling.train.optim's wsd schedule starts decaying (Python's round,
+which is exactly where scaling.train.schedules' wsd schedule starts decaying (Python's round,
 half to even, as optim rounds). The group's TRUNK is the same config with a constant
 learning rate, train.steps = max k_b and a checkpoint kept at every k_b
 (train.save_steps), whose final eval covers only the curve's eval sample
@@ -63,10 +63,10 @@ _D_KEYS = ("tokens", "tokens_per_param", "compute", "steps_exact", "rounding", "
 
 
 def decay_start(steps: int, fraction: float, warmup: int) -> int:
-    """Step at which scaling.train.optim's wsd schedule starts its decay: S - D.
+    """Step at which scaling.train.schedules' wsd schedule starts its decay: S - D.
 
     D = min(max(round(fraction x S), 1), S - W) with Python's round (half to even), as
-    scaling.train.optim._wsd_decay_steps counts it; the tests check the two agree.
+    scaling.train.schedules.wsd_decay_steps counts it; the tests check the two agree.
     """
     decay = min(max(int(round(fraction * steps)), 1), steps - warmup)
     return steps - decay

@@ -5,7 +5,7 @@
       metrics.jsonl     one JSON line per logged step and per evaluation
       checkpoints/      orbax checkpoints (state + data position + corpus fingerprint + config)
       result.json       written last and atomically: the run's done marker and summary
-      .lock             held while a process trains here (scaling.runs.runfiles.run_lock)
+      .lock             held while a process trains here (scaling.runs.lock.run_lock)
 
 `train(config, run_dir)` starts the run, resumes it from its newest checkpoint, or,
 if result.json exists, returns that result without training. Batches are a pure

@@ -86,7 +86,8 @@ def decay_shape(cfg: OptimConfig) -> str:
     return shape
 
 
-def _wsd_decay_steps(cfg: OptimConfig, total_steps: int) -> int:
+def wsd_decay_steps(cfg: OptimConfig, total_steps: int) -> int:
+    """Steps of a wsd schedule's decay: decay_fraction x total, at least 1, after warm-up."""
     decay = int(round(cfg.decay_fraction * total_steps))
     return min(max(decay, 1), total_steps - cfg.warmup_steps)
 
@@ -114,7 +115,7 @@ def schedule_params(cfg: OptimConfig, total_steps: int) -> ScheduleParams:
         shape = "cosine"
     elif cfg.schedule == "wsd":
         shape = decay_shape(cfg)
-        start = total_steps - _wsd_decay_steps(cfg, total_steps)
+        start = total_steps - wsd_decay_steps(cfg, total_steps)
     return ScheduleParams(
         warmup=np.int32(W), total=np.int32(total_steps), decay_start=np.int32(start),
         final_ratio=np.float32(ratio), decay_range=np.float32(1.0 - ratio),
