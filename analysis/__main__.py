@@ -14,10 +14,10 @@
 compute column; N or D may be missing and is then derived from C = 6 N D), ``power`` a power
 law of the loss in one column (``--x``), ``frontier`` the compute-efficient frontier of a
 long-format learning-curve table, ``kaplan`` Kaplan et al.'s joint L(N, D), ``shared`` and
-``datacon`` the other laws of L(N, D) (analysis/ndlaws.py), ``auto`` the L(N, D) law with the
+``datacon`` the other laws of L(N, D) (analysis/fits/ndlaws.py), ``auto`` the L(N, D) law with the
 smallest backtest error. ``--predict-at N:D`` (laws of N and D) predicts the loss of given runs
 with a prediction interval; ``backtest`` scores each law's extrapolation (analysis/cli_predict.py,
-analysis/backtest.py). ``--json`` prints one JSON object.
+analysis/fits/backtest.py). ``--json`` prints one JSON object.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cli_predict import add_backtest_parser, add_fit_args, add_predictions, backtest_main, check_args
-from .cli_checks import check_fit_options, check_fit_rows
-from .result import json_default
-from .load import CANDIDATES
+from analysis.cli_predict import add_backtest_parser, add_fit_args, add_predictions, backtest_main, check_args
+from analysis.cli_checks import check_fit_options, check_fit_rows
+from analysis.result import json_default
+from analysis.load import CANDIDATES
 
 LAWS = ("power", "frontier", "chinchilla", "isoflop", "kaplan", "shared", "datacon", "auto")
 SEED_NOISE_HELP = ("relative seed-to-seed sd of one run's loss measured elsewhere (e.g. 0.003), used "
@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
                         "noise (eval_loss_stderr) or is a designed sweep (compute_budget), else cases")
     f.add_argument("--estimator", choices=("auto", "parabola", "akima", "local"), default=None,
                    help="isoflop: estimator of each budget's minimum (default: auto, chosen per fit, "
-                        "with the reason, see analysis/isoflop_choice.py); all three are reported")
+                        "with the reason, see analysis/fits/isoflop_choice.py); all three are reported")
     f.add_argument("--json", action="store_true", help="print one JSON object")
     add_fit_args(f)  # --predict-at, --u-col
     f.add_argument("--seed-noise", type=float, default=None, metavar="REL", help=SEED_NOISE_HELP)
@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _lr_law(args) -> int:
     """`lr-law`: see analysis/lrlaw.py. Exit 2 with one error line when no law can be fitted."""
-    from .lrlaw import describe, fit_lr_law, load_for_lr_law
+    from analysis.lrlaw import describe, fit_lr_law, load_for_lr_law
 
     try:
         df = load_for_lr_law(args.source, args.accounting)
@@ -141,11 +141,11 @@ def _lr_law(args) -> int:
 
 
 def _load(args) -> pd.DataFrame:
-    from .load import load_results
+    from analysis.load import load_results
 
     p = Path(args.table)
     if args.law == "frontier":
-        from .load import prepare_curves, read_table
+        from analysis.load import prepare_curves, read_table
 
         cv = read_table(p) if p.is_file() else None
         if cv is None:
@@ -162,11 +162,11 @@ def _load(args) -> pd.DataFrame:
     if budget_is_c and args.c_col is None and "C" not in df:
         raise ValueError("isoflop needs a compute column: none found (looked for "
                          + ", ".join(CANDIDATES["C"]) + "); pass --c-col")
-    from .load import describe_dropped, done
+    from analysis.load import describe_dropped, done
 
     full = df
     if "point_id" in df:  # a sweep's table: the rows `analyze` fits (analysis/fitrows.py)
-        from .fitrows import select_fit_rows
+        from analysis.fitrows import select_fit_rows
 
         sel = select_fit_rows(df)
         df = sel.rows
@@ -186,7 +186,7 @@ def _load(args) -> pd.DataFrame:
 
 def _fit(args, df: pd.DataFrame) -> tuple[dict, str]:
     """Run the fit; return (JSON-able dict, human-readable text)."""
-    from .result import fmt
+    from analysis.result import fmt
 
     out: dict = {"law": args.law, "source": str(args.table), "n_rows": int(len(df)),
                  "n_rows_table": df.attrs.get("n_rows_table", len(df)),
@@ -203,7 +203,7 @@ def _fit(args, df: pd.DataFrame) -> tuple[dict, str]:
         _require(df, ("N", "D"), args.law)
     c_rows = df["C"] if "C" in df and np.isfinite(pd.to_numeric(df["C"], errors="coerce")).all() else None
     if args.law == "chinchilla":
-        from .chinchilla import fit_approach3
+        from analysis.fits.chinchilla import fit_approach3
 
         fit = fit_approach3(df["N"], df["D"], df["loss"], loss_fn=args.loss_fn, delta=args.delta,
                             bootstrap=boot, noise=noise, C=c_rows, **opts)
@@ -223,7 +223,7 @@ def _fit(args, df: pd.DataFrame) -> tuple[dict, str]:
             text += "\n\n" + t.to_string(index=False, float_format=lambda v: fmt(v, 4))
         text = add_predictions(fit, args, out, text)
     elif args.law == "kaplan":
-        from .chinchilla import fit_kaplan
+        from analysis.fits.chinchilla import fit_kaplan
 
         fit = fit_kaplan(df["N"], df["D"], df["loss"], loss_fn=args.loss_fn, delta=args.delta,
                          bootstrap=boot, noise=noise, C=c_rows, **opts)
@@ -231,20 +231,20 @@ def _fit(args, df: pd.DataFrame) -> tuple[dict, str]:
         text = "Kaplan et al.: L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D\n" + fit.describe()
         text = add_predictions(fit, args, out, text)
     elif args.law in ("shared", "datacon", "auto"):
-        from .cli_predict import fit_nd
+        from analysis.cli_predict import fit_nd
 
         fit, more, text = fit_nd(args, df, boot, noise)
         out.update(more)
         text = add_predictions(fit, args, out, text)
     elif args.law == "isoflop":
-        from .isoflop import fit_isoflop
+        from analysis.fits.isoflop import fit_isoflop
 
         bcol = args.budget_col or (df.attrs.get("budget_col") if args.c_col is None else None)
         budget = df[bcol] if bcol else None
         has_n = df.attrs["columns"].get("N") is not None
         if "C" not in df or not np.isfinite(df["C"]).any():
             raise ValueError("isoflop: no compute column (pass --c-col)")
-        from .isoflop import DEFAULT_ESTIMATOR
+        from analysis.fits.isoflop import DEFAULT_ESTIMATOR
 
         fit = fit_isoflop(df["C"], df["loss"], N=df["N"] if has_n or "N" in df else None,
                           D=df["D"] if ("D" in df and df["D"].notna().all()) else None, budget=budget,
@@ -274,7 +274,7 @@ def _fit(args, df: pd.DataFrame) -> tuple[dict, str]:
             n, d = fit.predict(np.asarray(args.predict, float))
             out["predictions"] = [{"C": c, "N_opt": a, "D_opt": b} for c, a, b in zip(args.predict, n, d)]
     elif args.law == "power":
-        from .powerlaw import fit_power_law
+        from analysis.fits.powerlaw import fit_power_law
 
         x = args.x or next((k for k in ("N", "D", "C") if k in df and df[k].notna().any()), None)
         if x is None or x not in df or not df[x].notna().any():
@@ -283,7 +283,7 @@ def _fit(args, df: pd.DataFrame) -> tuple[dict, str]:
                              + "); pass --n-col/--d-col/--c-col and --x")
         xs, ls = df[x].to_numpy(float), df["loss"].to_numpy(float)
         if args.envelope:
-            from .pareto import pareto_front
+            from analysis.fits.pareto import pareto_front
 
             idx = pareto_front(xs, ls)
             xs, ls = xs[idx], ls[idx]
@@ -294,7 +294,7 @@ def _fit(args, df: pd.DataFrame) -> tuple[dict, str]:
         form = "E + (x_c/x)^alpha" if fit.irreducible else "(x_c/x)^alpha"
         text = f"power law L({x}) = {form}\n" + fit.describe()
     elif args.law == "frontier":
-        from .frontier import fit_frontier
+        from analysis.fits.frontier import fit_frontier
 
         fit = fit_frontier(df, irreducible=not args.no_irreducible, loss_fn=args.loss_fn, **opts)
         out.update(fit.to_dict())
@@ -318,7 +318,7 @@ def _require(df: pd.DataFrame, keys, law: str) -> None:
 
 def _bootstrap_choice(args, df: pd.DataFrame):
     """(bootstrap kind, noise) for chinchilla/isoflop; see --bootstrap."""
-    from .noise import noise_model
+    from analysis.noise import noise_model
 
     measured = "eval_loss_stderr" in df and pd.to_numeric(df["eval_loss_stderr"], errors="coerce").notna().any()
     designed = "compute_budget" in df and pd.to_numeric(df["compute_budget"], errors="coerce").notna().any()
@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stdout if args.json else sys.stderr)
         return 2
     if args.cmd == "analyze":
-        from .report import analyze
+        from analysis.report.build import analyze
 
         try:
             out = analyze(args.source, args.out, n_boot=args.n_boot, seed=args.seed, n_col=args.n_col,

@@ -1,11 +1,11 @@
 """The command line's prediction parts (used by analysis/__main__.py):
 
 - ``fit --law {chinchilla,kaplan,shared,datacon,auto} TABLE --predict-at N:D [N:D ...]``: the
-  loss of each target run with its prediction interval (analysis/prediction.py); ``--json``:
+  loss of each target run with its prediction interval (analysis/fits/prediction.py); ``--json``:
   ``predictions: [{"N", "D", "C", "x_decades", "loss", "low", "high", "param_low",
   "param_high", "misspec_sd"}]`` and ``prediction`` (how the interval is made). With ``--predict
   C`` as well, the compute-optimal rows go to ``compute_optimal``.
-- ``backtest TABLE [--holdout-top Q | --fit-below-N N | --fit-below-C C]``: analysis/backtest.py.
+- ``backtest TABLE [--holdout-top Q | --fit-below-N N | --fit-below-C C]``: analysis/fits/backtest.py.
 
 Bad input (a target that is not N:D with finite positive numbers, a holdout share outside
 (0, 1), a non-positive cut) is one line naming the option, exit 2.
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .ndlaws import FORMS, ND_LAWS
-from .result import json_default
+from analysis.fits.ndlaws import FORMS, ND_LAWS
+from analysis.result import json_default
 
 U_COLUMNS = ("unique_tokens", "U_D", "U", "max_unique_tokens")
 
@@ -118,7 +118,7 @@ def compute_column(df: pd.DataFrame):
 
 def fit_nd(args, df: pd.DataFrame, boot: str, noise) -> tuple[object, dict, str]:
     """Fit shared, datacon or auto for ``fit``; (fit, JSON-able dict, text)."""
-    from .ndlaws import fit_auto, fit_law
+    from analysis.fits.ndlaws import fit_auto, fit_law
 
     kw = dict(n_boot=args.n_boot, seed=args.seed, bootstrap=boot, noise=noise, delta=args.delta,
               loss_fn=args.loss_fn)
@@ -174,8 +174,8 @@ def add_predictions(fit, args, out: dict, text: str) -> str:
 def load_rows(args) -> pd.DataFrame:
     """The rows a backtest fits: the same selection as ``analyze`` and ``fit``
     (analysis/fitrows.py: trunks out, done rows, one family and optimizer, seed cells)."""
-    from .fitrows import select_fit_rows
-    from .load import describe_dropped, load_results
+    from analysis.fitrows import select_fit_rows
+    from analysis.load import describe_dropped, load_results
 
     p = Path(args.table)
     df = load_results(p, n_col=args.n_col, d_col=args.d_col, c_col=args.c_col,
@@ -200,8 +200,8 @@ def load_rows(args) -> pd.DataFrame:
 
 
 def backtest_main(args) -> int:
-    from .backtest import describe, run_backtest
-    from .noise import loss_noise
+    from analysis.fits.backtest import describe, run_backtest
+    from analysis.noise import loss_noise
 
     bad = check_args(args)
     try:

@@ -249,7 +249,7 @@ def figure(task: str, subs: list[str], frames: dict, fits: dict, x: str, xlabel:
     """One figure per task: 4 panels (the metrics) vs x, a colour per sub-task; fits as
     lines with their 95% band; exact match with p^L predicted from per-token accuracy
     (dashed: from the fitted p(x); hollow markers: from each run's own p)."""
-    from .style import new_figure
+    from analysis.figures.style import new_figure
 
     fig, axes = new_figure(2, 2, width=7.2, height=5.4)
     cmap = __import__("matplotlib").colormaps["viridis"]
@@ -336,7 +336,7 @@ def analyze_tasks(done: pd.DataFrame, *, n_boot: int = 200, seed: int = 0) -> di
 
 
 def section(rep, done: pd.DataFrame, *, n_boot: int = 200, seed: int = 0) -> None:
-    """The report's 'Task abilities across scale' section (analysis/report.py calls it when
+    """The report's 'Task abilities across scale' section (analysis/report/build.py calls it when
     the table has task/ columns): one figure per task and x, a table, a finding per sub-task."""
     res = analyze_tasks(done, n_boot=n_boot, seed=seed)
     if not res["frames"]:
@@ -380,7 +380,7 @@ def section(rep, done: pd.DataFrame, *, n_boot: int = 200, seed: int = 0) -> Non
                   f"{task}: metrics of held-out instances per run (± stderr over instances; exact "
                   "match ± binomial stderr at (x+1)/(n+2)); p^L: exact match predicted from "
                   "per-token accuracy")
-        from .tables import to_markdown
+        from analysis.report.tables import to_markdown
         lines.append(f"### {task}\n\n" + to_markdown(tab) + "\n")
         for sub in subs:
             v = res["verdicts"][sub]

@@ -5,7 +5,7 @@ Families. A results table's ``arch`` column names each run's family ("transforme
 "lstm", ...); a table without it (or a blank cell) is all "transformer". Per family, at
 one D (the D with the most distinct N in that family; other D are left out and said so),
 :func:`fit_families` fits Kaplan's L(N) = (N_c/N)^alpha_N (``irreducible=True``: E +
-(N_c/N)^alpha_N, where the data identify E) with :func:`analysis.powerlaw.fit_power_law`.
+(N_c/N)^alpha_N, where the data identify E) with :func:`analysis.fits.powerlaw.fit_power_law`.
 Its intervals come from the noise-aware bootstrap (analysis/noise.py): the design (the
 sizes) fixed, each run's loss perturbed by its measured noise (seed spread, else its eval
 stderr). N is the table's N under its accounting (analysis/load.py): all parameters
@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .noise import loss_noise, noise_replicates, seed_cells
-from .powerlaw import PowerLawFit, fit_power_law
+from analysis.noise import loss_noise, noise_replicates, seed_cells
+from analysis.fits.powerlaw import PowerLawFit, fit_power_law
 
 ARCH_COL = "arch"
 DEFAULT_ARCH = "transformer"

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from . import families as fam
-from .branches import TRUNK_NOTE, annotate_roles, drop_trunks, is_trunk
-from .load import done as done_rows
-from .noise import seed_cells
-from .result import sig
-from .validation import VALIDATION_NOTE, drop_validation
+from analysis import families as fam
+from analysis.branches import TRUNK_NOTE, annotate_roles, drop_trunks, is_trunk
+from analysis.load import done as done_rows
+from analysis.noise import seed_cells
+from analysis.result import sig
+from analysis.validation import VALIDATION_NOTE, drop_validation
 
 
 def reference_optimizer(done: pd.DataFrame) -> str | None:

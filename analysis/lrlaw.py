@@ -34,9 +34,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .noise import loss_noise
-from .optimizers import best_lr, lr_sensitivity, refine_lr
-from .result import LEVEL, percentile_interval
+from analysis.noise import loss_noise
+from analysis.optimizers import best_lr, lr_sensitivity, refine_lr
+from analysis.result import LEVEL, percentile_interval
 
 
 def _cells(df: pd.DataFrame) -> pd.DataFrame:
@@ -205,8 +205,8 @@ def describe(results: list[dict], convention: str, accounting: str | None) -> st
 
 def load_for_lr_law(source, accounting: str | None = None) -> pd.DataFrame:
     """The table (trunks left out) with N, loss, lr, optimizer, status under the accounting."""
-    from .branches import annotate_roles, drop_trunks
-    from .load import load_results
+    from analysis.branches import annotate_roles, drop_trunks
+    from analysis.load import load_results
 
     df = load_results(source, accounting=accounting)
     annotate_roles(df, df.attrs.get("folder"))

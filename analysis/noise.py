@@ -165,7 +165,7 @@ def loss_noise(rows: pd.DataFrame, *, loss_col: str = "loss", default_rel: float
     every part independent per run.
 
     ``rows`` may carry ``n_seeds`` and ``seed_std`` (cells averaged over seeds, from
-    :func:`analysis.report.scaling_rows`) and ``eval_loss_stderr``."""
+    :func:`analysis.report.build.scaling_rows`) and ``eval_loss_stderr``."""
     L = pd.to_numeric(rows[loss_col], errors="coerce").to_numpy(float)
     n_seeds = rows["n_seeds"].to_numpy(float) if "n_seeds" in rows else np.ones(L.size)
     n_seeds = np.where(np.isfinite(n_seeds) & (n_seeds >= 1), n_seeds, 1.0)

@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .powerlaw import PowerLawFit, fit_power_law
-from .result import LEVEL, percentile_interval
+from analysis.fits.powerlaw import PowerLawFit, fit_power_law
+from analysis.result import LEVEL, percentile_interval
 
 
 class EdgeOfGridWarning(UserWarning):

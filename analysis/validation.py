@@ -14,7 +14,7 @@ trained. Rules kept here:
   ``validation`` list compare, per validation run, the loss predicted by the Approach 3 fit
   of the report (fitted on the other rows) at the run's actual N and D, with its prediction
   interval (``fit.predict_loss``: parameter bootstrap plus the law's misspecification,
-  analysis/prediction.py), against the observed final eval loss and its standard error.
+  analysis/fits/prediction.py), against the observed final eval loss and its standard error.
   The prediction recorded before training (the stage's own fit, same rows, fixed seed) is
   shown beside it.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .result import fmt
+from analysis.result import fmt
 
 GROUP = "validate"
 STAGE = "validate"

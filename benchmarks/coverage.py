@@ -42,8 +42,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from analysis.isoflop import fit_isoflop  # noqa: E402
-from analysis.isoflop_minima import ESTIMATORS  # noqa: E402
+from analysis.fits.isoflop import fit_isoflop  # noqa: E402
+from analysis.fits.isoflop_minima import ESTIMATORS  # noqa: E402
 from analysis.synthetic import (ASYMMETRIC_LAW, TRUE_LAW, law_loss, profile_asymmetry,  # noqa: E402
                                 true_exponent, true_optimum)
 
@@ -157,7 +157,7 @@ def main() -> int:
     ap.add_argument("--n-boot", type=int, default=200)
     args = ap.parse_args()
     print(f"# IsoFLOP exponent a: {args.draws} draws per grid, {args.n_boot} noise-bootstrap replicates; "
-          "auto = the default estimator (analysis/isoflop_choice.py)\n")
+          "auto = the default estimator (analysis/fits/isoflop_choice.py)\n")
     print("| grid | law (a; asymmetry) | estimator | bias (± se) | RMS error | coverage of 95 % CI | "
           "median CI width | mean failed replicates | auto chose |")
     print("|---|---|---|---|---|---|---|---|---|")

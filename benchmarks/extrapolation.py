@@ -2,7 +2,7 @@
 
 1. Public data: the 240 Chinchilla runs extracted by Epoch AI (tests/data/chinchilla, five
    highest losses dropped as Besiroglu et al. do; D = C / (6 N)). Every law is fitted to the
-   runs below ``--cut`` FLOPs (default 1e21) and predicts the rest (analysis/backtest.py):
+   runs below ``--cut`` FLOPs (default 1e21) and predicts the rest (analysis/fits/backtest.py):
    mean and largest |relative error| and coverage of the 95 % prediction interval, per law.
    Case bootstrap (the rows are not a designed sweep and carry no measured noise).
 2. Synthetic data with a known law (Hoffmann et al.'s published fit, analysis/synthetic.py's
@@ -34,10 +34,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from analysis.backtest import run_backtest, summary_table  # noqa: E402
-from analysis.chinchilla import fit_approach3  # noqa: E402
-from analysis.multistart import grid  # noqa: E402
-from analysis.tables import to_markdown  # noqa: E402
+from analysis.fits.backtest import run_backtest, summary_table  # noqa: E402
+from analysis.fits.chinchilla import fit_approach3  # noqa: E402
+from analysis.fits.multistart import grid  # noqa: E402
+from analysis.report.tables import to_markdown  # noqa: E402
 from analysis.synthetic import TRUE_LAW, law_loss, true_optimum  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "chinchilla" / "svg_extracted_data.csv"
@@ -121,7 +121,7 @@ def coverage_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def timing(n_boot: int = 200) -> dict:
-    from analysis.ndlaws import fit_auto
+    from analysis.fits.ndlaws import fit_auto
 
     d = epoch_rows()
     t0 = time.perf_counter()

@@ -1,7 +1,7 @@
 """Speed of Chinchilla Approach 3 on the 240 Chinchilla runs (Epoch AI's extraction).
 
 Times the full fit (Hoffmann et al.'s 4,500 starts) plus bootstrap refits, as
-``analysis.chinchilla.fit_approach3`` does them (batched numpy L-BFGS; bootstrap refits
+``analysis.fits.chinchilla.fit_approach3`` does them (batched numpy L-BFGS; bootstrap refits
 start from the full-data optimum and the starts of the best distinct basins). Also:
 
 - ``--verify K``: refits K bootstrap resamples from all 4,500 starts and compares with the
@@ -28,9 +28,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from analysis.chinchilla import FTOL, fit_approach3, hoffmann_starts  # noqa: E402
-from analysis.laws import ChinchillaLaw  # noqa: E402
-from analysis.multistart import fit_multistart  # noqa: E402
+from analysis.fits.chinchilla import FTOL, fit_approach3, hoffmann_starts  # noqa: E402
+from analysis.fits.laws import ChinchillaLaw  # noqa: E402
+from analysis.fits.multistart import fit_multistart  # noqa: E402
 from analysis.result import bootstrap_counts  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "chinchilla" / "svg_extracted_data.csv"
@@ -104,7 +104,7 @@ def main() -> int:
             e = law.to_external(full.x[i])[0]
             a_full = e[4] / (e[3] + e[4])
             # objective of the reduced-start optimum on this resample
-            from analysis.multistart import make_objective
+            from analysis.fits.multistart import make_objective
 
             fg = make_objective(law, y, weights=W[i])
             red = law.to_internal(np.array([[np.log(S["A"][i]), np.log(S["B"][i]), np.log(S["E"][i]),

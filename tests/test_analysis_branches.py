@@ -14,7 +14,7 @@ from analysis.branches import (annotate_roles, compute_spent, compute_text, drop
                                fit_curves, split_curves)
 from analysis.followups import added_points, added_points_section
 from analysis.load import load_results
-from analysis.report import analyze
+from analysis.report.build import analyze
 
 SIZES = (1e4, 3e4, 1e5)
 LENGTHS = (100, 200)  # steps of each branch; k = 0.8 S

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.chinchilla import fit_approach3, hoffmann_starts
-from analysis.laws import ChinchillaLaw
-from analysis.multistart import make_objective
+from analysis.fits.chinchilla import fit_approach3, hoffmann_starts
+from analysis.fits.laws import ChinchillaLaw
+from analysis.fits.multistart import make_objective
 
 DATA = Path(__file__).parent / "data" / "chinchilla" / "svg_extracted_data.csv"
 

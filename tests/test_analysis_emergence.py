@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from analysis import emergence
-from analysis.report import analyze
+from analysis.report.build import analyze
 from scaling.evaluation import taskstats
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from analysis import families as fam
 from analysis.fitrows import scaling_rows
-from analysis.report import analyze
+from analysis.report.build import analyze
 
 D = 2_000_000
 TRUTH = {"transformer": (2e6, 0.30), "lstm": (3e5, 0.15)}  # (N_c, alpha_N)

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis._lbfgs import CONVERGED, STALLED, minimize_batched
-from analysis.chinchilla import fit_approach3, fit_kaplan
-from analysis.frontier import fit_approach1, fit_frontier
-from analysis.isoflop import fit_isoflop, group_budgets
+from analysis.fits._lbfgs import CONVERGED, STALLED, minimize_batched
+from analysis.fits.chinchilla import fit_approach3, fit_kaplan
+from analysis.fits.frontier import fit_approach1, fit_frontier
+from analysis.fits.isoflop import fit_isoflop, group_budgets
 from analysis.load import load_results
-from analysis.powerlaw import fit_power_law
+from analysis.fits.powerlaw import fit_power_law
 from analysis.synthetic import TRUE_LAW, law_loss, make_scaling_sweep, true_optimum
 
 AL, BE = TRUE_LAW["alpha"], TRUE_LAW["beta"]

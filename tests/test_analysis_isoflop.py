@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from analysis.fitrows import select_fit_rows
-from analysis.isoflop import fit_isoflop
-from analysis.isoflop_minima import VERTEX_SLACK
-from analysis.isoflop_choice import ALPHA_TEST, choose_estimator
+from analysis.fits.isoflop import fit_isoflop
+from analysis.fits.isoflop_minima import VERTEX_SLACK
+from analysis.fits.isoflop_choice import ALPHA_TEST, choose_estimator
 from analysis.load import NO_EVAL_NOTE, describe_dropped, load_results
 from analysis.synthetic import ASYMMETRIC_LAW, make_scaling_sweep, true_exponent
 

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.chinchilla import fit_approach3
-from analysis.isoflop import fit_isoflop
+from analysis.fits.chinchilla import fit_approach3
+from analysis.fits.isoflop import fit_isoflop
 from analysis.noise import (EvalDocuments, LossNoise, eval_documents, noise_model, noise_replicates,
                             pooled_seed_noise, read_documents, shared_factors)
 
@@ -290,7 +290,7 @@ def test_cli_seed_noise_bad_value_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_report_states_the_noise_model_in_one_sentence(tmp_path):
-    from analysis.report import analyze
+    from analysis.report.build import analyze
 
     folder, _ = _sweep_with_documents(tmp_path / "sw", seeds=(0, 1, 2))
     out = analyze(folder, n_boot=20)

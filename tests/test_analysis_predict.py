@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 
 from analysis.__main__ import main
-from analysis.backtest import run_backtest, split
-from analysis.chinchilla import ChinchillaFit, fit_approach3
-from analysis.multistart import grid
-from analysis.ndlaws import DataConstrainedFit, fit_auto, fit_datacon, fit_law
-from analysis.prediction import CRelation, Misspec, fit_c_relation, misspec_from_residuals
+from analysis.fits.backtest import run_backtest, split
+from analysis.fits.chinchilla import ChinchillaFit, fit_approach3
+from analysis.fits.multistart import grid
+from analysis.fits.ndlaws import DataConstrainedFit, fit_auto, fit_datacon, fit_law
+from analysis.fits.prediction import CRelation, Misspec, fit_c_relation, misspec_from_residuals
 from analysis.synthetic import ASYMMETRIC_LAW, TRUE_LAW, law_loss, make_scaling_sweep, true_optimum
 
 COARSE = grid(np.arange(0.0, 25.1, 5.0), np.arange(0.0, 25.1, 5.0), [-1.0, 0.0, 1.0],
@@ -168,7 +168,7 @@ def test_c_relation_is_exact_for_6nd_and_defaults_to_it():
     assert r.c1 == pytest.approx(0.0, abs=1e-9) and math.exp(r.log_k0) == pytest.approx(6.0)
     assert "6 N D" in fit_c_relation(N, D, None).source
     p = {"E": 1.7, "A": 400.0, "B": 400.0, "alpha": 0.34, "beta": 0.28}
-    from analysis.chinchilla import derive
+    from analysis.fits.chinchilla import derive
 
     p = derive(math.log(p["A"]), math.log(p["B"]), math.log(p["E"]), p["alpha"], p["beta"])
     n, d, _ = ChinchillaFit._optimal(np.array([1e20]), p)

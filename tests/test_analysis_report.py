@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.report import analyze, default_out_dir
+from analysis.report.build import analyze, default_out_dir
 from analysis.synthetic import make_optimizer_sweep, make_scaling_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,7 +215,7 @@ _WRITER_SCRIPT = """
 import json, sys
 from pathlib import Path
 from matplotlib.artist import Artist
-from analysis.style import FigureWriter, new_figure
+from analysis.figures.style import FigureWriter, new_figure
 
 class Boom(Artist):
     def draw(self, renderer):

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.chinchilla import fit_approach3
-from analysis.isoflop import DEFAULT_ESTIMATOR, fit_isoflop
-from analysis.isoflop_minima import ESTIMATORS
-from analysis.laws import ChinchillaLaw
-from analysis.multistart import make_objective
+from analysis.fits.chinchilla import fit_approach3
+from analysis.fits.isoflop import DEFAULT_ESTIMATOR, fit_isoflop
+from analysis.fits.isoflop_minima import ESTIMATORS
+from analysis.fits.laws import ChinchillaLaw
+from analysis.fits.multistart import make_objective
 from analysis.noise import loss_noise, noise_replicates
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from analysis.__main__ import main
-from analysis.powerlaw import fit_power_law
+from analysis.fits.powerlaw import fit_power_law
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from analysis import validation as V
 
 
 class FakeFit:
-    """predict_loss as analysis/prediction.py gives it (an object with as_dict)."""
+    """predict_loss as analysis/fits/prediction.py gives it (an object with as_dict)."""
 
     class P:
         def __init__(self, N, D):

@@ -29,16 +29,16 @@ bootstrap made it and how many of its replicates failed. Designed sweeps (a comp
 column) and tables that measure their noise get the noise-aware bootstrap for Approach 2,
 Approach 3 and Kaplan's L(N, D); Pareto-front power laws and the learning-curve frontier keep
 the case bootstrap (a front is a selection, not a design). Parameters the data do not
-identify (analysis/chinchilla.py, analysis/powerlaw.py) are printed with a one-sided bound,
+identify (analysis/fits/chinchilla.py, analysis/fits/powerlaw.py) are printed with a one-sided bound,
 and what depends on them is marked conditional; an IsoFLOP exponent from fewer than 3
 bracketed budgets is "not determined".
 
-This module loads the table, writes the Data section and calls one module per section, in
-the order of summary.md: report_powerlaws (L(N), L(D), L(C)), report_parametric (Approach 3,
-Kaplan), report_isoflop (Approach 2), report_curves (frontier, Approach 1), report_predictions
-(optimal allocation, predictions), report_backtest (does the law extrapolate?), validation
-(does the prediction hold?), report_optimizers, report_families, emergence (task abilities);
-report_writer holds what they add to and writes summary.md.
+This module loads the table, writes the Data section and calls one module of this package
+per section, in the order of summary.md: powerlaws (L(N), L(D), L(C)), parametric
+(Approach 3, Kaplan), isoflop (Approach 2), curves (frontier, Approach 1), predictions
+(optimal allocation, predictions), backtest (does the law extrapolate?), analysis.validation
+(does the prediction hold?), optimizers, families, analysis.emergence (task abilities);
+writer holds what they add to and writes summary.md.
 """
 
 from __future__ import annotations
@@ -50,16 +50,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import (emergence, report_backtest, report_curves, report_families, report_isoflop,
-               report_optimizers, report_parametric, report_powerlaws, report_predictions,
-               validation)
-from .branches import TRUNK_NOTE, compute_spent, compute_text
-from .fitrows import select_fit_rows
-from .followups import added_points, added_points_section
-from .load import describe_dropped, load_results
-from .noise import noise_model
-from .report_writer import Report, c_label, params_table, write_summary
-from .result import fmt, json_default
+from analysis import emergence, validation
+from analysis.report import backtest as report_backtest
+from analysis.report import curves as report_curves
+from analysis.report import families as report_families
+from analysis.report import isoflop as report_isoflop
+from analysis.report import optimizers as report_optimizers
+from analysis.report import parametric as report_parametric
+from analysis.report import powerlaws as report_powerlaws
+from analysis.report import predictions as report_predictions
+from analysis.branches import TRUNK_NOTE, compute_spent, compute_text
+from analysis.fitrows import select_fit_rows
+from analysis.followups import added_points, added_points_section
+from analysis.load import describe_dropped, load_results
+from analysis.noise import noise_model
+from analysis.report.writer import Report, c_label, params_table, write_summary
+from analysis.result import fmt, json_default
 
 
 def default_out_dir(source: str | Path) -> Path:
@@ -189,7 +195,7 @@ def analyze(
                                          n_boot=n_boot, seed=seed, pl_loss=pl_loss)
     report_predictions.section(rep, df, rows, a3=a3, iso=iso, a1=a1, frontier=frontier,
                                pl_fits=pl_fits, predict_C=predict_C)
-    if len(rows):  # "Does the law extrapolate?" (analysis/report_backtest.py)
+    if len(rows):  # "Does the law extrapolate?" (analysis/report/backtest.py)
         report_backtest.section(rep, rows, n_boot=n_boot, seed=seed, boot=boot,
                                 noise=noise if measured else None, c_label=c_label(df))
     # "Does the prediction hold? (a 10x run)": runs of followup.validate (analysis/validation.py)

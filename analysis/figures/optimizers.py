@@ -1,6 +1,6 @@
-"""Figures of the optimizer comparison (analysis/report_optimizers.py): loss against learning
+"""Figures of the optimizer comparison (analysis/report/optimizers.py): loss against learning
 rate, the best learning rate against N, loss against compute at each optimizer's best
-learning rate. Each returns a matplotlib Figure in the paper style (analysis/style.py)."""
+learning rate. Each returns a matplotlib Figure in the paper style (analysis/figures/style.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .plot_axes import ci_label, loglog, size_colorbar, xgrid
-from .result import fmt
-from .style import PALETTE, SEQ_CMAP, new_figure, paper_style, size_norm
+from analysis.figures.axes import ci_label, loglog, size_colorbar, xgrid
+from analysis.result import fmt
+from analysis.figures.style import PALETTE, SEQ_CMAP, new_figure, paper_style, size_norm
 
 
 def lr_sensitivity(sens: pd.DataFrame, best: pd.DataFrame):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .result import fmt
+from analysis.result import fmt
 
 
 def _cell(v, digits: int) -> str:

@@ -1,17 +1,17 @@
 """The report's parametric laws of L(N, D): Chinchilla's Approach 3 (with its residual figure
 and, where the data do not identify a parameter, the reduced model) and Kaplan et al.'s
-L(N, D). Called once from analysis/report.py (:func:`section`).
+L(N, D). Called once from analysis/report/build.py (:func:`section`).
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from . import plots
-from .chinchilla import fit_approach3, fit_kaplan
-from .report_writer import Report, boot_text, c_label, param_text
-from .result import fmt, sig
-from .tables import value_ci
+from analysis.figures import fits as plots
+from analysis.fits.chinchilla import fit_approach3, fit_kaplan
+from analysis.report.writer import Report, boot_text, c_label, param_text
+from analysis.result import fmt, sig
+from analysis.report.tables import value_ci
 
 
 def section(rep: Report, df: pd.DataFrame, rows: pd.DataFrame, *, n_boot: int, seed: int,

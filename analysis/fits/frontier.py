@@ -20,8 +20,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from .powerlaw import PowerLawFit, fit_power_law
-from .result import LEVEL, AllocationFit, FitResult, percentile_interval
+from analysis.fits.powerlaw import PowerLawFit, fit_power_law
+from analysis.result import LEVEL, AllocationFit, FitResult, percentile_interval
 
 
 def curve_matrix(curves: pd.DataFrame, *, run: str = "point_id", x: str = "flops",

@@ -14,7 +14,7 @@ under C = 6 N D (the published closed form; params a, b, G):
     a = beta / (alpha + beta),  b = alpha / (alpha + beta).
 
 Given the table's compute (``C=``), :meth:`ChinchillaFit.optimal` minimises the law along the
-table's own C(N, D) = k0 N^(1 + c1) D instead (analysis/prediction.py, :class:`CRelation`;
+table's own C(N, D) = k0 N^(1 + c1) D instead (analysis/fits/prediction.py, :class:`CRelation`;
 C_exact under the default accounting), so Approach 3 and the IsoFLOP budgets share one compute
 axis: with beta' = beta (1 + c1),
 
@@ -26,7 +26,7 @@ against that C (equal to a and b under 6ND).
 
 Prediction (``fit.predict_loss(N, D, level=0.95)``): the loss of any run with a prediction
 interval that adds the law's misspecification, from a rolling backtest, to the bootstrap's
-parameter uncertainty; see analysis/prediction.py. ``KaplanFit`` has the same method.
+parameter uncertainty; see analysis/fits/prediction.py. ``KaplanFit`` has the same method.
 
 ``loss_fn="huber_nll"`` is Besiroglu et al.'s (2024) estimator: the Huber loss read as
 the negative log-likelihood of a Huber density with a fitted scale sigma.
@@ -57,11 +57,11 @@ import math
 import numpy as np
 import pandas as pd
 
-from .laws import ChinchillaLaw, ChinchillaNoELaw, KaplanNDLaw
-from .multistart import basin_starts, fit_multistart, grid
-from .noise import LossNoise, noise_replicates, shared_factors
-from .prediction import CRelation, PredictiveMixin, attach
-from .result import LEVEL, FitResult, bootstrap_counts, one_sided_bound, percentile_interval
+from analysis.fits.laws import ChinchillaLaw, ChinchillaNoELaw, KaplanNDLaw
+from analysis.fits.multistart import basin_starts, fit_multistart, grid
+from analysis.noise import LossNoise, noise_replicates, shared_factors
+from analysis.fits.prediction import CRelation, PredictiveMixin, attach
+from analysis.result import LEVEL, FitResult, bootstrap_counts, one_sided_bound, percentile_interval
 
 # E below this fraction of the smallest observed loss counts as "at its bound" (E = 0)
 E_FLOOR_FRACTION = 1e-3
@@ -107,7 +107,7 @@ def derive(a: float, b: float, e: float, alpha: float, beta: float) -> dict[str,
 
 class ChinchillaFit(PredictiveMixin, FitResult):
     """Result of :func:`fit_approach3`. params: E, A, B, alpha, beta, a, b, G (+ sigma;
-    + a_C, b_C given the table's compute). ``predict_loss``: analysis/prediction.py."""
+    + a_C, b_C given the table's compute). ``predict_loss``: analysis/fits/prediction.py."""
 
     def predict(self, N, D, params: dict | None = None) -> np.ndarray:
         p = self.params if params is None else params
@@ -196,7 +196,7 @@ def fit_approach3(
     or :class:`analysis.noise.LossNoise`), used by the noise bootstrap. ``C``: the table's
     compute per row (its C(N, D) relation then sets the compute-optimal allocation and the
     prediction's extrapolation distance; None: C = 6 N D). ``backtest``: estimate the law's
-    misspecification for ``predict_loss`` (analysis/prediction.py).
+    misspecification for ``predict_loss`` (analysis/fits/prediction.py).
     """
     if bootstrap not in ("noise", "cases"):
         raise ValueError(f"bootstrap must be 'noise' or 'cases', got {bootstrap!r}")

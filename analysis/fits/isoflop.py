@@ -11,7 +11,7 @@ N_opt(C) are computed (all reported, one is the default):
   of the profile away from the minimum does not move it.
 - ``local``: a parabola over the ``LOCAL_POINTS`` sizes nearest the lowest observed loss.
 
-Default: ``auto`` (:data:`DEFAULT_ESTIMATOR`): per fit, :mod:`analysis.isoflop_choice` tests
+Default: ``auto`` (:data:`DEFAULT_ESTIMATOR`): per fit, :mod:`analysis.fits.isoflop_choice` tests
 whether the profiles are parabolas over the grid (a pooled cubic lack-of-fit test) and keeps
 the global parabola unless they are not, then takes the local parabola. Validated by
 ``benchmarks/coverage.py``: on sparse, narrow grids (4-5 sizes per budget over a factor ~4
@@ -24,7 +24,7 @@ three estimators on 7-size grids (centred, off-centre, 3 decades wide, a driftin
 jittered) are the ``--kinds`` of the same script.
 The report names the estimator and says where the others disagree with it by more than
 their combined interval half-widths.
-The estimators of one budget's minimum are in analysis/isoflop_minima.py; this module groups
+The estimators of one budget's minimum are in analysis/fits/isoflop_minima.py; this module groups
 the budgets, fits the exponents and makes their intervals.
 
 Vertex rule (one rule for the point estimate and every bootstrap replicate): a parabola's
@@ -68,9 +68,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from .isoflop_minima import ESTIMATORS, VERTEX_SLACK, budget_minimum
-from .noise import DEFAULT_REL_NOISE, LossNoise, noise_replicates, shared_factors
-from .result import LEVEL, AllocationFit, percentile_interval
+from analysis.fits.isoflop_minima import ESTIMATORS, VERTEX_SLACK, budget_minimum
+from analysis.noise import DEFAULT_REL_NOISE, LossNoise, noise_replicates, shared_factors
+from analysis.result import LEVEL, AllocationFit, percentile_interval
 
 CHOICES = ESTIMATORS + ("auto",)  # what a caller may ask for; auto picks one of ESTIMATORS
 DEFAULT_ESTIMATOR = "auto"
@@ -205,7 +205,7 @@ def fit_isoflop(
     requested = estimator
     choice = None
     if estimator == "auto":
-        from .isoflop_choice import choose_estimator
+        from analysis.fits.isoflop_choice import choose_estimator
 
         bracketed_profiles = []
         for c in np.unique(budget):

@@ -1,6 +1,6 @@
 """The report's power laws L(N), L(D) and L(C): each fitted on the Pareto front of the runs
-(analysis/pareto.py) with the case bootstrap, their exponents as findings and one figure.
-Called once from analysis/report.py (:func:`section`).
+(analysis/fits/pareto.py) with the case bootstrap, their exponents as findings and one figure.
+Called once from analysis/report/build.py (:func:`section`).
 """
 
 from __future__ import annotations
@@ -8,12 +8,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import plot_axes, plots
-from .pareto import pareto_front
-from .powerlaw import fit_power_law
-from .report_writer import Report, boot_text, c_label
-from .result import fmt
-from .tables import value_ci
+from analysis.figures import axes as plot_axes
+
+from analysis.figures import fits as plots
+from analysis.fits.pareto import pareto_front
+from analysis.fits.powerlaw import fit_power_law
+from analysis.report.writer import Report, boot_text, c_label
+from analysis.result import fmt
+from analysis.report.tables import value_ci
 
 
 def section(rep: Report, df: pd.DataFrame, rows: pd.DataFrame, *, n_boot: int, seed: int,

@@ -1,4 +1,4 @@
-"""Robust objectives and a batched multi-start fitter for the laws of analysis/laws.py.
+"""Robust objectives and a batched multi-start fitter for the laws of analysis/fits/laws.py.
 
 Objectives (all summed over rows, optionally with per-row integer weights for the
 bootstrap):
@@ -20,8 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ._lbfgs import CONVERGED, STALLED, minimize_batched
-from .laws import Law
+from analysis.fits._lbfgs import CONVERGED, STALLED, minimize_batched
+from analysis.fits.laws import Law
 
 
 # --------------------------------------------------------------------------------------

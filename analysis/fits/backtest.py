@@ -8,7 +8,7 @@ of the rows by compute, cut between compute levels (an IsoFLOP budget is never s
 one level is held out); ``fit_below_N`` fits the runs with N below the value; ``fit_below_C``
 the runs with C below the value. Each law is fitted to the training rows alone, from its full
 grid of starts, with its own bootstrap and its own misspecification (the rolling backtest of
-analysis/prediction.py inside the training rows): nothing of the held-out rows enters the fit.
+analysis/fits/prediction.py inside the training rows): nothing of the held-out rows enters the fit.
 
 Per held-out run: predicted loss, its 95 % prediction interval, the relative error
 (predicted / observed - 1) and whether the observed loss is inside the interval; per law: the
@@ -22,9 +22,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from .ndlaws import FORMS, ND_LAWS, fit_law
-from .prediction import compute_levels
-from .result import LEVEL
+from analysis.fits.ndlaws import FORMS, ND_LAWS, fit_law
+from analysis.fits.prediction import compute_levels
+from analysis.result import LEVEL
 
 
 def split(df: pd.DataFrame, *, holdout_top: float | None = None, fit_below_N: float | None = None,

@@ -1,5 +1,5 @@
 """The report's model-family section: L(N) per model family with the n-gram reference line,
-and the loss by token position (analysis/families.py). Called once from analysis/report.py
+and the loss by token position (analysis/families.py). Called once from analysis/report/build.py
 (:func:`section`).
 """
 
@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import families as fam
-from . import plot_axes, plots_families
-from .report_writer import Report
-from .result import fmt
-from .tables import to_markdown, value_ci
+from analysis import families as fam
+from analysis.figures import axes as plot_axes
+from analysis.figures import families as plots_families
+from analysis.report.writer import Report
+from analysis.result import fmt
+from analysis.report.tables import to_markdown, value_ci
 
 
 def section(rep: Report, df: pd.DataFrame, done: pd.DataFrame, source: Path, ngram,

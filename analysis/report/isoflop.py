@@ -1,6 +1,6 @@
-"""The report's IsoFLOP section (Chinchilla's Approach 2, analysis/isoflop.py): the allocation
+"""The report's IsoFLOP section (Chinchilla's Approach 2, analysis/fits/isoflop.py): the allocation
 exponents with every estimator of the minima, the per-budget table and the profiles' figure.
-Called once from analysis/report.py (:func:`section`).
+Called once from analysis/report/build.py (:func:`section`).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import math
 import numpy as np
 import pandas as pd
 
-from . import plots
-from .isoflop import fit_isoflop
-from .report_writer import Report, boot_text
-from .result import sig
-from .tables import value_ci
+from analysis.figures import fits as plots
+from analysis.fits.isoflop import fit_isoflop
+from analysis.report.writer import Report, boot_text
+from analysis.result import sig
+from analysis.report.tables import value_ci
 
 
 def section(rep: Report, rows: pd.DataFrame, *, n_boot: int, seed: int, noise, measured: bool):

@@ -6,7 +6,7 @@ an intercept and its exponent and lets L-BFGS converge in far fewer iterations; 
 map to the published parametrisation is linear and exact, so starting points from
 published grids are translated exactly and the optimum is unchanged.
 
-The objectives and the multi-start fitter are in analysis/multistart.py.
+The objectives and the multi-start fitter are in analysis/fits/multistart.py.
 """
 
 from __future__ import annotations

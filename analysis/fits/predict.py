@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .result import percentile_interval
+from analysis.result import percentile_interval
 
 
 def _band_from_samples(samples: pd.DataFrame | None, fn, C: np.ndarray, level: float):

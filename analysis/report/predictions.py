@@ -1,6 +1,6 @@
 """The report's compute-optimal allocation: the figure of N_opt and D_opt against compute from
 every allocation fit made (Approaches 1, 2 and 3), and the table of predictions for larger
-budgets. Called once from analysis/report.py (:func:`section`).
+budgets. Called once from analysis/report/build.py (:func:`section`).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import math
 import numpy as np
 import pandas as pd
 
-from . import plots
-from .predict import compute_optimal
-from .report_writer import Report, c_label
-from .result import fmt
-from .tables import value_ci
+from analysis.figures import fits as plots
+from analysis.fits.predict import compute_optimal
+from analysis.report.writer import Report, c_label
+from analysis.result import fmt
+from analysis.report.tables import value_ci
 
 
 def section(rep: Report, df: pd.DataFrame, rows: pd.DataFrame, *, a3, iso, a1, frontier,

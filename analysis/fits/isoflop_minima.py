@@ -1,5 +1,5 @@
 """IsoFLOP minima: where one compute budget's profile of loss against N has its minimum, by the
-three estimators of analysis/isoflop.py (global parabola, Akima interpolant, local parabola),
+three estimators of analysis/fits/isoflop.py (global parabola, Akima interpolant, local parabola),
 under the one vertex rule (:data:`VERTEX_SLACK`); and each estimator's curve for figures.
 """
 

@@ -31,12 +31,12 @@ too) and the sub-fits' parameter error (larger than the full fit's): the estimat
 The refits start from the full-data optimum and the starts of its best distinct basins, as the
 bootstrap's refits do (``analysis backtest`` refits each training set from the full grid).
 The mean |relative error| of these backtest predictions is the law's "backtest error", by which
-``--law auto`` chooses (analysis/ndlaws.py).
+``--law auto`` chooses (analysis/fits/ndlaws.py).
 
 Compute (:class:`CRelation`): the table's own C(N, D), ``C = k0 N^(1 + c1) D`` fitted by least
 squares of log(C / (N D)) on log N (exact for 6ND, k0 = 6, c1 = 0; close for C_exact, whose
 FLOPs per token and parameter fall with N). Approach 3's compute-optimal allocation
-(analysis/chinchilla.py) minimises the law along this same relation, so that it and the
+(analysis/fits/chinchilla.py) minimises the law along this same relation, so that it and the
 IsoFLOP budgets (C_exact under the default accounting) are on one compute axis.
 """
 
@@ -47,9 +47,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .laws import Law
-from .multistart import fit_multistart
-from .result import LEVEL, percentile_interval
+from analysis.fits.laws import Law
+from analysis.fits.multistart import fit_multistart
+from analysis.result import LEVEL, percentile_interval
 
 # share of the rows a backtest cut keeps for fitting (the cheapest ones)
 CUT_RANGE = (0.5, 0.9)
@@ -336,7 +336,7 @@ class PredictiveMixin:
 
     def predict_loss(self, N, D, level: float = LEVEL) -> Prediction:
         """The loss of runs (N, D) with a ``level`` prediction interval; see the module
-        docstring of analysis/prediction.py."""
+        docstring of analysis/fits/prediction.py."""
         scalar = np.ndim(N) == 0 and np.ndim(D) == 0
         N, D = np.broadcast_arrays(np.atleast_1d(np.asarray(N, dtype=np.float64)),
                                    np.atleast_1d(np.asarray(D, dtype=np.float64)))

@@ -1,7 +1,7 @@
 """The report's optimizer comparison: loss against learning rate per optimizer and size, the
 best learning rate and its scaling with N, the seed spread, and (with several optimizers)
 each one's L(C) at its best learning rate with the compute multipliers between them.
-Called once from analysis/report.py (:func:`section`).
+Called once from analysis/report/build.py (:func:`section`).
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from . import plots_optimizers
-from .optimizers import (EdgeOfGridWarning, best_lr, best_lr_runs, compute_laws,
+from analysis.figures import optimizers as plots_optimizers
+from analysis.optimizers import (EdgeOfGridWarning, best_lr, best_lr_runs, compute_laws,
                          compute_multiplier, lr_scaling, lr_sensitivity, seed_spread)
-from .report_writer import Report
-from .result import fmt, sig
-from .tables import value_ci
+from analysis.report.writer import Report
+from analysis.result import fmt, sig
+from analysis.report.tables import value_ci
 
 
 def section(rep: Report, df: pd.DataFrame, done: pd.DataFrame, *, n_boot: int, seed: int):

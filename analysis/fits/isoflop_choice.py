@@ -1,6 +1,6 @@
 """``--estimator auto``: which IsoFLOP minimum estimator suits the data, decided per fit.
 
-The global parabola (:mod:`analysis.isoflop`) is the least noisy estimator of a budget's
+The global parabola (:mod:`analysis.fits.isoflop`) is the least noisy estimator of a budget's
 minimum, and exact where the profile L(log N) is a parabola over the grid's span. Real
 IsoFLOP profiles are asymmetric in log N (Chinchilla's L = E + A/N^alpha + B/D^beta with
 alpha != beta rises faster on one side), so over a wide grid the parabola's vertex moves
@@ -18,7 +18,7 @@ residual variance, so the rule does not depend on a noise model.
   sizes to test it: sparse, narrow grids such as the demo's 4-5 sizes over a factor 4-5
   in N): ``parabola``;
 - p < :data:`ALPHA_TEST` (the profile over the grid is not a parabola: dense, wide grids):
-  ``local``, the parabola over the :data:`analysis.isoflop.LOCAL_POINTS` sizes nearest the
+  ``local``, the parabola over the :data:`analysis.fits.isoflop.LOCAL_POINTS` sizes nearest the
   lowest loss, whose span (hence bias) is a fraction of the grid's. The Akima argmin is not
   chosen: on the same synthetic dense grids it is as unbiased but 3-4x noisier.
 

@@ -1,5 +1,5 @@
 """What the figures share: axes on log scales with readable ticks, the N axis's label, the
-size colour bar, a fit's parameter with its interval as a legend label (analysis/plots.py,
+size colour bar, a fit's parameter with its interval as a legend label (analysis/figures/fits.py,
 plots_optimizers.py, plots_families.py)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.cm import ScalarMappable
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
 
-from .style import SEQ_CMAP
+from analysis.figures.style import SEQ_CMAP
 
 
 def ci_label(name: str, fit, key: str, digits: int = 3) -> str:

@@ -1,7 +1,7 @@
 """The report's learning-curve section: the compute-efficient frontier L(C), Approach 1 (the
 sizes on the frontier) and the learning-curve figure; a cooldown design (trunks and
 branches, analysis/branches.py) draws its curves but fits neither. Called once from
-analysis/report.py (:func:`section`).
+analysis/report/build.py (:func:`section`).
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import families as fam
-from . import plots
-from .branches import fit_curves, split_curves
-from .fitrows import reference_optimizer
-from .frontier import fit_approach1, fit_frontier
-from .load import load_curves
-from .report_writer import Report, c_label
-from .tables import value_ci
+from analysis import families as fam
+from analysis.figures import fits as plots
+from analysis.branches import fit_curves, split_curves
+from analysis.fitrows import reference_optimizer
+from analysis.fits.frontier import fit_approach1, fit_frontier
+from analysis.load import load_curves
+from analysis.report.writer import Report, c_label
+from analysis.report.tables import value_ci
 
 
 class _Skipped(Exception):

@@ -13,9 +13,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from .laws import PowerLaw0, PowerLawE
-from .multistart import basin_starts, fit_multistart, grid
-from .result import LEVEL, FitResult, bootstrap_counts
+from analysis.fits.laws import PowerLaw0, PowerLawE
+from analysis.fits.multistart import basin_starts, fit_multistart, grid
+from analysis.result import LEVEL, FitResult, bootstrap_counts
 
 
 class PowerLawFit(FitResult):
@@ -185,7 +185,7 @@ def _check_trend(fit: PowerLawFit, y: np.ndarray, tiny: float = 1e-6) -> None:
 def _check_floor(fit: PowerLawFit, lmin: float, fraction: float = 1e-3) -> None:
     """E not identified when the fit, or more than (1 - level)/2 of the bootstrap replicates,
     put it at its bound (below ``fraction`` of the smallest loss): one-sided upper bound instead
-    of an interval (as Approach 3 does, analysis/chinchilla.py)."""
+    of an interval (as Approach 3 does, analysis/fits/chinchilla.py)."""
     floor = fraction * lmin
     S = fit.samples["E"].dropna().to_numpy() if fit.samples is not None and len(fit.samples) else np.array([])
     share = float(np.mean(S < floor)) if S.size >= 10 else 0.0

@@ -1,6 +1,6 @@
-"""Figures of the model-family section (analysis/report_families.py): L(N) per family with the
+"""Figures of the model-family section (analysis/report/families.py): L(N) per family with the
 n-gram reference, and the loss by token position. Each returns a matplotlib Figure in the
-paper style (analysis/style.py)."""
+paper style (analysis/figures/style.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .plot_axes import ci_label, log_ticks, loglog, size_colorbar, xgrid
-from .style import PALETTE, SEQ_CMAP, new_figure, paper_style, size_norm
+from analysis.figures.axes import ci_label, log_ticks, loglog, size_colorbar, xgrid
+from analysis.figures.style import PALETTE, SEQ_CMAP, new_figure, paper_style, size_norm
 
 
 _FAMILY_STYLE = ("-", "--", "-.", ":")

@@ -1,7 +1,7 @@
 """The laws of L(N, D) offered for prediction, and ``auto``: the one that extrapolates best.
 
 =============  ===========================================================================
-``chinchilla`` E + A/N^alpha + B/D^beta (Hoffmann et al. 2022; analysis/chinchilla.py)
+``chinchilla`` E + A/N^alpha + B/D^beta (Hoffmann et al. 2022; analysis/fits/chinchilla.py)
 ``shared``     E + A/N^g + B/D^g: one exponent, a parameter fewer, often steadier far out
 ``kaplan``     [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D (Kaplan et al. 2020, eq. 1.5)
 ``datacon``    E + A/N^alpha + B/D'^beta with the effective data of repeated tokens
@@ -12,7 +12,7 @@
 
 Every fit is the same robust log-space Huber fit (delta 1e-3) from a grid of starts, the same
 bootstrap (noise or cases) and has ``predict_loss(N, D, level=0.95)`` with a prediction interval
-(analysis/prediction.py). ``huber_nll`` applies to ``chinchilla`` only; the others use Huber.
+(analysis/fits/prediction.py). ``huber_nll`` applies to ``chinchilla`` only; the others use Huber.
 
 ``fit_auto`` fits every candidate without a bootstrap, compares their backtest errors (mean
 |relative error| of the rolling backtest that also sets each law's misspecification: the law
@@ -29,12 +29,12 @@ import math
 import numpy as np
 import pandas as pd
 
-from .chinchilla import clean_nd, fit_approach3, fit_kaplan, noise_sigma
-from .laws import DataConstrainedLaw, SharedExponentLaw
-from .multistart import basin_starts, fit_multistart, grid
-from .noise import noise_replicates
-from .prediction import PredictiveMixin, attach
-from .result import LEVEL, FitResult, bootstrap_counts
+from analysis.fits.chinchilla import clean_nd, fit_approach3, fit_kaplan, noise_sigma
+from analysis.fits.laws import DataConstrainedLaw, SharedExponentLaw
+from analysis.fits.multistart import basin_starts, fit_multistart, grid
+from analysis.noise import noise_replicates
+from analysis.fits.prediction import PredictiveMixin, attach
+from analysis.result import LEVEL, FitResult, bootstrap_counts
 
 FORMS = {
     "chinchilla": "E + A/N^alpha + B/D^beta",

@@ -1,7 +1,7 @@
 """The report's "Does the law extrapolate?" section: each law of L(N, D) fitted on the cheaper
-runs predicts the most expensive quarter (analysis/backtest.py); a table of error and coverage
+runs predicts the most expensive quarter (analysis/fits/backtest.py); a table of error and coverage
 per law, a table per held-out run, and a figure of predicted against observed loss with the
-95 % prediction intervals. Called once from analysis/report.py (:func:`section`).
+95 % prediction intervals. Called once from analysis/report/build.py (:func:`section`).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import json
 import numpy as np
 import pandas as pd
 
-from .backtest import run_backtest, runs_table, summary_table
-from .style import PALETTE, new_figure, paper_style
-from .tables import to_markdown
+from analysis.fits.backtest import run_backtest, runs_table, summary_table
+from analysis.figures.style import PALETTE, new_figure, paper_style
+from analysis.report.tables import to_markdown
 
 MARKERS = {"chinchilla": "o", "shared": "s", "kaplan": "^", "datacon": "D"}
 
@@ -74,7 +74,7 @@ def figure(res: dict, c_label: str = "compute C (FLOPs)"):
 def section(rep, rows: pd.DataFrame, *, n_boot: int, seed: int, boot: str, noise, c_label: str,
             holdout_top: float = 0.25) -> None:
     """Run the backtest on the report's scaling-law rows and add its section, table and
-    figure to ``rep`` (analysis/report_writer.py's Report); a design that cannot be split is
+    figure to ``rep`` (analysis/report/writer.py's Report); a design that cannot be split is
     skipped with the reason."""
     title = "Does the law extrapolate?"
     if len(rows) < 7 or "C" not in rows or not np.isfinite(rows["C"].to_numpy(float)).all():

@@ -1,7 +1,7 @@
 """Figures of the scaling-law fits (learning curves and frontier, L(N), L(D), L(C), IsoFLOP
 profiles, the optimal allocation, Approach 3 residuals); the optimizer and model-family
 figures are in plots_optimizers.py and plots_families.py. Every function returns a matplotlib Figure in the package's paper style
-(analysis/style.py); :func:`analysis.style.save` writes it as PNG and PDF."""
+(analysis/figures/style.py); :func:`analysis.figures.style.save` writes it as PNG and PDF."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import LogLocator, NullFormatter
 
-from .plot_axes import (ci_label, log_ticks, loglog, n_axis_label, plain_formatter,
+from analysis.figures.axes import (ci_label, log_ticks, loglog, n_axis_label, plain_formatter,
                         size_colorbar, xgrid)
-from .style import DATA, FIT, FRONTIER, PALETTE, SEQ_CMAP, new_figure, paper_style, size_norm
+from analysis.figures.style import DATA, FIT, FRONTIER, PALETTE, SEQ_CMAP, new_figure, paper_style, size_norm
 
 
 # --------------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ def isoflop(rows: pd.DataFrame, fit):
                     ax.scatter([best["N"]], [best["loss"]], s=70, facecolors="none", edgecolors=col,
                                lw=1.0, zorder=4, label="minimum not bracketed (budget excluded)")
                 continue
-            from .isoflop_minima import profile_curve
+            from analysis.fits.isoflop_minima import profile_curve
 
             prof = getattr(fit, "profiles", {}).get(float(b.C))
             if prof is not None and len(prof[0]) >= 3:

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .result import sig
+from analysis.result import sig
 
 
 def pareto_front(x: np.ndarray, loss: np.ndarray) -> np.ndarray:
