@@ -74,18 +74,22 @@ class Law:
         return np.asarray(th, dtype=np.float64)
 
 
-class _LawInNAndD(Law):
+class _CenteredND(Law):
+    """A law of (log N, log D), both centred at the data's means (u1, u2; mu1, mu2)."""
+
+    def __init__(self, log_n: np.ndarray, log_d: np.ndarray):
+        self.u1, self.mu1 = _center(log_n)
+        self.u2, self.mu2 = _center(log_d)
+        self.n_rows = self.u1.size
+
+
+class _LawInNAndD(_CenteredND):
     """Shared by the L(N, D) laws: log N and log D centred, so that the internal a and b
     are the terms' values at the data's centre (a well-conditioned fit). Columns 0 and 1
     are a and b; `ALPHA` and `BETA` are the columns of the exponents."""
 
     ALPHA: int
     BETA: int
-
-    def __init__(self, log_n: np.ndarray, log_d: np.ndarray):
-        self.u1, self.mu1 = _center(log_n)
-        self.u2, self.mu2 = _center(log_d)
-        self.n_rows = self.u1.size
 
     def to_internal(self, ext):
         ext = np.array(ext, dtype=np.float64, ndmin=2)
@@ -292,7 +296,7 @@ class PowerLaw0(_CenteredPowerLaw):
         return g
 
 
-class KaplanNDLaw(Law):
+class KaplanNDLaw(_CenteredND):
     """Kaplan et al. (2020) eq. 1.5: L = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D.
 
     log L = alpha_D * LSE(p (log N_c - log N), log D_c - log D) with p = alpha_N / alpha_D.
@@ -300,11 +304,6 @@ class KaplanNDLaw(Law):
     """
 
     names = ("log_Nc", "log_Dc", "p", "alpha_D")
-
-    def __init__(self, log_n, log_d):
-        self.u1, self.mu1 = _center(log_n)
-        self.u2, self.mu2 = _center(log_d)
-        self.n_rows = self.u1.size
 
     # internal: (c1, c2, p, alpha_D) with z1 = c1 - p u1, z2 = c2 - u2
     def to_internal(self, ext):

@@ -205,6 +205,14 @@ def _signal_delay_s(time_min: int) -> int:
     return max(5, min(DEFAULT_SIGNAL_DELAY_S, time_min * 60 // 6))
 
 
+def _per_part(slurm: dict, key: str, parts: int, over: str) -> int:
+    """slurm[key] split evenly over `parts` (ConfigError naming the key where it does not)."""
+    total = int(slurm[key])
+    if total % parts:
+        raise ConfigError(f"slurm.{key} = {total} does not split evenly over {over}")
+    return total // parts
+
+
 def sbatch_parameters(slurm: dict, job_name: str) -> dict:
     """submitit SlurmExecutor parameters from a spec's [slurm] table (see the module doc)."""
     extra = {k.replace("_", "-"): v for k, v in dict(slurm.get("extra", {})).items()}
@@ -224,17 +232,11 @@ def sbatch_parameters(slurm: dict, job_name: str) -> dict:
     if "mem_gb" in slurm:
         params["mem"] = f"{max(1, round(float(slurm['mem_gb']) * 1024))}M"
     if slurm.get("cpus_per_job"):
-        cpus = int(slurm["cpus_per_job"])
-        if cpus % tasks:
-            raise ConfigError(f"slurm.cpus_per_job = {cpus} does not split evenly over the "
-                              f"job's {tasks} tasks (nodes x ntasks-per-node)")
-        params["cpus_per_task"] = cpus // tasks
+        params["cpus_per_task"] = _per_part(slurm, "cpus_per_job", tasks,
+                                            f"the job's {tasks} tasks (nodes x ntasks-per-node)")
     if slurm.get("gpus_per_job"):
-        gpus = int(slurm["gpus_per_job"])
-        if gpus % nodes:
-            raise ConfigError(f"slurm.gpus_per_job = {gpus} does not split evenly over "
-                              f"slurm.nodes = {nodes}")
-        params["gpus_per_node"] = gpus // nodes
+        params["gpus_per_node"] = _per_part(slurm, "gpus_per_job", nodes,
+                                            f"slurm.nodes = {nodes}")
     if "array_parallelism" in slurm:
         params["array_parallelism"] = int(slurm["array_parallelism"])
     if slurm.get("setup"):
