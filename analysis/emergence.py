@@ -3,7 +3,7 @@
 Wei et al. (2022) report abilities that appear abruptly with scale; Schaeffer et al. (2023)
 show that much of the abruptness comes from the metric: exact match of an L-token answer
 behaves like p^L when per-token accuracy p improves smoothly. Input: a results table with
-`task/<sub-task>/<metric>` columns (scaling/evaluation/taskeval.py writes them: exact_match,
+`task/<sub-task>/<metric>` columns (scaling/train/taskeval.py writes them: exact_match,
 token_accuracy, edit_distance, answer_logprob, each with `_stderr`, plus answer_tokens and
 n). Per sub-task, over the done runs (one row per run; x = the table's C or N):
 
@@ -20,7 +20,7 @@ Intervals: a parametric bootstrap (each run's value perturbed by its stderr, ref
 n_boot replicates; 2.5/97.5 percentiles).
 
 Exact match against its predictions, per run, from what the task eval recorded over the
-instances (scaling/evaluation/taskstats.py): EM - prod p_j and EM - p^L with a *paired* bootstrap over
+instances (scaling/train/taskstats.py): EM - prod p_j and EM - p^L with a *paired* bootstrap over
 instances (EM and the prediction recomputed from the same resampled instances, so the
 interval carries their strong positive correlation), and a permutation test of independent
 token errors (each answer position's hits permuted across instances: EM's exact null
@@ -37,7 +37,7 @@ EM - p^L is descriptive (pooling an easy closing token with hard digits puts p^L
 even with independent errors): the report gives its paired 95 % intervals and the runs
 whose interval excludes 0. And the largest rise of EM between neighbouring sizes against
 the rise each prediction gives there. A table without the paired columns (written before
-scaling/evaluation/taskstats.py) gets no test: its old z said nothing, and the hits it would need are
+scaling/train/taskstats.py) gets no test: its old z said nothing, and the hits it would need are
 not in the table.
 
 Never imports scaling/ (the rule of analysis/).
@@ -216,7 +216,7 @@ def verdict(cmp: pd.DataFrame) -> dict:
     ok = np.isfinite(p)
     if not ok.any():
         out["text"] = ("not tested: the table has no paired columns (written before "
-                       "scaling/evaluation/taskstats.py), and the hit matrices the test needs are not in it")
+                       "scaling/train/taskstats.py), and the hit matrices the test needs are not in it")
         return out
     adj = np.full(len(p), np.nan)
     adj[ok] = holm(p[ok])
@@ -360,7 +360,7 @@ def section(rep, done: pd.DataFrame, *, n_boot: int = 200, seed: int = 0) -> Non
              "step-down (the runs share the instances). EM − p^L is descriptive: pooling an "
              "easy closing token with hard digits puts p^L above EM even with independent "
              "errors. Intervals and p-values carry Monte-Carlo error; point estimates do not "
-             "(scaling/evaluation/taskstats.py, size and power: benchmarks/emergence_size.py).\n"]
+             "(scaling/train/taskstats.py, size and power: benchmarks/emergence_size.py).\n"]
     fits_json = {}
     for task, subs in res["tasks"].items():
         conv = rep.convention or ""

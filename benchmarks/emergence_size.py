@@ -1,6 +1,6 @@
 """Size and power of the tests of "exact match = the product of per-position accuracies".
 
-Simulated task evals (scaling/evaluation/taskstats.py): n instances of an L-token answer, each position
+Simulated task evals (scaling/train/taskstats.py): n instances of an L-token answer, each position
 right with probability p independently (the null), or -- the dependent alternative -- each
 instance failing as a whole with probability `fail` (a latent "gets the answer wrong" event)
 and otherwise right at each position with probability p / (1 - fail), so that the
@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from scaling.evaluation.taskstats import paired_excess, permutation_p
+from scaling.train.taskstats import paired_excess, permutation_p
 
 CELLS = [(0.3, 5), (0.5, 3), (0.5, 5), (0.8, 3), (0.8, 5), (0.95, 3), (0.95, 5)]
 

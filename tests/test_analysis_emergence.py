@@ -35,11 +35,11 @@ def table(clustered: bool, seed=0, n=400) -> pd.DataFrame:
                          ("answer_logprob", lp.mean(), lp.std(ddof=1) / np.sqrt(n))):
             row[f"task/addition_2/{m}"] = v
             row[f"task/addition_2/{m}_stderr"] = se
-        ind = float(np.prod(hits.mean(0)))  # what scaling/evaluation/taskeval.py records
+        ind = float(np.prod(hits.mean(0)))  # what scaling/train/taskeval.py records
         row["task/addition_2/exact_match_independent"] = ind
         row["task/addition_2/exact_match_independent_stderr"] = 4 * ind * acc_se / max(acc, 1e-9)
         pe = taskstats.paired_excess(hits, np.full(n, 4), n_boot=200, seed=0)
-        for k in ("positions", "pl"):  # what scaling/evaluation/taskeval.py records
+        for k in ("positions", "pl"):  # what scaling/train/taskeval.py records
             row[f"task/addition_2/exact_match_excess_{k}"] = pe[k]
             for s, t in (("_stderr", "_se"), ("_lo", "_lo"), ("_hi", "_hi")):
                 row[f"task/addition_2/exact_match_excess_{k}{s}"] = pe[k + t]

@@ -1,5 +1,5 @@
 """Synthetic tasks (scaling/data/tasks.py), their mixing into batches and their metrics
-(scaling/evaluation/taskeval.py): deterministic, disjoint, exact, and absent when not asked for."""
+(scaling/train/taskeval.py): deterministic, disjoint, exact, and absent when not asked for."""
 
 import math
 from pathlib import Path
@@ -12,7 +12,7 @@ from scaling.data.corpora import DataError
 from scaling.data.dataset import TokenData, make_task_mix
 from scaling.data.order import window_permutation
 from scaling.data.tasks import TASKS, TaskMix, _Rand, held_out
-from scaling.evaluation.taskeval import levenshtein, metrics_of
+from scaling.train.taskeval import levenshtein, metrics_of
 from scaling.data.tokenizer import ByteTokenizer
 
 EOT = 0
@@ -244,7 +244,7 @@ def test_tasks_that_cannot_fit_a_batch_or_a_sequence_are_refused(tmp_path):
 
 def test_bpe_instances_encode_prompt_and_answer_apart(tmp_path):
     from scaling.data.tokenizer import BPETokenizer
-    from scaling.evaluation.taskeval import TaskEvaluator
+    from scaling.train.taskeval import TaskEvaluator
     from scaling.config import ModelConfig
 
     texts = [f"{a}+{b}={a + b} abc>abc" for a in range(50) for b in range(50)]

@@ -158,7 +158,7 @@ class DataConfig:
     #                          writes <|endoftext|> before every document); -1: tokens_vocab_size - 1
     # Synthetic tasks mixed into training (scaling/data/tasks.py): task name -> fraction of the
     # training sequences, e.g. { addition = 0.1 }; {}: none. Each is evaluated per eval
-    # (scaling/evaluation/taskeval.py) as task/<sub-task>/<metric>.
+    # (scaling/train/taskeval.py) as task/<sub-task>/<metric>.
     tasks: dict[str, float] = field(default_factory=dict)
 
     @property

@@ -132,7 +132,7 @@ N_EVAL = 200  # evaluation instances per sub-task (fewer where fewer are held ou
 def eval_width(tokenizer, names: Sequence[str]) -> int:
     """The width the evaluation of the tasks `names` needs: longest [eot] + prompt plus
     longest answer + [eot] over their evaluation instances (model.seq_len must be >= it - 1;
-    `scaling.evaluation.taskeval` feeds all but the final [eot])."""
+    `scaling.train.taskeval` feeds all but the final [eot])."""
     prompt = answer = 0
     for task, sub in eval_subtasks(names):
         for p in task.eval_problems(sub, N_EVAL):

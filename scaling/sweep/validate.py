@@ -16,7 +16,7 @@ each multiple k:
    process (scaling never imports analysis; cf. scaling.cli's report), gives the
    compute-optimal N_opt at C = k x C_max (N as the table's accounting counts it, N_total
    under "total"; the allocation minimises the law along the table's own C(N, D),
-   analysis/prediction.py) and the predicted loss at every size the snap could choose.
+   analysis/fits/prediction.py) and the predicted loss at every size the snap could choose.
 3. Snap: among the shapes of the largest budget's shape rule (or its preset ladder), the
    one whose N (the accounting's) is nearest N_opt in log; D = C / (training FLOPs charged
    per token) under the spec's accounting (C_exact under "total"), steps rounded as for

@@ -15,6 +15,8 @@
     restore.py       phase 2: the state resumed, branched from a trunk or fresh; saved
     compiled.py      phase 3: the step and eval programs, one per shape and process
     evaluate.py      the evaluator and when the curve is evaluated
+    taskeval.py      held-out instances of the mixed-in tasks, scored four ways per eval
+    taskstats.py     exact match against independent token errors: the tests taskeval records
     monitor.py       the divergence monitor (`Diverged`)
     record.py        what the run writes: metrics rows, result.json's fields
 """

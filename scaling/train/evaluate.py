@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scaling.evaluation.taskeval import TaskEvaluator
+from scaling.train.taskeval import TaskEvaluator
 from scaling.train.prepare import Setup
 
 
@@ -56,7 +56,7 @@ class Evaluator:
             summary["eval_loss_on_curve_set"] = self.curve_set.summarize(window_losses[:k])["eval_loss"]
         if positions:
             summary.update(es.summarize_positions(np.concatenate(positions)))
-        if self.tasks is not None:  # data.tasks: task/<sub-task>/<metric> (scaling.evaluation.taskeval)
+        if self.tasks is not None:  # data.tasks: task/<sub-task>/<metric> (scaling.train.taskeval)
             tree = self.s.trainer.params_tree(params if d.kind == "none" else d.fetch_state(params))
             summary.update(self.tasks(tree))
         return summary

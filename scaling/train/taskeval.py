@@ -21,7 +21,7 @@ evidence about the hard digits; `answer_tokens` (mean L, the answer's tokens wit
 and `n` (instances). `exact_match_excess_positions` and `exact_match_excess_pl`: EM minus
 each prediction from the hit matrix (all-right rows), with a paired bootstrap over instances
 (`_stderr`, `_lo`/`_hi` 95 %), and `exact_match_excess_positions_p`: a permutation test of
-independent position errors (scaling/evaluation/taskstats.py). Keys: `task/<sub-task>/<metric>` and
+independent position errors (scaling/train/taskstats.py). Keys: `task/<sub-task>/<metric>` and
 `task/<sub-task>/<metric>_stderr`. Greedy output equals the answer iff every
 teacher-forced argmax is right, so exact match is the product of the per-token hits.
 
@@ -43,7 +43,7 @@ import numpy as np
 from scaling import models
 from scaling.config import ModelConfig
 from scaling.data.tasks import N_EVAL, eval_subtasks
-from scaling.evaluation.taskstats import paired_excess, permutation_p
+from scaling.train.taskstats import paired_excess, permutation_p
 
 EVAL_BATCH = 128
 METRICS = ("exact_match", "token_accuracy", "edit_distance", "answer_logprob")
@@ -128,7 +128,7 @@ def metrics_of(answers: list[list[int]], logp: np.ndarray, hit: np.ndarray,
     out["answer_logprob"], out["answer_logprob_stderr"] = _mean_se(lp)
     out["exact_match_independent"], out["exact_match_independent_stderr"] = \
         _independent(hit & mask, lens)
-    # EM minus each prediction, paired over instances (scaling/evaluation/taskstats.py); from the hits
+    # EM minus each prediction, paired over instances (scaling/train/taskstats.py); from the hits
     pe = paired_excess(hit & mask, lens)
     for k in ("positions", "pl"):
         out[f"exact_match_excess_{k}"] = pe[k]

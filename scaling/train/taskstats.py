@@ -28,7 +28,7 @@ near 0): benchmarks/emergence_size.py finds sizes of 0.22 and 0.58 there. The te
 independence is `permutation_p`, whose size is nominal; the paired bootstrap gives the
 difference's interval.
 
-Pure numpy: scaling/evaluation/taskeval.py records these per run, analysis/emergence.py combines runs
+Pure numpy: scaling/train/taskeval.py records these per run, analysis/emergence.py combines runs
 from the results table, benchmarks/emergence_size.py simulates size and power.
 """
 
