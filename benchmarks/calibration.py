@@ -14,8 +14,10 @@ Approach 3 exponents a over the K sweeps is compared with the intervals one swee
 
     ratio = sd(a over sweeps) / (mean half-width of the 95 % intervals / 1.96)
 
-With K = 8 a calibrated interval gives a ratio in [0.6, 1.6] about 92 % of the time (the
-sampling distribution of sd with 7 degrees of freedom). The last line printed is one JSON
+A calibrated interval gives a ratio in the range the script prints (95 %, from the chi2
+distribution of sd with K - 1 degrees of freedom: [0.49, 1.51] for K = 8, [0.41, 1.60] for
+K = 6), and it reports how many intervals contain the mean of the K estimates and how many
+bootstrap replicates failed. The last line printed is one JSON
 object {"approach2": {"sd_a", "mean_halfwidth", "ratio"}, "approach3": {...}, ...}.
 Sweeps already trained are skipped (run_sweep resumes), so an interrupted run can be
 restarted with the same command.
@@ -71,7 +73,8 @@ def fit_one(sweep: Path, n_boot: int) -> dict:
         a = (f.get("params") or {}).get("a")
         ci = (f.get("ci") or {}).get("a") or [None, None]
         out[key] = {"a": a, "lo": ci[0], "hi": ci[1], "noise": f.get("noise_model"),
-                    "error": f.get("error"), "estimator": (f.get("info") or {}).get("estimator")}
+                    "error": f.get("error"), "estimator": (f.get("info") or {}).get("estimator"),
+                    "n_boot": f.get("n_boot"), "n_boot_failed": f.get("n_boot_failed")}
     out["sentence"] = out["approach2"]["noise"] or out["approach3"]["noise"]
     return out
 
@@ -88,9 +91,29 @@ def summarize(per: list[dict]) -> dict:
         ok = np.isfinite(a)
         sd = float(np.std(a[ok], ddof=1)) if ok.sum() >= 2 else math.nan
         mhw = float(np.nanmean(hw)) if np.isfinite(hw).any() else math.nan
+        mean = float(np.mean(a[ok])) if ok.any() else math.nan
+        lo = np.array([_num(p[key]["lo"]) for p in per])
+        hi = np.array([_num(p[key]["hi"]) for p in per])
+        failed = [p[key].get("n_boot_failed") for p in per]
+        k = int(ok.sum())
         res[key] = {"sd_a": sd, "mean_halfwidth": mhw, "ratio": sd / (mhw / 1.96) if mhw > 0 else math.nan,
-                    "mean_a": float(np.mean(a[ok])) if ok.any() else math.nan, "n": int(ok.sum())}
+                    "mean_a": mean, "n": k,
+                    # the range a calibrated interval's ratio falls in with 95 % probability:
+                    # sd^2 (k - 1) / sigma^2 ~ chi2(k - 1)
+                    "ratio_95": ratio_range(k),
+                    "cover_mean": int(np.sum((lo <= mean) & (mean <= hi))),
+                    "boot_failed": int(sum(f for f in failed if f is not None)),
+                    "boot_total": int(sum(p[key].get("n_boot") or 0 for p in per))}
     return res
+
+
+def ratio_range(k: int) -> list[float]:
+    """95 % range of sd / sigma over k replicates of a normal estimate (chi2, k - 1 dof)."""
+    if k < 2:
+        return [math.nan, math.nan]
+    from scipy.stats import chi2
+
+    return [math.sqrt(chi2.ppf(0.025, k - 1) / (k - 1)), math.sqrt(chi2.ppf(0.975, k - 1) / (k - 1))]
 
 
 def main(argv=None) -> int:
@@ -154,7 +177,9 @@ def main(argv=None) -> int:
               f"    {_num(f3['a']):.4f} [{_num(f3['lo']):.4f}, {_num(f3['hi']):.4f}]")
     for key, v in res.items():
         print(f"{key}: mean a {v['mean_a']:.4f}, sd(a) {v['sd_a']:.4f}, mean half-width {v['mean_halfwidth']:.4f}, "
-              f"ratio sd / (hw / 1.96) = {v['ratio']:.2f} (target [0.6, 1.6])")
+              f"ratio sd / (hw / 1.96) = {v['ratio']:.2f} (calibrated: in [{v['ratio_95'][0]:.2f}, "
+              f"{v['ratio_95'][1]:.2f}] with 95 % probability); {v['cover_mean']} of {v['n']} intervals "
+              f"contain the mean; bootstrap replicates failed: {v['boot_failed']} of {v['boot_total']}")
     if per and per[0].get("sentence"):
         print(f"noise model (replicate 0): {per[0]['sentence']}")
     print("\nMarkdown (benchmarks/README.md):\n")
@@ -164,10 +189,13 @@ def main(argv=None) -> int:
         f2, f3 = p["approach2"], p["approach3"]
         print(f"| r{r} | {3 * r} ({3 * r + 1}, {3 * r + 2}) | {r} | {_num(f2['a']):.3f} [{_num(f2['lo']):.3f}, "
               f"{_num(f2['hi']):.3f}] | {_num(f3['a']):.3f} [{_num(f3['lo']):.3f}, {_num(f3['hi']):.3f}] |")
-    print("\n| approach | mean a | sd(a) over sweeps | mean half-width | ratio sd / (hw / 1.96) |")
-    print("|---|---|---|---|---|")
+    print("\n| approach | mean a | sd(a) over sweeps | mean half-width | ratio sd / (hw / 1.96) "
+          "| calibrated range (95 %) | intervals containing the mean | bootstrap replicates failed |")
+    print("|---|---|---|---|---|---|---|---|")
     for key, v in res.items():
-        print(f"| {key} | {v['mean_a']:.3f} | {v['sd_a']:.4f} | {v['mean_halfwidth']:.4f} | {v['ratio']:.2f} |")
+        print(f"| {key} | {v['mean_a']:.3f} | {v['sd_a']:.4f} | {v['mean_halfwidth']:.4f} | {v['ratio']:.2f} "
+              f"| [{v['ratio_95'][0]:.2f}, {v['ratio_95'][1]:.2f}] | {v['cover_mean']} of {v['n']} "
+              f"| {v['boot_failed']} of {v['boot_total']} |")
     out.mkdir(parents=True, exist_ok=True)
     (out / "calibration.json").write_text(json.dumps({"replicates": dict(zip(fitted, per)), "unfinished": unfinished,
                                                      "summary": res, "wall_s": walls},
