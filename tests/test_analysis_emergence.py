@@ -6,7 +6,7 @@ import pytest
 
 from analysis import emergence
 from analysis.report.build import analyze
-from scaling.evaluation import taskstats
+from scaling.train import taskstats
 
 
 def table(clustered: bool, seed=0, n=400) -> pd.DataFrame:
