@@ -190,6 +190,7 @@ def test_step_flops_of_scanned_and_unrolled_models_match_the_closed_form(scan, u
         assert once / got < 0.5  # XLA's own count: each loop body once
 
 
+@pytest.mark.slow
 def test_a_run_records_every_trip_of_its_accumulation_loop(tmp_path):
     """train() with 4 micro-batches (a scan of 3 trips after the first): C_xla / C_exact in
     [0.9, 1.2] (a model this small spends ~10 % beside its matmuls); XLA's own count

@@ -108,6 +108,7 @@ def test_a_wrong_law_backtests_worse_and_auto_picks_the_right_one():
     assert fit.kind == "chinchilla" and fit.info["auto"]["chosen"] == "chinchilla"
 
 
+@pytest.mark.slow
 def test_synthetic_coverage_at_10x_and_100x_quick():
     """A few draws of the benchmark (benchmarks/extrapolation.py has the full table); the
     slow test below asks >= 90 % over more draws."""
@@ -178,6 +179,7 @@ def test_c_relation_is_exact_for_6nd_and_defaults_to_it():
 # ---------------------------------------------------------------- data-constrained law
 
 
+@pytest.mark.slow
 def test_datacon_recovers_repetition_and_falls_back_without_u():
     rng = np.random.default_rng(4)
     law = dict(TRUE_LAW)
@@ -240,6 +242,7 @@ def _csv(tmp_path, seed=0):
     return p
 
 
+@pytest.mark.slow
 def test_cli_predict_at_json(tmp_path, capsys):
     p = _csv(tmp_path)
     rc = main(["fit", "--law", "chinchilla", str(p), "--n-boot", "10", "--predict-at", "1e9:2e10",

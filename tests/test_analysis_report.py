@@ -34,6 +34,7 @@ def _tables_ok(out: Path, names):
         assert "\\begin{tabular}" in tex and "\\bottomrule" in tex, name
 
 
+@pytest.mark.slow
 def test_analyze_scaling_sweep(tmp_path):
     sweep = make_scaling_sweep(tmp_path / "scaling", seed=1)
     out = analyze(sweep, n_boot=30)
@@ -63,6 +64,7 @@ def test_analyze_optimizer_sweep(tmp_path):
     assert "Approach 3 and Kaplan L(N, D)" in summary  # skipped: 5 cells only
 
 
+@pytest.mark.slow
 def test_analyze_plain_csv_says_what_was_skipped(tmp_path):
     df = pd.read_csv(CHIN)
     p = tmp_path / "chinchilla.csv"
@@ -86,6 +88,7 @@ def _cli(*args, timeout=120):
     return r.stdout
 
 
+@pytest.mark.slow
 def test_cli_chinchilla_json():
     out = _cli("fit", "--law", "chinchilla", str(CHIN), "--n-col", "Model Size", "--c-col",
                "Training FLOP", "--loss-col", "loss", "--drop-highest-loss", "5", "--n-boot", "20",
@@ -101,6 +104,7 @@ def test_cli_chinchilla_json():
     assert res["predictions"][0]["C"] == 1e24
 
 
+@pytest.mark.slow
 def test_cli_isoflop_power_and_frontier(tmp_path):
     sweep = make_scaling_sweep(tmp_path / "s", seed=2)
     # IsoFLOP from a table that only has D: N is derived from C = 6 N D
@@ -142,6 +146,7 @@ def _cli_rc(*args, cwd=ROOT):
     return r.returncode, r.stdout, r.stderr
 
 
+@pytest.mark.slow
 def test_cli_bad_input_one_error_line_exit_2(tmp_path):
     (tmp_path / "empty.csv").write_text("")
     pd.DataFrame({"N": [1e6, 2e6], "D": [1e9, 1e9]}).to_csv(tmp_path / "noloss.csv", index=False)
@@ -165,6 +170,7 @@ def test_cli_bad_input_one_error_line_exit_2(tmp_path):
     assert not (tmp_path / "bad_report").exists()
 
 
+@pytest.mark.slow
 def test_analyze_rebuilds_deleted_tables_and_selects_accounting(tmp_path):
     sweep = make_scaling_sweep(tmp_path / "s", seed=3, curves=False, extra_failed=False)
     df = pd.read_csv(sweep / "results.csv")
@@ -255,6 +261,7 @@ def test_figure_writer_writes_figures_and_reports_a_failed_one(tmp_path, childre
     assert not list(tmp_path.glob(".*.error"))
 
 
+@pytest.mark.slow
 def test_run_sweep_analyze_writes_the_report_in_a_process_without_jax(tmp_path):
     """`run_sweep.py analyze` (and `run --analyze`) hand the report to `python -m analysis
     analyze` in a fresh process: its figures are drawn in forked children, which a process

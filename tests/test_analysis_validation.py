@@ -47,6 +47,7 @@ def _grid_nd(floor: float, seed: int = 0):
     return N, D, L
 
 
+@pytest.mark.slow
 def test_no_floor_E_not_identified():
     N, D, L = _grid_nd(0.0)
     fit = fit_approach3(N, D, L, n_boot=60, noise=0.005 * L, seed=0)
@@ -62,6 +63,7 @@ def test_no_floor_E_not_identified():
     assert "NOT IDENTIFIED" in fit.describe()
 
 
+@pytest.mark.slow
 def test_floor_E_identified_with_noise_bootstrap():
     N, D, L = _grid_nd(1.69)
     fit = fit_approach3(N, D, L, n_boot=60, noise=0.005 * L, seed=0)

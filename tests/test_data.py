@@ -217,6 +217,7 @@ def cross_split_near_duplicates(corpus) -> list[tuple[str, str, float]]:
     return out
 
 
+@pytest.mark.slow
 def test_stdlib_validation_has_no_near_duplicate_in_training(tmp_path):
     """The issue's check, on the real, full standard library with the default split."""
     corpus = read_corpus(cfg(tmp_path))

@@ -34,6 +34,7 @@ def losses(run_dir):
     return [(r["step"], r["loss"]) for r in read_metrics(run_dir) if "loss" in r]
 
 
+@pytest.mark.slow
 def test_loss_falls_on_the_builtin_corpus(tmp_path):
     cfg = load_config(ROOT / "experiments" / "tiny.toml",
                       ["train.steps=300", "train.progress=false", "train.eval_every=100"])
@@ -77,6 +78,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert again == resumed
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_resumes_from_checkpoint(tmp_path):
     """A real kill -9 mid-run; the rerun continues from the newest checkpoint."""
     run_dir = tmp_path / "run"
@@ -142,6 +144,7 @@ def _fresh(tmp_path):
     return tmp_path / "fresh"
 
 
+@pytest.mark.slow
 def test_every_optimizer_and_schedule_trains_without_nan(tmp_path):
     for i, (opt, sched) in enumerate([("sgd", "constant"), ("momentum", "cosine"),
                                       ("nesterov", "linear"), ("adam", "wsd"),

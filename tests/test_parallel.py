@@ -44,6 +44,7 @@ def single(tmp_path_factory):
     return run(tmp_path_factory.mktemp("none") / "run", "parallel=none", devices=1)
 
 
+@pytest.mark.slow
 def test_shard_map_pmap_and_accumulation_match_one_device(single, tmp_path):
     assert single["devices"] == 1 and len(single["losses"]) == 20
     sm = run(tmp_path / "sm", "parallel=shard_map")
@@ -59,6 +60,7 @@ def test_shard_map_pmap_and_accumulation_match_one_device(single, tmp_path):
     assert (sm["parallel"], pm["parallel"]) == ("shard_map", "pmap")
 
 
+@pytest.mark.slow
 def test_checkpoint_from_pmap_on_8_restores_under_none_on_1(single, tmp_path):
     first = run(tmp_path / "run", "parallel=pmap", "stop=10")
     assert first["status"] == "stopped" if "status" in first else True
@@ -67,6 +69,7 @@ def test_checkpoint_from_pmap_on_8_restores_under_none_on_1(single, tmp_path):
     close(resumed["losses"], single["losses"])
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
     """Two processes x 2 CPU devices, joined by jax.distributed, = one process x 4."""
     one = run(tmp_path / "one", "parallel=shard_map", devices=4)

@@ -56,6 +56,7 @@ def results(sweep_dir):
     return pd.read_csv(sweep_dir / "results.csv")
 
 
+@pytest.mark.slow
 def test_kill_and_rerun_finishes_every_point_exactly_once(tmp_path):
     # 3 points x 320 steps (81,920 tokens / 256 per step); checkpoints every 20 steps.
     spec = write_spec(tmp_path, tokens="81_920", lrs="1e-3, 2e-3, 3e-3")
