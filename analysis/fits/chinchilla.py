@@ -139,7 +139,10 @@ class ChinchillaFit(PredictiveMixin, FitResult):
         n, d, loss = self.optimal(C)
         out = pd.DataFrame({"C": C, "N_opt": n, "D_opt": d, "loss_opt": loss})
         if self.samples is not None and len(self.samples):
-            S = self.samples.dropna()
+            # replicates whose five law parameters are finite (a column other fits add, such
+            # as an allocation along another C, may be NaN without spoiling the replicate)
+            S = self.samples.dropna(subset=[k for k in ("E", "A", "B", "alpha", "beta")
+                                            if k in self.samples.columns])
             vals = {k: [] for k in ("N_opt", "D_opt", "loss_opt")}
             for _, row in S.iterrows():
                 nn, dd, ll = self._optimal(C, row, self.c_relation)
@@ -147,7 +150,7 @@ class ChinchillaFit(PredictiveMixin, FitResult):
                 vals["D_opt"].append(dd)
                 vals["loss_opt"].append(ll)
             for k, v in vals.items():
-                arr = np.array(v)
+                arr = np.array(v, dtype=np.float64).reshape(len(v), C.size)
                 ci = [percentile_interval(arr[:, j], level or self.level) for j in range(C.size)]
                 out[k + "_low"] = [c[0] for c in ci]
                 out[k + "_high"] = [c[1] for c in ci]
