@@ -79,6 +79,7 @@ def test_interval_widens_beyond_the_data(fitted):
     assert all(p.param_high - p.param_low < p.high - p.low for p in pts)
 
 
+@pytest.mark.slow
 def test_point_and_misspecification_do_not_depend_on_the_bootstrap():
     N, D, C, L = design(seed=3)
     a = fit_approach3(N, D, L, C=C, n_boot=0, starts=COARSE)
@@ -98,6 +99,7 @@ def test_misspecification_fit_grows_only_when_the_residuals_do():
     assert Misspec(s0=0.01, s1=0.02).sd(2.0) == pytest.approx(math.hypot(0.01, 0.04))
 
 
+@pytest.mark.slow
 def test_a_wrong_law_backtests_worse_and_auto_picks_the_right_one():
     # alpha = 2 beta: the shared-exponent form is wrong, Chinchilla's is right
     N, D, C, L = design(seed=1, law=ASYMMETRIC_LAW, noise=0.003)

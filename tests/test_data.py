@@ -304,6 +304,7 @@ def test_a_training_document_containing_a_held_out_one_is_dropped(tmp_path):
     assert data.describe()["dropped_train_by_containment"] == len(crossed)
 
 
+@pytest.mark.slow
 def test_stdlib_groups_and_capped_split_are_consistent(tmp_path):
     assert stdlib_group("encodings/cp1254.py") == stdlib_group("encodings/cp1253.py")
     assert stdlib_group("os.py") == "os.py"
@@ -444,6 +445,7 @@ def test_eval_set_is_fixed_and_spread(stdlib_cfg, stdlib_data):
         stdlib_data.eval_set(0)
 
 
+@pytest.mark.slow
 def test_tiny_eval_covers_many_documents(tmp_path):
     """tiny.toml's data config: the old eval's 128 windows now span >= 20 documents."""
     config = load_config(ROOT / "experiments" / "tiny.toml")

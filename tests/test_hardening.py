@@ -246,6 +246,7 @@ def test_lock_file_mode_follows_the_umask(tmp_path):
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_corrupt_result_is_shown_and_rebuilt_and_the_sweep_goes_on(tmp_path, caplog):
     from scaling.executors import sweep as sweep_driver
     from tests.test_sweep_run import write_spec

@@ -280,6 +280,7 @@ def test_sigterm_and_ctrl_c_checkpoint_then_exit(tmp_path, sig, code):
     assert r == {"status": "stopped", "step": max(saved) + 5}
 
 
+@pytest.mark.slow
 def test_a_second_train_on_the_same_folder_is_refused(tmp_path):
     from scaling.runs.lock import RunFolderBusy
 

@@ -348,6 +348,7 @@ def test_cli_refuses_a_bad_combination_with_exit_2_and_writes_nothing(tmp_path):
 
 @pytest.mark.parametrize("family", [["model.arch=lstm"],
                                     ["model.arch=encoder", "data.objective=mlm"]])
+@pytest.mark.slow
 def test_tiny_toml_trains_as_is_with_another_family(family, tmp_path):
     out = _cli(tmp_path, "train", str(ROOT / "experiments" / "tiny.toml"), *family,
                "train.steps=12", "optim.warmup_steps=2", "train.eval_every=0",

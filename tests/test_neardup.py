@@ -61,6 +61,7 @@ def test_pairs_are_exact_at_the_threshold():
             assert counts[i, j] == np.intersect1d(sets[q], sets[n]).size
 
 
+@pytest.mark.slow
 def test_containment_finds_a_copy_inside_a_larger_document():
     rng = random.Random(2)
     inner = "".join(f"line {i}: {rng.random():.12f}\n" for i in range(100))

@@ -115,6 +115,7 @@ def test_eval_loss_is_the_mean_of_minus_log_p_over_the_eval_targets(monkeypatch,
     assert saved["N"] == sum(saved["N_by_order"]) == kn.n_grams and saved["C"] is None
 
 
+@pytest.mark.slow
 def test_cli_writes_a_result_folder(tmp_path):
     out = tmp_path / "ng"
     cmd = [sys.executable, str(ROOT / "run_sweep.py"), "ngram", str(ROOT / "experiments/tiny.toml"),

@@ -136,6 +136,7 @@ def test_sample_cli_refuses_bad_input_and_writes_nothing(run_without_checkpoints
     assert not (run / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_sample_of_a_missing_folder_or_garbled_config(tmp_path):
     out = _sample_cli(tmp_path / "nope")
     assert out.returncode == 2 and "no such run folder" in out.stderr

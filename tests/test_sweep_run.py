@@ -133,6 +133,7 @@ def test_failure_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     assert not (summary["sweep_dir"] / "points" / bad["point_id"] / "failed.json").exists()
 
 
+@pytest.mark.slow
 def test_extending_a_spec_adds_points_and_keeps_the_old(tmp_path):
     spec = write_spec(tmp_path, tokens="5_120", lrs="1e-3")
     first = sweep_driver.run_sweep(spec, out=tmp_path / "sw", progress=False)
