@@ -220,9 +220,7 @@ def _run_pool(sweep_dir: Path, point_ids: list[str], slots: list[dict], *,
             if full is not None and stop is None:
                 stop = signal.SIGTERM  # the disk is full: the others checkpoint and stop
             if stop is None and (stop := requested()) is not None:
-                for w in workers:  # a signal to the group reaches them twice: harmless
-                    w.signal(stop)
-                    w.let_go()
+                _pass_on(workers, stop)
             for w in workers:
                 if stop is None and w.point is None and w.alive():
                     pid = queue.take()
@@ -250,6 +248,8 @@ def _run_pool(sweep_dir: Path, point_ids: list[str], slots: list[dict], *,
                 if status == "nospace":
                     full = full or DiskFull(sweep_dir, message=w.said or "no space left")
                     continue
+                if stop is None and (stop := requested()) is not None:
+                    _pass_on(workers, stop)  # it came while waiting: before this reply
                 if status in ("interrupted", "died") and stop is not None:
                     stopped.append(pid)
                     continue
@@ -274,11 +274,21 @@ def _run_pool(sweep_dir: Path, point_ids: list[str], slots: list[dict], *,
     write_tables(sweep_dir)
     if full is not None:
         raise full
+    if stop is None:  # a signal during the last replies, after the loop's last look
+        stop = requested()
     if stop is not None:
         raise Interrupted(stop, message=(
             f"stopped {len(stopped)} running point(s) after their checkpoints"
             + (f" ({', '.join(stopped)})" if stopped else "")
             + f"; {len(queue)} not started; run the same command again to resume"))
+
+
+def _pass_on(workers: list["_Worker"], stop: int) -> None:
+    """A stop request to every worker: each checkpoints its point, reports it and exits (a
+    signal to the process group reaches them twice: harmless)."""
+    for w in workers:
+        w.signal(stop)
+        w.let_go()
 
 
 def _wait_any(workers: list["_Worker"], timeout: float) -> None:
