@@ -239,6 +239,8 @@ def _run_pool(sweep_dir: Path, point_ids: list[str], slots: list[dict], *,
             # one wait on every busy worker's pipe: a point that ends is seen at once,
             # whichever worker ran it
             _wait_any(busy, poll_s)
+            if stop is None and (stop := requested()) is not None:
+                _pass_on(workers, stop)  # it came while waiting: seen before the replies
             for w in busy:
                 ended = w.poll(0.0)
                 if ended is None:
@@ -248,8 +250,6 @@ def _run_pool(sweep_dir: Path, point_ids: list[str], slots: list[dict], *,
                 if status == "nospace":
                     full = full or DiskFull(sweep_dir, message=w.said or "no space left")
                     continue
-                if stop is None and (stop := requested()) is not None:
-                    _pass_on(workers, stop)  # it came while waiting: before this reply
                 if status in ("interrupted", "died") and stop is not None:
                     stopped.append(pid)
                     continue
