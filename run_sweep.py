@@ -3,7 +3,11 @@
 
 import sys
 
-from scaling.cli import main
+from scaling.train.stopping import claim_early
+
+claim_early()  # a SIGTERM / Ctrl-C during the imports below stops `train` / `run` cleanly
+
+from scaling.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,7 +28,12 @@ process or SIGTERM to the whole process group, as `timeout` and SLURM send it
     bad lines         unparsable metrics.jsonl lines (reported, never skipped silently)
     orphans           worker processes of the trial's sweep still alive 30 s after the
                       killed or stopped sweep process ended
-    SIGTERM exit      a SIGTERM-ed sweep that did not exit 143 (or 0, if it had ended)
+    SIGTERM exit      a SIGTERM-ed sweep that did not exit 143 (or 0, if it had ended).
+                      run_sweep.py claims SIGTERM at its first line; a signal that lands
+                      earlier, while the interpreter itself starts (tens of ms), kills
+                      it by the OS default (exit -15) before anything is written: such a
+                      trial is counted as "before Python" (not a failure) when the sweep
+                      folder does not exist, and as a failure otherwise
     temp files        files or folders named *.tmp or *tmp* (ours, orbax's) left anywhere
                       in the sweep folder
     status            `run_sweep.py status` exits 0 and reports every point `done`
@@ -370,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         print("-" * len(header))
         totals = {"killed": 0, "points": 0, "duplicates": 0, "lost": 0, "mismatched": 0,
                   "temps": 0, "status_bad": 0, "rerun_failed": 0, "results": 0, "restarted": 0,
-                  "bad_lines": 0, "orphans": 0, "term_exit": 0}
+                  "bad_lines": 0, "orphans": 0, "term_exit": 0, "prestart": 0}
         for trial in range(args.trials):
             at = rng.uniform(0.0, wall)
             out = work / f"trial{trial:03d}"
@@ -383,7 +388,9 @@ def main(argv: list[str] | None = None) -> int:
                         if isinstance(read_json(d / "result.json"), dict)}
             at_kill = {pid: max(checkpoint_steps(d), default=0)
                        for pid, d in point_dirs(sweep).items()}
-            term_bad = how == "term" and rc not in ((143, 0) if killed else (0,))
+            prestart = how == "term" and rc == -signal.SIGTERM and not (out / "chaos").exists()
+            term_bad = (how == "term" and rc not in ((143, 0) if killed else (0,))
+                        and not prestart)
             rerun_s, rerun = run_to_end(spec, out, timeout)
             c = check(sweep, reference, finished, args.tolerance, ref_results, at_kill)
             bad_rerun = rerun.returncode != 0
@@ -399,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             totals["bad_lines"] += sum(map(len, c["bad_lines"].values()))
             totals["orphans"] += len(orphan_pids)
             totals["term_exit"] += term_bad
+            totals["prestart"] += prestart
             print(f"{trial:5d} {how:>6s} {at:7.2f} {'yes' if killed else 'late':>4s} {rc:4d} "
                   f"{len(finished):9d} {c['points']:6d} {c['duplicates']:4d} {c['lost']:4d} "
                   f"{c['mismatched']:4d} {c['max_diff']:11.3g} {len(c['results']):3d} "
@@ -413,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"      {pid}: unparsable metrics.jsonl line(s) {lines[:10]}")
             if orphan_pids:
                 print(f"      orphan workers alive 30 s after the sweep ended: {orphan_pids}")
+            if prestart:
+                print("      SIGTERM before Python ran run_sweep.py: exit -15 (the OS "
+                      "default), nothing written")
             if term_bad:
                 print(f"      SIGTERM-ed sweep exited {rc}, not 143")
             if c["temps"]:
@@ -429,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{totals['lost']}, mismatched curves {totals['mismatched']}, differing results "
               f"{totals['results']}, restarted instead of resumed {totals['restarted']}, "
               f"unparsable metrics lines {totals['bad_lines']}, orphan workers "
-              f"{totals['orphans']}, SIGTERM exits not 143 {totals['term_exit']}, temp files "
+              f"{totals['orphans']}, SIGTERM exits not 143 {totals['term_exit']} (before Python "
+              f"started, nothing written: {totals['prestart']}), temp files "
               f"{totals['temps']}, bad status {totals['status_bad']}, failed reruns "
               f"{totals['rerun_failed']}")
         clean = not any(totals[k] for k in ("duplicates", "lost", "mismatched", "temps",

@@ -99,11 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     from scaling.runtime import setup_logging
 
     setup_logging()
-    from scaling.train.stopping import Interrupted, stop_requests
+    from scaling.train.stopping import Interrupted, release_early, stop_requests
 
-    # train and run: SIGTERM / Ctrl-C at any moment (set-up, compile, training, between
-    # points) stop cleanly with one line; other commands keep Python's Ctrl-C
-    claim = stop_requests() if args.command in ("train", "run") else contextlib.nullcontext()
+    # train and run: SIGTERM / Ctrl-C at any moment (from run_sweep.py's first line: set-up,
+    # compile, training, between points) stop cleanly with one line; other commands keep
+    # the default handlers
+    if args.command in ("train", "run"):
+        claim = stop_requests()
+    else:
+        release_early()
+        claim = contextlib.nullcontext()
     try:
         with claim:
             return COMMANDS[args.command](args)

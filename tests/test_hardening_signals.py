@@ -185,6 +185,51 @@ def test_sigterm_during_a_sweeps_set_up_exits_143_with_one_line(tmp_path):
     assert not any((d / "metrics.jsonl").exists() for d in pdir.iterdir())
 
 
+SLOW_IMPORT = """
+import builtins, runpy, sys, time
+real = builtins.__import__
+def slow(name, *a, **k):  # run_sweep.py importing the command line: the signal comes now
+    if name == "scaling.cli":
+        builtins.__import__ = real
+        print("importing", flush=True)
+        time.sleep(4)
+    return real(name, *a, **k)
+builtins.__import__ = slow
+sys.argv = ["run_sweep.py", *sys.argv[1:]]
+runpy.run_path("run_sweep.py", run_name="__main__")
+"""
+
+TINY_RUN = ["model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.seq_len=32",
+            "data.max_corpus_bytes=200000", "train.steps=50", "train.batch_size=4",
+            "train.progress=false"]
+
+
+def test_sigterm_while_run_sweep_imports_exits_143_with_one_line(tmp_path):
+    """From run_sweep.py's first line on, a SIGTERM is a stop request (it killed the
+    interpreter with -15 while the command line was still being imported)."""
+    run_dir = tmp_path / "run"
+    proc = spawn(["-c", SLOW_IMPORT, "train", "experiments/tiny.toml", "--run-dir", run_dir,
+                  *TINY_RUN])
+    assert proc.stdout.readline().strip() == "importing"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-3000:]
+    lines = said(err)
+    assert len(lines) == 1 and "before training started" in lines[0], err[-3000:]
+    assert read_result(run_dir) is None
+
+
+def test_a_command_without_clean_stops_keeps_the_default_sigterm(tmp_path):
+    """`plan` (like status, analyze) gives the early claim back: a SIGTERM that came
+    while it was held is delivered as the default would have, killing the process."""
+    proc = spawn(["-c", SLOW_IMPORT, "plan", long_spec(tmp_path)])
+    assert proc.stdout.readline().strip() == "importing"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGTERM, (proc.returncode, err[-3000:])
+    assert "N" not in out  # killed before it printed the plan
+
+
 SLURM_JOB = """
 import json, signal, sys
 signal.signal(signal.SIGTERM, lambda signum, frame: None)  # submitit's "bypass" of SIGTERM

@@ -1,5 +1,8 @@
 """Stopping cleanly on SIGTERM / SIGINT (Ctrl-C): the request, and what reports it.
 
+    claim_early()           from a program's first line: hold SIGTERM and SIGINT until
+                            stop_requests() takes them over, or release_early() gives
+                            them back (commands that do not stop cleanly)
     with stop_requests():   claim SIGTERM and SIGINT for a block (where nobody else has)
     requested()             the signal received, or None
     check(...)              raise `Interrupted` if a stop was requested
@@ -27,7 +30,7 @@ from typing import Iterator
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-_state: dict = {"requested": None, "depth": 0, "quiet": False, "previous": {}}
+_state: dict = {"requested": None, "depth": 0, "quiet": False, "previous": {}, "early": {}}
 
 
 class Interrupted(KeyboardInterrupt):
@@ -96,7 +99,9 @@ def stop_requests() -> Iterator[None]:
     if outer and threading.current_thread() is threading.main_thread():
         for sig in SIGNALS:
             current = signal.getsignal(sig)
-            if current in (signal.SIG_DFL, signal.default_int_handler):
+            if sig in _state["early"] and current is _handle:  # held since the first line
+                _state["previous"][sig] = _state["early"].pop(sig)
+            elif current in (signal.SIG_DFL, signal.default_int_handler):
                 _state["previous"][sig] = current
                 signal.signal(sig, _handle)
     _state["depth"] += 1
@@ -109,6 +114,31 @@ def stop_requests() -> Iterator[None]:
                 signal.signal(sig, handler)
             _state["previous"] = {}
             _state["requested"] = None
+
+
+def claim_early() -> None:
+    """Hold SIGTERM and SIGINT from the program's first line (run_sweep.py), so that a
+    signal during imports and argument parsing is a stop request like any other: the
+    command's first check reports it (one line, 128 + signal) instead of the interpreter
+    dying of it (exit -15) or printing a traceback. Only signals nobody else holds."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in SIGNALS:
+        current = signal.getsignal(sig)
+        if current in (signal.SIG_DFL, signal.default_int_handler):
+            _state["early"][sig] = current
+            signal.signal(sig, _handle)
+
+
+def release_early() -> None:
+    """Give back what claim_early() holds (a command without clean stops: status, plan,
+    analyze, ...); a signal that came meanwhile is delivered again, as it would have been."""
+    for sig, handler in _state["early"].items():
+        signal.signal(sig, handler)
+    _state["early"] = {}
+    if _state["depth"] == 0 and (sig := _state["requested"]) is not None:
+        _state["requested"] = None
+        signal.raise_signal(sig)
 
 
 def claim(sig: int) -> None:
