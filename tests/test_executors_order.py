@@ -235,7 +235,9 @@ def test_watch_shows_running_points_and_ctrl_c_exits_0(sweep):
         assert "10/20" in row and "4.2500" in row
         proc = subprocess.Popen([sys.executable, "run_sweep.py", "status", str(sweep), "--watch",
                                  "--interval", "0.2"], cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True,
+                                # a background shell's ignored SIGINT stays ignored across exec
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         time.sleep(4)
         assert proc.poll() is None  # still watching: a point is running
         proc.send_signal(signal.SIGINT)

@@ -238,6 +238,11 @@ def test_divergence_reason_is_recorded(tmp_path):
 LONG = [*TINY, "train.steps=2000", "train.checkpoint_every=1000", "train.eval_every=0"]
 
 
+def _default_signals():
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _cli_train(run_dir):
     return [sys.executable, "run_sweep.py", "train", "experiments/tiny.toml", "--run-dir",
             str(run_dir), *LONG]
@@ -262,8 +267,10 @@ def test_sigterm_and_ctrl_c_checkpoint_then_exit(tmp_path, sig, code):
     """The current step finishes, a checkpoint is saved, one line, the conventional status;
     the rerun resumes from that checkpoint."""
     run_dir = tmp_path / "run"
+    # default dispositions in the child: a shell running the tests in the background
+    # ignores SIGINT, and an ignored signal stays ignored across exec
     proc = subprocess.Popen(_cli_train(run_dir), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
     _wait_for_steps(run_dir, 20, proc)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)

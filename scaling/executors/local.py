@@ -242,22 +242,11 @@ def _run_pool(sweep_dir: Path, point_ids: list[str], slots: list[dict], *,
             if stop is None and (stop := requested()) is not None:
                 _pass_on(workers, stop)  # it came while waiting: seen before the replies
             for w in busy:
-                ended = w.poll(0.0)
-                if ended is None:
-                    continue
-                pid, status = ended
-                queue.finished(pid)  # "busy": another process holds it and runs it
-                if status == "nospace":
-                    full = full or DiskFull(sweep_dir, message=w.said or "no space left")
-                    continue
-                if status in ("interrupted", "died") and stop is not None:
-                    stopped.append(pid)
-                    continue
-                if status != "busy":
-                    write_tables(sweep_dir)
-                if bar is not None and status != "busy":
-                    bar.update(1)
+                full = _reply(w, queue, stop, stopped, full, bar, sweep_dir)
             if not any(w.alive() for w in workers):  # died, or let go with nothing left
+                for w in workers:  # what they said before exiting, after this pass's look
+                    if w.point is not None:
+                        full = _reply(w, queue, stop, stopped, full, bar, sweep_dir)
                 if len(queue) and stop is None:
                     log.error("every worker process died; %d point(s) left for the next run",
                               len(queue))
@@ -281,6 +270,26 @@ def _run_pool(sweep_dir: Path, point_ids: list[str], slots: list[dict], *,
             f"stopped {len(stopped)} running point(s) after their checkpoints"
             + (f" ({', '.join(stopped)})" if stopped else "")
             + f"; {len(queue)} not started; run the same command again to resume"))
+
+
+def _reply(w: "_Worker", queue: Queue, stop, stopped: list, full, bar, sweep_dir: Path):
+    """Take the worker's reply if its point has ended (a point run, stopped, or a full
+    disk: returned as the DiskFull to raise, else `full` unchanged)."""
+    ended = w.poll(0.0)
+    if ended is None:
+        return full
+    pid, status = ended
+    queue.finished(pid)  # "busy": another process holds it and runs it
+    if status == "nospace":
+        return full or DiskFull(sweep_dir, message=w.said or "no space left")
+    if status in ("interrupted", "died") and stop is not None:
+        stopped.append(pid)
+        return full
+    if status != "busy":
+        write_tables(sweep_dir)
+        if bar is not None:
+            bar.update(1)
+    return full
 
 
 def _pass_on(workers: list["_Worker"], stop: int) -> None:
