@@ -39,6 +39,9 @@ from analysis.load import CANDIDATES
 LAWS = ("power", "frontier", "chinchilla", "isoflop", "kaplan", "shared", "datacon", "auto")
 SEED_NOISE_HELP = ("relative seed-to-seed sd of one run's loss measured elsewhere (e.g. 0.003), used "
                    "only where the sweep has no repeated seeds (analysis/noise.py)")
+SEED_CORR_HELP = ("fraction of the seed variance shared by the runs of one trajectory (same size "
+                  "and seed: a trunk's cooldown branches; default 1, 0: independent per run; "
+                  "analysis/noise.py)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true", help="print one JSON object")
     add_fit_args(f)  # --predict-at, --u-col
     f.add_argument("--seed-noise", type=float, default=None, metavar="REL", help=SEED_NOISE_HELP)
+    f.add_argument("--seed-corr", type=float, default=1.0, metavar="RHO", help=SEED_CORR_HELP)
     a = sub.add_parser("analyze", help="write a report folder (figures, tables, summary.md)")
     a.add_argument("source", help="sweep folder or results table")
     a.add_argument("--out", default=None, help="report folder (default: <sweep>/report or <csv stem>_report)")
@@ -100,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--ngram", action="append", default=None,
                    help="an n-gram result (folder or result.json) to draw as a reference line")
     a.add_argument("--seed-noise", type=float, default=None, metavar="REL", help=SEED_NOISE_HELP)
+    a.add_argument("--seed-corr", type=float, default=1.0, metavar="RHO", help=SEED_CORR_HELP)
     lw = sub.add_parser("lr-law", help="fit lr*(N) from a learning-rate grid; print the spec's lr_law line")
     lw.add_argument("source", help="sweep folder or results table with several lrs per size")
     lw.add_argument("--accounting", choices=("total", "kaplan"), default=None,
@@ -325,13 +330,18 @@ def _bootstrap_choice(args, df: pd.DataFrame):
     kind = args.bootstrap
     if kind == "auto":
         kind = "noise" if (measured or designed or args.law == "isoflop") else "cases"
-    return kind, (noise_model(df, df.attrs.get("folder"), seed_noise=args.seed_noise) if measured else None)
+    return kind, (noise_model(df, df.attrs.get("folder"), seed_noise=args.seed_noise,
+                                    seed_corr=args.seed_corr) if measured else None)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "seed_noise", None) is not None and not 0 <= args.seed_noise < 1:
         print(f"error: --seed-noise = {args.seed_noise}: a relative sd in [0, 1) (e.g. 0.003 for 0.3 %)",
+              file=sys.stderr)
+        return 2
+    if getattr(args, "seed_corr", None) is not None and not 0 <= args.seed_corr <= 1:
+        print(f"error: --seed-corr = {args.seed_corr}: a fraction of the seed variance in [0, 1]",
               file=sys.stderr)
         return 2
     if args.cmd == "lr-law":
@@ -350,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             out = analyze(args.source, args.out, n_boot=args.n_boot, seed=args.seed, n_col=args.n_col,
                           d_col=args.d_col, c_col=args.c_col, loss_col=args.loss_col,
                           loss_fn=args.loss_fn, accounting=args.accounting, ngram=args.ngram,
-                          seed_noise=args.seed_noise)
+                          seed_noise=args.seed_noise, seed_corr=args.seed_corr)
         except (KeyError, ValueError, FileNotFoundError) as exc:
             print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
             return 2

@@ -20,7 +20,7 @@ two parts, because a run's loss is off for two different reasons:
    ``sum_d w_d loss_sum_d / sum_d w_d tokens_d``, used as a relative perturbation of its
    loss. Runs on different eval sets get independent draws. Resampling documents covers
    the draw of the eval windows and, conservatively, the choice of the held-out documents.
-2. TRAINING (independent per run): initialisation and data order, i.e. the seed. Where some
+2. TRAINING: initialisation and data order, i.e. the seed. Where some
    (N, D) cells were run with several seeds, the pooled relative standard deviation of one
    run, sqrt(sum_c sum_s (L_cs / mean_c - 1)^2 / sum_c (n_c - 1)), divided by sqrt(number
    of seeds averaged in the cell). With a fixed eval set (the same ``eval_set_id`` for every
@@ -29,6 +29,18 @@ two parts, because a run's loss is off for two different reasons:
    training noise is not measured: a relative seed noise measured elsewhere is used only
    when the user passes it (``seed_noise``, ``--seed-noise REL``), and otherwise the
    intervals leave it out and the sentence of :attr:`LossNoise.sentence` says so.
+   This noise is NOT independent between runs of one TRAJECTORY: runs of the same size and
+   seed start from the same initialisation and read the same data in the same order, and
+   a trunk's cooldown branches share every step before their branch point. A lucky seed
+   lowers all of them together. Measured on 6 replicate demo sweeps
+   (benchmarks/calibration.py): the seed deviations of two runs of one size correlate at
+   0.62 (0.76 before removing each sweep's common shift), two runs of different sizes at
+   -0.15. Each replicate therefore draws one factor per trajectory (``seed_corr`` of the
+   seed variance, default 1: conservatively all of it) shared by its runs, and the rest
+   (1 - ``seed_corr``) independently per run; a cell averaged over k seeds takes the mean
+   of its k trajectories' factors. Trajectories are keyed by N (and lr where it varies)
+   and the seed (a ``seed`` column, or the ``seeds`` of a seed-averaged cell); rows
+   without a seed are their own trajectory.
 
 Without per-document losses (a plain results CSV) the model falls back to
 :func:`loss_noise` (the older rule: seed spread where measured, else each run's
@@ -43,8 +55,8 @@ an assumed relative noise, stated (:data:`DEFAULT_REL_NOISE`, or a fit's own res
 where the fit says so).
 
 Replicates are log-normal, ``log L_b = log L + (sigma / L) z + g_b`` with z ~ N(0, 1) (the
-independent part) and g_b the shared eval-set factor (0 without one): the same relative
-noise, and a loss that stays positive.
+independent part) and g_b the shared factors (eval set, trajectories; 0 without them): the
+same relative noise, and a loss that stays positive.
 """
 
 from __future__ import annotations
@@ -126,6 +138,10 @@ class LossNoise:
     shared: EvalDocuments | None = None
     sentence: str = ""
     info: dict = field(default_factory=dict)
+    # the seed noise shared within trajectories: (rows, trajectories) weights and the
+    # relative sd each row takes from them (sqrt(seed_corr) x the seed noise); None: none
+    trajectories: np.ndarray | None = None
+    trajectory_rel: float = 0.0
 
     @property
     def relative_median(self) -> float:
@@ -139,7 +155,18 @@ class LossNoise:
         idx = np.asarray(idx)
         return LossNoise(sigma=np.asarray(self.sigma)[idx], source=self.source,
                          shared=None if self.shared is None else self.shared.take(idx),
-                         sentence=self.sentence, info=dict(self.info))
+                         sentence=self.sentence, info=dict(self.info),
+                         trajectories=None if self.trajectories is None else self.trajectories[idx],
+                         trajectory_rel=self.trajectory_rel)
+
+    def trajectory_factors(self, n_boot: int, seed: int = 0) -> np.ndarray | None:
+        """(n_boot, rows) log factors of the seed noise shared within trajectories (one
+        N(0, 1) draw per trajectory and replicate, its own random stream); None without."""
+        T = self.trajectories
+        if T is None or n_boot <= 0 or self.trajectory_rel <= 0:
+            return None
+        u = np.random.default_rng([int(seed), 0x7A1]).standard_normal((int(n_boot), T.shape[1]))
+        return self.trajectory_rel * (u @ T.T)
 
 
 def shared_factors(noise, keep, n_boot: int, seed: int = 0) -> np.ndarray | None:
@@ -147,10 +174,45 @@ def shared_factors(noise, keep, n_boot: int, seed: int = 0) -> np.ndarray | None
     (a mask or positions over the rows ``noise`` describes), or None when ``noise`` has no
     shared part (an array of sigmas, None, or a LossNoise without per-document losses).
     The fits add them to their noise replicates (:func:`noise_replicates`, ``shared=``)."""
-    if not isinstance(noise, LossNoise) or noise.shared is None or n_boot <= 0:
+    if not isinstance(noise, LossNoise) or n_boot <= 0:
         return None
-    g = noise.shared.log_factors(n_boot, seed)
+    parts = [g for g in (None if noise.shared is None else noise.shared.log_factors(n_boot, seed),
+                         noise.trajectory_factors(n_boot, seed)) if g is not None]
+    if not parts:
+        return None
+    g = sum(parts)
     return g if keep is None else g[:, np.asarray(keep)]
+
+
+def trajectories(rows: pd.DataFrame) -> np.ndarray | None:
+    """(rows, trajectories) weights: row i's seed noise is the mean of the factors of the
+    trajectories it averages (module docstring, part 2); None when no row names its seed."""
+    if "seeds" in rows:
+        seeds = [() if not isinstance(v, str) or not v else tuple(v.split(",")) for v in rows["seeds"]]
+    elif "seed" in rows:
+        seeds = [() if pd.isna(v) else (f"{float(v):g}",) for v in rows["seed"]]
+    else:
+        return None
+    if not any(seeds):
+        return None
+    N = pd.to_numeric(rows["N"], errors="coerce").to_numpy(float) if "N" in rows else np.full(len(rows), np.nan)
+    lr = (pd.to_numeric(rows["lr"], errors="coerce").to_numpy(float)
+          if "lr" in rows and rows["lr"].nunique() > 1 else np.zeros(len(rows)))
+    keys: dict = {}
+    cols = []
+    for i, ss in enumerate(seeds):
+        if not ss or not np.isfinite(N[i]):
+            cols.append([(("row", i), 1.0)])  # its own trajectory
+            continue
+        cols.append([((f"{N[i]:.6g}", f"{lr[i]:.6g}", s), 1.0 / len(ss)) for s in ss])
+    for c in cols:
+        for k, _ in c:
+            keys.setdefault(k, len(keys))
+    T = np.zeros((len(rows), len(keys)))
+    for i, c in enumerate(cols):
+        for k, w in c:
+            T[i, keys[k]] += w
+    return T
 
 
 def assumed_noise(loss, rel: float = DEFAULT_REL_NOISE, why: str = "no eval_loss_stderr, no seeds") -> LossNoise:
@@ -310,16 +372,22 @@ def _seeds_text(s: dict) -> str:
 
 
 def noise_model(rows: pd.DataFrame, folder=None, *, seed_noise: float | None = None,
-                loss_col: str = "loss", default_rel: float = DEFAULT_REL_NOISE) -> LossNoise:
+                seed_corr: float = 1.0, loss_col: str = "loss",
+                default_rel: float = DEFAULT_REL_NOISE) -> LossNoise:
     """The two-part noise model of ``rows`` (module docstring): a shared eval-set component
     from the per-document losses in ``folder``/points/<point_id>/result.json and an
     independent seed component (pooled seed spread of ``rows``; else ``seed_noise``, a
     relative sd measured elsewhere, given by the user; else none, and said so).
 
+    ``seed_corr``: the fraction of the seed variance shared by the runs of one trajectory
+    (module docstring, part 2; 0: independent per run).
+
     Without per-document losses: :func:`loss_noise`, with ``seed_noise`` (when given and the
     rows measure no seed spread) added in quadrature, and the source says so."""
     if seed_noise is not None and not (0 <= float(seed_noise) < 1):
         raise ValueError(f"seed_noise = {seed_noise}: a relative sd in [0, 1) (e.g. 0.003 for 0.3 %)")
+    if not (0 <= float(seed_corr) <= 1):
+        raise ValueError(f"seed_corr = {seed_corr}: a fraction of the seed variance in [0, 1]")
     L = pd.to_numeric(rows[loss_col], errors="coerce").to_numpy(float)
     n_seeds = (pd.to_numeric(rows["n_seeds"], errors="coerce").to_numpy(float)
                if "n_seeds" in rows else np.ones(L.size))
@@ -344,11 +412,11 @@ def noise_model(rows: pd.DataFrame, folder=None, *, seed_noise: float | None = N
     info = {"eval_sets": len(docs.sets), "documents": docs.n_docs, "rows_with_documents": n_doc_rows}
     if seeds is not None:
         rel = seeds["rel"]
-        seed_part = f"an independent seed noise of {rel * 100:.2g} % per run ({_seeds_text(seeds)})"
+        seed_part = f"a seed noise of {rel * 100:.2g} % per run ({_seeds_text(seeds)})"
         info["seed_noise"] = {**seeds, "from": "seeds"}
     elif seed_noise is not None:
         rel = float(seed_noise)
-        seed_part = (f"an independent seed noise of {rel * 100:.2g} % per run, given by the user "
+        seed_part = (f"a seed noise of {rel * 100:.2g} % per run, given by the user "
                      "(--seed-noise; this sweep has no repeated seeds)")
         info["seed_noise"] = {"rel": rel, "from": "given"}
     else:
@@ -357,7 +425,18 @@ def noise_model(rows: pd.DataFrame, folder=None, *, seed_noise: float | None = N
                      "(--seed-noise REL), so the intervals leave out the training noise "
                      "(initialisation, data order) and are too narrow by that much")
         info["seed_noise"] = {"rel": None, "from": "none"}
-    sigma = rel * L / np.sqrt(n_seeds)
+    T = trajectories(rows) if rel > 0 and seed_corr > 0 else None
+    if T is not None:
+        n_traj, shared_rows = T.shape[1], int(np.sum((T > 0).sum(axis=0) >= 2))
+        seed_part += (f", {seed_corr * 100:.0f} % of its variance shared by the runs of one "
+                      f"trajectory (same size and seed: {n_traj} trajectories, {shared_rows} "
+                      "with several runs; --seed-corr)")
+        info["seed_noise"]["corr"] = float(seed_corr)
+        info["seed_noise"]["trajectories"] = int(n_traj)
+    elif rel > 0:
+        seed_part += ", independent per run"
+    indep = rel * (math.sqrt(1.0 - seed_corr) if T is not None else 1.0)
+    sigma = indep * L / np.sqrt(n_seeds)
     extra = ""
     if missing.any():  # rows without documents: their eval stderr, independent
         se = (pd.to_numeric(rows["eval_loss_stderr"], errors="coerce").to_numpy(float)
@@ -374,8 +453,11 @@ def noise_model(rows: pd.DataFrame, folder=None, *, seed_noise: float | None = N
     how = info["seed_noise"]["from"]
     seed_src = {"seeds": f"seed {rel * 100:.2g} % ({seeds['cells'] if seeds else 0} cells)",
                 "given": f"seed {rel * 100:.2g} % (given)", "none": "no seed noise"}[how]
+    if T is not None:
+        seed_src += f", {seed_corr * 100:.0f} % shared per trajectory"
     src = f"eval documents shared ({ndoc}) + {seed_src}"
-    return LossNoise(sigma=sigma, source=src, shared=docs, sentence=sentence, info=info)
+    return LossNoise(sigma=sigma, source=src, shared=docs, sentence=sentence, info=info,
+                     trajectories=T, trajectory_rel=rel * math.sqrt(seed_corr) if T is not None else 0.0)
 
 
 def seed_cells(rows: pd.DataFrame, keys: list[str], *, mean: tuple[str, ...] = ("N", "D"),
@@ -387,6 +469,8 @@ def seed_cells(rows: pd.DataFrame, keys: list[str], *, mean: tuple[str, ...] = (
     agg = {"loss": ("loss", "mean")}
     agg.update({c: (c, "mean") for c in mean if c in rows})
     agg.update(n_seeds=("loss", "size"), seed_std=("loss", "std"))
+    if "seed" in rows:  # which seeds: the cell's trajectories (noise_model)
+        agg["seeds"] = ("seed", lambda v: ",".join(f"{float(x):g}" for x in sorted(v.dropna())))
     if "eval_loss_stderr" in rows:
         rows = rows.assign(eval_loss_stderr=pd.to_numeric(rows["eval_loss_stderr"], errors="coerce"))
         agg["eval_loss_stderr"] = ("eval_loss_stderr", "mean")

@@ -57,7 +57,7 @@ def train(spec: Path, out: Path, r: int, extra: list[str], workers: int | None) 
     return time.time() - t0
 
 
-def fit_one(sweep: Path, n_boot: int) -> dict:
+def fit_one(sweep: Path, n_boot: int, seed_corr: float | None = None) -> dict:
     """Fit one sweep alone as a user would (`python -m analysis fit --law isoflop|chinchilla
     SWEEP --json`: the rows and the noise model of `analyze`, without its figures and
     back-tests); a, its 95 % interval, and the noise model's sentence per approach."""
@@ -65,6 +65,8 @@ def fit_one(sweep: Path, n_boot: int) -> dict:
     for key, law in LAWS.items():
         cmd = [sys.executable, "-m", "analysis", "fit", "--law", law, str(sweep), "--json",
                "--n-boot", str(n_boot), "--seed", "0"]
+        if seed_corr is not None:
+            cmd += ["--seed-corr", str(seed_corr)]
         p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         try:
             f = json.loads(p.stdout.strip().splitlines()[-1])
@@ -123,6 +125,9 @@ def main(argv=None) -> int:
     ap.add_argument("--spec", default=str(ROOT / "experiments" / "demo.toml"))
     ap.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates per fit (the report's default)")
     ap.add_argument("--workers", type=int, default=None, help="run_sweep --workers")
+    ap.add_argument("--seed-corr", type=float, default=None, metavar="RHO",
+                    help="the fits' --seed-corr (default: theirs, 1: the seed noise shared in "
+                         "full by the runs of one trajectory; 0: independent per run)")
     ap.add_argument("--analyze-only", action="store_true", help="fit the sweeps already in --out")
     ap.add_argument("--train-only", type=str, default=None, metavar="R,R,...",
                     help="only train these replicates (e.g. 0,4: several such processes can share the work), no fit")
@@ -159,7 +164,7 @@ def main(argv=None) -> int:
         name = folders[0]
         fitted.append(r)
         t0 = time.time()
-        per.append(fit_one(name, args.n_boot))
+        per.append(fit_one(name, args.n_boot, args.seed_corr))
         f2, f3 = per[-1]["approach2"], per[-1]["approach3"]
         print(f"[r{r}] a2 = {_num(f2['a']):.4f} [{_num(f2['lo']):.4f}, {_num(f2['hi']):.4f}]  "
               f"a3 = {_num(f3['a']):.4f} [{_num(f3['lo']):.4f}, {_num(f3['hi']):.4f}]  "

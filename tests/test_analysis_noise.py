@@ -20,7 +20,7 @@ import pytest
 from analysis.fits.chinchilla import fit_approach3
 from analysis.fits.isoflop import fit_isoflop
 from analysis.noise import (EvalDocuments, LossNoise, eval_documents, noise_model, noise_replicates,
-                            pooled_seed_noise, read_documents, shared_factors)
+                            pooled_seed_noise, read_documents, seed_cells, shared_factors, trajectories)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,6 +124,98 @@ def test_two_part_intervals_cover_over_repeated_draws():
         assert math.isfinite(est)
     assert 0.90 <= hit / draws <= 0.99, hit / draws
     assert hit_no_seed / draws < 0.85, hit_no_seed / draws
+
+
+# ---------------------------------------------------------------------------- trajectories
+#
+# Runs of one size and seed (a trunk and its cooldown branches, or separate runs with the
+# same initialisation and data order) share their seed noise: a slope over N fitted on
+# several D per N sees one draw per size, not one per run.
+
+N_SIZES = np.linspace(0.0, 2.0, 6)  # log N of the sizes
+D_PER_N = 4
+
+
+def _traj_rows(seed_col=True):
+    x = np.repeat(N_SIZES, D_PER_N)
+    rows = pd.DataFrame({"N": 10 ** (4 + x), "D": np.tile(10 ** np.linspace(6, 7, D_PER_N), N_SIZES.size)})
+    if seed_col:
+        rows["seed"] = 0
+    return rows, x
+
+
+def _slope_on(x, Y):
+    xc = x - x.mean()
+    return (Y - Y.mean(axis=1, keepdims=True)) @ xc / float(xc @ xc)
+
+
+def test_trajectories_group_runs_of_one_size_and_seed_and_split_averaged_cells():
+    rows, _ = _traj_rows()
+    T = trajectories(rows)
+    assert T.shape == (N_SIZES.size * D_PER_N, N_SIZES.size) and np.all(T.sum(axis=1) == 1)
+    assert np.all((T > 0).sum(axis=0) == D_PER_N)  # each size's runs share one trajectory
+    assert trajectories(rows.drop(columns="seed")) is None
+    # a cell averaged over seeds 0, 1, 2 takes a third of each seed's trajectory; the
+    # seed-0 one is shared with the other seed-0 runs of that size
+    runs = pd.DataFrame({"N": [1e4, 1e4, 1e4, 1e4, 2e4], "D": [1e6, 1e6, 1e6, 2e6, 1e6],
+                         "seed": [0, 1, 2, 0, 0], "loss": [3.0, 3.1, 2.9, 2.8, 2.7]})
+    cells = seed_cells(runs, ["N", "D"], mean=())
+    assert list(cells["seeds"]) == ["0,1,2", "0", "0"]
+    Tc = trajectories(cells)
+    assert Tc.shape == (3, 4)
+    assert sorted(Tc[0]) == pytest.approx([0, 1 / 3, 1 / 3, 1 / 3])
+    assert Tc[0] @ Tc[1] == pytest.approx(1 / 3)  # they share seed 0 of N = 1e4
+    assert Tc[2] @ Tc[0] == 0 and Tc[2] @ Tc[1] == 0
+
+
+def test_trajectory_factors_have_the_seed_variance_and_the_stated_correlation():
+    rows, _ = _traj_rows()
+    rows["loss"] = 3.0
+    for rho in (1.0, 0.6):
+        nz = noise_model(rows, None, seed_noise=0.01, seed_corr=rho)  # without documents: ...
+        assert nz.trajectories is None  # ... the older independent model, said so
+        nz = LossNoise(sigma=np.sqrt(1 - rho) * 0.01 * rows["loss"].to_numpy(), source="t",
+                       trajectories=trajectories(rows), trajectory_rel=np.sqrt(rho) * 0.01)
+        R = np.log(noise_replicates(rows["loss"], nz.sigma, 40_000, np.random.default_rng(1),
+                                    shared=shared_factors(nz, None, 40_000, seed=2)) / 3.0)
+        C = np.corrcoef(R.T)
+        assert R.std(axis=0) == pytest.approx(0.01, rel=0.03)
+        assert C[0, 1] == pytest.approx(rho, abs=0.03)  # same size: one trajectory
+        assert abs(C[0, D_PER_N]) < 0.03  # different sizes: independent
+
+
+def test_trajectory_shared_seed_noise_covers_a_slope_over_sizes():
+    """A slope over N from several D per N, the seed noise drawn once per trajectory (as
+    cooldown branches of one trunk share it): 95 % intervals with the trajectory model
+    cover near 95 % over 300 draws; treating the same noise as independent per run
+    (seed_corr = 0) under-covers, so the test can tell."""
+    rows, x = _traj_rows()
+    T = trajectories(rows)
+    rng = np.random.default_rng(7)
+    rel, B, draws = 0.01, 300, 300
+    truth = -0.2
+    hit = {1.0: 0, 0.0: 0}
+    for k in range(draws):
+        L = np.exp(1.0 + truth * x + rel * (T @ rng.standard_normal(T.shape[1])))
+        for rho in hit:
+            nz = LossNoise(sigma=np.sqrt(1 - rho) * rel * L, source="t", trajectories=T,
+                           trajectory_rel=np.sqrt(rho) * rel)
+            R = noise_replicates(L, nz.sigma, B, np.random.default_rng(k),
+                                 shared=shared_factors(nz, None, B, seed=k))
+            est = _slope_on(x, np.log(L)[None])[0]
+            lo, hi = np.quantile(_slope_on(x, np.log(R)), [0.025, 0.975])
+            hit[rho] += lo <= truth <= hi
+            assert lo <= est <= hi
+    assert 0.91 <= hit[1.0] / draws <= 0.99, hit
+    assert hit[0.0] / draws < 0.80, hit
+
+
+def test_cli_seed_corr_bad_value_one_line(tmp_path):
+    folder, _ = _sweep_with_documents(tmp_path / "sw")
+    for bad in ("1.5", "-0.1", "nan"):
+        r = subprocess.run([sys.executable, "-m", "analysis", "fit", "--law", "isoflop", str(folder),
+                            "--seed-corr", bad], capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--seed-corr" in r.stderr
 
 
 # ---------------------------------------------------------------------------- the fits use it
@@ -246,9 +338,13 @@ def test_noise_model_reads_documents_and_says_what_it_is(tmp_path):
     one = rows[rows["seed"] == 0]
     nz1 = noise_model(one, folder)
     assert "no repeated seeds" in nz1.sentence and np.all(nz1.sigma == 0)
-    nz2 = noise_model(one, folder, seed_noise=0.004)
-    assert "given by the user" in nz2.sentence
+    nz2 = noise_model(one, folder, seed_noise=0.004, seed_corr=0.0)
+    assert "given by the user" in nz2.sentence and "independent per run" in nz2.sentence
     assert nz2.sigma == pytest.approx(0.004 * one["loss"].to_numpy())
+    # by default all of it is shared by the runs of one trajectory (same N and seed)
+    nz3 = noise_model(one, folder, seed_noise=0.004)
+    assert np.all(nz3.sigma == 0) and nz3.trajectory_rel == pytest.approx(0.004)
+    assert "100 % of its variance shared by the runs of one trajectory" in nz3.sentence
     with pytest.raises(ValueError, match="seed_noise"):
         noise_model(one, folder, seed_noise=1.5)
     # a subset keeps its rows' documents

@@ -110,6 +110,7 @@ def analyze(
     accounting: str | None = None,
     ngram=None,
     seed_noise: float | None = None,
+    seed_corr: float = 1.0,
 ) -> Path:
     """Fit what the table supports, write figures, tables and summary.md; return the folder.
 
@@ -135,7 +136,8 @@ def analyze(
         rep.fits["compute"] = spent
 
     rows, sel_notes = sel.rows, sel.notes
-    noise = noise_model(rows, df.attrs.get("folder"), seed_noise=seed_noise) if len(rows) else None
+    noise = noise_model(rows, df.attrs.get("folder"), seed_noise=seed_noise,
+                        seed_corr=seed_corr) if len(rows) else None
     designed = "compute_budget" in rows and np.isfinite(pd.to_numeric(rows["compute_budget"], errors="coerce")).any() if len(rows) else False
     measured = noise is not None and not noise.source.startswith("assumed")
     boot = "noise" if (designed or measured) else "cases"
