@@ -11,7 +11,8 @@ pandas, matplotlib and seaborn only; no GPU, no jax.
 
 Command line: ``python -m analysis fit --law {power,frontier,chinchilla,isoflop,kaplan} ...``
 , ``python -m analysis analyze <sweep folder or CSV>`` and ``python -m analysis lr-law
-<sweep or table>`` (a fitted lr*(N) law as a spec's ``lr_law`` line).
+<sweep or table>`` (a fitted lr*(N) law as a spec's ``lr_law`` line), ``python -m analysis batch
+<sweep>`` (the critical batch size, B in tokens: analysis/batch.py, analysis/cli_batch.py).
 
 Public API (imported lazily, so ``import analysis`` stays cheap):
 

@@ -9,6 +9,7 @@
     python -m analysis lr-law sweeps/my_lr_sweep [--accounting total] [--json]
     python -m analysis fit --law auto runs.csv --predict-at 1e9:2e10 7e10:1.4e12 [--json]
     python -m analysis backtest runs.csv [--holdout-top 0.25 | --fit-below-N N | --fit-below-C C]
+    python -m analysis batch sweeps/my_batch_sweep [--targets 3.2,3.0] [--json] [--out DIR]
 
 ``--law chinchilla`` is Chinchilla Approach 3, ``isoflop`` Approach 2 (rows grouped by the
 compute column; N or D may be missing and is then derived from C = 6 N D), ``power`` a power
@@ -17,7 +18,8 @@ long-format learning-curve table, ``kaplan`` Kaplan et al.'s joint L(N, D), ``sh
 ``datacon`` the other laws of L(N, D) (analysis/fits/ndlaws.py), ``auto`` the L(N, D) law with the
 smallest backtest error. ``--predict-at N:D`` (laws of N and D) predicts the loss of given runs
 with a prediction interval; ``backtest`` scores each law's extrapolation (analysis/cli_predict.py,
-analysis/fits/backtest.py). ``--json`` prints one JSON object.
+analysis/fits/backtest.py). ``batch`` is the critical batch size (B in tokens) across a
+batch-size sweep (analysis/cli_batch.py, analysis/batch.py). ``--json`` prints one JSON object.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import pandas as pd
 
 from analysis.cli_predict import add_backtest_parser, add_fit_args, add_predictions, backtest_main, check_args
 from analysis.cli_checks import check_fit_options, check_fit_rows
+from analysis.cli_batch import add_batch_parser, batch_main
 from analysis.result import json_default
 from analysis.load import CANDIDATES
 
@@ -114,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     lw.add_argument("--seed", type=int, default=0)
     lw.add_argument("--json", action="store_true", help="print one JSON object")
     add_backtest_parser(sub)
+    add_batch_parser(sub)
     return ap
 
 
@@ -348,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         return _lr_law(args)
     if args.cmd == "backtest":
         return backtest_main(args)
+    if args.cmd == "batch":
+        return batch_main(args)
     bad = (check_args(args) or check_fit_options(args)) if args.cmd == "fit" else None
     if bad:
         print(json.dumps({"law": args.law, "error": bad}) if args.json else f"error: {bad}",

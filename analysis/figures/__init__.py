@@ -6,4 +6,5 @@
                     allocation, residuals)
     optimizers.py   the optimizer comparison's figures
     families.py     the model-family figures
+    batch.py        steps against tokens to each target; B_crit against the loss
 """

@@ -14,4 +14,5 @@
     predict.py         compute-optimal N, D and loss for budgets
     backtest.py        fit the cheap runs, predict the expensive ones
     pareto.py          the lower-left Pareto front of (x, loss) rows
+    critical_batch.py  S(B) = S_min + E_min / B per target loss, B_crit, B_crit(L) (McCandlish)
 """

@@ -10,5 +10,6 @@
     backtest.py     "Does the law extrapolate?"
     optimizers.py   the optimizer comparison
     families.py     model families and the n-gram reference
+    batch.py        the critical batch size (>= 3 batch sizes)
     tables.py       Markdown and LaTeX (booktabs) tables
 """

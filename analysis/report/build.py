@@ -15,6 +15,8 @@ Which analyses run is decided from the table:
 - optimizer comparison: more than one optimizer, or a learning-rate grid (>= 3 lrs for
   some size);
 - task abilities across scale (analysis/emergence.py): ``task/<sub-task>/<metric>`` columns.
+- critical batch size (analysis/report/batch.py): a ``batch_size`` column with >= 3 batch sizes
+  (B in tokens = batch_size x seq_len) and learning curves.
 
 Scaling-law fits use the done runs of one optimizer (the most common one when there are
 several) and, where a (N, D) cell was run with several learning rates and/or seeds, the
@@ -37,7 +39,8 @@ This module loads the table, writes the Data section and calls one module of thi
 per section, in the order of summary.md: powerlaws (L(N), L(D), L(C)), parametric
 (Approach 3, Kaplan), isoflop (Approach 2), curves (frontier, Approach 1), predictions
 (optimal allocation, predictions), backtest (does the law extrapolate?), analysis.validation
-(does the prediction hold?), optimizers, families, analysis.emergence (task abilities);
+(does the prediction hold?), optimizers, families, batch (critical batch size),
+analysis.emergence (task abilities);
 writer holds what they add to and writes summary.md.
 """
 
@@ -52,6 +55,7 @@ import pandas as pd
 
 from analysis import emergence, validation
 from analysis.report import backtest as report_backtest
+from analysis.report import batch as report_batch
 from analysis.report import curves as report_curves
 from analysis.report import families as report_families
 from analysis.report import isoflop as report_isoflop
@@ -208,6 +212,8 @@ def analyze(
 
     # ---------------------------------------------------------------- model families
     report_families.section(rep, df, done, source, ngram, n_boot=n_boot, seed=seed)
+    # ---------------------------------------------------------------- critical batch size
+    report_batch.section(rep, df, done, source, n_boot=n_boot, seed=seed)
     # ---------------------------------------------------------------- task abilities
     if len(done) and emergence.subtasks(done):  # task/<sub-task>/<metric> columns (data.tasks)
         emergence.section(rep, done, n_boot=n_boot, seed=seed)
