@@ -32,10 +32,10 @@ two parts, because a run's loss is off for two different reasons:
    This noise is NOT independent between runs of one TRAJECTORY: runs of the same size and
    seed start from the same initialisation and read the same data in the same order, and
    a trunk's cooldown branches share every step before their branch point. A lucky seed
-   lowers all of them together. Measured on 6 replicate demo sweeps
-   (benchmarks/calibration.py): the seed deviations of two runs of one size correlate at
-   0.62 (0.76 before removing each sweep's common shift), two runs of different sizes at
-   -0.15. Each replicate therefore draws one factor per trajectory (``seed_corr`` of the
+   lowers all of them together. Measured on 8 replicate demo sweeps
+   (benchmarks/calibration.py): the deviations of two runs of one size from their means
+   over the sweeps correlate at 0.77 (0.52 after removing each sweep's common shift, the
+   eval-window draw), two runs of different sizes at 0.39 (-0.13). Each replicate therefore draws one factor per trajectory (``seed_corr`` of the
    seed variance, default 1: conservatively all of it) shared by its runs, and the rest
    (1 - ``seed_corr``) independently per run; a cell averaged over k seeds takes the mean
    of its k trajectories' factors. Trajectories are keyed by N (and lr where it varies)

@@ -54,10 +54,26 @@ def test_shard_map_pmap_and_accumulation_match_one_device(single, tmp_path):
         assert r["device_count"] == 8 and r["D"] == single["D"]
         close(r["losses"], single["losses"])
         close(r["evals"], single["evals"])
+        # the gradient itself, not only the (clipped, scale-free Adam) updates: under
+        # shard_map it came back summed over the 8 devices (8 x the norm)
+        close(r["grad_norms"], single["grad_norms"], rtol=1e-4)
         # XLA's count, every loop trip, one device's program x the devices (scaling.accounting.xla_count):
         # each device repeats the optimizer's update, +6 % here (2 sequences per device)
         assert 1 <= r["C_xla_ratio"] / single["C_xla_ratio"] < 1.15, (r["C_xla_ratio"], single)
     assert (sm["parallel"], pm["parallel"]) == ("shard_map", "pmap")
+
+
+@pytest.mark.slow
+def test_noise_scale_from_8_devices_equals_8_micro_batches_on_one(tmp_path):
+    """Data parallelism gives the noise scale's small-batch gradients for free (one per
+    device, no accumulation): on 8 devices with 2 sequences each it measures what one
+    device measures with 8 micro-batches of the same 2 sequences."""
+    dp = run(tmp_path / "dp", "parallel=shard_map", "train.noise_scale=true")
+    one = run(tmp_path / "one", "parallel=none", "train.micro_batches=8", "train.noise_scale=true",
+              devices=1)
+    assert len(dp["noise_rows"]) == len(one["noise_rows"]) == 20
+    close(dp["noise_rows"], one["noise_rows"], rtol=2e-3)
+    assert dp["b_simple"] == pytest.approx(one["b_simple"], rel=2e-3) and dp["b_simple"] > 0
 
 
 @pytest.mark.slow

@@ -150,6 +150,9 @@ NON_SEMANTIC = ("name", "train.progress", "train.parallel", "train.log_every",
 IDENTITY_DEFAULTS: dict[str, Any] = {"model.arch": "transformer",
                                      "data.objective": "next_token",
                                      "train.eval_per_position": False,
+                                     # on one device without micro-batches it splits the
+                                     # batch in two (scaling.train.noise_scale): semantic
+                                     "train.noise_scale": False,
                                      "data.tasks": {}}
 
 

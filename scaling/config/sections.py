@@ -287,6 +287,8 @@ class TrainConfig:
     steps: int = 200
     batch_size: int = 16  # global batch, in sequences
     micro_batches: int = 1  # gradient accumulation: batch_size / micro_batches per pass
+    # log the gradient noise scale B_simple (scaling.train.noise_scale; McCandlish et al. 2018)
+    noise_scale: bool = False
     seed: int = 0  # initialisation and batch order
     data_seed: int = -1  # -1: same as seed
     eval_every: int = 50  # 0: only at the end

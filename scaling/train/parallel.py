@@ -71,8 +71,13 @@ def resolve_driver(name: str) -> str:
     return name
 
 
-def check_batch(batch_size: int, micro_batches: int, n_devices: int) -> None:
-    """The global batch must split evenly over devices, then over micro-batches."""
+def check_batch(batch_size: int, micro_batches: int, n_devices: int,
+                noise_scale: bool = False) -> None:
+    """The global batch must split evenly over devices, then over micro-batches (two at
+    least on one device with train.noise_scale: its small batch; scaling.train.noise_scale)."""
+    if noise_scale and micro_batches == 1 and n_devices == 1 and batch_size % 2:
+        raise ConfigError(f"train.noise_scale = true on one device without micro-batches splits "
+                          f"the batch in two: train.batch_size = {batch_size} must be even")
     if batch_size % n_devices:
         raise ConfigError(
             f"train.batch_size = {batch_size} does not divide evenly over {n_devices} devices; "

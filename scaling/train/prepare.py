@@ -75,7 +75,7 @@ def prepare(cfg: Config, run_dir: Path) -> Setup:
     check_same_config(cfg, run_dir)
     t, m = cfg.train, cfg.model
     driver = make_driver(t.parallel)
-    check_batch(t.batch_size, t.micro_batches, driver.n_devices)
+    check_batch(t.batch_size, t.micro_batches, driver.n_devices, t.noise_scale)
     data = load_corpus(cfg.data, m.seq_len)
     if data.vocab_size > m.vocab_size:
         raise ConfigError(

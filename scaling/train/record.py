@@ -26,7 +26,7 @@ import numpy as np
 from scaling.accounting import peaks
 from scaling.config import Config
 from scaling.runs.runfiles import METRICS_FILE, atomic_write_text, json_default, read_metrics
-from scaling.train import tracking
+from scaling.train import noise_scale, tracking
 from scaling.train.evaluate import Evaluator, curve_eval_step, curve_set_id
 from scaling.train.monitor import DivergenceMonitor
 from scaling.train.prepare import Setup
@@ -167,6 +167,7 @@ class Record:
     def log_train(self, step: int, metrics: dict, elapsed: float) -> None:
         """A logged step's row, with throughput over the `elapsed` training seconds."""
         row = {**self.row(step), **metrics}
+        noise_scale.log_row(row, self.logged)
         if step > self.start_step and elapsed > 0:
             row["tokens_per_s"] = (step - self.start_step) * self.s.tokens_per_step / elapsed
             row["mfu"] = peaks.mfu(row["tokens_per_s"], self.s.flops.exact, self.peak)
@@ -292,4 +293,5 @@ class Record:
             "data": s.data.describe(),
             "git_commit": git_commit(),
             **{k: v for k, v in ev.items() if k.startswith("task/")},
+            **noise_scale.result_fields(self.logged, step),
         }

@@ -40,6 +40,7 @@ from scaling.runtime import compiler_options
 from scaling.train.optimizers import make_runtime_optimizer
 from scaling.train.schedules import (RUNTIME_OPTIM_FIELDS, ScheduleParams, schedule_multiplier,
                                      schedule_params)
+from scaling.train.noise_scale import RAW, squared_norm
 from scaling.train.packing import ParamPacking
 
 
@@ -102,6 +103,7 @@ def compile_key(cfg: Config) -> str:
         "batch": cfg.train.batch_size,
         "micro": cfg.train.micro_batches,
         "objective": cfg.data.objective,
+        **({"noise_scale": True} if cfg.train.noise_scale else {}),
     }
     return repr(parts)
 
@@ -231,30 +233,53 @@ class Trainer:
         """One optimizer update on this device's batch; pmean over `axis_name` if bound."""
         optimizer = self.optimizer
         micro = self.config.train.micro_batches
+        noise = self.config.train.noise_scale  # scaling.train.noise_scale
+        devices = 1 if axis_name is None else jax.lax.axis_size(axis_name)
+        if noise and micro == 1 and devices == 1:
+            micro = 2  # two half-batch gradients: the noise scale's small batch, same FLOPs
         grad_fn = jax.value_and_grad(self.loss)
+        # Under shard_map the replicated parameters are device-invariant, and the gradient
+        # of this device's loss with respect to an invariant value comes back already
+        # summed over the devices (n x the mean; the pmean below then changed nothing):
+        # differentiate with respect to a device-varying view, so that each device holds
+        # its own batch's gradient and the pmean averages them. (A no-op under pmap.)
+        params = state.params if axis_name is None else _varying(state.params, axis_name)
 
         if micro == 1:
-            loss, grads = grad_fn(state.params, batch_BxT1)
+            loss, grads = grad_fn(params, batch_BxT1)
+            small_sq = squared_norm(grads) if noise else None
         else:
             # Gradient accumulation: scan over micro-batches, summing in float32.
             b = batch_BxT1.shape[0]
             micro_MxBxT1 = batch_BxT1.reshape(micro, b // micro, *batch_BxT1.shape[1:])
 
             def accumulate(carry, mb_BxT1):
-                loss_sum, grad_sum = carry
-                loss, grads = grad_fn(state.params, mb_BxT1)
+                loss_sum, grad_sum, sq_sum = carry
+                loss, grads = grad_fn(params, mb_BxT1)
                 grad_sum = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grad_sum, grads)
-                return (loss_sum + loss, grad_sum), None
+                if noise:
+                    sq_sum = sq_sum + squared_norm(grads)
+                return (loss_sum + loss, grad_sum, sq_sum), None
 
             # The first micro-batch seeds the carry, so the carry has the same type as the
             # body's output (under shard_map: varying over the data axis).
-            loss0, grads0 = grad_fn(state.params, micro_MxBxT1[0])
+            loss0, grads0 = grad_fn(params, micro_MxBxT1[0])
             grads0 = jax.tree.map(lambda g: g.astype(jnp.float32), grads0)
-            (loss, grads), _ = jax.lax.scan(accumulate, (loss0, grads0), micro_MxBxT1[1:])
+            sq0 = squared_norm(grads0) if noise else jnp.zeros((), jnp.float32)
+            (loss, grads, sq_sum), _ = jax.lax.scan(accumulate, (loss0, grads0, sq0),
+                                                    micro_MxBxT1[1:])
+            small_sq = sq_sum / micro if noise else None
             loss = loss / micro
             grads = jax.tree.map(lambda g, p: (g / micro).astype(p.dtype), grads, state.params)
 
         loss, grads = _mean_over(axis_name, (loss, grads))
+        noise_metrics = {}
+        if noise:  # |G_B|^2 at one micro-batch on one device and at the global batch
+            rows = batch_BxT1.shape[0] // micro
+            tokens_per_row = self.config.model.seq_len
+            noise_metrics = dict(zip(RAW, (
+                _mean_over(axis_name, small_sq), squared_norm(grads),
+                jnp.float32(rows * tokens_per_row), jnp.float32(rows * micro * devices * tokens_per_row))))
         lr = schedule_multiplier(state.step, state.schedule) * state.lr
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params, lr=lr)
         params = optax.apply_updates(state.params, updates)
@@ -264,6 +289,7 @@ class Trainer:
             "param_norm": optax.tree.norm(params),
             "update_norm": optax.tree.norm(updates),
             "lr": lr,
+            **noise_metrics,
         }
         return TrainState(state.step + 1, params, opt_state, state.lr, state.schedule), metrics
 
@@ -294,7 +320,14 @@ class Trainer:
         """The single-device step, jitted with the state donated (the `none` driver);
         one jitted function per compile_key (shared by every config with that key)."""
         return _jitted_step(self.model_config, self.step_optim, self.config.train.micro_batches,
-                            self.config.data.objective)
+                            self.config.data.objective, self.config.train.noise_scale)
+
+
+def _varying(tree, axis_name: str):
+    """`tree` as a device-varying value along `axis_name` (jax.lax.pcast; pvary before it)."""
+    if hasattr(jax.lax, "pcast"):
+        return jax.tree.map(lambda x: jax.lax.pcast(x, axis_name, to="varying"), tree)
+    return jax.tree.map(lambda x: jax.lax.pvary(x, axis_name), tree)
 
 
 def _gather_rows(x: jax.Array, axis_name: str | None) -> jax.Array:
@@ -311,9 +344,10 @@ def _gather_rows(x: jax.Array, axis_name: str | None) -> jax.Array:
 
 @functools.lru_cache(maxsize=64)
 def _jitted_step(model_cfg: ModelConfig, step_optim: OptimConfig, micro_batches: int,
-                 objective: str = "next_token"):
+                 objective: str = "next_token", noise_scale: bool = False):
     cfg = Config(model=model_cfg, optim=step_optim,
                  data=dataclasses.replace(Config().data, objective=objective),
-                 train=dataclasses.replace(Config().train, micro_batches=micro_batches))
+                 train=dataclasses.replace(Config().train, micro_batches=micro_batches,
+                                           noise_scale=noise_scale))
     return jax.jit(partial(Trainer(cfg).train_step_body, axis_name=None), donate_argnums=0,
                    compiler_options=compiler_options("step"))

@@ -50,6 +50,10 @@ def main(argv):
             "C_xla_ratio": (result["C_xla"] / result["C_exact"]) if "C_xla" in result else None,
             "eval_loss": result.get("final_eval_loss"),
             "by_position": result.get("eval_loss_by_position"),
+            "grad_norms": [r["grad_norm"] for r in read_metrics(run_dir) if "grad_norm" in r],
+            "noise_rows": [[r["noise_scale/grad_sq"], r["noise_scale/trace_sigma"]]
+                           for r in read_metrics(run_dir) if "noise_scale/grad_sq" in r],
+            "b_simple": result.get("noise_scale_b_simple"),
         }))
 
 
