@@ -320,6 +320,58 @@ def test_bad_lr_laws_are_refused(tmp_path, law, words):
         plain(tmp_path, f"lr_law = {law}")
 
 
+# --------------------------------------------------------------------------------------
+# lr_batch_rule (the batch-size study: lr relative to a base batch, warm-up in tokens)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rule, k", [("none", 0.0), ("sqrt", 0.5), ("linear", 1.0)])
+def test_lr_batch_rule_scales_each_lr_from_the_base_batch(tmp_path, rule, k):
+    spec = load_spec(write(tmp_path, BASE + f"""
+[sweep]
+warmup_tokens = 4096
+lr_batch_rule = {{ rule = "{rule}", base_batch = 8 }}
+data = {{ tokens = [200_000] }}
+[sweep.axes]
+"train.batch_size" = [4, 8, 32]
+"optim.lr" = [1e-3, 3e-3]
+"""))
+    assert len(spec.points) == 6
+    for p in spec.points:
+        b = p.config.train.batch_size
+        base = 1e-3 if "lr1e-3" in p.label else 3e-3
+        assert p.config.optim.lr == float(f"{base * (b / 8) ** k:.4g}")
+        assert p.requested["lr_batch_rule"] == {"rule": rule, "base_batch": 8}
+        assert f"({rule} batch rule)" in p.requested["derivation"]
+        # the same tokens and the same warm-up in tokens at every batch
+        assert p.config.train.steps == math.floor(200_000 / (b * 32) + 0.5)  # half up
+        assert p.config.optim.warmup_steps == max(1, math.floor(4096 / (b * 32) + 0.5))
+
+
+@pytest.mark.parametrize("rule, words", [
+    ('{ rule = "cube", base_batch = 8 }', r"lr_batch_rule\.rule = 'cube': allowed: 'none', 'sqrt', 'linear'"),
+    ('{ rule = "sqrt", base_batch = 0 }', r"lr_batch_rule\.base_batch = 0: an integer >= 1"),
+    ('{ rule = "sqrt" }', r"lr_batch_rule\.base_batch = None"),
+    ('"sqrt"', "lr_batch_rule must be a table"),
+])
+def test_bad_lr_batch_rules_are_refused(tmp_path, rule, words):
+    with pytest.raises(SpecError, match=words):
+        plain(tmp_path, f"lr_batch_rule = {rule}")
+
+
+def test_batch_size_experiment():
+    """experiments/batch_size.toml: 4 optimizers x 7 batches (64x) x 3 lrs, 1.2M tokens each."""
+    spec = load_spec(ROOT / "experiments" / "batch_size.toml")
+    assert len(spec.points) == 84
+    assert {p.config.train.batch_size for p in spec.points} == {4, 8, 16, 32, 64, 128, 256}
+    assert {p.config.optim.name for p in spec.points} == {"nesterov", "adamw", "lars", "lamb"}
+    assert all(p.config.train.noise_scale and p.config.optim.schedule == "constant"
+               for p in spec.points)
+    for p in spec.points:
+        per_step = p.config.train.batch_size * 64
+        assert abs(p.tokens - 1_200_000) <= per_step / 2
+
+
 def test_spec_overrides_reach_every_sweep_table():
     spec = load_spec(ROOT / "experiments" / "cooldown.toml", ["sweep.seeds=[0,1,2]"])
     assert len(spec.points) == 45

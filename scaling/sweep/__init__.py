@@ -23,6 +23,8 @@ with those sections merged over it) plus the tables that make it a sweep:
     #                                 #   the accounting's N) or a number of tokens; >= 1 step
     evals_per_run = 8                 # every point: train.eval_every = ceil(steps / 8)
     # lr_law = { lr = 3e-3, n_ref = 1e5, exponent = -0.25 }  # optim.lr = lr (N / n_ref)^exponent
+    # lr_batch_rule = { rule = "sqrt", base_batch = 16 }  # optim.lr is the rate at 16 sequences,
+    #                                 #   x (batch_size / 16)^(1/2) ("none": ^0, "linear": ^1)
     zip = [["model", "optim.lr"]]     # axes zipped together; all others: product
     [sweep.model]                     # axis "model": the size ladder, one of
     presets = ["n25k", "n100k"]       #   named presets (scaling/config/presets.py), or

@@ -17,7 +17,7 @@ from typing import Any
 
 from scaling.config import SECTIONS, ConfigError, build_section, split_key
 from scaling.sweep.spec import (BRACKET_KEYS, COOLDOWN_KEYS, DECAY_SHAPES, FOLLOWUP_KEYS,
-                                LR_LAW_KEYS, OVERRIDE_KEYS, SLURM_KEYS, SpecError, check_keys,
+                                LR_BATCH_RULES, LR_LAW_KEYS, OVERRIDE_KEYS, SLURM_KEYS, SpecError, check_keys,
                                 suggest)
 
 
@@ -27,13 +27,17 @@ class Schedule:
 
     warmup_fraction: warm-up = round(f x steps); warmup_tokens: ("N", m) for m x N tokens
     (N = the accounting's N) or ("tokens", x) for x tokens; evals: evaluations per run;
-    lr_law: {"lr", "n_ref", "exponent"} for optim.lr = lr x (N / n_ref)^exponent.
+    lr_law: {"lr", "n_ref", "exponent"} for optim.lr = lr x (N / n_ref)^exponent;
+    lr_batch_rule: {"rule", "base_batch"}: optim.lr (given, from an axis or the law) is the
+    rate at base_batch sequences, scaled by (train.batch_size / base_batch)^k, k = 0 ("none"),
+    1/2 ("sqrt") or 1 ("linear").
     """
 
     warmup_fraction: float | None = None
     warmup_tokens: tuple[str, float] | None = None
     evals: int | None = None
     lr_law: dict | None = None
+    lr_batch_rule: dict | None = None
 
     def under(self, lower: "Schedule") -> "Schedule":
         """This table's own keys over `lower`'s (a [[point]] over the first [sweep]).
@@ -45,7 +49,8 @@ class Schedule:
             warmup_fraction=self.warmup_fraction if own_warmup else lower.warmup_fraction,
             warmup_tokens=self.warmup_tokens if own_warmup else lower.warmup_tokens,
             evals=self.evals if self.evals is not None else lower.evals,
-            lr_law=self.lr_law if self.lr_law is not None else lower.lr_law)
+            lr_law=self.lr_law if self.lr_law is not None else lower.lr_law,
+            lr_batch_rule=self.lr_batch_rule if self.lr_batch_rule is not None else lower.lr_batch_rule)
 
 
 _WARMUP_N = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)?\s*\*?\s*N\s*$")
@@ -68,7 +73,25 @@ def schedule_keys(path: Path, tbl: dict, where: str) -> Schedule:
     if evals is not None and (not is_int(evals) or evals < 1):
         raise SpecError(f"{path}: {where}.evals_per_run = {evals!r}: must be an integer >= 1")
     lr_law = _check_lr_law(path, tbl["lr_law"], where) if "lr_law" in tbl else None
-    return Schedule(warmup_fraction, warmup_tokens, evals, lr_law)
+    rule = _check_lr_batch_rule(path, tbl["lr_batch_rule"], where) if "lr_batch_rule" in tbl else None
+    return Schedule(warmup_fraction, warmup_tokens, evals, lr_law, rule)
+
+
+def _check_lr_batch_rule(path: Path, rule: Any, where: str) -> dict:
+    """lr_batch_rule = { rule = "none" | "sqrt" | "linear", base_batch = 16 }."""
+    if not isinstance(rule, dict):
+        raise SpecError(f"{path}: {where}.lr_batch_rule must be a table {{ rule = \"sqrt\", "
+                        "base_batch = 16 }")
+    check_keys(rule, ("rule", "base_batch"), f"{where}.lr_batch_rule", path)
+    name = rule.get("rule")
+    if name not in LR_BATCH_RULES:
+        raise SpecError(f"{path}: {where}.lr_batch_rule.rule = {name!r}: allowed: "
+                        f"{', '.join(repr(k) for k in LR_BATCH_RULES)}")
+    base = rule.get("base_batch")
+    if not is_int(base) or base < 1:
+        raise SpecError(f"{path}: {where}.lr_batch_rule.base_batch = {base!r}: an integer >= 1 "
+                        "(the batch, in sequences, at which optim.lr is given)")
+    return {"rule": name, "base_batch": int(base)}
 
 
 def _warmup_tokens(path: Path, tbl: dict, where: str) -> tuple[str, float] | None:

@@ -28,7 +28,7 @@ from scaling.sweep.checks import Schedule, flatten, matches
 from scaling.sweep.ladder import ladder_shape
 from scaling.sweep.points import (Point, charged_per_token, format_num, format_si, param_counts,
                                   point_id, size_label_of, train_flops_per_token)
-from scaling.sweep.spec import SpecError
+from scaling.sweep.spec import LR_BATCH_RULES, SpecError
 
 SHAPE_KEYS = ("n_layer", "d_model", "n_head", "d_ff")
 
@@ -207,6 +207,11 @@ def resolve_point(path: Path, base: dict, draft: Draft, rules: list, dropped: di
         sets["optim.lr"], how_lr = _lr_from_law(sched.lr_law, n_acc, n_name)
         deriv += f"; {how_lr}"
         req["lr_law"] = dict(sched.lr_law)
+    if sched.lr_batch_rule is not None:
+        lr0 = float(sets.get("optim.lr", _defaults_flat()["optim.lr"]))
+        sets["optim.lr"], how_lr = _lr_for_batch(sched.lr_batch_rule, lr0, tr.batch_size)
+        deriv += f"; {how_lr}"
+        req["lr_batch_rule"] = dict(sched.lr_batch_rule)
 
     tokens = steps * per_step
     flops_6nd = 6.0 * n * tokens
@@ -257,6 +262,14 @@ def _lr_from_law(law: dict, n_acc: int, n_name: str) -> tuple[float, str]:
     lr = float(f"{lr:.4g}")
     return lr, (f"lr = {format_num(law['lr'])}·({n_name}/{format_num(law['n_ref'])})^{law['exponent']:g}"
                 f" = {lr:.4g}")
+
+
+def _lr_for_batch(rule: dict, lr: float, batch: int) -> tuple[float, str]:
+    """optim.lr = lr x (batch / base_batch)^k (checks.Schedule.lr_batch_rule); 4 digits."""
+    k = LR_BATCH_RULES[rule["rule"]]
+    out = float(f"{lr * (batch / rule['base_batch']) ** k:.4g}")
+    return out, (f"lr = {format_num(lr)}·({batch}/{rule['base_batch']})^{k:g} = {out:.4g} "
+                 f"({rule['rule']} batch rule)")
 
 
 @functools.lru_cache(maxsize=1)

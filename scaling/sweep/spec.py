@@ -28,7 +28,8 @@ EXECUTORS = ("local", "slurm")
 TOP_KEYS = ("name", "description", "executor", "accounting", "base", "extends", *SECTIONS,
             "sweep", "override", "point", "slurm", "followup", "variants")
 SWEEP_KEYS = ("seeds", "model", "data", "compute", "axes", "zip", "warmup_fraction",
-              "warmup_tokens", "evals_per_run", "lr_law", "cooldown", "accounting")
+              "warmup_tokens", "evals_per_run", "lr_law", "lr_batch_rule", "cooldown",
+              "accounting")
 MODEL_AXIS_KEYS = ("presets", "n", "aspect_ratio", "n_layer", "head_dim", "n_head",
                    "d_multiple")
 DATA_AXIS_KEYS = ("tokens", "tokens_per_param")
@@ -39,6 +40,7 @@ POINT_KEYS = ("set", "tokens", "tokens_per_param", "group", "warmup_fraction",
 FOLLOWUP_KEYS = ("seeds", "metric", "widen", "bracket", "validate", "seeds_at")
 BRACKET_KEYS = ("max_extra",)
 LR_LAW_KEYS = ("lr", "n_ref", "exponent")
+LR_BATCH_RULES = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}  # lr x (B / base_batch)^k
 COOLDOWN_KEYS = ("fraction", "shape")
 DECAY_SHAPES = ("linear", "cosine", "1-sqrt")
 # key: (type(s), check, what is allowed)
