@@ -5,7 +5,8 @@ import sys
 
 from scaling.train.stopping import claim_early
 
-claim_early()  # a SIGTERM / Ctrl-C during the imports below stops `train` / `run` cleanly
+if __name__ == "__main__":
+    claim_early()  # a SIGTERM / Ctrl-C during the imports below stops `train` / `run` cleanly
 
 from scaling.cli import main  # noqa: E402
 
