@@ -319,6 +319,13 @@ def _b_simple_near(bs: pd.DataFrame | None, target: float) -> float | None:
     return float(near["B_simple"].median()) if len(near) else math.nan
 
 
+def batch_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """The runs every batch analysis reads (the CLI and the report alike): done and
+    diverged ones. A diverged run is a run that did not reach the targets after its
+    divergence: it is censored there, never left out silently."""
+    return df[df["status"].isin(["done", "diverged"])].copy()
+
+
 def load_batch_tables(source, loss: str = "eval", accounting: str | None = None):
     """(runs, prepared curves) of a sweep folder or its results table; ValueError /
     FileNotFoundError naming what is missing (no batch_size column, no curves)."""
@@ -329,7 +336,7 @@ def load_batch_tables(source, loss: str = "eval", accounting: str | None = None)
     df = load_results(source, accounting=accounting)
     if "batch_size" not in df:
         raise ValueError(f"{source}: no column 'batch_size' (a batch-size sweep needs one)")
-    runs = df[df["status"].isin(["done", "diverged"])].copy()
+    runs = batch_runs(df)
     if "point_id" not in runs:
         raise ValueError(f"{source}: no column 'point_id' to join the learning curves on")
     runs = add_batch_columns(runs)

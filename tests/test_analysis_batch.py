@@ -188,7 +188,7 @@ def test_report_section_and_skip(tmp_path):
     df = load_results(src)
     rep = Report(tmp_path / "rep", str(src))
     rep.writer.max_children = 0
-    report_batch.section(rep, df, df[df["status"] == "done"], src, n_boot=50, seed=0)
+    report_batch.section(rep, df, src, n_boot=50, seed=0)
     assert rep.sections and rep.sections[0].startswith("## Critical batch size")
     assert {"batch_steps_tokens", "batch_bcrit_loss"} <= {n for n, _ in rep.figures}
     assert "tokens" in rep.tables[0][1] and "critical_batch" in rep.fits
@@ -197,6 +197,34 @@ def test_report_section_and_skip(tmp_path):
     small = write_batch_sweep(tmp_path / "sw2", batch_sizes=(32, 64), seed=0)
     df2 = load_results(small)
     rep2 = Report(tmp_path / "rep2", str(small))
-    report_batch.section(rep2, df2, df2, small, n_boot=50, seed=0)
+    report_batch.section(rep2, df2, small, n_boot=50, seed=0)
     assert not rep2.sections and rep2.skipped[0][0] == "critical batch size"
     assert "need >= 3" in rep2.skipped[0][1]
+
+
+def test_report_and_cli_read_the_same_runs(tmp_path, capsys):
+    """The report's section reads the runs `analysis batch` reads, diverged ones included
+    (it read only the done runs: on the batch-size study its LAMB rows differed)."""
+    import pandas as pd
+
+    from analysis.load import load_results
+    from analysis.report import batch as report_batch
+    from analysis.report.writer import Report
+
+    src = write_batch_sweep(tmp_path / "sw", seed=0)
+    res = pd.read_csv(src / "results.csv")
+    res.loc[res["batch_size"] == res["batch_size"].min(), "status"] = "diverged"
+    res.to_csv(src / "results.csv", index=False)
+    assert main(["batch", str(src), "--n-boot", "20", "--seed", "0", "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    df = load_results(src)
+    rep = Report(tmp_path / "rep", str(src))
+    rep.writer.max_children = 0
+    report_batch.section(rep, df, src, n_boot=20, seed=0)
+    got = rep.fits["critical_batch"]
+    assert got["targets"] == cli["targets"]
+    for arm, a in cli["arms"].items():
+        for t_cli, t_rep in zip(a["targets"], got["arms"][arm]["targets"]):
+            assert t_rep["n_batches_total"] == t_cli["n_batches_total"] == 7
+            assert t_rep["n_batches"] == t_cli["n_batches"]
+            assert t_rep["fit"] == t_cli["fit"]

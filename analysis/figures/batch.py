@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import seaborn as sns
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from analysis.figures.style import PALETTE, SEQ_CMAP, new_figure, paper_style
 
@@ -53,6 +54,7 @@ def steps_tokens(analysis):
             ax.set_yscale("log")
             ax.set_title(str(arm))
             ax.set_xlabel("tokens to reach the target E = B S")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels crowd a short decade
             ax.legend(loc="upper right", fontsize=6.5)
         axes[0][0].set_ylabel("steps to reach the target S")
     return fig
@@ -117,6 +119,9 @@ def bcrit_loss(analysis):
             if v.size:
                 ax.set_ylim(v.min() / 6, v.max() * 6)
         ax.set_xlabel("target loss L")
+        # a narrow range of losses: plain tick labels (2.5, not 2.5 x 10^0)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(ScalarFormatter())
         ax.set_ylabel("critical batch B_crit (tokens)")
         ax.set_title("Critical batch size against loss")
         ax.legend(loc="best", fontsize=6.5)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.batch import BOOT_WORDS, LOSS_WORDS, LR_RULE, analyze_batch, law_text
+from analysis.batch import BOOT_WORDS, LOSS_WORDS, LR_RULE, analyze_batch, batch_runs, law_text
 from analysis.figures import batch as plots_batch
 from analysis.fits.critical_batch import MIN_BATCHES
 from analysis.load import load_curves
@@ -46,9 +46,10 @@ def table(analysis) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def section(rep: Report, df: pd.DataFrame, done: pd.DataFrame, source: Path, *, n_boot: int,
-            seed: int) -> None:
-    """The section, or a skip line saying why not."""
+def section(rep: Report, df: pd.DataFrame, source: Path, *, n_boot: int, seed: int) -> None:
+    """The section, or a skip line saying why not. Reads the rows `python -m analysis batch`
+    reads (done and diverged runs, `batch_runs`), not only the done ones."""
+    done = batch_runs(df)
     if "batch_size" not in done or "seq_len" not in done:
         rep.skip("critical batch size", "no batch_size / seq_len columns")
         return

@@ -213,7 +213,7 @@ def analyze(
     # ---------------------------------------------------------------- model families
     report_families.section(rep, df, done, source, ngram, n_boot=n_boot, seed=seed)
     # ---------------------------------------------------------------- critical batch size
-    report_batch.section(rep, df, done, source, n_boot=n_boot, seed=seed)
+    report_batch.section(rep, df, source, n_boot=n_boot, seed=seed)
     # ---------------------------------------------------------------- task abilities
     if len(done) and emergence.subtasks(done):  # task/<sub-task>/<metric> columns (data.tasks)
         emergence.section(rep, done, n_boot=n_boot, seed=seed)
