@@ -115,3 +115,24 @@ def test_an_odd_batch_on_one_device_is_refused_before_training(tmp_path):
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
     off = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, noise_scale=False))
     assert "noise_scale" not in compile_key(off)
+
+
+def test_the_sweep_tables_carry_the_noise_scale(tmp_path):
+    """results.csv / .parquet get noise_scale_b_simple (what `analysis batch` shows beside
+    B_crit) where a point measured it, and no such column where none did."""
+    import pandas as pd
+
+    from scaling.runs.results import collect
+
+    point = tmp_path / "sw" / "points" / "p1"
+    point.mkdir(parents=True)
+    cfg = load_config(None, TINY + ["train.noise_scale=true"])
+    train(cfg, point)
+    res, _ = collect(tmp_path / "sw")
+    want = json.loads((point / "result.json").read_text())["noise_scale_b_simple"]
+    assert res.loc[0, "noise_scale_b_simple"] == pytest.approx(want)
+    other = tmp_path / "sw2" / "points" / "p1"
+    other.mkdir(parents=True)
+    train(load_config(None, TINY), other)
+    res2, _ = collect(tmp_path / "sw2")
+    assert not any(c.startswith("noise_scale") for c in res2.columns)

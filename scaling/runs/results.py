@@ -58,6 +58,9 @@ RESULT_COLUMNS = [
     "resumed_from_step", "cpu_threads", "branch_origin", "divergence_reason", "role", "trunk",
     "branched_at_step", "error",
 ]
+# columns only where some point measured them (train.noise_scale; scaling/train/noise_scale.py)
+NOISE_SCALE_COLUMNS = ("noise_scale_b_simple", "noise_scale_grad_sq", "noise_scale_trace_sigma",
+                       "noise_scale_steps_averaged")
 CURVE_COLUMNS = ["point_id", "step", "tokens", "flops", "train_loss", "eval_loss",
                  "eval_loss_stderr", "lr"]
 
@@ -244,6 +247,8 @@ def point_row(sweep: str, point_dir: Path) -> dict:
     from_meta = {k for k in ("C", "role", "trunk", "branched_at_step") if meta.get(k) is not None}
     row.update({k: v for k, v in result.items() if k in RESULT_COLUMNS and k not in from_meta})
     row.update({k: v for k, v in result.items() if k.startswith("task/")})  # data.tasks evals
+    # train.noise_scale: B_simple (tokens) and its parts over the run's last half
+    row.update({k: v for k, v in result.items() if k in NOISE_SCALE_COLUMNS})
     row["status"] = point_state(point_dir)
     if row["status"] == "failed":
         failed = _read_json(point_dir / FAILED_FILE) or {}
@@ -285,7 +290,8 @@ def collect(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     dirs = sorted(p for p in points_dir(sweep_dir).glob("*") if p.is_dir())
     rows = [point_row(sweep_dir.name, d) for d in dirs]
     task_cols = sorted({k for r in rows for k in r if k.startswith("task/")})
-    results = pd.DataFrame(rows, columns=RESULT_COLUMNS + task_cols)
+    noise_cols = [c for c in NOISE_SCALE_COLUMNS if any(c in r for r in rows)]
+    results = pd.DataFrame(rows, columns=RESULT_COLUMNS + noise_cols + task_cols)
     curves = [point_curve(d) for d in dirs if (d / METRICS_FILE).exists()]
     curves_df = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
     return results, curves_df
