@@ -210,12 +210,14 @@ def test_trajectory_shared_seed_noise_covers_a_slope_over_sizes():
     assert hit[0.0] / draws < 0.80, hit
 
 
-def test_cli_seed_corr_bad_value_one_line(tmp_path):
+def test_cli_seed_corr_bad_value_one_line(tmp_path, capsys):
+    from analysis.__main__ import main
+
     folder, _ = _sweep_with_documents(tmp_path / "sw")
     for bad in ("1.5", "-0.1", "nan"):
-        r = subprocess.run([sys.executable, "-m", "analysis", "fit", "--law", "isoflop", str(folder),
-                            "--seed-corr", bad], capture_output=True, text=True, cwd=ROOT)
-        assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--seed-corr" in r.stderr
+        assert main(["fit", "--law", "isoflop", str(folder), "--seed-corr", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith("error: --seed-corr = ")
 
 
 # ---------------------------------------------------------------------------- the fits use it

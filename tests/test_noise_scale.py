@@ -64,7 +64,7 @@ def _config(micro=1, noise=True):
                   train=TrainConfig(steps=10, batch_size=8, micro_batches=micro, noise_scale=noise))
 
 
-@pytest.mark.parametrize("micro", [1, 4])
+@pytest.mark.parametrize("micro", [pytest.param(1, marks=pytest.mark.slow), 4])  # ~15 s each
 def test_the_step_measures_the_squared_norms_of_its_micro_batch_and_global_gradients(micro):
     """small_sq is the mean of |grad|^2 over the step's micro-batches (two halves when it
     has none), big_sq the |grad|^2 of the whole batch; B in tokens."""
@@ -74,7 +74,7 @@ def test_the_step_measures_the_squared_norms_of_its_micro_batch_and_global_gradi
     params = state.params
     batch = jnp.asarray(np.random.default_rng(0).integers(0, 32, (8, 9)), jnp.int32)
     k = max(micro, 2)
-    grad = jax.grad(tr.loss)
+    grad = jax.jit(jax.grad(tr.loss))
     parts = [grad(params, batch[i * (8 // k):(i + 1) * (8 // k)]) for i in range(k)]
     small = np.mean([float(noise_scale.squared_norm(g)) for g in parts])
     big = float(noise_scale.squared_norm(jax.tree.map(lambda *g: sum(g) / k, *parts)))
