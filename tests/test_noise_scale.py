@@ -120,19 +120,19 @@ def test_an_odd_batch_on_one_device_is_refused_before_training(tmp_path):
 def test_the_sweep_tables_carry_the_noise_scale(tmp_path):
     """results.csv / .parquet get noise_scale_b_simple (what `analysis batch` shows beside
     B_crit) where a point measured it, and no such column where none did."""
-    import pandas as pd
-
     from scaling.runs.results import collect
+    from tests.test_executors_order import make_point
 
-    point = tmp_path / "sw" / "points" / "p1"
-    point.mkdir(parents=True)
-    cfg = load_config(None, TINY + ["train.noise_scale=true"])
-    train(cfg, point)
+    measured = {"status": "done", "steps": 20, "final_eval_loss": 3.0,
+                "noise_scale_b_simple": 812.5, "noise_scale_grad_sq": 0.4,
+                "noise_scale_trace_sigma": 325.0, "noise_scale_steps_averaged": 3,
+                "noise_scale_units": "tokens"}
+    d = make_point(tmp_path / "sw", "p1")
+    (d / "result.json").write_text(json.dumps(measured))
     res, _ = collect(tmp_path / "sw")
-    want = json.loads((point / "result.json").read_text())["noise_scale_b_simple"]
-    assert res.loc[0, "noise_scale_b_simple"] == pytest.approx(want)
-    other = tmp_path / "sw2" / "points" / "p1"
-    other.mkdir(parents=True)
-    train(load_config(None, TINY), other)
+    assert res.loc[0, "noise_scale_b_simple"] == 812.5 and res.loc[0, "noise_scale_steps_averaged"] == 3
+    d2 = make_point(tmp_path / "sw2", "p1")
+    (d2 / "result.json").write_text(json.dumps({k: v for k, v in measured.items()
+                                                if not k.startswith("noise")}))
     res2, _ = collect(tmp_path / "sw2")
     assert not any(c.startswith("noise_scale") for c in res2.columns)
