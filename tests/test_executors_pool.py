@@ -4,6 +4,8 @@ tested is the executor's order and dependency handling, not the cooldown itself.
 
 import json
 
+import pytest
+
 import pandas as pd
 
 from scaling.executors import local as executors
@@ -47,6 +49,7 @@ def test_two_workers_run_a_branch_only_after_its_trunk(tmp_path):
     assert {p: (pdir / p / "result.json").stat().st_mtime for p in (t, b, x)} == mtimes
 
 
+@pytest.mark.slow  # 8 s; test_two_workers_run_a_branch_only_after_its_trunk stays in the fast tier
 def test_branch_of_a_trunk_that_fails_in_a_worker_is_not_run(tmp_path):
     sweep, (t, b, x) = _prepare(tmp_path, "1e-3, 2e-3, 3e-3")
     pdir = sweep / "points"

@@ -171,6 +171,7 @@ def test_sigterm_during_compile_exits_143_with_one_line(tmp_path):
     assert read_result(run_dir) is None
 
 
+@pytest.mark.slow  # 8 s; the compile and import cases stay in the fast tier
 def test_sigterm_during_a_sweeps_set_up_exits_143_with_one_line(tmp_path):
     spec = long_spec(tmp_path)
     proc = spawn(["-c", SLOW_SETUP, "run", spec, "--out", tmp_path / "sw", "--workers", "2",

@@ -262,7 +262,8 @@ def _wait_for_steps(run_dir, n, proc, timeout=120):
     raise AssertionError("the run did not start in time")
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143),
+                                       pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)])
 def test_sigterm_and_ctrl_c_checkpoint_then_exit(tmp_path, sig, code):
     """The current step finishes, a checkpoint is saved, one line, the conventional status;
     the rerun resumes from that checkpoint."""
