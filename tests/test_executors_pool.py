@@ -4,9 +4,8 @@ tested is the executor's order and dependency handling, not the cooldown itself.
 
 import json
 
-import pytest
-
 import pandas as pd
+import pytest
 
 from scaling.executors import local as executors
 from scaling.executors import sweep as sweep_driver

@@ -360,9 +360,9 @@ def test_bad_lr_batch_rules_are_refused(tmp_path, rule, words):
 
 
 def test_batch_size_experiment():
-    """experiments/batch_size.toml: 4 optimizers x 7 batches (64x) x 3-4 lrs, 1.2M tokens each."""
+    """experiments/batch_size.toml: 4 optimizers x 7 batches (64x) x 3-5 lrs, 1.2M tokens each."""
     spec = load_spec(ROOT / "experiments" / "batch_size.toml")
-    assert len(spec.points) == 105
+    assert len(spec.points) == 112
     assert {p.config.train.batch_size for p in spec.points} == {4, 8, 16, 32, 64, 128, 256}
     assert {p.config.optim.name for p in spec.points} == {"nesterov", "adamw", "lars", "lamb"}
     assert all(p.config.train.noise_scale and p.config.optim.schedule == "constant"

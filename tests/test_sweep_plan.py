@@ -46,7 +46,7 @@ EXPECTED_COUNTS = {
     "mup_transfer.toml": 56,  # SP and muP x 4 widths x 7 learning rates
     "architectures.toml": 12,  # transformer and LSTM x 6 sizes at one D
     "emergence.toml": 6,  # six sizes at one D, addition mixed in
-    "batch_size.toml": 105,  # 4 optimizers x 7 batches x 3-4 lrs (the sqrt rule), one D
+    "batch_size.toml": 112,  # 4 optimizers x 7 batches x 3-5 lrs (the sqrt rule), one D
 }
 
 
