@@ -35,9 +35,10 @@ two parts, because a run's loss is off for two different reasons:
    lowers all of them together. Measured on 8 replicate demo sweeps
    (benchmarks/calibration.py): the deviations of two runs of one size from their means
    over the sweeps correlate at 0.77 (0.52 after removing each sweep's common shift, the
-   eval-window draw), two runs of different sizes at 0.39 (-0.13). Each replicate therefore draws one factor per trajectory (``seed_corr`` of the
-   seed variance, default 1: conservatively all of it) shared by its runs, and the rest
-   (1 - ``seed_corr``) independently per run; a cell averaged over k seeds takes the mean
+   eval-window draw), two runs of different sizes at 0.39 (-0.13). Each replicate
+   therefore draws one factor per trajectory (``seed_corr`` of the seed variance, default
+   1: conservatively all of it) shared by its runs, and the rest (1 - ``seed_corr``)
+   independently per run; a cell averaged over k seeds takes the mean
    of its k trajectories' factors. Trajectories are keyed by N (and lr where it varies)
    and the seed (a ``seed`` column, or the ``seeds`` of a seed-averaged cell); rows
    without a seed are their own trajectory.
