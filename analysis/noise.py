@@ -185,6 +185,15 @@ def shared_factors(noise, keep, n_boot: int, seed: int = 0) -> np.ndarray | None
     return g if keep is None else g[:, np.asarray(keep)]
 
 
+def trajectory_sd(noise, keep) -> np.ndarray | float:
+    """Each kept row's relative sd from the trajectory part alone (0 without one): the
+    marginal that deterministic weights add to the independent sigma."""
+    if not isinstance(noise, LossNoise) or noise.trajectories is None:
+        return 0.0
+    T = noise.trajectories if keep is None else noise.trajectories[np.asarray(keep)]
+    return noise.trajectory_rel * np.sqrt((T ** 2).sum(axis=1))
+
+
 def trajectories(rows: pd.DataFrame) -> np.ndarray | None:
     """(rows, trajectories) weights: row i's seed noise is the mean of the factors of the
     trajectories it averages (module docstring, part 2); None when no row names its seed."""

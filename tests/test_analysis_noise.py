@@ -410,3 +410,20 @@ def test_fit_cli_on_a_sweep_folder_uses_the_two_part_model(tmp_path):
     assert out["noise_model"].startswith("Intervals: noise bootstrap with the eval-set noise shared")
     assert "pooled over 3 cells with 3 seeds" in out["noise_model"]
     assert out["info"]["noise_source"].startswith("eval documents shared (40) + seed")
+
+
+def test_weighted_isoflop_line_uses_the_whole_seed_noise_under_trajectories(tmp_path):
+    """The weighted line (weights propagated from each run's noise, fixed before the
+    bootstrap) uses the whole seed noise of a run: the part shared within a trajectory
+    counts too. With it all shared (the default) the independent sigma is 0, and the
+    weighted line came out NaN in the demo's report; it equals the independent model's."""
+    folder, df = _sweep_with_documents(tmp_path / "sw", seeds=(0, 1, 2))
+    rows = df.rename(columns={"final_eval_loss": "loss"})
+    cells = seed_cells(rows, ["N", "D"], mean=("C", "compute_budget"))
+    got = {}
+    for rho in (1.0, 0.0):
+        nz = noise_model(cells, folder, seed_corr=rho)
+        fit = fit_isoflop(cells["C"], cells["loss"], N=cells["N"], budget=cells["compute_budget"],
+                          noise=nz, n_boot=0, estimator="parabola")
+        got[rho] = fit.estimators["parabola"]["weighted"]["a"]
+    assert math.isfinite(got[1.0]) and got[1.0] == pytest.approx(got[0.0], rel=1e-9)

@@ -69,7 +69,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.fits.isoflop_minima import ESTIMATORS, VERTEX_SLACK, budget_minimum
-from analysis.noise import DEFAULT_REL_NOISE, LossNoise, noise_replicates, shared_factors
+from analysis.noise import DEFAULT_REL_NOISE, LossNoise, noise_replicates, shared_factors, trajectory_sd
 from analysis.result import LEVEL, AllocationFit, percentile_interval
 
 CHOICES = ESTIMATORS + ("auto",)  # what a caller may ask for; auto picks one of ESTIMATORS
@@ -197,6 +197,9 @@ def fit_isoflop(
     keep = (np.isfinite(N) & np.isfinite(L) & np.isfinite(budget) & np.isfinite(D) & (N > 0) & (L > 0)
             & (D > 0) & (budget > 0) & np.isfinite(sig_all) & (sig_all >= 0))
     N, D, L, budget, sig_all = N[keep], D[keep], L[keep], budget[keep], sig_all[keep]
+    # each run's whole seed-and-independent noise, for the propagated weights (a marginal
+    # sd: the part shared within a trajectory counts there too, its correlation does not)
+    sig_marg = np.sqrt(sig_all ** 2 + (trajectory_sd(noise, keep) * L) ** 2)
     shared = shared_factors(noise, keep, n_boot, seed) if bootstrap == "noise" else None
     rng = np.random.default_rng(seed)
 
@@ -218,6 +221,7 @@ def fit_isoflop(
         m = budget == c
         u_rows, logD_rows = np.log10(N[m]), np.log(D[m])
         u, Lc, sc = _aggregate(u_rows, L[m], sig_all[m])
+        sc_marg = _aggregate(u_rows, L[m], sig_marg[m])[2]
         row = {"C": float(c), "n_runs": int(m.sum()), "n_sizes": int(u.size)}
         profiles[float(c)] = (u, Lc, sc)
         if u.size < min_points:
@@ -241,7 +245,7 @@ def fit_isoflop(
                         if not bracketed else f"{estimator} minimum not found within the sampled sizes (+- {VERTEX_SLACK:g} of their span)"))
         rows.append(row)
         if use:
-            used.append((float(c), u, Lc, sc, u_rows, logD_rows, m))
+            used.append((float(c), u, Lc, sc, u_rows, logD_rows, m, sc_marg))
     table = pd.DataFrame(rows)
     skipped = [f"C={r['C']:.3g}: {r['note']}" for r in rows if not r["used"]]
     fit = IsoFLOPFit(kind="isoflop", params={k: math.nan for k in ("a", "b", "k_N", "k_D")},
@@ -354,11 +358,11 @@ def _fit_estimator(est, used, logC, n_boot, bootstrap, rng, level, shared=None):
     sd = np.full(K, np.nan)
     fails = np.zeros(K, dtype=int)
     per = {"N_opt_low": [], "N_opt_high": [], "boot_failed": []} if n_boot > 0 else {}
-    for k, (c, u, Lc, sc, u_rows, logD_rows, m) in enumerate(used):
+    for k, (c, u, Lc, sc, u_rows, logD_rows, m, sc_marg) in enumerate(used):
         v = float(budget_minimum(u, Lc[None], est)[0][0])
         logN[k] = v * math.log(10)
         logD[k] = _d_at(u_rows, logD_rows, v)
-        sd[k] = _propagated_sd(u, Lc, sc, est)
+        sd[k] = _propagated_sd(u, Lc, sc_marg, est)
         if n_boot > 0:
             # one stream per estimator and budget keeps estimators comparable and reproducible
             LB = _replicate_losses(Lc, sc, n_boot, bootstrap, rng, _size_factors(shared, m, u_rows))
