@@ -155,6 +155,7 @@ def test_approach1_recovers_allocation(curves):
 # ------------------------------------------------------------------ Approach 3 and Kaplan
 
 
+@pytest.mark.slow  # 7.5 s; Approach 3 on Epoch's runs (test_analysis_chinchilla) stays in the fast tier
 def test_approach3_recovers_synthetic_law(sweep):
     d = load_results(sweep)
     d = d[d["status"] == "done"]

@@ -221,6 +221,7 @@ def test_backtest_splits_between_compute_levels():
         split(df, fit_below_N=1.0)  # nothing left to fit
 
 
+@pytest.mark.slow  # 6 s; the backtest CLI on a CSV and a sweep folder stays in the fast tier
 def test_backtest_scores_every_law():
     N, D, C, L = design(seed=5)
     df = pd.DataFrame({"N": N, "D": D, "C": C, "loss": L})
