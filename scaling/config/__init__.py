@@ -16,11 +16,11 @@ from scaling.config.parse import (ConfigError, build_section, coerce, parse_over
 from scaling.config.run_config import (IDENTITY_DEFAULTS, MUP_OPTIMIZERS, NON_SEMANTIC, Config,
                                        check_mup_optimizer, check_objective, from_dict,
                                        load_config, split_key)
-from scaling.config.sections import (NON_FINITE_ALLOWED, OPTIMIZERS, SCHEDULES, SECTIONS,
+from scaling.config.sections import (MESH_AXES, NON_FINITE_ALLOWED, OPTIMIZERS, SCHEDULES, SECTIONS,
                                      TASK_NAMES, TRACKERS, DataConfig, ModelConfig, OptimConfig,
                                      TrainConfig, check_tasks)
 
-__all__ = ["IDENTITY_DEFAULTS", "MUP_OPTIMIZERS", "NON_FINITE_ALLOWED", "NON_SEMANTIC",
+__all__ = ["IDENTITY_DEFAULTS", "MESH_AXES", "MUP_OPTIMIZERS", "NON_FINITE_ALLOWED", "NON_SEMANTIC",
            "OPTIMIZERS", "SCHEDULES", "SECTIONS", "TASK_NAMES", "TRACKERS", "Config", "ConfigError",
            "DataConfig", "ModelConfig", "OptimConfig", "TrainConfig", "build_section",
            "check_mup_optimizer", "check_objective", "check_tasks", "coerce", "from_dict", "load_config",

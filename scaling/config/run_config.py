@@ -138,7 +138,7 @@ def check_objective(model: "ModelConfig", data: "DataConfig") -> None:
 
 # Keys that change how a run is executed or shown, not what it computes: a run may be
 # resumed with other values, and they do not enter a sweep point's identity.
-NON_SEMANTIC = ("name", "train.progress", "train.parallel", "train.log_every",
+NON_SEMANTIC = ("name", "train.progress", "train.parallel", "train.mesh", "train.log_every",
                 "train.checkpoint_every", "train.keep_checkpoints",
                 # a cooldown branch computes exactly what a separate run of its config would
                 "train.init_from", "train.init_step", "train.save_steps", "train.eval_steps",

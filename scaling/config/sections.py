@@ -304,7 +304,14 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 100  # 0: only the final save
     keep_checkpoints: int = 2
-    parallel: Literal["auto", "none", "pmap", "shard_map"] = "auto"
+    # "auto": a mesh if train.mesh is set, else shard_map on several devices, none on one
+    parallel: Literal["auto", "none", "pmap", "shard_map", "mesh"] = "auto"
+    # Device mesh of the "mesh" driver (scaling.train.mesh): { data = -1, fsdp = 1, model = 1 }.
+    # data splits the batch; fsdp splits the batch too and shards every large parameter and
+    # its optimizer moments; model splits attention heads and the MLP hidden dimension.
+    # -1: the devices left over (one axis at most); an axis left out is 1 (data: -1).
+    # Empty: no mesh (the drivers none / shard_map / pmap replicate the state).
+    mesh: dict[str, int] = field(default_factory=dict)
     divergence_factor: float = 3.0  # loss above factor * initial loss => diverged
     # A sustained rise of the smoothed loss this fraction above its running minimum (and a
     # final eval loss this far above the run's best) => diverged (scaling.train.monitor.DivergenceMonitor)
@@ -384,6 +391,36 @@ class TrainConfig:
                 f"train.divergence_factor = {self.divergence_factor}: must be > 1"
             )
         self._validate_tracking()
+        self._validate_mesh()
+
+    @property
+    def mesh_axes(self) -> dict[str, int] | None:
+        """{data, fsdp, model} sizes as configured (-1: the rest of the devices), every axis
+        present; None when no mesh is used (train.parallel other than auto / mesh)."""
+        if not self.mesh and self.parallel != "mesh":
+            return None
+        return {a: self.mesh.get(a, -1 if a == "data" and -1 not in self.mesh.values() else 1)
+                for a in MESH_AXES}
+
+    def _validate_mesh(self) -> None:
+        if not self.mesh:
+            return
+        allowed = ", ".join(MESH_AXES)
+        unknown = [k for k in self.mesh if k not in MESH_AXES]
+        if unknown:
+            raise ConfigError(f"train.mesh: unknown axis {unknown[0]!r}; allowed: {allowed}, "
+                              "e.g. train.mesh = { data = -1, fsdp = 2, model = 1 }")
+        bad = [k for k, v in self.mesh.items() if not (v == -1 or v >= 1)]
+        if bad:
+            raise ConfigError(f"train.mesh.{bad[0]} = {self.mesh[bad[0]]}: must be >= 1, or -1 "
+                              "for the devices left over")
+        if list(self.mesh.values()).count(-1) > 1:
+            raise ConfigError(f"train.mesh = {self.mesh}: -1 (the devices left over) on one "
+                              "axis at most")
+        if self.parallel not in ("auto", "mesh"):
+            raise ConfigError(f"train.mesh = {self.mesh} with train.parallel = "
+                              f"{self.parallel!r}: a mesh is its own driver; set "
+                              "train.parallel = 'auto' or 'mesh', or leave train.mesh out")
 
     def _validate_tracking(self) -> None:
         unknown = [n for n in self.tracker_names if n not in TRACKERS]
@@ -401,6 +438,8 @@ class TrainConfig:
                 f"train.profile_steps = {self.profile_steps!r}: write 'first,last' with "
                 f"1 <= first <= last <= train.steps = {self.steps} (e.g. '5,8'), or '' for off"
             )
+
+MESH_AXES = ("data", "fsdp", "model")  # train.mesh's axes, outermost first
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
