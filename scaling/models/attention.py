@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scaling.models import platform
+
 
 def causal_attention_reference(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, scale: float | None = None):
     """Plain causal softmax attention, float32 softmax; the definition the others match.
@@ -226,7 +228,7 @@ def attention_packed(qkv_BxTx3xHxK, impl: str = "auto", scale: float | None = No
     forces the CPU kernel; other names go to `attention` with q, k, v split out.
     """
     if impl == "auto":
-        impl = "packed" if jax.default_backend() == "cpu" else "dpa"
+        impl = platform.attention_impl() or ("packed" if platform.backend() == "cpu" else "dpa")
     if impl.startswith("packed"):
         chunk, _, nb = impl[len("packed"):].partition("x")
         return causal_attention_packed(qkv_BxTx3xHxK, int(chunk or 0), int(nb or 0),
@@ -244,7 +246,7 @@ def bidirectional_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, impl: str = "auto",
     CPU, the fused kernel on GPUs); "xla": its XLA form; "reference": einsum + softmax.
     The CPU kernel `causal_attention_packed` is causal only and is not used here."""
     if impl == "auto":
-        impl = "xla" if jax.default_backend() == "cpu" else "dpa"
+        impl = platform.attention_impl() or ("xla" if platform.backend() == "cpu" else "dpa")
     if impl in ("dpa", "xla"):
         return jax.nn.dot_product_attention(
             q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, is_causal=False, scale=scale,
@@ -270,7 +272,7 @@ def attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, impl: str = "auto",
     q.k, None for 1/sqrt(K).
     """
     if impl == "auto":
-        impl = "packed" if jax.default_backend() == "cpu" else "dpa"
+        impl = platform.attention_impl() or ("packed" if platform.backend() == "cpu" else "dpa")
     if impl == "dpa":
         return jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, is_causal=True,
                                             scale=scale)

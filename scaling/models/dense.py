@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from scaling.models import platform
+
 
 def _transposed(x_MxN):
     """x^T as its own array: barriers keep XLA from folding the transpose into a dot
@@ -94,7 +96,7 @@ class Dense(nn.Module):
         x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
         rowmajor = self.rowmajor_grad
         if rowmajor is None:
-            rowmajor = jax.default_backend() == "cpu"
+            rowmajor = platform.backend() == "cpu"
         if not rowmajor:
             return jnp.einsum("...i,io->...o", x, kernel) + bias
         return matmul_rowmajor(x, kernel) + bias

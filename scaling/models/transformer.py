@@ -37,7 +37,9 @@ import flax.linen as nn
 from scaling.config import ModelConfig
 from scaling.models.attention import attention_packed, bidirectional_attention
 from scaling.models.dense import Dense, matmul_rowmajor
+from scaling.models import platform
 from scaling.models.positions import apply_rotary, sinusoidal_table
+from scaling.models.sharding import shard
 from scaling.runtime import tune_host_runtime
 
 # CPU speed: let XLA reuse its per-step buffers instead of page-faulting them in anew each
@@ -114,7 +116,7 @@ class Attention(nn.Module):
         qkv_BxTx3D = Dense(3 * D, kernel_init=init, dtype=cdt, param_dtype=pdt,
                            name="qkv")(x_BxTxD)
         B, T = x_BxTxD.shape[:2]
-        qkv_BxTx3xHxK = qkv_BxTx3D.reshape(B, T, 3, H, K)
+        qkv_BxTx3xHxK = shard(qkv_BxTx3D.reshape(B, T, 3, H, K), "batch", None, None, "heads", None)
         if cfg.pos_encoding == "rotary":
             qk_BxTx2xHxK = apply_rotary(qkv_BxTx3xHxK[:, :, :2])
             qkv_BxTx3xHxK = jnp.concatenate([qk_BxTx2xHxK, qkv_BxTx3xHxK[:, :, 2:]], axis=2)
@@ -123,7 +125,7 @@ class Attention(nn.Module):
         else:
             o_BxTxHxK = bidirectional_attention(*(qkv_BxTx3xHxK[:, :, i] for i in range(3)),
                                                 self.attn_impl, attention_scale(cfg))
-        o_BxTxD = o_BxTxHxK.reshape(B, T, D)
+        o_BxTxD = shard(o_BxTxHxK, "batch", None, "heads", None).reshape(B, T, D)
         return Dense(D, kernel_init=out_init, dtype=cdt, param_dtype=pdt,
                      name="proj")(o_BxTxD)
 
@@ -140,7 +142,7 @@ class Mlp(nn.Module):
             hidden_init_std(cfg, cfg.init_std / math.sqrt(2 * cfg.n_layer)))
         h_BxTxF = Dense(cfg.ff, kernel_init=init, dtype=cdt, param_dtype=pdt,
                         name="fc")(x_BxTxD)
-        h_BxTxF = nn.gelu(h_BxTxF, approximate=True)
+        h_BxTxF = nn.gelu(shard(h_BxTxF, "batch", None, "hidden"), approximate=True)
         return Dense(cfg.d_model, kernel_init=out_init, dtype=cdt, param_dtype=pdt,
                      name="proj")(h_BxTxF)
 
@@ -185,7 +187,7 @@ class Unembed(nn.Module):
             init = nn.initializers.zeros
         kernel_DxV = self.param("kernel", init, (cfg.d_model, cfg.vocab_size), pdt)
         x_BxTxD, kernel_DxV = x_BxTxD.astype(cdt), kernel_DxV.astype(cdt)
-        if jax.default_backend() == "cpu" and cdt == jnp.float32:  # see dense_rowmajor
+        if platform.backend() == "cpu" and cdt == jnp.float32:  # see dense_rowmajor
             logits_BxTxV = matmul_rowmajor(x_BxTxD, kernel_DxV)
         else:
             logits_BxTxV = jnp.einsum("btd,dv->btv", x_BxTxD, kernel_DxV,
@@ -229,6 +231,7 @@ class Transformer(nn.Module):
             x_BxTxD = x_BxTxD + pos.embedding[None, :T].astype(cdt)
         elif cfg.pos_encoding == "sinusoidal":
             x_BxTxD = x_BxTxD + jnp.asarray(sinusoidal_table(T, cfg.d_model), cdt)[None]
+        x_BxTxD = shard(x_BxTxD, "batch", None, None)  # the residual stream: rows split only
 
         block = Block
         if cfg.remat:
@@ -236,7 +239,7 @@ class Transformer(nn.Module):
         if cfg.scan_layers:
             unroll = self.scan_unroll
             if unroll is None:  # CPU: unrolled up to 8 layers (see the class docstring)
-                cpu = jax.default_backend() == "cpu"
+                cpu = platform.backend() == "cpu"
                 unroll = cfg.n_layer if cpu and cfg.n_layer <= 8 else 1
             stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                             length=cfg.n_layer, in_axes=nn.broadcast, unroll=unroll)
@@ -256,7 +259,7 @@ class Transformer(nn.Module):
                 logits_BxTxV = logits_BxTxV * jnp.float32(mult)
         else:
             logits_BxTxV = Unembed(cfg, name="unembed")(x_BxTxD)
-        return logits_BxTxV.astype(jnp.float32)
+        return shard(logits_BxTxV.astype(jnp.float32), "batch", None, "vocab")
 
 
 # --------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ def _one_device_step(s: Setup, state, batch) -> tuple:
     """(step, state, batch) of the step as one device runs it, with one device's shapes
     and no collectives: what XLA's count of a pmap / shard_map step is (times the devices,
     `devices_flops_factor`), countable without the map's axis (scaling.accounting.xla_count)."""
-    pmap, n = s.driver.kind == "pmap", s.driver.n_devices
+    pmap, n = s.driver.kind == "pmap", s.driver.data_shards if s.driver.kind != "mesh" else 1
     one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:] if pmap else x.shape, x.dtype),
                        state)
     rows = batch.shape[1:] if pmap else (batch.shape[0] // n, *batch.shape[1:])
@@ -40,7 +40,7 @@ def _one_device_step(s: Setup, state, batch) -> tuple:
 def compile_steps(s: Setup, state, first_batch) -> tuple[Any, Any, float, tuple]:
     """(step_fn, eval_fn, compile seconds, XLA's count of the step: (flops or None, why not))."""
     per_position = s.cfg.train.eval_per_position
-    key = repr((compile_key(s.cfg), per_position, s.driver.kind, [str(d) for d in s.driver.devices]))
+    key = repr((compile_key(s.cfg), per_position, s.driver.key))
     t0 = time.perf_counter()
     if key not in _COMPILED:
         step_fn = s.driver.compile(s.trainer.train_step_body, state, first_batch, donate=True)

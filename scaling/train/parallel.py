@@ -1,6 +1,8 @@
 """Data-parallel drivers of the one per-device step body.
 
     none       plain `jax.jit` on one device; no axis is bound, so no pmean.
+    mesh       `jax.jit` over a (data, fsdp, model) mesh, parameters and moments sharded
+               (train.mesh; scaling.train.mesh.MeshDriver, the same interface).
     shard_map  `jax.jit(jax.shard_map(body))` over a 1-D ("data",) mesh of every device
                of every process; batch split on "data", state replicated.
     pmap       `jax.pmap(body, axis_name="data")`; state replicated along a leading
@@ -25,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from scaling.config import ConfigError
 from scaling.runtime import compiler_options
+from scaling.train.mesh import MeshDriver
 
 log = logging.getLogger(__name__)
 
@@ -63,31 +66,35 @@ def initialize_distributed() -> bool:
     return True
 
 
-def resolve_driver(name: str) -> str:
+def resolve_driver(name: str, mesh: dict | None = None) -> str:
+    """The driver train.parallel = `name` picks ("mesh" when train.mesh is set)."""
+    if mesh:
+        return "mesh"
     if name == "auto":
         return "shard_map" if jax.device_count() > 1 else "none"
-    if name not in DRIVERS:
-        raise ConfigError(f"train.parallel = {name!r}: allowed: 'auto', {', '.join(DRIVERS)}")
+    if name not in (*DRIVERS, "mesh"):
+        raise ConfigError(f"train.parallel = {name!r}: allowed: 'auto', {', '.join(DRIVERS)}, 'mesh'")
     return name
 
 
 def check_batch(batch_size: int, micro_batches: int, n_devices: int,
-                noise_scale: bool = False) -> None:
-    """The global batch must split evenly over devices, then over micro-batches (two at
-    least on one device with train.noise_scale: its small batch; scaling.train.noise_scale)."""
+                noise_scale: bool = False, what: str = "devices") -> None:
+    """The global batch must split evenly over devices (under a mesh: its data x fsdp
+    rows, `what`), then over micro-batches (two at least on one device with
+    train.noise_scale: its small batch; scaling.train.noise_scale)."""
     if noise_scale and micro_batches == 1 and n_devices == 1 and batch_size % 2:
         raise ConfigError(f"train.noise_scale = true on one device without micro-batches splits "
                           f"the batch in two: train.batch_size = {batch_size} must be even")
     if batch_size % n_devices:
         raise ConfigError(
-            f"train.batch_size = {batch_size} does not divide evenly over {n_devices} devices; "
+            f"train.batch_size = {batch_size} does not divide evenly over {n_devices} {what}; "
             f"use a multiple of {n_devices}"
         )
     per_device = batch_size // n_devices
     if per_device % micro_batches:
         raise ConfigError(
             f"train.micro_batches = {micro_batches} does not divide the per-device batch "
-            f"{per_device} (train.batch_size {batch_size} / {n_devices} devices)"
+            f"{per_device} (train.batch_size {batch_size} / {n_devices} {what})"
         )
 
 
@@ -121,7 +128,21 @@ class Driver:
             return (0, 1)
         return (jax.process_index(), jax.process_count())
 
+    @property
+    def data_shards(self) -> int:
+        """How many ways the batch's rows are split."""
+        return 1 if self.kind == "none" else self.n_devices
+
+    @property
+    def key(self) -> str:
+        """What a compiled step of this driver depends on besides the config."""
+        return repr((self.kind, [str(d) for d in self.devices]))
+
     # ---- state ---------------------------------------------------------------------
+    def fresh_state(self, trainer: Any, seed: int | None = None) -> Any:
+        """A new training state of `trainer`'s config on this driver's devices."""
+        return self.place_state(jax.device_get(trainer.init_state(seed)))
+
     def place_state(self, host_state: Any) -> Any:
         if self.kind == "none":
             return jax.device_put(host_state, self.devices[0])
@@ -199,5 +220,10 @@ class Driver:
         return 1 if self.kind == "none" else self.n_devices
 
 
-def make_driver(parallel: str) -> Driver:
-    return Driver(resolve_driver(parallel))
+def make_driver(parallel: str, mesh: dict | None = None):
+    """The driver of train.parallel and train.mesh (its axes, `TrainConfig.mesh_axes`):
+    a Driver, or a MeshDriver (scaling.train.mesh) when a mesh is configured."""
+    kind = "mesh" if mesh else resolve_driver(parallel)
+    if kind == "mesh":
+        return MeshDriver(mesh or {"data": -1, "fsdp": 1, "model": 1})
+    return Driver(kind)

@@ -74,8 +74,9 @@ def prepare(cfg: Config, run_dir: Path) -> Setup:
     """Check the config against the run folder, the devices and the corpus; write nothing."""
     check_same_config(cfg, run_dir)
     t, m = cfg.train, cfg.model
-    driver = make_driver(t.parallel)
-    check_batch(t.batch_size, t.micro_batches, driver.n_devices, t.noise_scale)
+    driver = make_driver(t.parallel, t.mesh_axes)
+    check_batch(t.batch_size, t.micro_batches, driver.data_shards, t.noise_scale,
+                "devices" if driver.kind != "mesh" else "batch shards (train.mesh data x fsdp)")
     data = load_corpus(cfg.data, m.seq_len)
     if data.vocab_size > m.vocab_size:
         raise ConfigError(

@@ -54,7 +54,7 @@ def restore_or_init(s: Setup, ckpt: Checkpointer) -> tuple[Any, int, float, dict
         if branched is not None:
             host_state, branch = branched
             return _place(s, host_state), branch["branched_at_step"], 0.0, branch
-    return s.driver.place_state(jax.device_get(s.trainer.init_state())), 0, 0.0, None
+    return s.driver.fresh_state(s.trainer), 0, 0.0, None
 
 
 def _place(s: Setup, checkpointed_state):

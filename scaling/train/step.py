@@ -133,11 +133,12 @@ def _init(model_cfg: ModelConfig, step_optim: OptimConfig, packing: ParamPacking
 
 
 @functools.lru_cache(maxsize=64)
-def _state_initializer(model_cfg: ModelConfig, step_optim: OptimConfig) -> Callable:
-    """Jitted (rng, peak lr, schedule) -> fresh packed TrainState; compiled once per model
-    shape and optimizer, not per point (with the CPU's "init" compiler options)."""
-    return jax.jit(_init(model_cfg, step_optim, _packing(model_cfg, step_optim)),
-                   compiler_options=compiler_options("init"))
+def _state_initializer(model_cfg: ModelConfig, step_optim: OptimConfig, packed: bool = True
+                       ) -> Callable:
+    """Jitted (rng, peak lr, schedule) -> fresh TrainState (packed, or the trees); compiled
+    once per model shape and optimizer, not per point (with the CPU's "init" options)."""
+    packing = _packing(model_cfg, step_optim) if packed else None
+    return jax.jit(_init(model_cfg, step_optim, packing), compiler_options=compiler_options("init"))
 
 
 @dataclass(frozen=True)
@@ -163,18 +164,32 @@ class Trainer:
         return models.build(self.model_config)
 
     @property
-    def packing(self) -> ParamPacking:
-        """How the state's parameters and moments are packed (scaling.train.packing)."""
-        return _packing(self.model_config, self.step_optim)
+    def packed(self) -> bool:
+        """Whether the state the step takes is packed (scaling.train.packing). Not under a
+        device mesh (train.mesh): a packed vector concatenates every tensor of a group, so
+        a tensor's own dimensions -- which one holds the heads, which one FSDP splits --
+        are gone; there the state is the trees, each tensor sharded by its own
+        PartitionSpec (scaling.train.mesh), and the optimizer runs per tensor."""
+        return self.config.train.mesh_axes is None
+
+    @property
+    def packing(self) -> ParamPacking | None:
+        """How the state's parameters and moments are packed; None when not `packed`."""
+        return _packing(self.model_config, self.step_optim) if self.packed else None
 
     @property
     def optimizer(self) -> optax.GradientTransformationExtraArgs:
-        """The optimizer without a schedule, on packed parameters: `update(..., lr=...)`
-        (see scaling.train.optimizers)."""
+        """The optimizer without a schedule, on the state's (packed) parameters:
+        `update(..., lr=...)` (see scaling.train.optimizers)."""
         return make_runtime_optimizer(self.step_optim, self.model_config, self.packing)
 
     def _initializer(self) -> Callable:
-        return _state_initializer(self.model_config, self.step_optim)
+        return _state_initializer(self.model_config, self.step_optim, self.packed)
+
+    def init_fn(self) -> Callable:
+        """The un-jitted (rng, peak lr, schedule) -> fresh TrainState, for a driver that
+        compiles it with its own output shardings (scaling.train.mesh)."""
+        return _init(self.model_config, self.step_optim, self.packing)
 
     def init_state(self, seed: int | None = None) -> TrainState:
         """A fresh (packed) state on the default device (params from `seed`, default
@@ -193,15 +208,15 @@ class Trainer:
     def to_checkpoint(self, host_state: TrainState) -> TrainState:
         """A host (numpy) training state as checkpoints hold it: parameters and moments
         unpacked into trees (views of the packed vectors, no copy)."""
-        return self.packing.unpack_state(host_state)
+        return self.packing.unpack_state(host_state) if self.packed else host_state
 
     def from_checkpoint(self, host_state: TrainState) -> TrainState:
         """A host state read from a checkpoint (trees), packed for the step."""
-        return self.packing.pack_state(host_state)
+        return self.packing.pack_state(host_state) if self.packed else host_state
 
     def params_tree(self, params: Any) -> Any:
         """The model's parameter tree from a training state's (packed) params."""
-        return self.packing.unpack(params)
+        return self.packing.unpack(params) if self.packed else params
 
     def reschedule(self, state: TrainState) -> TrainState:
         """`state` with this config's peak lr and schedule values (e.g. a checkpoint of
