@@ -2,8 +2,8 @@
 
     python run_sweep.py train experiments/tiny.toml [section.key=value ...] [--run-dir DIR]
     python run_sweep.py sample runs/tiny --prompt "def " --temperature 0.8 --top-k 40
-    python run_sweep.py plan experiments/demo.toml [--json]
-    python run_sweep.py run experiments/demo.toml [--executor local|slurm] [--out sweeps/]
+    python run_sweep.py plan experiments/demo.toml [--json] [--device h100-80gb | --device-memory 80GB] [--devices N]
+    python run_sweep.py run experiments/demo.toml [--executor local|slurm] [--out sweeps/] [--device ... | --device-memory ...]
     python run_sweep.py status sweeps/demo [--watch [--interval 5]]
     python run_sweep.py analyze sweeps/demo            # or any results CSV
     python run_sweep.py ngram experiments/tiny.toml --order 5 [--run-dir DIR]
@@ -46,7 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--variant", help="a [variants.<name>] table of the spec, e.g. large")
     pl.add_argument("--json", action="store_true",
                     help="print the points as a JSON list (id, label, group, N, N_total, D, "
-                         "steps, budget, C_6ND, C_exact, ...) and nothing else on stdout")
+                         "steps, budget, C_6ND, C_exact, ...; memory with --device) and "
+                         "nothing else on stdout")
+    _memory_options(pl)
+    pl.add_argument("--devices", type=int, default=1,
+                    help="devices each run uses, for the memory per device (default 1)")
 
     r = sub.add_parser("run", help="run (or resume) a sweep")
     r.add_argument("spec")
@@ -61,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
                         "core each; 1: one at a time in this process; GPUs: one per GPU)")
     r.add_argument("--no-wait", action="store_true",
                    help="slurm: submit and return; run again later to collect and resubmit")
+    _memory_options(r)
 
     st = sub.add_parser("status", help="table of a sweep's points and their states")
     st.add_argument("sweep_dir")
@@ -85,6 +90,16 @@ def _parser() -> argparse.ArgumentParser:
     ng.add_argument("--run-dir", help="result folder (default: sweeps/<name>/ngram/order<K> for a "
                                       "sweep spec, runs/<name>-ngram<K> for a run config)")
     return p
+
+
+def _memory_options(p: argparse.ArgumentParser) -> None:
+    from scaling.accounting.memory import DEVICE_MEMORY  # no jax
+
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--device", help="check every point's memory per device against this "
+                                    f"device: {', '.join(DEVICE_MEMORY)}")
+    g.add_argument("--device-memory", metavar="SIZE",
+                   help="... against this many usable bytes per device (80GB, 80GiB, 7.5e10)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,12 +183,14 @@ def cmd_sample(args) -> int:
 
 def cmd_plan(args) -> int:
     from scaling.sweep import format_plan, load_spec, plan_records
+    from scaling.sweep.fit import memory_target
 
+    target = memory_target(args.device, args.device_memory, args.devices)  # bad options first
     spec = load_spec(args.spec, args.overrides, variant=args.variant)
     if args.json:  # for scripts: stdout is the JSON list alone (warnings go to stderr)
-        print(json.dumps(plan_records(spec), indent=1, allow_nan=False))
+        print(json.dumps(plan_records(spec, memory=target), indent=1, allow_nan=False))
     else:
-        print(format_plan(spec))
+        print(format_plan(spec, memory=target))
     return 0
 
 
@@ -182,9 +199,15 @@ def cmd_run(args) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers = {args.workers}: expected an integer >= 1")
+    memory = {"device": args.device, "device_memory": args.device_memory}
+    if args.device or args.device_memory:  # a bad value stops here, before the spec is read
+        from scaling.sweep.fit import memory_target
+
+        memory_target(args.device, args.device_memory)
     summary = run_sweep(args.spec, args.overrides, out=args.out, executor=args.executor,
                         variant=args.variant, progress=not args.no_progress,
-                        workers=args.workers, wait=False if args.no_wait else None)
+                        workers=args.workers, wait=False if args.no_wait else None,
+                        memory=memory)
     print(json.dumps(summary["counts"]))
     failed = summary["counts"].get("failed", 0)
     if args.analyze:

@@ -5,7 +5,10 @@
 The `local` executor (scaling.executors.local) runs points on this machine; the `slurm`
 executor (scaling.executors.slurm) submits them as SLURM jobs. Whatever runs a point calls
 `scaling.executors.point_runner.run_point`, which trains or resumes it in its folder and
-records a failure, with its traceback, instead of stopping the sweep. Temporary files
+records a failure, with its traceback, instead of stopping the sweep. Before anything is
+written, every point is checked against the device memory (`--device` / `--device-memory`,
+else the local accelerator's allocator limit; scaling.sweep.fit): a point that cannot fit
+stops the sweep with its smallest fix, as the other pre-flight errors do. Temporary files
 that killed writers left in the sweep folder are removed when the sweep is prepared again.
 """
 
@@ -87,7 +90,8 @@ def point_meta(sweep: str, p) -> dict:
 
 
 def preflight(spec) -> None:
-    """Checks that need the corpus or the devices, for every point, before any training."""
+    """Checks that need the corpus or the devices, for every point, before any training
+    (the device memory: `memory_check`, right after)."""
     import jax
 
     from scaling.data.dataset import load_corpus
@@ -109,6 +113,29 @@ def preflight(spec) -> None:
         check_batch(cfg.train.batch_size, cfg.train.micro_batches, n)
 
 
+def memory_check(spec, memory: dict | None, devices: int):
+    """The last pre-flight check: ConfigError (exit 2, nothing written) if a point cannot
+    fit the device memory on `devices` devices:
+    `memory` = {"device": name, "device_memory": size} from the command line, or, when
+    neither is given, the local accelerator's allocator limit (a CPU: no check; not at all
+    with memory["local"] = False, for executors whose devices are elsewhere). Returns (target, the options that name it) for the later
+    stages' points, or None."""
+    from scaling.sweep.fit import local_target, memory_target, refuse_unfit
+
+    memory = memory or {}
+    target = memory_target(memory.get("device"), memory.get("device_memory"), devices)
+    how = (f" --device {memory['device']}" if memory.get("device") else
+           f" --device-memory {memory['device_memory']}" if memory.get("device_memory") else "")
+    if target is None and memory.get("local", True):
+        target = local_target()
+        how = f" --device-memory {target.capacity.usable}" if target else ""
+    if target is None:
+        return None
+    how += f" --devices {target.devices}" if target.devices > 1 else ""
+    refuse_unfit(spec.points, target, how)
+    return target, how
+
+
 def _estimate(point) -> float:
     from scaling.sweep import estimate_seconds
 
@@ -123,22 +150,36 @@ def _estimate(point) -> float:
 def run_sweep(spec_path: str | Path, overrides: list[str] | None = None, *, out: str | Path = "sweeps",
               executor: str | None = None, variant: str | None = None,
               progress: bool = True, workers: int | None = None,
-              wait: bool | None = None) -> dict:
-    """Plan, check, run (or resume) and tabulate a sweep. Returns counts per state."""
+              wait: bool | None = None, memory: dict | None = None) -> dict:
+    """Plan, check, run (or resume) and tabulate a sweep. Returns counts per state.
+
+    `memory`: {"device": name} or {"device_memory": size} (the command line's --device /
+    --device-memory), the memory every point must fit per device; without it, the local
+    executor checks against the local accelerator's limit (none on a CPU), the SLURM
+    executor not at all. A SLURM job's devices: slurm.gpus_per_job x slurm.nodes."""
     from scaling.runtime import enable_compilation_cache
     from scaling.sweep import load_spec
+    from scaling.sweep.fit import refuse_unfit
 
     spec = load_spec(spec_path, overrides, variant=variant)
     kind = executor or spec.executor
     if kind not in ("local", "slurm"):
         raise ConfigError(f"executor = {kind!r}: allowed: 'local', 'slurm'")
     if kind == "local":
+        import jax
+
         preflight(spec)
+        checked = memory_check(spec, memory, jax.local_device_count() * jax.process_count())
+    else:
+        devices = max(1, spec.slurm.get("gpus_per_job", 1)) * spec.slurm.get("nodes", 1)
+        checked = memory_check(spec, {**(memory or {}), "local": False}, devices)
     sweep_dir = prepare_sweep(spec, out)
     enable_compilation_cache()
     ran: list[str] = []
 
     def execute(points):  # -> the results table after running `points`
+        if points and checked:  # a later stage's points, before they are written
+            refuse_unfit(points, *checked)
         if points:
             add_points(sweep_dir, spec.name, points)
         ids = [p.point_id for p in points]

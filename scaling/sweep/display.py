@@ -1,4 +1,5 @@
-"""Showing a plan: time estimates, the plan table and the plan as JSON records."""
+"""Showing a plan: time estimates, the plan table and the plan as JSON records, and with
+a memory target (scaling.sweep.fit) each point's memory per device."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import sys
 from typing import Any, Callable
 
 from scaling.accounting import peaks
+from scaling.accounting.memory import format_bytes
+from scaling.sweep.fit import Target, check_fit
 from scaling.sweep.points import Point, SweepSpec, format_si, train_flops_per_token
 from scaling.sweep.validate import guess as validate_guess
 
@@ -90,7 +93,7 @@ def estimate_seconds(point: Point, device: Any = None) -> float:
 
 
 def format_plan(spec: SweepSpec, tokens_per_s: Callable[[Point], float | None] | None = None,
-                device: Any = None) -> str:
+                device: Any = None, memory: Target | None = None) -> str:
     """The plan as a table: id, label, group, role, N, N_tot, D, C_6ND, C_exact, steps, D/N,
     warm-up, lr, est. time, derivation; a line says which accounting the budgets and D/N
     use, lines say the cooldown and bracketing rules where the spec has them, and the
@@ -100,6 +103,9 @@ def format_plan(spec: SweepSpec, tokens_per_s: Callable[[Point], float | None] |
     `tokens_per_s(point)` (e.g. the runner's measured throughput record) gives the time
     as D / tokens_per_s plus the run overhead; where it returns None, or without it,
     `estimate_seconds` is used and the column says "~".
+
+    `memory` (a scaling.sweep.fit.Target): a second table, each point's memory per device
+    against it (`format_memory`).
     """
     rows = []
     total_s = 0.0
@@ -158,7 +164,48 @@ def format_plan(spec: SweepSpec, tokens_per_s: Callable[[Point], float | None] |
                      "+ overheads; small models on CPUs may be 2x off either way")
     for note in spec.notes:
         lines.append(f"note: {note}")
+    if memory is not None:
+        lines += ["", format_memory(spec, memory)]
     return "\n".join(lines)
+
+
+def format_memory(spec: SweepSpec, target: Target) -> str:
+    """Memory per device of every point against `target`: parameters, optimizer state,
+    gradients, activations without and with remat (the one the config uses marked *),
+    total, and whether it fits; then, per point that does not, the smallest change that
+    makes it fit as a ready override (scaling.sweep.fit's order)."""
+    head = ["id", "label", "params", "optimizer", "grads", "act", "act(remat)", "total", "fits"]
+    rows, fixes = [], []
+    for p in spec.points:
+        fit = check_fit(p.config, target)
+        e = fit.estimate
+        act = [format_bytes(e.activations_no_remat), format_bytes(e.activations_remat)]
+        act[e.remat] += "*"
+        rows.append([p.point_id, p.config.name, format_bytes(e.params), format_bytes(e.optimizer),
+                     format_bytes(e.gradients), *act, format_bytes(e.total),
+                     "yes" if fit.fits else "NO"])
+        if not fit.fits:
+            fixes.append(f"  {p.config.name} ({p.point_id}): {fit.advice()}")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    e = check_fit(spec.points[0].config, target).estimate if spec.points else None
+    lines = [f"memory per device: {target.describe()}"]
+    if e is not None:
+        lines.append(
+            "  closed form (scaling/accounting/memory.py): parameters, optimizer state, "
+            "gradients, activations kept for the backward pass (per micro-batch; "
+            + ("the attention's T x T scores counted" if e.scores else
+               "flash-style attention, no T x T scores") + "), the batch; * = the config's "
+            f"model.remat; layout of the first point: driver {e.layout.driver}, state split "
+            f"{e.layout.state_shards} ways, batch {e.layout.batch_shards} ways")
+    lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(r, widths))))
+    n_bad = sum(r[-1] == "NO" for r in rows)
+    lines.append(f"{len(rows) - n_bad} of {len(rows)} points fit" + (
+        f"; {n_bad} {'does' if n_bad == 1 else 'do'} not (`run` refuses them): the smallest change that fits, tried in the "
+        "order remat, micro-batches, fsdp, then pairs, then all three:" if n_bad else ""))
+    return "\n".join(lines + fixes)
 
 
 def _role(p: Point) -> str:
@@ -221,7 +268,7 @@ ACCOUNTING_LINE = {
 }
 
 
-def plan_records(spec: SweepSpec) -> list[dict[str, Any]]:
+def plan_records(spec: SweepSpec, memory: Target | None = None) -> list[dict[str, Any]]:
     """The planned points as plain dicts for scripts (`plan --json`), in plan order.
 
     Keys: id, label, group, accounting, N (non-embedding), N_total, D, steps, budget (the
@@ -230,8 +277,14 @@ def plan_records(spec: SweepSpec) -> list[dict[str, Any]]:
     ("trunk", "branch" or "run"), trunk (a branch's or trunk's trunk id, else None),
     branched_at_step (a branch's k, else None), C_spent (the compute the point itself
     spends under the accounting: a branch only its cooldown steps).
+
+    With `memory` (a scaling.sweep.fit.Target) each record has "memory": bytes per device
+    (params, optimizer, gradients, batch, activations, activations_no_remat,
+    activations_remat, total; the layout), usable, fits, and where it does not fit
+    fix (the ready override, or None where nothing tried fits), fix_change (the same as
+    {dotted key: value}) and fix_total.
     """
-    return [{
+    records = [{
         "id": p.point_id, "label": p.label, "group": p.group, "accounting": p.accounting,
         "N": p.n_params, "N_total": p.n_params_total, "D": p.tokens, "steps": p.steps,
         "budget": p.compute_budget, "C": p.flops, "C_6ND": p.flops_6nd,
@@ -240,6 +293,14 @@ def plan_records(spec: SweepSpec) -> list[dict[str, Any]]:
         "role": p.role, "trunk": p.requested.get("trunk"),
         "branched_at_step": p.branched_at_step, "C_spent": p.flops_spent,
     } for p in spec.points]
+    if memory is not None:
+        for r, p in zip(records, spec.points):
+            fit = check_fit(p.config, memory)
+            r["memory"] = {**fit.estimate.as_dict(), "usable": fit.usable, "fits": fit.fits}
+            if not fit.fits:
+                r["memory"].update(fix=fit.override, fix_change=fit.change,
+                                   fix_total=fit.changed.total if fit.changed else None)
+    return records
 
 
 def _hms(s: float) -> str:
