@@ -125,7 +125,8 @@ checks the tables that are not axes (schedule keys, cooldown, slurm, followup, o
 `resolve.py` resolves one draft into a point (overrides, D and steps, warm-up, evals, lr
 law); `ladder.py` snaps target sizes to shapes;
 `points.py` holds Point, SweepSpec and point ids; `display.py` the plan table and time
-estimates; `followup.py` the seed stage; `cooldown.py` trunks and branches; `bracket.py`
+estimates; `fit.py` whether a point fits a device's memory, and the smallest change that
+makes it fit; `followup.py` the seed stage; `cooldown.py` trunks and branches; `bracket.py`
 the decisions of the IsoFLOP bracketing stage (driven by scaling.sweep.stages); `validate.py`
 the validation run at a multiple of the largest budget.
 """
