@@ -8,7 +8,9 @@
 #   1. the device and JAX's view of it;
 #   2. GPT-2 small (12 x 768, T 1024, vocab 50304, bf16 compute) training throughput and
 #      MFU against the dense bf16 peak (target >= 45 %), plus the CPU-sized shapes;
-#   3. the per-step overhead of the shard_map and pmap drivers against plain jit;
+#   3. the per-step overhead of the shard_map, pmap and mesh drivers against plain jit
+#      (mesh: FSDP/tensor-parallel's driver on a (1, 1, 1) mesh, state unpacked), and the
+#      memory a step needs on the device against the plan's closed form;
 #   4. the model tests that matter on a GPU (causality, bf16 against fp32, goldens);
 #   5. one real run end to end (bf16 compute, checkpoint, resume, result.json).
 set -uo pipefail
@@ -25,8 +27,8 @@ python3 -c "import jax; print('jax', jax.__version__, jax.devices())"
 step "2. throughput (GPU section: GPT-2 small, bf16)"
 timeout 240 python3 benchmarks/throughput.py --no-torch --quick 2>&1 | tee "$out/throughput.txt"
 
-step "3. drivers: none vs shard_map vs pmap, one device"
-timeout 150 python3 benchmarks/drivers.py --gpu --steps 10 --repeats 3 2>&1 | tee "$out/drivers.txt"
+step "3. drivers: none vs shard_map vs pmap vs mesh (1,1,1), one device"
+timeout 200 python3 benchmarks/drivers.py --gpu --steps 10 --repeats 3 2>&1 | tee "$out/drivers.txt"
 
 step "4. model tests on the GPU"
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_model.py 2>&1 | tail -15 | tee "$out/tests.txt"

@@ -193,7 +193,7 @@ def _job_env(monkeypatch):
 
 def write_spec(path: Path, name: str, *, steps: int, seeds=(0,), checkpoint_every: int = 0,
                eval_every: int = 0, log_every: int = 10, slurm: str = "time_min = 10",
-               cpus: int = 1, data: str = "max_corpus_bytes = 1000000") -> Path:
+               cpus: int = 1, data: str = "max_corpus_bytes = 1000000", train: str = "") -> Path:
     # schedule "constant": the compiled step does not depend on the step count, so every
     # job after the first one loads it from the persistent compilation cache
     text = textwrap.dedent(f"""\
@@ -216,6 +216,7 @@ def write_spec(path: Path, name: str, *, steps: int, seeds=(0,), checkpoint_ever
         eval_every = {eval_every}
         eval_tokens = 2048
         checkpoint_every = {checkpoint_every}
+        {train}
         [sweep]
         seeds = {list(seeds)}
         [slurm]
@@ -480,6 +481,40 @@ def test_two_task_job_trains_like_one_process(tmp_path):
     np.testing.assert_allclose(result["final_eval_loss"], read_result(ref)["final_eval_loss"],
                                rtol=1e-4)
     assert losses(point)[-1] < losses(point)[0] - 0.5  # and it learned
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(PROBLEM is not None, reason=f"no SLURM cluster: {PROBLEM}")
+@pytest.mark.timeout(300)
+def test_two_task_job_shares_one_fsdp_mesh(tmp_path):
+    """Two srun tasks, one CPU device each, one (1, 2, 1) mesh across them: every parameter
+    and moment sharded over the two processes (FSDP), each loading half of every batch;
+    = the same point on one device without a mesh (train.mesh is not part of its id)."""
+    import numpy as np
+
+    from scaling.executors.sweep import run_sweep
+
+    spec = write_spec(tmp_path / "fsdp.toml", "fsdp", steps=20, log_every=1, eval_every=10,
+                      cpus=2, train="mesh = { data = 1, fsdp = 2, model = 1 }",
+                      slurm='time_min = 10\nextra = { "ntasks-per-node" = 2 }')
+    summary = sweep(spec, tmp_path / "sweeps")
+    point = next((Path(summary["sweep_dir"]) / "points").iterdir())
+    assert summary["counts"] == {"done": 1}, (summary, _logs(point))
+    result = read_result(point)
+    assert result["process_count"] == 2 and result["device_count"] == 2
+    assert result["parallel"] == "mesh"
+    local = run_sweep(spec, ["train.mesh={}"], out=tmp_path / "local", executor="local",
+                      progress=False)
+    ref = next((Path(local["sweep_dir"]) / "points").iterdir())
+    assert ref.name == point.name and read_result(ref)["parallel"] == "none"
+
+    def losses(d):
+        return [r["loss"] for r in read_metrics(d) if "loss" in r]
+
+    assert len(losses(point)) == 20
+    np.testing.assert_allclose(losses(point), losses(ref), rtol=1e-4)
+    np.testing.assert_allclose(result["final_eval_loss"], read_result(ref)["final_eval_loss"],
+                               rtol=1e-4)
 
 
 def _logs(point: Path) -> str:
