@@ -109,6 +109,8 @@ def test_sharding_divides_state_batch_and_the_split_activations():
     assert fsdp.params == pytest.approx(one.params / 8, abs=1)
     assert fsdp.optimizer == pytest.approx(one.optimizer / 8, abs=64)
     assert fsdp.activations == dp.activations
+    # fsdp gathers parameters whole and holds whole gradients before the reduce-scatter
+    assert fsdp.gathered == 2 * one.params and dp.gathered == tp.gathered == 0
     # model = 2: data 4, so twice the rows of dp, with the split terms halved
     assert dp.activations < tp.activations < 2 * dp.activations
     assert tp.params == pytest.approx(one.params / 2, abs=1)

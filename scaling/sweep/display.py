@@ -174,25 +174,28 @@ def format_memory(spec: SweepSpec, target: Target) -> str:
     gradients, activations without and with remat (the one the config uses marked *),
     total, and whether it fits; then, per point that does not, the smallest change that
     makes it fit as a ready override (scaling.sweep.fit's order)."""
-    head = ["id", "label", "params", "optimizer", "grads", "act", "act(remat)", "total", "fits"]
+    fits = [check_fit(p.config, target) for p in spec.points]
+    gather = any(f.estimate.gathered for f in fits)  # a column only where a mesh has fsdp
+    head = ["id", "label", "params", "optimizer", "grads", *(["gathered"] if gather else []),
+            "act", "act(remat)", "total", "fits"]
     rows, fixes = [], []
-    for p in spec.points:
-        fit = check_fit(p.config, target)
+    for p, fit in zip(spec.points, fits):
         e = fit.estimate
         act = [format_bytes(e.activations_no_remat), format_bytes(e.activations_remat)]
         act[e.remat] += "*"
         rows.append([p.point_id, p.config.name, format_bytes(e.params), format_bytes(e.optimizer),
-                     format_bytes(e.gradients), *act, format_bytes(e.total),
-                     "yes" if fit.fits else "NO"])
+                     format_bytes(e.gradients), *([format_bytes(e.gathered)] if gather else []),
+                     *act, format_bytes(e.total), "yes" if fit.fits else "NO"])
         if not fit.fits:
             fixes.append(f"  {p.config.name} ({p.point_id}): {fit.advice()}")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    e = check_fit(spec.points[0].config, target).estimate if spec.points else None
+    e = fits[0].estimate if fits else None
     lines = [f"memory per device: {target.describe()}"]
     if e is not None:
         lines.append(
             "  closed form (scaling/accounting/memory.py): parameters, optimizer state, "
-            "gradients, activations kept for the backward pass (per micro-batch; "
+            "gradients" + (", fsdp's gathered parameters and gradients" if gather else "")
+            + ", activations kept for the backward pass (per micro-batch; "
             + ("the attention's T x T scores counted" if e.scores else
                "flash-style attention, no T x T scores") + "), the batch; * = the config's "
             f"model.remat; layout of the first point: driver {e.layout.driver}, state split "
@@ -203,8 +206,9 @@ def format_memory(spec: SweepSpec, target: Target) -> str:
                                for i, (c, w) in enumerate(zip(r, widths))))
     n_bad = sum(r[-1] == "NO" for r in rows)
     lines.append(f"{len(rows) - n_bad} of {len(rows)} points fit" + (
-        f"; {n_bad} {'does' if n_bad == 1 else 'do'} not (`run` refuses them): the smallest change that fits, tried in the "
-        "order remat, micro-batches, fsdp, then pairs, then all three:" if n_bad else ""))
+        f"; {n_bad} {'does' if n_bad == 1 else 'do'} not (`run` refuses them): the smallest "
+        "change that fits, tried in the order remat, micro-batches, fsdp, then pairs, then "
+        "all three:" if n_bad else ""))
     return "\n".join(lines + fixes)
 
 
@@ -280,7 +284,7 @@ def plan_records(spec: SweepSpec, memory: Target | None = None) -> list[dict[str
 
     With `memory` (a scaling.sweep.fit.Target) each record has "memory": bytes per device
     (params, optimizer, gradients, batch, activations, activations_no_remat,
-    activations_remat, total; the layout), usable, fits, and where it does not fit
+    activations_remat, gathered, total; the layout), usable, fits, and where it does not fit
     fix (the ready override, or None where nothing tried fits), fix_change (the same as
     {dotted key: value}) and fix_total.
     """
