@@ -135,6 +135,48 @@ def test_mesh_that_does_not_fit_the_devices_is_refused_before_anything_is_writte
     assert not (tmp_path / "run").exists()
 
 
+SPEC = """name = "meshes"
+[model]
+n_layer = 2
+d_model = 32
+n_head = 4
+seq_len = 32
+[data]
+max_corpus_bytes = 1000000
+[optim]
+warmup_steps = 2
+[train]
+steps = 12
+batch_size = 16
+eval_every = 0
+eval_tokens = 1024
+checkpoint_every = 0
+mesh = {mesh}
+[sweep]
+seeds = [0, 1]
+"""
+
+
+def test_a_sweep_of_mesh_points_runs_and_a_mesh_that_cannot_be_is_refused_up_front(tmp_path):
+    spec = tmp_path / "meshes.toml"
+    spec.write_text(SPEC.format(mesh="{ fsdp = 2, model = 2 }"))
+    out = subprocess.run([sys.executable, "run_sweep.py", "run", str(spec), "--out",
+                          str(tmp_path / "sweeps"), "--no-progress"], env=_env(8),
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    points = sorted((tmp_path / "sweeps" / "meshes" / "points").iterdir())
+    results = [json.loads((p / "result.json").read_text()) for p in points]
+    assert len(results) == 2 and {r["status"] for r in results} == {"done"}
+    assert {r["parallel"] for r in results} == {"mesh"}
+    spec.write_text(SPEC.format(mesh="{ data = 3, fsdp = 2 }").replace('"meshes"', '"bad"'))
+    out = subprocess.run([sys.executable, "run_sweep.py", "run", str(spec), "--out",
+                          str(tmp_path / "sweeps"), "--no-progress"], env=_env(8),
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "needs 6 devices, found 8" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "sweeps" / "bad").exists()
+
+
 @pytest.mark.slow
 def test_two_processes_share_one_mesh(tmp_path):
     """Two processes x 2 CPU devices joined by jax.distributed, one (1, 2, 2) mesh across

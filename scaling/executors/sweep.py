@@ -95,6 +95,7 @@ def preflight(spec) -> None:
     import jax
 
     from scaling.data.dataset import load_corpus
+    from scaling.train.mesh import resolve_mesh
     from scaling.train.parallel import check_batch, resolve_driver
 
     seen = set()
@@ -108,9 +109,18 @@ def preflight(spec) -> None:
         if vocab > cfg.model.vocab_size:
             raise ConfigError(f"point {p.config.name}: model.vocab_size = {cfg.model.vocab_size} "
                               f"is smaller than the tokenizer's vocabulary ({vocab})")
-        kind = resolve_driver(cfg.train.parallel)
-        n = 1 if kind == "none" else (jax.local_device_count() * jax.process_count())
-        check_batch(cfg.train.batch_size, cfg.train.micro_batches, n)
+        devices = jax.local_device_count() * jax.process_count()
+        axes = cfg.train.mesh_axes
+        try:
+            if axes is not None:  # a mesh: its sizes against the devices, the batch over data x fsdp
+                shape = resolve_mesh(axes, devices)
+                check_batch(cfg.train.batch_size, cfg.train.micro_batches,
+                            shape["data"] * shape["fsdp"], what="batch shards (train.mesh data x fsdp)")
+            else:
+                n = 1 if resolve_driver(cfg.train.parallel) == "none" else devices
+                check_batch(cfg.train.batch_size, cfg.train.micro_batches, n)
+        except ConfigError as e:
+            raise ConfigError(f"point {cfg.name}: {e}") from None
 
 
 def memory_check(spec, memory: dict | None, devices: int):
