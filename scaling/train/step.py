@@ -132,11 +132,15 @@ def _init(model_cfg: ModelConfig, step_optim: OptimConfig, packing: ParamPacking
     return init
 
 
-@functools.lru_cache(maxsize=64)
 def _state_initializer(model_cfg: ModelConfig, step_optim: OptimConfig, packed: bool = True
                        ) -> Callable:
     """Jitted (rng, peak lr, schedule) -> fresh TrainState (packed, or the trees); compiled
     once per model shape and optimizer, not per point (with the CPU's "init" options)."""
+    return _cached_initializer(model_cfg, step_optim, packed)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_initializer(model_cfg: ModelConfig, step_optim: OptimConfig, packed: bool) -> Callable:
     packing = _packing(model_cfg, step_optim) if packed else None
     return jax.jit(_init(model_cfg, step_optim, packing), compiler_options=compiler_options("init"))
 
