@@ -4,6 +4,8 @@
     positions.py               its positional encodings (sinusoidal, rotary)
     attention.py               its attention kernels (cuDNN's on GPUs, a CPU kernel)
     dense.py                   its dense layers (row-major weight gradient on CPU)
+    sharding.py                how its tensors split over a device mesh (scaling.train.mesh)
+    platform.py                the backend its kernels are chosen for (lowering for cuda/tpu)
     transformer_accounting.py  its N and FLOPs per token
     lstm.py                    stacked LSTM language model (next-token)
     lstm_accounting.py

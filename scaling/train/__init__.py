@@ -6,6 +6,7 @@
     param_groups.py  per parameter: decay mask, trust-ratio mask, µP multiplier
     packing.py       parameters packed into a few flat vectors while they train
     parallel.py      data-parallel drivers (one device, pmap, shard_map) of the step
+    mesh.py          the mesh driver: FSDP and tensor parallelism over (data, fsdp, model)
     checkpoint.py    orbax checkpoints: train state + metadata
     tracking.py      trackers (JSON lines, TensorBoard, Weights & Biases) and the profiler
     stopping.py      stopping cleanly on SIGTERM / Ctrl-C
