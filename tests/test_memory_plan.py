@@ -18,6 +18,7 @@ import pytest
 from scaling.accounting import memory as mem
 from scaling.accounting.memory import (Capacity, DEVICE_MEMORY, GiB, device_capacity, estimate,
                                        layout, parse_size)
+from scaling.accounting.counts import param_counts
 from scaling.cli import main
 from scaling.config import Config, ConfigError, ModelConfig, OptimConfig, TrainConfig
 from scaling.executors import sweep as sweep_driver
@@ -109,8 +110,17 @@ def test_sharding_divides_state_batch_and_the_split_activations():
     assert fsdp.params == pytest.approx(one.params / 8, abs=1)
     assert fsdp.optimizer == pytest.approx(one.optimizer / 8, abs=64)
     assert fsdp.activations == dp.activations
-    # fsdp gathers parameters whole and holds whole gradients before the reduce-scatter
-    assert fsdp.gathered == 2 * one.params and dp.gathered == tp.gathered == 0
+    # fsdp gathers parameters whole and holds whole gradients before the reduce-scatter:
+    # on a GPU (a rolled layer loop) one layer's and the embeddings' at a time; on the CPU
+    # with the layers unrolled (8 or fewer) all of them
+    n, emb, _ = param_counts(cfg_of(BIG).model)
+    layer_and_embeddings = emb + -(-n // BIG["n_layer"])  # 12 layers: a rolled loop anywhere
+    assert fsdp.gathered == 2 * layer_and_embeddings * 4 and dp.gathered == tp.gathered == 0
+    assert fsdp.gathered < 0.7 * 2 * one.params  # the 32k x 768 embedding is 23 % of N
+    six = dict(BIG, n_layer=6)  # unrolled on the CPU, rolled on a GPU
+    cpu = estimate(cfg_of(six, train={"batch_size": 64, "mesh": {"fsdp": 8}}), 8, "cpu")
+    gpu = estimate(cfg_of(six, train={"batch_size": 64, "mesh": {"fsdp": 8}}), 8, "gpu")
+    assert cpu.gathered == 2 * cpu.params * 8 > 2 * gpu.gathered
     # model = 2: data 4, so twice the rows of dp, with the split terms halved
     assert dp.activations < tp.activations < 2 * dp.activations
     assert tp.params == pytest.approx(one.params / 2, abs=1)

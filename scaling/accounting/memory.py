@@ -18,7 +18,7 @@ c = bytes of model.compute_dtype; t = tokens of one micro-batch on one device):
                                      instead (each micro-batch's gradient is added into it
                                      as the backward pass makes it), + N p when p != 4 (the
                                      final cast)
-    gathered        2 N p / m        with an fsdp axis only (see "Over devices" below)
+    gathered        2 N' p / m       with an fsdp axis only (see "Over devices" below)
     batch           b (T + 1) 4      the device's int32 rows (b = its share of the batch)
     activations     t (L A + head)   kept from the forward pass for the backward pass,
                                      per micro-batch (t = b / micro_batches x seq_len;
@@ -54,11 +54,13 @@ the state (factor 1) and split the batch over the devices (none: one device); wi
 {data, fsdp, model} parameters, gradients and moments are divided by fsdp x model (the
 few small tensors that do not divide evenly are taken as divided too), the batch by
 data x fsdp, and the split terms of A and the logits by model (m). With fsdp > 1 one more
-term, `gathered` = 2 N p / m: XLA's partitioner gathers every parameter whole for its use
-and holds every gradient whole before its reduce-scatter; measured on 8 CPU devices
-(scaling.train.mesh), with the layer loop unrolled and rolled alike, it held that much at
-once, not one layer's worth. FSDP thus divides the persistent state by fsdp, not all
-of the peak.
+term, `gathered` = 2 N' p / m: XLA's partitioner gathers a parameter whole for its use and
+holds its gradient whole before the reduce-scatter. What is whole at once depends on the
+layer loop (measured on 8 CPU devices, fsdp = 8, 10 x d_model 256 against 8 x 256):
+unrolled (the CPU's default up to 8 layers), every parameter, N' = N (temporaries 51.9 MB
+per device against 53.4 on one device); rolled (every accelerator; the CPU above 8
+layers), one layer's at a time, N' = the embeddings + one layer (16.4 MB against 86.6).
+FSDP thus divides the peak in a rolled loop, and only the persistent state unrolled.
 
 Against XLA's own accounting of the compiled CPU step (tests/test_memory.py): parameters
 + optimizer state + batch equal XLA's arguments exactly, on one device and per device
@@ -120,6 +122,14 @@ def layout(train: TrainConfig, devices: int = 1) -> Layout:
     axes = {a: devices // fixed if v == -1 else v for a, v in axes.items()}
     return Layout(math.prod(axes.values()), axes["fsdp"] * axes["model"],
                   axes["data"] * axes["fsdp"], axes["model"], "mesh")
+
+
+def rolled_layers(model: ModelConfig, platform: str) -> bool:
+    """Whether the block stack runs as a loop of one layer per trip: nn.scan with unroll 1
+    (scaling/models/transformer.py: every accelerator; on the CPU above 8 layers, which it
+    unrolls up to there). LSTM layers are counted as unrolled (the larger case)."""
+    return (model.arch != "lstm" and model.scan_layers
+            and (platform != "cpu" or model.n_layer > 8))
 
 
 def keeps_scores(model: ModelConfig, platform: str) -> bool:
@@ -214,11 +224,16 @@ def estimate(cfg: Config, devices: int = 1, platform: str = "gpu") -> MemoryEsti
     head = head_activations(model, lay.model_shards)
     window = 2 * model.seq_len if cfg.data.objective == "mlm" else model.seq_len + 1
     fsdp = lay.state_shards > lay.model_shards
+    non_embedding, embedding, _ = param_counts(model)
+    # fsdp gathers whole what a step uses: every parameter at once where the layers are
+    # unrolled, one layer (and the embeddings and head) at a time in a rolled layer loop
+    gathered = n_all if not rolled_layers(model, platform) else \
+        embedding + math.ceil(non_embedding / model.n_layer)
     return MemoryEstimate(
         params=n * p,
         optimizer=k * n * p + STATE_SCALARS + 4 * (k == 2),
         gradients=n * p if micro == 1 else n * 4 + (n * p if p != 4 else 0),
-        gathered=2 * math.ceil(n_all / lay.model_shards) * p if fsdp else 0,
+        gathered=2 * math.ceil(gathered / lay.model_shards) * p if fsdp else 0,
         batch=rows * window * 4,
         activations_no_remat=round(tokens * (model.n_layer * layer + head)),
         activations_remat=round(tokens * (model.n_layer * c * model.d_model + layer + head)),
