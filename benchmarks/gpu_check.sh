@@ -30,6 +30,9 @@ timeout 240 python3 benchmarks/throughput.py --no-torch --quick 2>&1 | tee "$out
 step "3. drivers: none vs shard_map vs pmap vs mesh (1,1,1), one device"
 timeout 200 python3 benchmarks/drivers.py --gpu --steps 10 --repeats 3 2>&1 | tee "$out/drivers.txt"
 
+step "3b. memory per device: XLA's memory_analysis against the plan's closed form"
+timeout 200 python3 benchmarks/memory_check.py --gpu 2>&1 | tee "$out/memory.txt"
+
 step "4. model tests on the GPU"
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_model.py 2>&1 | tail -15 | tee "$out/tests.txt"
 
