@@ -2,6 +2,7 @@
 what a separate run of its own config computes, and refuses a trunk that is another run."""
 
 import json
+import shutil
 
 import pytest
 
@@ -31,6 +32,21 @@ def trunk_cfg(*extra):
 def branch_cfg(*extra):
     return cfg("optim.schedule=wsd", f"optim.decay_fraction={FRACTION}", f"train.steps={STEPS}",
                *extra)
+
+
+@pytest.fixture(scope="module")
+def finished_trunk(tmp_path_factory):
+    """A finished run of trunk_cfg() (evaluated at 5 and 10, kept checkpoints at 8 and 12),
+    trained once; `trunk_copy` gives each test its own copy."""
+    run_dir = tmp_path_factory.mktemp("shared") / "trunk"
+    train(trunk_cfg(), run_dir)
+    return run_dir
+
+
+@pytest.fixture
+def trunk_copy(finished_trunk):
+    """copy(folder): a private copy of the finished trunk_cfg() run at `folder`."""
+    return lambda folder: shutil.copytree(finished_trunk, folder)
 
 
 def losses(run_dir, after=0):
@@ -78,10 +94,11 @@ def test_a_branch_equals_the_separate_run(tmp_path):
         assert not any(r.get("trunk") for r in marked if r["step"] > 12)
 
 
-def test_a_trunk_without_the_separate_runs_evals_is_not_branched_from(tmp_path, caplog):
+def test_a_trunk_without_the_separate_runs_evals_is_not_branched_from(tmp_path, caplog,
+                                                                    trunk_copy):
     """A trunk that did not evaluate at the branch's eval steps (a branch added later, an
     eval_every changed): the branch trains from step 0, as the separate run, and says why."""
-    train(trunk_cfg(), tmp_path / "trunk")  # evaluates at 5, 10
+    trunk_copy(tmp_path / "trunk")  # trunk_cfg(): evaluates at 5, 10
     with caplog.at_level("WARNING", logger="scaling.train.restore"):
         r = train(branch_cfg('train.init_from="../trunk"', "train.init_step=12",
                              "train.eval_every=4"), tmp_path / "branch")
@@ -91,8 +108,8 @@ def test_a_trunk_without_the_separate_runs_evals_is_not_branched_from(tmp_path, 
     assert rows(tmp_path / "branch") == rows(tmp_path / "separate")
 
 
-def test_a_killed_branch_resumes_as_a_branch(tmp_path):
-    train(trunk_cfg(), tmp_path / "trunk")
+def test_a_killed_branch_resumes_as_a_branch(tmp_path, trunk_copy):
+    trunk_copy(tmp_path / "trunk")  # trunk_cfg()
     c = branch_cfg('train.init_from="../trunk"', "train.init_step=12", "train.checkpoint_every=2")
     assert train(c, tmp_path / "branch", stop_after_steps=3)["status"] == "stopped"
     r = train(c, tmp_path / "branch")
@@ -109,11 +126,11 @@ def test_a_branch_waits_for_its_trunk(tmp_path):
         train(branch_cfg('train.init_from="../trunk"', "train.init_step=12"), tmp_path / "branch")
 
 
-def test_a_trunk_of_another_run_is_refused(tmp_path):
+def test_a_trunk_of_another_run_is_refused(tmp_path, trunk_copy):
     train(trunk_cfg("optim.lr=1e-3"), tmp_path / "trunk")
     with pytest.raises(ConfigError, match="optim.lr"):
         train(branch_cfg('train.init_from="../trunk"', "train.init_step=12"), tmp_path / "b1")
-    train(trunk_cfg(), tmp_path / "trunk2")
+    trunk_copy(tmp_path / "trunk2")  # trunk_cfg()
     with pytest.raises(ConfigError, match="learning rate differs"):  # decay starts before step 12
         train(branch_cfg('train.init_from="../trunk2"', "train.init_step=12",
                          "optim.decay_fraction=0.5"), tmp_path / "b2")

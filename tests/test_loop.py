@@ -64,14 +64,22 @@ def test_token_accounting_is_exact(tmp_path):
     assert r["data"]["unique_tokens"] > 0 and r["corpus_fingerprint"]
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path):
-    full = train(tiny(), tmp_path / "full")
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """The uninterrupted run of tiny(), trained once for the tests that compare with it
+    (read only): (its result, its folder)."""
+    run_dir = tmp_path_factory.mktemp("full") / "run"
+    return train(tiny(), run_dir), run_dir
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, full_run):
+    full, full_dir = full_run
     stopped = train(tiny(), tmp_path / "resumed", stop_after_steps=13)
     assert stopped == {"status": "stopped", "step": 13}
     assert read_result(tmp_path / "resumed") is None
     resumed = train(tiny(), tmp_path / "resumed")
     assert resumed["resumed_from_step"] == 13
-    assert losses(tmp_path / "resumed") == losses(tmp_path / "full")  # exact, on CPU
+    assert losses(tmp_path / "resumed") == losses(full_dir)  # exact, on CPU
     assert resumed["final_eval_loss"] == full["final_eval_loss"]
     # A rerun of a finished run trains nothing and returns the same result.
     again = train(tiny(), tmp_path / "resumed")
@@ -106,12 +114,20 @@ def test_sigkill_then_rerun_resumes_from_checkpoint(tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 400  # no duplicated steps
 
 
-def test_divergence_is_recorded_not_raised(tmp_path):
+@pytest.fixture(scope="module")
+def diverged(tmp_path_factory):
+    """A run that diverges (sgd at lr 1e4), trained once for the tests that read it:
+    (what train returned, its folder)."""
     cfg = tiny("optim.name=sgd", "optim.lr=1e4", "optim.clip_norm=0", "optim.warmup_steps=0",
                "optim.schedule=constant")
-    r = train(cfg, tmp_path / "run")
+    run_dir = tmp_path_factory.mktemp("diverged") / "run"
+    return train(cfg, run_dir), run_dir
+
+
+def test_divergence_is_recorded_not_raised(diverged):
+    r, run_dir = diverged
     assert r["status"] == "diverged"
-    assert read_result(tmp_path / "run")["status"] == "diverged"
+    assert read_result(run_dir)["status"] == "diverged"
     assert r["steps"] < 30
 
 
@@ -124,7 +140,7 @@ def test_a_different_config_is_never_written_into_a_run_folder(tmp_path):
     assert r["status"] == "done"
 
 
-def test_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
+def test_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, caplog, full_run):
     run_dir = tmp_path / "run"
     train(tiny(), run_dir, stop_after_steps=20)  # checkpoints at 10 and 20
     newest = run_dir / "checkpoints" / "20"
@@ -136,12 +152,7 @@ def test_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
     said = [x.getMessage() for x in caplog.records if x.name == "scaling.train.checkpoint"]
     assert len(said) == 1 and "step 20" in said[0] and "cannot be restored" in said[0]
     assert r["resumed_from_step"] == 10 and r["status"] == "done"
-    assert losses(run_dir) == losses(_fresh(tmp_path))
-
-
-def _fresh(tmp_path):
-    train(tiny(), tmp_path / "fresh")
-    return tmp_path / "fresh"
+    assert losses(run_dir) == losses(full_run[1])  # the same as a fresh run
 
 
 @pytest.mark.slow
@@ -165,11 +176,16 @@ def test_one_compile_per_shape_whatever_lr_steps_and_warmup(tmp_path):
     own learning rate."""
     import scaling.train.compiled
 
-    scaling.train.compiled._COMPILED.clear()
-    a = train(tiny("train.steps=6", "optim.lr=1e-3", "train.eval_every=0"), tmp_path / "a")
-    b = train(tiny("train.steps=9", "optim.lr=3e-3", "optim.warmup_steps=5", "train.eval_every=0"),
-              tmp_path / "b")
-    assert len(scaling.train.compiled._COMPILED) == 1
+    compiled = scaling.train.compiled._COMPILED
+    others = dict(compiled)  # put back afterwards: the later tests' shapes stay compiled
+    compiled.clear()
+    try:
+        a = train(tiny("train.steps=6", "optim.lr=1e-3", "train.eval_every=0"), tmp_path / "a")
+        b = train(tiny("train.steps=9", "optim.lr=3e-3", "optim.warmup_steps=5",
+                       "train.eval_every=0"), tmp_path / "b")
+        assert len(compiled) == 1
+    finally:
+        compiled.update({k: v for k, v in others.items() if k not in compiled})
     assert b["compile_time_s"] < 0.1
     lr_a = [r["lr"] for r in read_metrics(tmp_path / "a") if "lr" in r]
     lr_b = [r["lr"] for r in read_metrics(tmp_path / "b") if "lr" in r]
@@ -224,12 +240,10 @@ def test_nan_and_factor_rules_name_the_step():
     assert "nan at step 2" in m.observe(2, float("nan"), logged=False)
 
 
-def test_divergence_reason_is_recorded(tmp_path):
-    cfg = tiny("optim.name=sgd", "optim.lr=1e4", "optim.clip_norm=0", "optim.warmup_steps=0",
-               "optim.schedule=constant")
-    r = train(cfg, tmp_path / "run")
+def test_divergence_reason_is_recorded(diverged):
+    r, run_dir = diverged
     assert r["status"] == "diverged" and r["divergence_reason"]
-    assert read_result(tmp_path / "run")["divergence_reason"] == r["divergence_reason"]
+    assert read_result(run_dir)["divergence_reason"] == r["divergence_reason"]
 
 
 # ---- signals, locks, bad run folders ------------------------------------------------------
