@@ -14,7 +14,6 @@ XLA got wrong here was off by 6e-5 at the first step (scaling/models/sharding.py
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from jax.sharding import PartitionSpec as P
 from scaling.config import ConfigError, load_config
 from scaling.models.sharding import param_spec, replicated_along
 from scaling.train.mesh import resolve_mesh
+from tests.multidevice.launch import two_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 MESH_WORKER = ROOT / "tests" / "multidevice" / "mesh_worker.py"
@@ -77,11 +77,15 @@ def _check_against_one_device(result: dict) -> None:
 
 @pytest.fixture(scope="module")
 def adamw():
-    return meshes(ADAMW, MESHES)
+    return meshes(ADAMW, ["shard_map", *MESHES])
 
 
 def test_every_mesh_trains_as_one_device_adamw_with_clipping(adamw):
+    """... and the data-only mesh (8, 1, 1) as shard_map on the same 8 devices."""
     _check_against_one_device(adamw)
+    by_mesh = {str(c["mesh"]): c for c in adamw["cases"]}
+    np.testing.assert_allclose(by_mesh["[8, 1, 1]"]["losses"], by_mesh["shard_map"]["losses"],
+                               rtol=1e-5)
 
 
 def test_state_per_device_falls_by_fsdp_times_model(adamw):
@@ -89,7 +93,7 @@ def test_state_per_device_falls_by_fsdp_times_model(adamw):
     moments, the batch) per device are the one device's / (fsdp x model), within 10 %."""
     ref, *cases = adamw["cases"]
     for c in cases:
-        data, fsdp, model = c["mesh"]
+        data, fsdp, model = (8, 1, 1) if c["mesh"] == "shard_map" else c["mesh"]
         ratio = ref["argument_bytes"] / c["argument_bytes"]
         assert ratio == pytest.approx(fsdp * model, rel=0.10), (c["mesh"], ratio)
         assert c["unsharded"] == [], c  # every tensor divides here
@@ -182,21 +186,7 @@ def test_two_processes_share_one_mesh(tmp_path):
     """Two processes x 2 CPU devices joined by jax.distributed, one (1, 2, 2) mesh across
     them (fsdp across the processes, model within each) = one process with 4 devices."""
     one = train(tmp_path / "one", "train.mesh={data=1,fsdp=2,model=2}", devices=4)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for pid in range(2):
-        env = {**_env(2), "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-               "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(pid)}
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(tmp_path / "two"),
-                                       "train.mesh={data=1,fsdp=2,model=2}"], env=env, cwd=ROOT,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
-    line = next(l for l in outs[0][0].splitlines() if l.startswith("RESULT "))
-    two = json.loads(line[len("RESULT "):])
+    two, _ = two_processes(tmp_path / "two", "train.mesh={data=1,fsdp=2,model=2}")
     assert two["processes"] == 2 and two["device_count"] == 4 and two["parallel"] == "mesh"
     np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)
     np.testing.assert_allclose(two["evals"], one["evals"], rtol=1e-5)

@@ -6,13 +6,14 @@ set before JAX starts (8 emulated CPU devices, or 2 per process for the two-proc
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.multidevice.launch import two_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "multidevice" / "worker.py"
@@ -89,26 +90,10 @@ def test_checkpoint_from_pmap_on_8_restores_under_none_on_1(single, tmp_path):
 def test_two_processes_match_one_process(tmp_path):
     """Two processes x 2 CPU devices, joined by jax.distributed, = one process x 4."""
     one = run(tmp_path / "one", "parallel=shard_map", devices=4)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    run_dir = tmp_path / "two"
-    procs = []
-    for pid in range(2):
-        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-               "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-               "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(pid)}
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(run_dir),
-                                       "parallel=shard_map"], env=env, cwd=ROOT,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
-    line = next(l for l in outs[0][0].splitlines() if l.startswith("RESULT "))
-    two = json.loads(line[len("RESULT "):])
+    two, stdouts = two_processes(tmp_path / "two", "parallel=shard_map")
     assert two["processes"] == 2 and two["devices"] == 4 and two["device_count"] == 4
     close(two["losses"], one["losses"])
-    assert not any(l.startswith("RESULT") for l in outs[1][0].splitlines())  # only process 0 reports
+    assert not any(l.startswith("RESULT") for l in stdouts[1].splitlines())  # only process 0 reports
 
 
 def test_batch_that_does_not_divide_is_refused_before_compiling(tmp_path):

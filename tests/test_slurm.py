@@ -454,8 +454,6 @@ def test_job_at_its_time_limit_is_requeued_and_finishes(tmp_path, steps_per_s):
 @pytest.mark.timeout(300)
 def test_two_task_job_trains_like_one_process(tmp_path):
     """Two srun tasks on the node, one CPU device each, joined by jax.distributed."""
-    import numpy as np
-
     from scaling.executors.sweep import run_sweep
 
     spec = write_spec(tmp_path / "dp.toml", "dp", steps=20, log_every=1, eval_every=10, cpus=2,
@@ -472,15 +470,7 @@ def test_two_task_job_trains_like_one_process(tmp_path):
     ref = next((Path(local["sweep_dir"]) / "points").iterdir())
     assert read_result(ref)["device_count"] == 1
 
-    def losses(d):
-        return [r["loss"] for r in read_metrics(d) if "loss" in r]
-
-    assert len(losses(point)) == 20
-    # same batches, same updates; only the order of float reductions differs
-    np.testing.assert_allclose(losses(point), losses(ref), rtol=1e-4)
-    np.testing.assert_allclose(result["final_eval_loss"], read_result(ref)["final_eval_loss"],
-                               rtol=1e-4)
-    assert losses(point)[-1] < losses(point)[0] - 0.5  # and it learned
+    _same_training(point, ref)
 
 
 @pytest.mark.slurm
@@ -490,8 +480,6 @@ def test_two_task_job_shares_one_fsdp_mesh(tmp_path):
     """Two srun tasks, one CPU device each, one (1, 2, 1) mesh across them: every parameter
     and moment sharded over the two processes (FSDP), each loading half of every batch;
     = the same point on one device without a mesh (train.mesh is not part of its id)."""
-    import numpy as np
-
     from scaling.executors.sweep import run_sweep
 
     spec = write_spec(tmp_path / "fsdp.toml", "fsdp", steps=20, log_every=1, eval_every=10,
@@ -508,13 +496,22 @@ def test_two_task_job_shares_one_fsdp_mesh(tmp_path):
     ref = next((Path(local["sweep_dir"]) / "points").iterdir())
     assert ref.name == point.name and read_result(ref)["parallel"] == "none"
 
+    _same_training(point, ref)
+
+
+def _same_training(point: Path, ref: Path, steps: int = 20) -> None:
+    """`point` trained as `ref`: same batches, same updates; only the order of float
+    reductions differs (rtol 1e-4), and it learned."""
+    import numpy as np
+
     def losses(d):
         return [r["loss"] for r in read_metrics(d) if "loss" in r]
 
-    assert len(losses(point)) == 20
+    assert len(losses(point)) == steps
     np.testing.assert_allclose(losses(point), losses(ref), rtol=1e-4)
-    np.testing.assert_allclose(result["final_eval_loss"], read_result(ref)["final_eval_loss"],
-                               rtol=1e-4)
+    np.testing.assert_allclose(read_result(point)["final_eval_loss"],
+                               read_result(ref)["final_eval_loss"], rtol=1e-4)
+    assert losses(point)[-1] < losses(point)[0] - 0.5
 
 
 def _logs(point: Path) -> str:
