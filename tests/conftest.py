@@ -1,4 +1,5 @@
-"""Test-session set-up: JAX's persistent compilation cache, on from the first test.
+"""Test-session set-up: JAX's persistent compilation cache, on from the first test; the
+`run_sweep_main` fixture (a command of run_sweep.py, run in this process).
 
 The command line and the sweep workers turn the cache on themselves
 (scaling.runtime.enable_compilation_cache: ~/.cache/scalinglab/xla, or
@@ -11,8 +12,40 @@ and eval programs ~9 s -> ~3 s). What a cached program computes is what a fresh 
 computes: the cache key is the program, the compiler options and the JAX version.
 """
 
+import contextlib
+import subprocess
+from pathlib import Path
+
+import pytest
+
 from scaling.runtime import enable_compilation_cache
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def pytest_configure(config):
     enable_compilation_cache()
+
+
+@pytest.fixture
+def run_sweep_main(capfd):
+    """cli(*args) -> CompletedProcess: `python run_sweep.py *args` (from the repository's
+    root) run by scaling.cli.main in this process, its exit status what main returns (what
+    run_sweep.py exits with), its output captured. For the tests of a command's checks and
+    messages: a subprocess costs ~1.5 s of imports, ~3 s with JAX's. Each command keeps
+    tests that run the real script in a subprocess."""
+
+    def cli(*args) -> subprocess.CompletedProcess:
+        from scaling.cli import main
+
+        capfd.readouterr()
+        with contextlib.chdir(ROOT):
+            try:
+                rc = main([str(a) for a in args])
+            except SystemExit as e:  # argparse's errors (exit 2), --help
+                rc = e.code
+        out = capfd.readouterr()
+        return subprocess.CompletedProcess(["run_sweep.py", *map(str, args)], rc, out.out,
+                                           out.err)
+
+    return cli

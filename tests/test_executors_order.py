@@ -248,12 +248,14 @@ def test_watch_shows_running_points_and_ctrl_c_exits_0(sweep):
     assert "10/20" in out
 
 
-def test_watch_interval_must_be_positive(sweep):
-    out = cli("status", sweep, "--watch", "--interval", "-1")
+def test_watch_interval_must_be_positive(sweep, run_sweep_main):
+    out = run_sweep_main("status", sweep, "--watch", "--interval", "-1")  # in this process
     assert out.returncode == 2 and "--interval" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_run_workers_must_be_at_least_one(tmp_path):
-    out = cli("run", ROOT / "experiments" / "demo.toml", "--workers", "0", "--out", tmp_path)
+def test_run_workers_must_be_at_least_one(tmp_path, run_sweep_main):
+    # in this process; `run` through run_sweep.py: tests/test_hardening_files.py
+    out = run_sweep_main("run", ROOT / "experiments" / "demo.toml", "--workers", "0", "--out",
+                         tmp_path)
     assert out.returncode == 2 and "--workers = 0" in out.stderr and "Traceback" not in out.stderr
     assert not any(tmp_path.iterdir())  # nothing written

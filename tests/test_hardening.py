@@ -289,10 +289,12 @@ def test_corrupt_result_is_shown_and_rebuilt_and_the_sweep_goes_on(tmp_path, cap
 # --------------------------------------------------------------------------------------
 
 
-def test_status_of_a_missing_or_non_sweep_folder_is_an_error(tmp_path):
+def test_status_of_a_missing_or_non_sweep_folder_is_an_error(tmp_path, run_sweep_main):
+    # in this process; `status` through run_sweep.py: tests/test_hardening_files.py,
+    # tests/test_executors_order.py
     for folder, words in [(tmp_path / "nope", "no such sweep folder"),
                           (tmp_path, "not a sweep folder")]:
-        out = cli("status", folder, timeout=120)
+        out = run_sweep_main("status", folder)
         assert out.returncode == 2, out.stderr
         assert words in out.stderr and str(folder) in out.stderr
         assert "Traceback" not in out.stderr

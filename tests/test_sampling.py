@@ -101,16 +101,6 @@ def _sample_cli(run_dir, *args):
                           cwd=root, capture_output=True, text=True, timeout=300)
 
 
-def _sample_main(capsys, run_dir, *args):
-    """The `sample` command run in this process, as run_sweep.py runs it (its exit status is
-    what main returns): (status, stdout, stderr)."""
-    from scaling.cli import main
-
-    rc = main(["sample", str(run_dir), *args])
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
 def _files(folder):
     return sorted((str(p), p.stat().st_mtime) for p in folder.rglob("*"))
 
@@ -134,19 +124,18 @@ def run_without_checkpoints(tmp_path):
     ([], ["no checkpoint"]),
 ])
 def test_sample_cli_refuses_bad_input_and_writes_nothing(run_without_checkpoints, args, words,
-                                                         capsys):
+                                                         run_sweep_main):
     run = run_without_checkpoints
     before = _files(run)
     if args:  # the argument checks, in this process (a subprocess costs ~3 s of imports)
-        rc, stdout, stderr = _sample_main(capsys, run, *args)
+        out = run_sweep_main("sample", run, *args)
     else:  # and one case through the real command line: run_sweep.py and its exit status
         out = _sample_cli(run)
-        rc, stdout, stderr = out.returncode, out.stdout, out.stderr
-    assert rc == 2, stderr
-    assert "Traceback" not in stderr
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
     for w in words:
-        assert w in stderr, stderr
-    assert stdout.strip() == ""
+        assert w in out.stderr, out.stderr
+    assert out.stdout.strip() == ""
     assert _files(run) == before
     assert not (run / "checkpoints").exists()
 

@@ -582,28 +582,14 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def _main(capfd, *args: str) -> subprocess.CompletedProcess:
-    """`run_sweep.py *args` run by main() in this process (what the script exits with), as
-    a CompletedProcess: the plan and its checks without a subprocess's ~1.5 s of imports.
-    The real command line stays covered by the tests that keep `_cli` (plan --json of
-    tiny.toml, the warning on stderr)."""
-    from scaling.cli import main
-
-    capfd.readouterr()
-    rc = main([a.replace("experiments/", f"{EXP}/", 1) if a.startswith("experiments/") else a
-               for a in args])
-    out = capfd.readouterr()
-    return subprocess.CompletedProcess(["run_sweep.py", *args], rc, out.out, out.err)
-
-
 JSON_KEYS = {"id", "label", "group", "accounting", "N", "N_total", "D", "steps", "budget",
              "C", "C_6ND", "C_exact", "tokens_per_param", "lr", "warmup_steps", "role", "trunk",
              "branched_at_step", "C_spent"}
 
 
 @pytest.mark.parametrize("accounting", ["total", "kaplan"])
-def test_plan_json_lists_every_point(accounting, capfd):
-    out = _main(capfd, "plan", "experiments/demo.toml", f"accounting={accounting}", "--json")
+def test_plan_json_lists_every_point(accounting, run_sweep_main):
+    out = run_sweep_main("plan", "experiments/demo.toml", f"accounting={accounting}", "--json")
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)  # stdout is the JSON list and nothing else
     spec = load_spec(EXP / "demo.toml", [f"accounting={accounting}"])
@@ -632,24 +618,24 @@ def test_plan_json_budget_is_null_off_isoflop_axes():
     assert row["C"] == row["C_exact"] > row["C_6ND"] == 6 * row["N"] * row["D"]
 
 
-def test_plan_table_shows_both_figures_and_the_accounting(capfd):
-    out = _main(capfd, "plan", "experiments/demo.toml")
+def test_plan_table_shows_both_figures_and_the_accounting(run_sweep_main):
+    out = run_sweep_main("plan", "experiments/demo.toml")
     assert out.returncode == 0, out.stderr
     head = next(line for line in out.stdout.splitlines() if line.startswith("id "))
     assert "C_6ND" in head and "C_exact" in head and "D/N_tot" in head
     assert "accounting: total" in out.stdout and "budget spent in C_exact" in out.stdout
-    kaplan = _main(capfd, "plan", "experiments/demo.toml", "accounting=kaplan").stdout
+    kaplan = run_sweep_main("plan", "experiments/demo.toml", "accounting=kaplan").stdout
     assert "accounting: kaplan" in kaplan and "budget spent in C_6ND" in kaplan
 
 
 @pytest.mark.parametrize("value", ['"chinchilla"', "6", '"Total"'])
-def test_bad_accounting_exits_2_naming_the_key(tmp_path, value, capfd):
+def test_bad_accounting_exits_2_naming_the_key(tmp_path, value, run_sweep_main):
     path = write(tmp_path, f"accounting = {value}\n" + BASE)
-    out = _main(capfd, "plan", str(path))
+    out = run_sweep_main("plan", str(path))
     assert out.returncode == 2 and out.stdout == ""
     assert "accounting = " in out.stderr and "'total', 'kaplan'" in out.stderr
     assert "Traceback" not in out.stderr
-    bad_override = _main(capfd, "plan", "experiments/demo.toml", "accounting=kaplan6", "--json")
+    bad_override = run_sweep_main("plan", "experiments/demo.toml", "accounting=kaplan6", "--json")
     assert bad_override.returncode == 2 and bad_override.stdout == ""
     assert "accounting = 'kaplan6'" in bad_override.stderr
 

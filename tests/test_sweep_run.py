@@ -154,11 +154,12 @@ def test_extending_a_spec_adds_points_and_keeps_the_old(tmp_path):
     ("[sweep]\nmodel = { aspect_ratio = 32, n_head = 2 }\n"
      "compute = { budgets = [1e3], tokens_per_param = [20] }\n", ["1e+03", "fits no model size"]),
 ])
-def test_malformed_specs_fail_before_training(tmp_path, body, words):
+def test_malformed_specs_fail_before_training(tmp_path, body, words, run_sweep_main):
     spec = tmp_path / "bad.toml"
     spec.write_text("name = \"bad\"\n[model]\nn_layer = 2\nd_model = 32\nn_head = 2\n"
                     "seq_len = 32\n[train]\nbatch_size = 8\n" + body)
-    out = cli("run", spec, "--out", tmp_path / "sw", "--no-progress", timeout=120)
+    # in this process; `run` through run_sweep.py: tests/test_hardening_files.py
+    out = run_sweep_main("run", spec, "--out", tmp_path / "sw", "--no-progress")
     assert out.returncode == 2, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
     for w in words:
