@@ -1,4 +1,4 @@
-"""Data-parallel drivers of the one per-device step body.
+"""Drivers of the one per-device step body: data parallelism, and the mesh's interface.
 
     none       plain `jax.jit` on one device; no axis is bound, so no pmean.
     mesh       `jax.jit` over a (data, fsdp, model) mesh, parameters and moments sharded
@@ -66,10 +66,8 @@ def initialize_distributed() -> bool:
     return True
 
 
-def resolve_driver(name: str, mesh: dict | None = None) -> str:
-    """The driver train.parallel = `name` picks ("mesh" when train.mesh is set)."""
-    if mesh:
-        return "mesh"
+def resolve_driver(name: str) -> str:
+    """The driver train.parallel = `name` picks when train.mesh is not set."""
     if name == "auto":
         return "shard_map" if jax.device_count() > 1 else "none"
     if name not in (*DRIVERS, "mesh"):
