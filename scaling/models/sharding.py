@@ -19,7 +19,9 @@ untied head's kernel [D, V] and the token embedding [V, D] (the tied head) split
 vocabulary on "model", as the logits are constrained. (The embedding must: split the other
 way round, [V on fsdp, D on model], XLA 0.10's partitioner computed the tied logits wrong,
 the loss off by 6e-5 relative at the first step on a (2, 2, 2) mesh; tests/test_mesh.py
-compares every mesh with one device.) Then FSDP (Zhao et al. 2023; XLA gathers a parameter for use
+compares every mesh with one device. The lookup itself gathers the table along fsdp
+first: from a table split two ways XLA could only gather by replicating it, with an
+"Involuntary full rematerialization" warning.) Then FSDP (Zhao et al. 2023; XLA gathers a parameter for use
 and reduce-scatters its gradient): "fsdp" goes on the largest other dimension it divides,
 on every tensor, and so does "model" on a tensor no rule above splits (the position
 embedding, the LayerNorms, the row-parallel biases), so that the state per device falls by the
@@ -74,6 +76,11 @@ def activation_sharding(mesh: Mesh | None) -> Iterator[None]:
         yield
     finally:
         _MESH.reset(token)
+
+
+def on_mesh() -> bool:
+    """Whether the model is being traced for a mesh (inside `activation_sharding`)."""
+    return _MESH.get() is not None
 
 
 def _axes_for(name: str | None, size: int, mesh_shape: dict[str, int]) -> tuple[str, ...] | None:

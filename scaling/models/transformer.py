@@ -39,7 +39,7 @@ from scaling.models.attention import attention_packed, bidirectional_attention
 from scaling.models.dense import Dense, matmul_rowmajor
 from scaling.models import platform
 from scaling.models.positions import apply_rotary, sinusoidal_table
-from scaling.models.sharding import shard
+from scaling.models.sharding import on_mesh, shard
 from scaling.runtime import tune_host_runtime
 
 # CPU speed: let XLA reuse its per-step buffers instead of page-faulting them in anew each
@@ -224,7 +224,13 @@ class Transformer(nn.Module):
         tok_embed = nn.Embed(cfg.vocab_size + self.input_only_tokens, cfg.d_model,
                              embedding_init=init, dtype=cdt, param_dtype=pdt,
                              name="token_embed")
-        x_BxTxD = tok_embed(tokens_BxT)
+        if on_mesh():  # nn.Embed's lookup, its table first gathered whole along fsdp (the
+            # vocabulary stays split over "model"): from a table split two ways XLA's
+            # partitioner can only gather by replicating it (scaling/models/sharding.py)
+            table_VxD = shard(tok_embed.embedding, "vocab", None).astype(cdt)
+            x_BxTxD = jnp.take(table_VxD, tokens_BxT, axis=0)
+        else:
+            x_BxTxD = tok_embed(tokens_BxT)
         if cfg.pos_encoding == "learned":
             pos = nn.Embed(cfg.seq_len, cfg.d_model, embedding_init=init, dtype=cdt,
                            param_dtype=pdt, name="pos_embed")
