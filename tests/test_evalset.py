@@ -244,8 +244,8 @@ def test_the_ngram_baseline_records_the_same_contract(monkeypatch, tmp_path):
     assert data.eval_set(50, 0).set_id != data.eval_set(50, 1).set_id
 
 
-EVAL_RUN = [
-    "model.n_layer=1", "model.d_model=16", "model.n_head=2", "model.seq_len=32",
+EVAL_RUN = [  # the model and batch of tests/test_loop.py's runs: their compiled step and eval
+    "model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.seq_len=32",
     "data.max_corpus_bytes=300000", "train.batch_size=8", "train.steps=20",
     "train.log_every=5", "train.eval_every=10", "train.eval_tokens=2048",
     "train.curve_eval_tokens=512", "train.checkpoint_every=0", "train.progress=false",

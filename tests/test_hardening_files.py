@@ -175,10 +175,11 @@ def test_a_full_disk_in_train_is_one_line(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(checkpoint.Checkpointer, "save", _enospc)
     run_dir = tmp_path / "run"
+    # tiny.toml at the model and batch of tests/test_loop.py's SIGTERM run: one compiled step
     rc = main(["train", str(ROOT / "experiments" / "tiny.toml"), "--run-dir", str(run_dir),
-               "model.n_layer=1", "optim.warmup_steps=2",
+               "model.n_layer=2", "optim.warmup_steps=2",
                "model.d_model=32", "model.n_head=2", "model.seq_len=32", "train.steps=12",
-               "train.checkpoint_every=5", "train.batch_size=4", "data.max_corpus_bytes=200000",
+               "train.checkpoint_every=5", "train.batch_size=8", "data.max_corpus_bytes=200000",
                "train.progress=false"])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
     assert rc == 1 and len(err) == 1, err

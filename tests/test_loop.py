@@ -174,18 +174,38 @@ def test_one_compile_per_shape_whatever_lr_steps_and_warmup(tmp_path):
     """The peak lr and the whole schedule live in the train state, so points of one shape
     that differ in lr, D (steps) and warm-up share one compiled step; each still follows its
     own learning rate."""
-    import scaling.train.compiled
+    import scaling.train.compiled as compiled
 
-    compiled = scaling.train.compiled._COMPILED
-    others = dict(compiled)  # put back afterwards: the later tests' shapes stay compiled
-    compiled.clear()
+    class Watched(dict):
+        """The process's compiled steps, recording the keys looked up and those compiled
+        (not cleared: an earlier test may have compiled this shape, and keeps it)."""
+
+        looked_up: list
+        added: list
+
+        def __contains__(self, key):
+            self.looked_up.append(key)
+            return super().__contains__(key)
+
+        def __setitem__(self, key, value):
+            self.added.append(key)
+            super().__setitem__(key, value)
+
+    shared = compiled._COMPILED
+    watched = Watched(shared)
+    watched.looked_up, watched.added = [], []
+    compiled._COMPILED = watched
     try:
         a = train(tiny("train.steps=6", "optim.lr=1e-3", "train.eval_every=0"), tmp_path / "a")
+        seen_a, added_a = list(watched.looked_up), list(watched.added)
         b = train(tiny("train.steps=9", "optim.lr=3e-3", "optim.warmup_steps=5",
                        "train.eval_every=0"), tmp_path / "b")
-        assert len(compiled) == 1
     finally:
-        compiled.update({k: v for k, v in others.items() if k not in compiled})
+        compiled._COMPILED = shared
+        shared.update(watched)
+    # one compiled step for both: the same single key, and b compiled nothing
+    assert len(set(seen_a)) == 1 and set(watched.looked_up) == set(seen_a)
+    assert len(watched.looked_up) > len(seen_a) and watched.added == added_a
     assert b["compile_time_s"] < 0.1
     lr_a = [r["lr"] for r in read_metrics(tmp_path / "a") if "lr" in r]
     lr_b = [r["lr"] for r in read_metrics(tmp_path / "b") if "lr" in r]

@@ -12,8 +12,8 @@ from scaling.train.loop import train
 from scaling.runs.runfiles import read_metrics, read_result
 from scaling.sweep import point_id
 
-TINY = [
-    "model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.seq_len=16",
+TINY = [  # the model and batch of tests/test_loop.py's runs: "off" reuses their compiled step
+    "model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.seq_len=32",
     "data.max_corpus_bytes=300000", "train.batch_size=8", "train.steps=12",
     "train.log_every=4", "train.eval_every=6", "train.eval_tokens=1600",
     "train.curve_eval_tokens=320", "train.checkpoint_every=0", "train.progress=false",
@@ -39,7 +39,7 @@ def test_per_position_loss_is_recorded_and_averages_to_the_eval_loss(tmp_path):
     on = train(load_config(None, TINY + ["train.eval_per_position=true"]), tmp_path / "on")
     assert "eval_loss_by_position" not in off
     by_pos = on["eval_loss_by_position"]
-    assert len(by_pos) == 16 == len(on["eval_loss_by_position_stderr"])
+    assert len(by_pos) == 32 == len(on["eval_loss_by_position_stderr"])  # model.seq_len
     # every window has T targets: the eval loss is the mean over positions
     assert np.mean(by_pos) == pytest.approx(on["final_eval_loss"], rel=1e-5)
     assert on["final_eval_loss"] == pytest.approx(off["final_eval_loss"], rel=1e-5)

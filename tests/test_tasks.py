@@ -266,7 +266,8 @@ def test_a_run_with_tasks_reports_every_metric(tmp_path):
     from scaling.train.loop import train
     from scaling.runs.runfiles import read_metrics
 
-    cfg = load_config(None, ["model.n_layer=1", "model.d_model=32", "model.n_head=2",
+    # the model and batch of tests/test_loop.py's runs: their compiled step and eval
+    cfg = load_config(None, ["model.n_layer=2", "model.d_model=32", "model.n_head=2",
                              "model.seq_len=32", "data.max_corpus_bytes=300000",
                              f"data.cache_dir={tmp_path / 'cache'}", "train.steps=6",
                              "train.batch_size=8", "train.eval_every=3", "train.log_every=1",

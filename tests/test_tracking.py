@@ -15,9 +15,11 @@ from scaling.config import ConfigError, load_config
 from scaling.train.loop import train
 from scaling.runs.runfiles import read_metrics
 
+# The model and batch of tests/test_loop.py's runs (and test_branches', test_sweep_run's):
+# one compiled step and eval for all of them in a test session.
 TINY = [
-    "model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.seq_len=32",
-    "data.max_corpus_bytes=300000", "train.batch_size=4", "train.steps=12",
+    "model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.seq_len=32",
+    "data.max_corpus_bytes=300000", "train.batch_size=8", "train.steps=12",
     "train.log_every=2", "train.eval_every=6", "train.eval_tokens=512",
     "train.curve_eval_tokens=256", "train.checkpoint_every=4", "train.progress=false",
 ]
