@@ -1,5 +1,6 @@
 """Test-session set-up: JAX's persistent compilation cache, on from the first test; the
-`run_sweep_main` fixture (a command of run_sweep.py, run in this process).
+`run_sweep_main` and `analysis_main` fixtures (a command of run_sweep.py or of
+`python -m analysis`, run in this process).
 
 The command line and the sweep workers turn the cache on themselves
 (scaling.runtime.enable_compilation_cache: ~/.cache/scalinglab/xla, or
@@ -27,6 +28,17 @@ def pytest_configure(config):
     enable_compilation_cache()
 
 
+def _in_process(capfd, prog: str, main, args) -> subprocess.CompletedProcess:
+    capfd.readouterr()
+    with contextlib.chdir(ROOT):
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's errors (exit 2), --help
+            rc = e.code
+    out = capfd.readouterr()
+    return subprocess.CompletedProcess([prog, *map(str, args)], rc, out.out, out.err)
+
+
 @pytest.fixture
 def run_sweep_main(capfd):
     """cli(*args) -> CompletedProcess: `python run_sweep.py *args` (from the repository's
@@ -34,18 +46,16 @@ def run_sweep_main(capfd):
     run_sweep.py exits with), its output captured. For the tests of a command's checks and
     messages: a subprocess costs ~1.5 s of imports, ~3 s with JAX's. Each command keeps
     tests that run the real script in a subprocess."""
+    from scaling.cli import main
 
-    def cli(*args) -> subprocess.CompletedProcess:
-        from scaling.cli import main
+    return lambda *args: _in_process(capfd, "run_sweep.py", main, args)
 
-        capfd.readouterr()
-        with contextlib.chdir(ROOT):
-            try:
-                rc = main([str(a) for a in args])
-            except SystemExit as e:  # argparse's errors (exit 2), --help
-                rc = e.code
-        out = capfd.readouterr()
-        return subprocess.CompletedProcess(["run_sweep.py", *map(str, args)], rc, out.out,
-                                           out.err)
 
-    return cli
+@pytest.fixture
+def analysis_main(capfd):
+    """The same for `python -m analysis *args` (analysis.__main__.main), which keeps tests
+    in a subprocess too (tests/test_analysis_report.py, test_analysis_lrlaw.py,
+    test_analysis_noise.py)."""
+    from analysis.__main__ import main
+
+    return lambda *args: _in_process(capfd, "python -m analysis", main, args)

@@ -146,12 +146,16 @@ def _sweep_with_trunks(tmp_path):
     return folder, len(tr), len(df)
 
 
-def test_fit_on_a_sweep_reads_the_rows_analyze_reads(tmp_path):
+def test_fit_on_a_sweep_reads_the_rows_analyze_reads(tmp_path, analysis_main):
     """`fit --law isoflop SWEEP` leaves the cooldown trunks out, as `analyze` does (one
     function, analysis/fitrows.py), groups budgets by compute_budget as analyze does, gives
     the same a, and says what it left out. Before the fix the trunks were fitted."""
     folder, n_tr, n_all = _sweep_with_trunks(tmp_path)
-    res = json.loads(_cli("fit", "--law", "isoflop", str(folder), "--n-boot", "0", "--json"))
+    # the command in this process (the slow tier's test_fit_and_analyze_give_the_same_a and
+    # tests/test_analysis_report.py run it in a subprocess)
+    out = analysis_main("fit", "--law", "isoflop", folder, "--n-boot", "0", "--json")
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
     assert res["n_rows"] == n_all - n_tr
     assert any("trunk" in s and f"{n_tr} cooldown" in s for s in res["left_out"])
     sel = select_fit_rows(load_results(folder))
@@ -160,7 +164,9 @@ def test_fit_on_a_sweep_reads_the_rows_analyze_reads(tmp_path):
     fit = fit_isoflop(r["C"], r["loss"], N=r["N"], D=r["D"], budget=r["compute_budget"], n_boot=0)
     assert res["params"]["a"] == pytest.approx(fit.params["a"], rel=1e-12)
     assert len(res["budgets"]) == 5
-    text = _cli("fit", "--law", "isoflop", str(folder), "--n-boot", "0")
+    out = analysis_main("fit", "--law", "isoflop", folder, "--n-boot", "0")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
     assert f"rows: {n_tr} cooldown trunk run(s) left out" in text
     assert "estimator: auto -> " in text
 
@@ -174,7 +180,7 @@ def test_fit_and_analyze_give_the_same_a(tmp_path):
     assert fits["Approach 2 (IsoFLOP)"]["params"]["a"] == pytest.approx(res["params"]["a"], rel=1e-12)
 
 
-def test_missing_eval_loss_is_not_filled_with_the_train_loss(tmp_path):
+def test_missing_eval_loss_is_not_filled_with_the_train_loss(tmp_path, analysis_main):
     """Rows without final_eval_loss (but with final_train_loss) are not fitted and are
     counted under their own reason; train_loss_fallback=True fits them and says so. Before
     the fix the train loss was substituted row by row, silently."""
@@ -191,7 +197,9 @@ def test_missing_eval_loss_is_not_filled_with_the_train_loss(tmp_path):
     d2 = load_results(folder, train_loss_fallback=True)
     assert np.allclose(d2.loc[miss, "loss"], df.loc[miss, "final_train_loss"])
     assert any("final_train_loss used" in s for s in d2.attrs["derived"])
-    # the CLI counts them as not fitted
-    res = json.loads(_cli("fit", "--law", "isoflop", str(folder), "--n-boot", "0", "--json"))
+    # the CLI counts them as not fitted (run in this process)
+    out = analysis_main("fit", "--law", "isoflop", folder, "--n-boot", "0", "--json")
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
     assert res["rows_not_fitted"] == {f"loss (final_eval_loss): {NO_EVAL_NOTE}": 3}
 

@@ -79,13 +79,14 @@ def _cli(*args):
                           capture_output=True, text=True, timeout=120)
 
 
-def test_cli_text_and_json(tmp_path):
+def test_cli_text_and_json(tmp_path, analysis_main):
     src = lr_table(tmp_path)
     p = _cli(str(src), "--n-boot", "30")
     assert p.returncode == 0, p.stderr
     assert "lr_law = { lr = " in p.stdout and "a bound, not an optimum" in p.stdout
     assert "N = N_total" in p.stdout
-    p = _cli(str(src), "--n-boot", "30", "--json", "--accounting", "kaplan")
+    # the text through `python -m analysis` above, the JSON in this process
+    p = analysis_main("lr-law", src, "--n-boot", "30", "--json", "--accounting", "kaplan")
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["accounting"] == "kaplan" and out["N"] == "N_non_embedding"
@@ -94,9 +95,9 @@ def test_cli_text_and_json(tmp_path):
     assert law["toml"].startswith("lr_law = {") and len(law["exponent_ci"]) == 2
 
 
-def test_cli_refuses_too_few_interior_sizes(tmp_path):
+def test_cli_refuses_too_few_interior_sizes(tmp_path, analysis_main):
     src = lr_table(tmp_path, sizes=(1e4,), edge_size=1e6)
-    p = _cli(str(src), "--n-boot", "10")
+    p = analysis_main("lr-law", src, "--n-boot", "10")  # in this process
     assert p.returncode == 2
     assert "need 2" in p.stderr and "lr* >= " in p.stderr
 

@@ -401,10 +401,10 @@ def test_report_states_the_noise_model_in_one_sentence(tmp_path):
     assert fits["Approach 2 (IsoFLOP)"]["info"]["noise_source"].startswith("eval documents shared (40)")
 
 
-def test_fit_cli_on_a_sweep_folder_uses_the_two_part_model(tmp_path):
+def test_fit_cli_on_a_sweep_folder_uses_the_two_part_model(tmp_path, analysis_main):
     folder, _ = _sweep_with_documents(tmp_path / "sw", seeds=(0, 1, 2))
-    r = subprocess.run([sys.executable, "-m", "analysis", "fit", "--law", "isoflop", str(folder),
-                        "--json", "--n-boot", "20"], capture_output=True, text=True, cwd=ROOT)
+    # in this process; the command in a subprocess: test_cli_seed_noise_bad_value_one_line
+    r = analysis_main("fit", "--law", "isoflop", folder, "--json", "--n-boot", "20")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["noise_model"].startswith("Intervals: noise bootstrap with the eval-set noise shared")
