@@ -186,9 +186,17 @@ def test_curves_draw_the_trunk_once_and_branches_from_k(tmp_path):
     assert fit.loc[fit["point_id"] == "b0_200", "step"].min() == 170  # trunk's row at k not fitted
 
 
-def test_report_excludes_trunks_and_states_compute(tmp_path):
-    sweep = cooldown_sweep(tmp_path / "sw", bracket=True)
-    out = analyze(sweep, tmp_path / "rep", n_boot=10)
+@pytest.fixture(scope="module")
+def cooldown_report(tmp_path_factory):
+    """(sweep, report folder): the cooldown sweep with its follow-up points (bracket=True),
+    analyzed once for the tests that read the report."""
+    base = tmp_path_factory.mktemp("cooldown_report")
+    sweep = cooldown_sweep(base / "sw", bracket=True)
+    return sweep, analyze(sweep, base / "rep", n_boot=10)
+
+
+def test_report_excludes_trunks_and_states_compute(cooldown_report):
+    sweep, out = cooldown_report
     fits = json.loads((out / "fits.json").read_text())
     spent, sep = _expected_spent()
     assert fits["trunks_excluded"]["n"] == 3
@@ -211,15 +219,15 @@ def test_report_excludes_trunks_and_states_compute(tmp_path):
     assert cv[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_trunk_loss_never_reaches_a_fit(tmp_path):
+def test_trunk_loss_never_reaches_a_fit(cooldown_report):
     """The trunks' loss (0.5) is far below every branch's: a fit that saw it would report a
-    minimum loss near 0.5 somewhere; the L(N) envelope and every table must stay above 1.8."""
-    sweep = cooldown_sweep(tmp_path / "sw")
+    minimum loss near 0.5 somewhere; the L(N) envelope and every table must stay above 1.8.
+    (The report of the sweep with follow-up points: those are not in results.csv.)"""
+    sweep, out = cooldown_report
     df = load_results(sweep)
     annotate_roles(df, sweep)
     kept, _ = drop_trunks(df)
     assert kept["loss"].min() > 1.8
-    out = analyze(sweep, tmp_path / "rep", n_boot=10)
     summary = (out / "summary.md").read_text()
     assert "rows: 6 (done: 6)" in summary
 

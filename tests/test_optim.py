@@ -484,6 +484,11 @@ def optax_reference(cfg: OptimConfig, total_steps: int):
     return optax.join_schedules([warm, main], [cfg.warmup_steps])
 
 
+# The schedule with every value traced, as the train step computes it: one program per
+# length of `steps`, shared by every case, schedule and lr of that length (the values are
+# arguments, not constants).
+traced_multiplier = jax.jit(jax.vmap(schedule_multiplier, in_axes=(0, None)))
+
 SCHEDULE_CASES = [  # (total steps, warm-up, final ratio, wsd decay fraction)
     (100, 0, 0.1, 0.2), (100, 10, 0.1, 0.2), (37, 5, 0.0, 0.5), (1544, 77, 0.1, 0.2),
     (20, 19, 0.3, 0.2), (500, 25, 0.05, 1.0), (7, 0, 1.0, 0.1),
@@ -512,7 +517,7 @@ def test_runtime_schedule_equals_the_optax_schedule(name, case):
         np.testing.assert_allclose(got, want, **tol)
         # and with every schedule value traced, as in the train step
         sp = schedule_params(cfg, total)
-        traced = jax.jit(jax.vmap(schedule_multiplier, in_axes=(0, None)))(steps, sp)
+        traced = traced_multiplier(steps, sp)
         np.testing.assert_allclose(np.asarray(traced) * np.float32(lr), got, **tol)
 
 

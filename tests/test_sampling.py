@@ -18,10 +18,14 @@ def params():
     return init_params(CFG, jax.random.key(0))
 
 
+# Full forward passes, jitted once for the tests that check generate against them (one
+# program per window length, shared).
+apply = jax.jit(lambda p, t: Transformer(CFG).apply({"params": p}, t))
+
+
 def greedy_reference(params, prompt, n):
     """Argmax decoding by full forward passes over the (windowed) text, no buffers."""
     ids = list(prompt)
-    apply = jax.jit(lambda p, t: Transformer(CFG).apply({"params": p}, t))
     for _ in range(n):
         window = jnp.asarray([ids[-CFG.seq_len:]], jnp.int32)
         ids.append(int(jnp.argmax(apply(params, window)[0, -1])))
@@ -62,7 +66,6 @@ def test_top_k_restricts_support(params):
     out = generate(params, CFG, prompt, 8, temperature=5.0, top_k=3, seed=0)
     # every sampled token must be among the 3 most likely at its step
     ids = prompt + out
-    apply = jax.jit(lambda p, t: Transformer(CFG).apply({"params": p}, t))
     for i in range(len(prompt), len(ids)):
         window = jnp.asarray([ids[max(0, i - CFG.seq_len):i]], jnp.int32)
         top3 = np.argsort(np.asarray(apply(params, window)[0, -1]))[-3:]
