@@ -163,11 +163,11 @@ def test_long_modules_say_why_they_are_one_file():
 
 
 def test_point_ids_unchanged(monkeypatch):
-    from scaling.sweep import load_spec
+    from tests.test_sweep_plan import shipped  # each experiment planned once per session
 
     monkeypatch.setenv("SCALINGLAB_ACHIEVED_FLOPS", "5e10")
     golden = json.loads((ROOT / "tests" / "data" / "point_ids.json").read_text())
     assert sorted(golden) == sorted(p.stem for p in (ROOT / "experiments").glob("*.toml"))
     for name, ids in golden.items():
-        spec = load_spec(ROOT / "experiments" / f"{name}.toml")
+        spec = shipped(f"{name}.toml")
         assert [p.point_id for p in spec.points] == ids, name

@@ -5,6 +5,7 @@ Fast (no training, no jax): every test plans specs only.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -50,6 +51,14 @@ EXPECTED_COUNTS = {
 }
 
 
+@functools.cache
+def shipped(name: str, *overrides: str, variant: str | None = None):
+    """load_spec(EXP / name, overrides, variant=variant), planned once per test session for
+    the tests that only read a shipped spec (a spec and its points are frozen; planning the
+    eleven experiments takes ~5 s). The tests of planning itself call load_spec."""
+    return load_spec(EXP / name, list(overrides) or None, variant=variant)
+
+
 @pytest.fixture(autouse=True)
 def _no_device_probe(monkeypatch):
     # time estimates without importing jax or measuring the CPU
@@ -83,7 +92,7 @@ def test_every_experiment_is_covered():
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_COUNTS))
 def test_experiment_plans_with_exact_bookkeeping(name):
-    spec = load_spec(EXP / name)
+    spec = shipped(name)
     assert len(spec.points) == EXPECTED_COUNTS[name]
     assert len({p.point_id for p in spec.points}) == len(spec.points)
     for p in spec.points:
@@ -111,10 +120,10 @@ def test_experiment_plans_with_exact_bookkeeping(name):
 def test_shipped_accountings():
     """Demo and IsoFLOP count as Chinchilla does; the optimizer study keeps its Kaplan D/N."""
     for name in ("demo.toml", "isoflop.toml"):
-        assert load_spec(EXP / name).accounting == "total"
+        assert shipped(name).accounting == "total"
     for name in ("optimizers.toml", "optimizers_large.toml"):
-        assert load_spec(EXP / name).accounting == "kaplan"
-    assert load_spec(EXP / "tiny.toml").accounting == "total"  # the default
+        assert shipped(name).accounting == "kaplan"
+    assert shipped("tiny.toml").accounting == "total"  # the default
 
 
 @pytest.mark.parametrize("accounting", ["total", "kaplan"])
@@ -126,7 +135,7 @@ def test_demo_shape(accounting):
     Under "total" every IsoFLOP point's C_exact (real training FLOPs) is within 2 % of its
     budget; under "kaplan" its 6ND is. The other figure is off by the accounting gap.
     """
-    spec = load_spec(EXP / "demo.toml", [f"accounting={accounting}"])
+    spec = shipped("demo.toml", f"accounting={accounting}")
     assert spec.accounting == accounting
     results = [p for p in spec.points if p.role != "trunk"]
     budgets = sorted({p.compute_budget for p in results})
@@ -155,7 +164,7 @@ def test_demo_shape(accounting):
 
 
 def test_tokens_per_param_range_drops_sizes_outside_it():
-    spec = load_spec(EXP / "demo.toml")
+    spec = shipped("demo.toml")
     assert any("outside tokens_per_param_range" in n for n in spec.notes)
     assert not [p for p in spec.points if p.compute_budget == 4.8e11 and p.n_params < 5e3]
     assert any("D/N_tot = " in n for n in spec.notes)  # the window speaks of N_total
@@ -163,7 +172,7 @@ def test_tokens_per_param_range_drops_sizes_outside_it():
 
 @pytest.mark.parametrize("accounting", ["total", "kaplan"])
 def test_isoflop_points_hit_their_budget_within_rounding(accounting):
-    spec = load_spec(EXP / "isoflop.toml", [f"accounting={accounting}"])
+    spec = shipped("isoflop.toml", f"accounting={accounting}")
     budgets = sorted({p.compute_budget for p in spec.points})
     assert len(budgets) >= 3
     for c in budgets:
@@ -192,7 +201,7 @@ def test_isoflop_sizes_follow_the_accountings_tokens_per_param():
     """
     ratios = [2, 5.66, 16, 45, 128]
     for accounting in ("total", "kaplan"):
-        spec = load_spec(EXP / "isoflop.toml", [f"accounting={accounting}"])
+        spec = shipped("isoflop.toml", f"accounting={accounting}")
         for c in sorted({p.compute_budget for p in spec.points}):
             pts = sorted((p for p in spec.points if p.compute_budget == c),
                          key=lambda p: p.tokens_per_param)
@@ -226,8 +235,8 @@ def test_total_accounting_picks_the_nearest_shape(tmp_path):
 
 
 def test_isoflop_large_variant():
-    small = load_spec(EXP / "isoflop.toml")
-    large = load_spec(EXP / "isoflop.toml", variant="large")
+    small = shipped("isoflop.toml")
+    large = shipped("isoflop.toml", variant="large")
     assert large.executor == "slurm" and large.slurm["gpus_per_job"] == 1
     assert len(large.points) == len(small.points)
     assert min(p.compute_budget for p in large.points) >= 1e17
@@ -236,7 +245,7 @@ def test_isoflop_large_variant():
 
 
 def test_optimizer_grids():
-    spec = load_spec(EXP / "optimizers.toml")
+    spec = shipped("optimizers.toml")
     opts = {p.config.optim.name for p in spec.points}
     assert opts == {"sgd", "momentum", "adam", "adamw", "lars", "lamb"}
     sizes = sorted({p.n_params for p in spec.points})
@@ -255,8 +264,8 @@ def test_optimizer_grids():
 
 
 def test_optimizers_large_changes_only_the_ladder_and_throughput_knobs():
-    small = load_spec(EXP / "optimizers.toml")
-    large = load_spec(EXP / "optimizers_large.toml")
+    small = shipped("optimizers.toml")
+    large = shipped("optimizers_large.toml")
     assert large.name == "optimizers_large"
     assert min(p.n_params for p in large.points) > 10 * max(p.n_params for p in small.points)
     key = lambda p: (p.config.optim.name, p.config.optim.lr)  # noqa: E731
@@ -270,7 +279,7 @@ def test_optimizers_large_changes_only_the_ladder_and_throughput_knobs():
 
 
 def test_seed_followup():
-    spec = load_spec(EXP / "optimizers.toml")
+    spec = shipped("optimizers.toml")
     n = sorted({p.n_params for p in spec.points})[1]
     best = {("adamw", n): 6.3e-3, ("sgd", n): 0.63}
     follow = seed_followup(spec, best, seeds=(1, 2))
@@ -493,7 +502,7 @@ def test_budget_dropping_some_sizes_is_noted(tmp_path):
 
 
 def test_format_plan_with_measured_throughput():
-    spec = load_spec(EXP / "demo.toml")
+    spec = shipped("demo.toml")
     text = format_plan(spec, tokens_per_s=lambda p: 1e5)
     assert "D/N" in text and "total" in text and "rough estimate" not in text
     half = format_plan(spec, tokens_per_s=lambda p: 1e5 if p.n_params < 3e4 else None)
@@ -592,7 +601,7 @@ def test_plan_json_lists_every_point(accounting, run_sweep_main):
     out = run_sweep_main("plan", "experiments/demo.toml", f"accounting={accounting}", "--json")
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)  # stdout is the JSON list and nothing else
-    spec = load_spec(EXP / "demo.toml", [f"accounting={accounting}"])
+    spec = shipped("demo.toml", f"accounting={accounting}")
     assert [r["id"] for r in rows] == [p.point_id for p in spec.points]
     for r, p in zip(rows, spec.points):
         assert set(r) == JSON_KEYS
@@ -681,7 +690,7 @@ def test_data_axis_tokens_per_param_counts_the_accountings_n(tmp_path):
 
 
 def test_followup_points_keep_both_figures():
-    spec = load_spec(EXP / "optimizers.toml")
+    spec = shipped("optimizers.toml")
     n = sorted({p.n_params for p in spec.points})[0]
     (p, *_) = seed_followup(spec, {("adamw", n): 6.3e-3}, seeds=(1,))
     src = next(q for q in spec.points if q.point_id == p.requested["from_point"])
@@ -693,7 +702,7 @@ def test_followup_points_keep_both_figures():
 
 
 def test_architectures_study_compares_families_on_the_same_tokens():
-    spec = load_spec(EXP / "architectures.toml")
+    spec = shipped("architectures.toml")
     by_arch = {}
     for p in spec.points:
         by_arch.setdefault(p.config.model.arch, []).append(p)
