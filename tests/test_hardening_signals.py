@@ -128,13 +128,18 @@ def test_ctrl_c_on_a_two_worker_sweep_is_one_line(tmp_path):
     assert not orbax_temps(tmp_path)
 
 
+# The child says where it is, then waits there for the signal (at most 4 s) before it goes
+# on: the signal arrives in that phase, and the test does not sleep longer than it takes.
 SLOW_COMPILE = """
 import sys, time
 import scaling.train.loop as loop
+from scaling.train import stopping
 real = loop.compile_steps
 def slow(*a):
     print("compiling", flush=True)
-    time.sleep(4)
+    deadline = time.time() + 4
+    while stopping.requested() is None and time.time() < deadline:
+        time.sleep(0.01)
     return real(*a)
 loop.compile_steps = slow
 from scaling.cli import main
@@ -193,7 +198,10 @@ def slow(name, *a, **k):  # run_sweep.py importing the command line: the signal 
     if name == "scaling.cli":
         builtins.__import__ = real
         print("importing", flush=True)
-        time.sleep(4)
+        stopping = sys.modules["scaling.train.stopping"]  # run_sweep.py's claim_early()
+        deadline = time.time() + 4
+        while stopping.requested() is None and time.time() < deadline:
+            time.sleep(0.01)
     return real(name, *a, **k)
 builtins.__import__ = slow
 sys.argv = ["run_sweep.py", *sys.argv[1:]]
