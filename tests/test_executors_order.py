@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -238,10 +237,18 @@ def test_watch_shows_running_points_and_ctrl_c_exits_0(sweep):
                                 stderr=subprocess.PIPE, text=True,
                                 # a background shell's ignored SIGINT stays ignored across exec
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        time.sleep(4)
+        # two refreshes printed (the first at once, the next 0.2 s later): it is in its loop
+        # (not importing, where Ctrl-C would be another path), and it keeps watching
+        seen = []
+        while sum(line.startswith(f"sweep {sweep.name}:") for line in seen) < 2:
+            line = proc.stdout.readline()
+            if not line:  # it ended: the assertions below say how
+                break
+            seen.append(line)
         assert proc.poll() is None  # still watching: a point is running
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
+        out = "".join(seen) + out
     finally:
         release_run_lock(key)
     assert proc.returncode == 0 and "Traceback" not in err, err
