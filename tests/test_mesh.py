@@ -35,8 +35,7 @@ MESHES = [[8, 1, 1], [2, 4, 1], [2, 2, 2], [1, 1, 8], [1, 8, 1]]
 MODEL = ["model.n_layer=2", "model.d_model=64", "model.n_head=8", "model.seq_len=32",
          "train.batch_size=16", "optim.lr=1e-2", "optim.warmup_steps=2", "train.steps=20"]
 ADAMW = MODEL + ["optim.name=adamw", "optim.clip_norm=0.5", "optim.weight_decay=0.1"]
-MUP = MODEL + ["optim.name=adamw", "optim.clip_norm=0.5", "model.parametrization=mup",
-               "model.mup_base_width=32"]
+MUP = ADAMW + ["model.parametrization=mup", "model.mup_base_width=32"]
 
 
 def _env(devices: int) -> dict:
@@ -77,10 +76,12 @@ def _check_against_one_device(result: dict) -> None:
 
 @pytest.fixture(scope="module")
 def adamw():
-    return meshes(ADAMW, ["shard_map", *MESHES])
+    """µP with AdamW and clipping on every mesh: one process covers both (µP's per-layer
+    learning rates and output multiplier, AdamW's decay, the global-norm clip)."""
+    return meshes(MUP, ["shard_map", *MESHES])
 
 
-def test_every_mesh_trains_as_one_device_adamw_with_clipping(adamw):
+def test_every_mesh_trains_as_one_device_mup_adamw_with_clipping(adamw):
     """... and the data-only mesh (8, 1, 1) as shard_map on the same 8 devices."""
     _check_against_one_device(adamw)
     by_mesh = {str(c["mesh"]): c for c in adamw["cases"]}
@@ -99,13 +100,9 @@ def test_state_per_device_falls_by_fsdp_times_model(adamw):
         assert c["unsharded"] == [], c  # every tensor divides here
 
 
-def test_mup_trains_as_one_device_on_a_2x2x2_mesh():
-    _check_against_one_device(meshes(MUP, [[2, 2, 2]]))
-
-
 @pytest.mark.slow
-def test_mup_trains_as_one_device_on_every_mesh():
-    _check_against_one_device(meshes(MUP, MESHES))
+def test_sp_adamw_trains_as_one_device_on_every_mesh():
+    _check_against_one_device(meshes(ADAMW, MESHES))
 
 
 def test_run_resumes_across_meshes_and_onto_one_device(tmp_path):
