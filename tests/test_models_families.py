@@ -156,7 +156,10 @@ def test_masked_lm_loss_reads_selected_positions_only():
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ["encoder", "transformer", "lstm"])
+# the transformer's case is slow: tests/test_model.py::test_causal checks that the decoder
+# does not see later tokens, for each position encoding, in the fast tier
+@pytest.mark.parametrize("arch", ["encoder", pytest.param("transformer", marks=pytest.mark.slow),
+                                  "lstm"])
 def test_only_the_encoder_sees_later_tokens(arch):
     extra = {"n_head": 2} if arch != "lstm" else {}
     cfg = ModelConfig(arch=arch, n_layer=2, d_model=32, vocab_size=50, seq_len=12, **extra)
