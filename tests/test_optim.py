@@ -151,6 +151,10 @@ STEPS = 20
 _problem = None
 
 
+# Adding the updates to the parameters: one program for every case (the same tree).
+apply_updates = jax.jit(optax.apply_updates)
+
+
 def problem():
     """(params, loss, jitted value_and_grad), built and compiled once for all cases."""
     global _problem
@@ -163,7 +167,8 @@ def problem():
 @pytest.mark.parametrize("sched", SCHEDULES)
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_every_optimizer_and_schedule_reduces_loss(name, sched):
-    # The updates run eagerly: compiling 28 optimizer loops would dominate the test time.
+    # The updates run eagerly: compiling 28 optimizer loops would dominate the test time
+    # (from an empty compilation cache: 33 s against 20 s eagerly).
     params, loss, value_and_grad = problem()
     settings = {"weight_decay": 0.01, **TRAIN_SETTINGS[name]}
     cfg = OptimConfig(name=name, schedule=sched, warmup_steps=3, clip_norm=1.0, **settings)
@@ -174,7 +179,7 @@ def test_every_optimizer_and_schedule_reduces_loss(name, sched):
         value, grads = value_and_grad(params)
         losses.append(float(value))
         updates, state = tx.update(grads, state, params)
-        params = optax.apply_updates(params, updates)
+        params = apply_updates(params, updates)
     final = float(value_and_grad(params)[0])
     assert np.all(np.isfinite(losses)) and np.isfinite(final)
     assert final < 0.9 * losses[0], (name, sched, losses[0], final)
